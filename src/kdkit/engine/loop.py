@@ -1,0 +1,258 @@
+"""The training loop: backward, clip, step, schedule, evaluate, checkpoint, log — on Hugging Face Accelerate.
+
+The loop knows nothing about distillation methods: a :class:`~kdkit.schemes.base.Scheme` answers ``step`` and lists
+what to evaluate. Determinism: the batch order of epoch e and every augmentation are pure functions of the seed
+(see :mod:`kdkit.data`), the learning rate is a pure function of the step, and the RNG state is checkpointed, so a
+resumed run reproduces an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from kdkit.engine.checkpoint import CheckpointManager, write_weights
+from kdkit.engine.evaluate import evaluate
+from kdkit.engine.schedule import lr_at
+from kdkit.errors import KdkitError
+from kdkit.recipe import OptimSpec, Recipe
+from kdkit.schemes.base import Scheme
+from kdkit.types import TrainState, to_device
+from kdkit.utils import atomic_write_text
+
+
+@dataclass
+class FitResult:
+    run_dir: Path
+    best: dict[str, Any]
+    last: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_path: Path | None = None
+
+
+def build_optimizer(spec: OptimSpec, module: torch.nn.Module) -> torch.optim.Optimizer:
+    params = [p for p in module.parameters() if p.requires_grad]
+    if not params:
+        raise KdkitError("nothing to train: the scheme's trainable module has no parameters with requires_grad")
+    if spec.name == "sgd":
+        return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, nesterov=spec.nesterov,
+                               weight_decay=spec.weight_decay)
+    if spec.name == "adamw":
+        return torch.optim.AdamW(params, lr=spec.lr, betas=spec.betas, weight_decay=spec.weight_decay)
+    return torch.optim.Adam(params, lr=spec.lr, betas=spec.betas, weight_decay=spec.weight_decay)
+
+
+def make_accelerator(recipe: Recipe):
+    from accelerate import Accelerator
+
+    cpu = recipe.device == "cpu" or (recipe.device == "auto" and not torch.cuda.is_available())
+    if recipe.device == "cuda" and not torch.cuda.is_available():
+        raise KdkitError("recipe field 'device': cuda requested but no GPU is visible; use device: auto or cpu")
+    return Accelerator(cpu=cpu, mixed_precision=recipe.precision)
+
+
+class Engine:
+    """Runs ``scheme`` for ``recipe.epochs`` epochs and writes the run directory.
+
+    Args:
+        recipe: the validated recipe (optimiser, schedule, epochs, clipping, precision, checkpointing).
+        run_dir: where metrics.jsonl, checkpoints/ and best.safetensors go.
+        model_meta: metadata stored with the best weights (model spec, classes, normalisation) for ``kdkit eval``.
+        quiet: no progress bar (metrics are still written).
+    """
+
+    def __init__(self, recipe: Recipe, run_dir: Path, model_meta: dict[str, Any] | None = None,
+                 console: Console | None = None, quiet: bool = False, accelerator: Any = None) -> None:
+        self.recipe = recipe
+        self.run_dir = Path(run_dir)
+        self.model_meta = model_meta or {}
+        self.console = console or Console(stderr=True)
+        self.quiet = quiet
+        self.accelerator = accelerator or make_accelerator(recipe)
+        self.ckpt = CheckpointManager(self.run_dir)
+
+    # ------------------------------------------------------------------------------------------------------------
+    def fit(self, scheme: Scheme, train_loader: Any, val_loader: Any, resume: bool = False) -> FitResult:
+        r, acc = self.recipe, self.accelerator
+        device = acc.device
+        raw = scheme.trainable()
+        scheme.to(device)
+        optimizer = build_optimizer(r.optim, raw)
+        model, optimizer = acc.prepare(raw, optimizer)
+        steps_per_epoch = len(train_loader)
+        if steps_per_epoch == 0:
+            raise KdkitError("the training split has fewer samples than one batch; lower data.batch_size")
+        state = TrainState(epoch=0, step=0, steps_per_epoch=steps_per_epoch, epochs=r.epochs)
+        history: list[dict[str, Any]] = []
+        best: dict[str, Any] = {"top1": -math.inf}
+        start_batch, partial = 0, None
+        if resume:
+            saved = self.ckpt.load(acc.unwrap_model(model), optimizer)
+            state.epoch, state.step = saved["epoch"], saved["step"]
+            start_batch, partial = saved["batch_in_epoch"], saved.get("partial")
+            history, best = saved["history"], saved["best"]
+            state.best_metric = best.get("top1", -math.inf)
+            self._write_metrics(history)
+            if not self.quiet:
+                self.console.print(f"[bold]resuming[/] {self.run_dir} at epoch {state.epoch + 1}, batch {start_batch}")
+
+        eval_models = scheme.eval_models()
+        primary = next(iter(eval_models))
+        for epoch in range(state.epoch, r.epochs):
+            state.epoch = epoch
+            train_loader.set_epoch(epoch)
+            scheme.on_epoch_start(state)
+            model.train()
+            sums = partial or {"loss": 0.0, "terms": {}, "correct": 0, "n": 0, "seconds": 0.0}
+            t0 = time.perf_counter()
+            it = _iter_from(train_loader, start_batch)
+            with self._progress(epoch, steps_per_epoch) as (prog, task):
+                if prog is not None and start_batch:
+                    prog.update(task, completed=start_batch)
+                for b, batch in enumerate(it, start=start_batch):
+                    lr = lr_at(r.schedule, r.optim.lr, state.step, steps_per_epoch, r.epochs)
+                    for g in optimizer.param_groups:
+                        g["lr"] = lr
+                    batch = to_device(batch, device)
+                    with acc.autocast():
+                        out = scheme.step(model, batch, state)
+                    if not torch.isfinite(out.loss):
+                        raise KdkitError(f"loss became {float(out.loss)} at epoch {epoch + 1}, batch {b} "
+                                         f"(terms: {_fmt_terms(out.terms)}); lower optim.lr or check term weights")
+                    optimizer.zero_grad(set_to_none=True)
+                    acc.backward(out.loss)
+                    if r.grad_clip:
+                        acc.clip_grad_norm_(model.parameters(), r.grad_clip)
+                    optimizer.step()
+                    state.step += 1
+                    self._accumulate(sums, out, batch)
+                    if prog is not None:
+                        elapsed = sums["seconds"] + time.perf_counter() - t0
+                        prog.update(task, advance=1, info=_progress_info(sums, elapsed, lr))
+                    if r.checkpoint_every_steps and state.step % r.checkpoint_every_steps == 0 \
+                            and b + 1 < steps_per_epoch:
+                        sums_now = dict(sums, seconds=sums["seconds"] + time.perf_counter() - t0)
+                        self._save(model, optimizer, state, b + 1, history, best, sums_now)
+            start_batch, partial = 0, None
+            train_seconds = sums["seconds"] + time.perf_counter() - t0
+            record = self._epoch_record(epoch, sums, train_seconds, lr)
+            if (epoch + 1) % r.eval_every == 0 or epoch + 1 == r.epochs:
+                for name, m in eval_models.items():
+                    metrics = evaluate(m, val_loader, device)
+                    prefix = "val" if name == primary else f"val_{name}"
+                    record.update({f"{prefix}_{k}": v for k, v in metrics.items() if k != "n"})
+                if record.get("val_top1", -math.inf) > best["top1"]:
+                    best = {"epoch": epoch + 1, "top1": record["val_top1"], "top5": record.get("val_top5")}
+                    state.best_metric = best["top1"]
+                    if acc.is_main_process:
+                        meta = dict(self.model_meta, epoch=epoch + 1, val_top1=record["val_top1"])
+                        write_weights(acc.unwrap_model(eval_models[primary]), self.ckpt.best_path, meta)
+            history.append(record)
+            state.epoch = epoch + 1
+            self._save(model, optimizer, state, 0, history, best, None)
+            self._write_metrics(history)
+            if not self.quiet:
+                self.console.print(_epoch_line(record, r.epochs))
+        acc.wait_for_everyone()
+        last = history[-1] if history else {}
+        if acc.is_main_process:
+            meta = dict(self.model_meta, epoch=r.epochs, val_top1=last.get("val_top1"))
+            write_weights(acc.unwrap_model(eval_models[primary]), self.run_dir / "last.safetensors", meta)
+        return FitResult(self.run_dir, best, last, history, self.ckpt.best_path)
+
+    # ------------------------------------------------------------------------------------------------------------
+    def _accumulate(self, sums: dict[str, Any], out: Any, batch: dict) -> None:
+        bs = int(batch["input"].shape[0]) if hasattr(batch["input"], "shape") else len(batch["target"])
+        sums["loss"] += float(out.loss.detach()) * bs
+        for k, v in out.terms.items():
+            sums["terms"][k] = sums["terms"].get(k, 0.0) + float(v) * bs
+        y = batch["target"]
+        if y.ndim == 1:
+            keep = y >= 0
+            sums["correct"] += int((out.logits.detach().argmax(1)[keep] == y[keep]).sum())
+            sums["n_labelled"] = sums.get("n_labelled", 0) + int(keep.sum())
+        sums["n"] += bs
+
+    def _epoch_record(self, epoch: int, sums: dict[str, Any], seconds: float, lr: float) -> dict[str, Any]:
+        n = max(1, sums["n"])
+        rec: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, "train_loss": sums["loss"] / n}
+        for k, v in sums["terms"].items():
+            rec[f"train_{k}"] = v / n
+        if sums.get("n_labelled"):
+            rec["train_top1"] = 100.0 * sums["correct"] / sums["n_labelled"]
+        rec["train_seconds"] = seconds
+        rec["images_per_s"] = sums["n"] / max(seconds, 1e-9)
+        return rec
+
+    def _save(self, model, optimizer, state: TrainState, batch_in_epoch: int, history, best, partial) -> None:
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            self.ckpt.save(acc.unwrap_model(model), optimizer, {
+                "epoch": state.epoch, "step": state.step, "batch_in_epoch": batch_in_epoch,
+                "history": history, "best": best, "partial": partial,
+            })
+
+    def _write_metrics(self, history: list[dict[str, Any]]) -> None:
+        if self.accelerator.is_main_process:
+            text = "".join(json.dumps(h) + "\n" for h in history)
+            atomic_write_text(self.run_dir / "metrics.jsonl", text)
+
+    def _progress(self, epoch: int, total: int):
+        return _ProgressCtx(None if self.quiet or not self.accelerator.is_main_process else self.console,
+                            f"epoch {epoch + 1}/{self.recipe.epochs}", total)
+
+
+class _ProgressCtx:
+    def __init__(self, console: Console | None, desc: str, total: int) -> None:
+        self.console, self.desc, self.total = console, desc, total
+        self.prog: Progress | None = None
+
+    def __enter__(self):
+        if self.console is None:
+            return None, None
+        self.prog = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                             TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+                             console=self.console, transient=True)
+        self.prog.__enter__()
+        task = self.prog.add_task(self.desc, total=self.total, info="")
+        return self.prog, task
+
+    def __exit__(self, *exc: object) -> None:
+        if self.prog is not None:
+            self.prog.__exit__(*exc)
+
+
+def _iter_from(loader: Any, start: int):
+    if start and hasattr(loader, "iter_from"):
+        return loader.iter_from(start)
+    return islice(iter(loader), start, None) if start else iter(loader)
+
+
+def _fmt_terms(terms: dict[str, Any]) -> str:
+    return " ".join(f"{k} {float(v):.4g}" for k, v in terms.items())
+
+
+def _progress_info(sums: dict[str, Any], elapsed: float, lr: float) -> str:
+    n = max(1, sums["n"])
+    terms = " ".join(f"{k} {v / n:.4f}" for k, v in sums["terms"].items())
+    return f"loss {sums['loss'] / n:.4f} | {terms} | lr {lr:.3g} | {sums['n'] / max(elapsed, 1e-9):,.0f} img/s"
+
+
+def _epoch_line(rec: dict[str, Any], epochs: int) -> str:
+    parts = [f"epoch {rec['epoch']}/{epochs}", f"loss {rec['train_loss']:.4f}"]
+    parts += [f"{k[6:]} {v:.4f}" for k, v in rec.items() if k.startswith("train_") and k not in
+              ("train_loss", "train_top1", "train_seconds")]
+    if "val_top1" in rec:
+        parts.append(f"val top1 {rec['val_top1']:.2f}%")
+    parts.append(f"{rec['images_per_s']:,.0f} img/s")
+    return " · ".join(parts)

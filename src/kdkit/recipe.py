@@ -1,0 +1,286 @@
+"""Recipe: the typed, validated description of one run (who teaches whom, what, on which data, how long).
+
+A recipe is YAML (or a dict) with a name plus keyword arguments per part; no code execution, no custom tags, no global
+mutable config. ``key.path=value`` overrides are applied before validation. Every error is one line naming the field
+path and what is allowed, e.g. ``recipe field 'optim.lr': Input should be a valid number, got 'fast'``.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from kdkit.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSpec(_Strict):
+    """A network: a registered name (``resnet8x4``, ``kdkit:mlp``, ``torchvision:resnet18``, ``timm:...``, ``hf:PATH``)
+    plus builder keyword arguments and optional local weights."""
+
+    name: str = Field(description="model name; `kdkit models` lists them")
+    params: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the model builder")
+    checkpoint: str | None = Field(default=None, description="local weights (.safetensors, or .pt/.pth)")
+
+
+class AugmentSpec(_Strict):
+    crop_padding: int = Field(default=0, ge=0, description="random crop with this zero padding (0 = off)")
+    flip: bool = Field(default=False, description="random horizontal flip")
+
+
+class DataSpec(_Strict):
+    """Dataset and split. ``name`` is a registered dataset (``kdkit datasets``) or a path / ``imagefolder:PATH`` /
+    ``cifar100:PATH`` / ``npz:PATH``."""
+
+    name: str = "mnist_5k"
+    params: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the dataset source")
+    val: str | None = Field(default=None, description="separate validation source (e.g. a CIFAR test split)")
+    val_params: dict[str, Any] = Field(default_factory=dict)
+    val_fraction: float = Field(default=0.2, gt=0.0, lt=1.0, description="held-out fraction when `val` is unset")
+    split_seed: int = Field(default=0, description="seed of the stratified train/val split")
+    batch_size: int = Field(default=128, ge=1)
+    eval_batch_size: int = Field(default=512, ge=1)
+    augment: AugmentSpec = Field(default_factory=AugmentSpec)
+    mean: list[float] | None = Field(default=None, description="per-channel mean (0-1 scale); default: train split")
+    std: list[float] | None = Field(default=None, description="per-channel std (0-1 scale); default: train split")
+    train_limit: int | None = Field(default=None, ge=1, description="use only the first N training samples")
+
+
+class TermSpec(_Strict):
+    """One loss term: a registered term (``kdkit losses``) with its weight and parameters."""
+
+    name: str = Field(description="loss term name; `kdkit losses` lists them")
+    weight: float = Field(default=1.0, description="multiplier of this term in the total loss")
+    warmup_epochs: float = Field(default=0.0, ge=0.0, description="ramp the weight linearly from 0 over this many epochs")
+    key: str | None = Field(default=None, description="log name when a term appears twice (default: name)")
+    params: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the term")
+
+    @property
+    def log_name(self) -> str:
+        return self.key or self.name
+
+
+class SchemeSpec(_Strict):
+    name: str = Field(default="offline", description="who teaches whom; `kdkit schemes` lists them")
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class OptimSpec(_Strict):
+    name: Literal["sgd", "adamw", "adam"] = "sgd"
+    lr: float = Field(default=0.05, gt=0.0)
+    momentum: float = Field(default=0.9, ge=0.0)
+    nesterov: bool = False
+    weight_decay: float = Field(default=5e-4, ge=0.0)
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+class ScheduleSpec(_Strict):
+    name: Literal["constant", "multistep", "cosine", "onecycle"] = "cosine"
+    warmup_epochs: float = Field(default=0.0, ge=0.0, description="linear warm-up from 0 (not used by onecycle)")
+    milestones: list[int] = Field(default_factory=list, description="multistep: epochs at which lr is multiplied")
+    gamma: float = Field(default=0.1, gt=0.0, description="multistep: the multiplier")
+    min_lr: float = Field(default=0.0, ge=0.0, description="cosine: final learning rate")
+    pct_start: float = Field(default=0.3, gt=0.0, lt=1.0, description="onecycle: fraction of steps spent rising")
+
+
+class Recipe(_Strict):
+    """A whole run. ``teachers`` empty means supervised training of ``student`` (``kdkit train``)."""
+
+    name: str = Field(default="run", description="run name; the run directory is output_dir/name")
+    seed: int = 0
+    data: DataSpec = Field(default_factory=DataSpec)
+    student: ModelSpec
+    teachers: list[ModelSpec] = Field(default_factory=list)
+    terms: list[TermSpec] = Field(default_factory=lambda: [TermSpec(name="ce")])
+    scheme: SchemeSpec = Field(default_factory=SchemeSpec)
+    optim: OptimSpec = Field(default_factory=OptimSpec)
+    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
+    epochs: int = Field(default=10, ge=1)
+    grad_clip: float | None = Field(default=None, gt=0.0, description="max global grad norm (None = off)")
+    precision: Literal["no", "fp16", "bf16"] = "no"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    output_dir: str = "runs"
+    checkpoint_every_steps: int | None = Field(default=None, ge=1, description="also save mid-epoch every N steps")
+    eval_every: int = Field(default=1, ge=1)
+    threads: int | None = Field(default=None, ge=1, description="torch CPU threads (default: torch's choice)")
+    soft_labels: str | None = Field(default=None, description="teacher soft-label store to read instead of teachers")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _teacher_alias(cls, data: Any) -> Any:
+        # `teacher:` (one) is accepted as a convenience for `teachers: [ ... ]`.
+        if isinstance(data, dict) and "teacher" in data:
+            data = dict(data)
+            t = data.pop("teacher")
+            if "teachers" in data:
+                raise ValueError("give either 'teacher' or 'teachers', not both")
+            data["teachers"] = [] if t is None else [t]
+        return data
+
+    @model_validator(mode="after")
+    def _unique_term_names(self) -> Recipe:
+        names = [t.log_name for t in self.terms]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"terms {dup} appear twice; give each a distinct 'key'")
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Loading, overrides, errors
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``"optim.lr=0.1"`` -> (["optim", "lr"], 0.1). The value is parsed as YAML (numbers, lists, null, strings)."""
+    if "=" not in item:
+        raise ConfigError(f"override '{item}' must look like key.path=value, e.g. optim.lr=0.1")
+    key, _, raw = item.partition("=")
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override '{item}' has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+    """Set nested values; list elements are addressed by index (``terms.1.weight=0.5``)."""
+    data = copy.deepcopy(data)
+    for item in overrides or []:
+        path, value = parse_override(item)
+        node: Any = data
+        for i, part in enumerate(path[:-1]):
+            nxt_is_index = path[i + 1].isdigit()
+            if isinstance(node, list):
+                idx = _index(node, part, path, item)
+                node = node[idx]
+                continue
+            if part not in node or node[part] is None:
+                node[part] = [] if nxt_is_index else {}
+            node = node[part]
+        last = path[-1]
+        if isinstance(node, list):
+            idx = int(last) if last.isdigit() else -1
+            if idx == len(node):
+                node.append(value)
+            else:
+                node[_index(node, last, path, item)] = value
+        else:
+            node[last] = value
+    return data
+
+
+def _index(node: list, part: str, path: list[str], item: str) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise ConfigError(f"override '{item}': '{part}' is not an index of a list of {len(node)} items")
+    return int(part)
+
+
+def _loc(loc: tuple) -> str:
+    return ".".join(str(p) for p in loc)
+
+
+def _allowed_fields(model: type[BaseModel], loc: tuple) -> list[str] | None:
+    """The field names allowed at ``loc[:-1]`` (for 'unknown key' messages)."""
+    current: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return None
+        field = current.model_fields.get(str(part))
+        if field is None:
+            return None
+        current = _inner_model(field.annotation)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return None
+
+
+def _inner_model(annotation: Any) -> Any:
+    args = getattr(annotation, "__args__", None)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for a in args or ():
+        inner = _inner_model(a)
+        if inner is not None:
+            return inner
+    return None
+
+
+def format_validation_error(err: ValidationError, source: str = "recipe") -> str:
+    """One line per problem (joined with '; '), each naming the field path and what is allowed."""
+    parts = []
+    for e in err.errors():
+        loc = _loc(e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            allowed = _allowed_fields(Recipe, e["loc"])
+            msg = f"unknown key; allowed: {', '.join(allowed)}" if allowed else "unknown key"
+        elif e["type"] == "missing":
+            msg = "required field is missing"
+        else:
+            got = e.get("input")
+            shown = repr(got) if not isinstance(got, (dict, list)) else type(got).__name__
+            msg = f"{e['msg']}, got {shown}"
+        parts.append(f"{source} field '{loc}': {msg}")
+    return "; ".join(parts)
+
+
+def recipe_from_dict(data: dict[str, Any], overrides: list[str] | None = None, source: str = "recipe") -> Recipe:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+    data = apply_overrides(data, overrides)
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, source)) from None
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read a YAML recipe; ``path`` may also name a bundled recipe (``kdkit recipes`` lists them)."""
+    p = resolve_recipe_path(path)
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"recipe file '{p}'{where}: not valid YAML ({getattr(err, 'problem', err)})") from None
+    return recipe_from_dict(data or {}, overrides, source=f"recipe '{p.name}'")
+
+
+def bundled_recipes_dir() -> Path:
+    """Recipes shipped in the repository (``recipes/``) or, when installed, inside the package."""
+    repo = Path(__file__).resolve().parents[2] / "recipes"
+    return repo if repo.is_dir() else Path(__file__).resolve().parent / "recipes"
+
+
+def resolve_recipe_path(path: str | Path) -> Path:
+    p = Path(path)
+    if p.is_file():
+        return p
+    for cand in (bundled_recipes_dir() / p, bundled_recipes_dir() / f"{p}.yaml"):
+        if cand.is_file():
+            return cand
+    raise ConfigError(f"recipe file '{path}' not found; pass a YAML path or a bundled recipe name (`kdkit recipes`)")
+
+
+def save_recipe(recipe: Recipe, path: str | Path) -> None:
+    from kdkit.utils import atomic_write_text
+
+    atomic_write_text(Path(path), recipe.to_yaml())
