@@ -1,0 +1,84 @@
+"""The Python API: the same as the CLI in a few lines.
+
+>>> import kdkit
+>>> result = kdkit.train("recipes/mnist_teacher.yaml", overrides=["epochs=2"])        # doctest: +SKIP
+>>> result = kdkit.distill("recipes/mnist_kd.yaml", overrides=["epochs=2"])            # doctest: +SKIP
+>>> kdkit.evaluate(result.best_path, data="mnist_5k")                                   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kdkit.errors import ConfigError
+from kdkit.recipe import Recipe, load_recipe, recipe_from_dict
+
+
+def _as_recipe(recipe: Recipe | str | Path | dict[str, Any], overrides: list[str] | None) -> Recipe:
+    if isinstance(recipe, Recipe):
+        if overrides:
+            return recipe_from_dict(recipe.model_dump(mode="json"), overrides)
+        return recipe
+    if isinstance(recipe, dict):
+        return recipe_from_dict(recipe, overrides)
+    return load_recipe(recipe, overrides)
+
+
+def train(recipe: Recipe | str | Path | dict[str, Any], overrides: list[str] | None = None, resume: bool = False,
+          quiet: bool = False):
+    """Train ``recipe``'s student (supervised when it has no teachers). Returns a :class:`kdkit.engine.FitResult`."""
+    from kdkit.build import run
+
+    return run(_as_recipe(recipe, overrides), resume=resume, quiet=quiet)
+
+
+def distill(recipe: Recipe | str | Path | dict[str, Any], overrides: list[str] | None = None, resume: bool = False,
+            quiet: bool = False):
+    """Distil a student from the recipe's teacher(s) (or soft-label store)."""
+    r = _as_recipe(recipe, overrides)
+    if not r.teachers and not r.soft_labels and r.scheme.name == "offline":
+        raise ConfigError("distill: the recipe has no `teachers:` (or `soft_labels:`); use `kdkit train` for "
+                          "supervised training")
+    from kdkit.build import run
+
+    return run(r, resume=resume, quiet=quiet)
+
+
+def load_student(checkpoint: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild a model from a kdkit weights file (or run directory) using the metadata saved with it."""
+    from kdkit.build import resolve_checkpoint
+    from kdkit.engine.checkpoint import read_metadata
+    from kdkit.models import create_model
+
+    path = resolve_checkpoint(str(checkpoint), "checkpoint")
+    meta = read_metadata(path)
+    if "model" not in meta:
+        raise ConfigError(f"checkpoint '{path}' has no kdkit metadata; pass --model NAME (and classes) to evaluate it")
+    model = create_model(meta["model"]["name"], num_classes=meta["num_classes"], in_channels=meta["in_channels"],
+                         image_size=meta["image_size"], checkpoint=str(path), **meta["model"].get("params", {}))
+    return model.eval(), meta
+
+
+def evaluate(checkpoint: str | Path, data: str = "mnist_5k", split: str = "val", val_fraction: float = 0.2,
+             split_seed: int = 0, batch_size: int = 512, params: dict[str, Any] | None = None) -> dict[str, float]:
+    """Top-1/top-5 of a saved student on a dataset: ``split="val"`` re-creates the recipe's held-out split,
+    ``"all"`` uses every sample. Normalisation comes from the checkpoint's metadata."""
+    from kdkit.data import Augment, BatchLoader, load_source, stratified_split
+    from kdkit.engine import evaluate as run_eval
+
+    model, meta = load_student(checkpoint)
+    src = load_source(data, **(params or {}))
+    if src.num_classes != meta["num_classes"]:
+        raise ConfigError(f"--data '{data}' has {src.num_classes} classes, the checkpoint predicts {meta['num_classes']}")
+    if split == "val":
+        _, idx = stratified_split(src.targets, src.groups, val_fraction, split_seed)
+        src = src.subset(torch.as_tensor(idx))
+    elif split != "all":
+        raise ConfigError(f"--split must be 'val' or 'all', got '{split}'")
+    aug = Augment(mean=meta["mean"], std=meta["std"], crop_padding=0, flip=False, seed=0)
+    loader = BatchLoader(src, torch.arange(len(src.targets)), batch_size, aug, shuffle=False, seed=0)
+    out = run_eval(model, loader)
+    return out
