@@ -1,0 +1,63 @@
+"""The `kdkit` command: listings, one-line errors, train/distill/eval through the real entry point."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+KDKIT = [sys.executable, "-m", "kdkit.cli"]
+
+
+def _run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([*KDKIT, *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+def test_help_and_listings():
+    out = _run("--help")
+    assert out.returncode == 0
+    for cmd in ("train", "distill", "eval", "models", "datasets", "losses", "quickstart"):
+        assert cmd in out.stdout
+    assert "resnet8x4" in _run("models").stdout
+    assert "mnist_5k" in _run("datasets").stdout
+    listing = _run("losses").stdout
+    assert "kd" in listing and "ce" in listing
+    assert "--resume" in _run("distill", "--help").stdout
+
+
+def test_bad_recipe_gives_one_line_error(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text(yaml.safe_dump({"student": {"name": "mlp"}, "optim": {"lrr": 0.1}}))
+    out = _run("train", str(p))
+    assert out.returncode == 2
+    err = out.stderr.strip()
+    assert "optim.lrr" in err and "allowed" in err and "Traceback" not in err
+    assert len(err.splitlines()) == 1
+
+
+def test_unknown_model_lists_known(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text(yaml.safe_dump({"student": {"name": "resnet9"}, "output_dir": str(tmp_path), "epochs": 1}))
+    out = _run("train", str(p))
+    assert out.returncode == 2 and "unknown model 'resnet9'" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_train_distill_eval_with_overrides(tmp_path):
+    common = ["--set", f"output_dir={tmp_path}", "--set", "epochs=1", "--set", "data.train_limit=512", "-q"]
+    t = _run("train", "mnist_teacher", *common, "--set", "student.name=cnn_student")
+    assert t.returncode == 0, t.stderr
+    d = _run("distill", "mnist_kd", *common, "--set", f"teachers.0.checkpoint={tmp_path / 'mnist_teacher'}",
+             "--set", "teachers.0.name=cnn_student")
+    assert d.returncode == 0, d.stderr
+    saved = yaml.safe_load((tmp_path / "mnist_kd" / "config.yaml").read_text())
+    assert saved["epochs"] == 1 and saved["teachers"][0]["name"] == "cnn_student"
+    e = _run("eval", str(tmp_path / "mnist_kd"), "--data", "mnist_5k", "--json")
+    assert e.returncode == 0, e.stderr
+    res = json.loads(e.stdout)
+    assert res["n"] == 1000 and 0 <= res["top1"] <= 100
+    again = _run("distill", "mnist_kd", *common, "--set", f"teachers.0.checkpoint={tmp_path / 'mnist_teacher'}",
+                 "--set", "teachers.0.name=cnn_student")
+    assert again.returncode == 2 and "--resume" in again.stderr
