@@ -6,7 +6,7 @@ This is the only place that wires the parts together; each part stays ignorant o
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,8 +39,24 @@ class RunData:
     split: dict[str, Any]
 
 
+# Other modalities plug in here: a builder returns RunData for recipes it recognises and None otherwise (the text
+# package registers one for CSV/JSON/Parquet/HF-dataset sources). Image data is the fallback.
+DataBuilder = Callable[[Recipe, int, int], "RunData | None"]
+DATA_BUILDERS: list[DataBuilder] = []
+
+
 def build_data(recipe: Recipe, num_shards: int = 1, shard: int = 0) -> RunData:
     """Load the source, split it (stratified, duplicates kept on one side), and make the loaders."""
+    import kdkit.catalog  # noqa: F401  (lets plug-in modules register data builders)
+
+    for builder in DATA_BUILDERS:
+        data = builder(recipe, num_shards, shard)
+        if data is not None:
+            return data
+    return build_image_data(recipe, num_shards, shard)
+
+
+def build_image_data(recipe: Recipe, num_shards: int = 1, shard: int = 0) -> RunData:
     from kdkit.data import Augment, BatchLoader, dataset_stats, load_source, stratified_split
 
     d = recipe.data
