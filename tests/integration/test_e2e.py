@@ -18,7 +18,7 @@ DATA = {"name": "mnist_5k", "val_fraction": 0.2, "batch_size": 64, "train_limit"
 
 def _teacher_recipe(out: Path, **kw) -> dict:
     return {"name": "teacher", "output_dir": str(out), "seed": 0, "data": DATA,
-            "student": {"name": "cnn_student"}, "terms": [{"name": "ce"}],
+            "student": {"name": "mlp", "params": {"hidden": [128]}}, "terms": [{"name": "ce"}],
             "optim": {"name": "adamw", "lr": 0.003}, "schedule": {"name": "onecycle"}, "epochs": 3, **kw}
 
 
@@ -40,7 +40,7 @@ def test_train_writes_artefacts_and_learns(teacher_run):
     hist = _lines(d)
     assert len(hist) == 3
     assert hist[-1]["train_loss"] < hist[0]["train_loss"]
-    assert teacher_run.best["top1"] > 80.0  # a small CNN on 640 real digits, 3 epochs
+    assert teacher_run.best["top1"] > 75.0  # an MLP on 640 real digits, 3 epochs (chance: 10)
     split = json.loads((d / "split.json").read_text())
     assert len(split["train_idx"]) == 4000 and len(split["val_idx"]) == 1000
     assert not set(split["train_idx"]) & set(split["val_idx"])
@@ -48,7 +48,7 @@ def test_train_writes_artefacts_and_learns(teacher_run):
 
 def test_distill_logs_each_term_and_beats_chance(teacher_run, tmp_path):
     r = {"name": "kd", "output_dir": str(tmp_path), "data": DATA, "student": {"name": "mlp", "params": {"hidden": [32]}},
-         "teachers": [{"name": "cnn_student", "checkpoint": str(teacher_run.run_dir)}],
+         "teachers": [{"name": "mlp", "params": {"hidden": [128]}, "checkpoint": str(teacher_run.run_dir)}],
          "terms": [{"name": "ce", "weight": 0.5}, {"name": "kd", "weight": 0.5, "params": {"temperature": 4}}],
          "optim": {"name": "adamw", "lr": 0.003}, "schedule": {"name": "onecycle"}, "epochs": 3}
     res = kdkit.distill(r, quiet=True)
@@ -64,7 +64,7 @@ def test_distill_logs_each_term_and_beats_chance(teacher_run, tmp_path):
 def test_teacher_stays_frozen(teacher_run, tmp_path):
     before = load_file(str(teacher_run.best_path))
     r = {"name": "kd2", "output_dir": str(tmp_path), "data": DATA, "student": {"name": "mlp"},
-         "teachers": [{"name": "cnn_student", "checkpoint": str(teacher_run.best_path)}],
+         "teachers": [{"name": "mlp", "params": {"hidden": [128]}, "checkpoint": str(teacher_run.best_path)}],
          "terms": [{"name": "kd"}], "epochs": 1}
     from kdkit.build import build_data, build_scheme
 
