@@ -25,6 +25,10 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")
 
 
 def _summary(result) -> None:
+    import os
+
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only the main process reports
+        return
     best = result.best
     console.print(f"[bold green]done[/] {result.run_dir} — best val top-1 {best.get('top1', float('nan')):.2f}% "
                   f"(epoch {best.get('epoch')}), last {result.last.get('val_top1', float('nan')):.2f}%")

@@ -1,0 +1,30 @@
+"""Run by torchrun in test_distributed.py: train with kdkit under DDP and dump this rank's final student weights."""
+
+import os
+import sys
+
+import torch
+from safetensors.torch import save_file
+
+import kdkit
+from kdkit.engine import loop
+
+captured = {}
+orig_fit = loop.Engine.fit
+
+
+def fit(self, scheme, train_loader, val_loader, resume=False):
+    captured["scheme"] = scheme
+    return orig_fit(self, scheme, train_loader, val_loader, resume)
+
+
+loop.Engine.fit = fit
+out = sys.argv[1]
+kdkit.train({"name": "ddp", "output_dir": out, "seed": 0, "epochs": 2,
+             "data": {"name": "mnist_5k", "train_limit": 1024, "batch_size": 64},
+             "student": {"name": "mlp", "params": {"hidden": [32]}},
+             "optim": {"name": "sgd", "lr": 0.1}}, quiet=True)
+student = captured["scheme"].eval_models()["student"]
+rank = int(os.environ["RANK"])
+save_file({k: v.contiguous() for k, v in student.state_dict().items()}, os.path.join(out, f"rank{rank}.safetensors"))
+print(f"rank {rank} world {torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1}")
