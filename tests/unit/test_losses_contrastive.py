@@ -1,0 +1,156 @@
+"""CRD: the NCE loss against a numpy loop, the memory bank's bookkeeping, both directions against a naive
+implementation, gradient routing, and a tiny optimisation in which CRD aligns student with teacher."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kdkit.errors import ShapeError
+from kdkit.losses.contrastive import CRDHead, MemoryBank, crd_loss, crd_nce_loss
+
+
+def _np_nce(x, n_data, eps=1e-7):
+    b, n1 = x.shape
+    m = n1 - 1
+    pn = 1.0 / n_data
+    total = 0.0
+    for i in range(b):
+        total += np.log(x[i, 0] / (x[i, 0] + m * pn + eps))
+        for j in range(1, n1):
+            total += np.log(m * pn / (x[i, j] + m * pn + eps))
+    return -total / b
+
+
+def _unit(b, d, seed):
+    return F.normalize(torch.randn(b, d, generator=torch.Generator().manual_seed(seed)), dim=1)
+
+
+def test_crd_nce_loss_matches_loop_and_is_monotone():
+    x = torch.rand(5, 9, generator=torch.Generator().manual_seed(0)) * 3 + 0.01
+    assert float(crd_nce_loss(x, 100)) == pytest.approx(_np_nce(x.double().numpy(), 100), rel=1e-5)
+    better = x.clone()
+    better[:, 0] *= 2.0  # a more confident positive
+    assert float(crd_nce_loss(better, 100)) < float(crd_nce_loss(x, 100))
+    quieter = x.clone()
+    quieter[:, 1:] *= 0.5  # less mass on negatives
+    assert float(crd_nce_loss(quieter, 100)) < float(crd_nce_loss(x, 100))
+    with pytest.raises(ShapeError):
+        crd_nce_loss(torch.rand(4, 1), 10)
+
+
+def test_memory_bank_init_state_and_published_defaults():
+    bank = MemoryBank(50, generator=torch.Generator().manual_seed(0))
+    assert (bank.feat_dim, bank.momentum, bank.temperature) == (128, 0.5, 0.07)
+    torch.testing.assert_close(bank.memory_s.norm(dim=1), torch.ones(50))
+    assert float(bank.z_s) < 0 and float(bank.z_t) < 0
+    assert {"memory_s", "memory_t", "z_s", "z_t"} <= set(bank.state_dict())  # checkpointed with the term
+    assert not bank.memory_s.requires_grad
+
+
+def test_negative_sampling_exact_mode_and_determinism():
+    labels = torch.arange(200) % 10
+    bank = MemoryBank(200, 8, labels=labels)
+    index = torch.tensor([0, 1, 2, 13])
+    a = bank.sample_indices(index, 64, torch.Generator().manual_seed(1))
+    b = bank.sample_indices(index, 64, torch.Generator().manual_seed(1))
+    assert torch.equal(a, b) and a.shape == (4, 65)
+    assert torch.equal(a[:, 0], index)
+    assert not bool((labels[a[:, 1:]] == labels[index][:, None]).any())  # negatives come from other classes
+    assert int(a.min()) >= 0 and int(a.max()) < 200
+
+
+def _naive_crd(es, et, idx, mem_s, mem_t, tau, n_data, z_s=None, z_t=None):
+    """Direct transcription of the reference's ContrastMemory + two ContrastLoss calls, in float64 numpy."""
+    es, et, mem_s, mem_t = (x.double().numpy() for x in (es, et, mem_s, mem_t))
+    idx = idx.numpy()
+    out_s = np.exp(np.einsum("bkd,bd->bk", mem_t[idx], es) / tau)  # student anchor vs teacher memory
+    out_t = np.exp(np.einsum("bkd,bd->bk", mem_s[idx], et) / tau)
+    z_s = out_s.mean() * n_data if z_s is None else z_s
+    z_t = out_t.mean() * n_data if z_t is None else z_t
+    return _np_nce(out_s / z_s, n_data) + _np_nce(out_t / z_t, n_data), z_s, z_t
+
+
+def test_crd_loss_matches_naive_and_updates_memory():
+    n_data, d, tau = 40, 6, 0.07
+    bank = MemoryBank(n_data, d, temperature=tau, generator=torch.Generator().manual_seed(2))
+    es, et = _unit(4, d, 3), _unit(4, d, 4)
+    index = torch.tensor([3, 7, 11, 20])
+    idx = bank.sample_indices(index, 10, torch.Generator().manual_seed(5))
+    old_s, old_t = bank.memory_s.clone(), bank.memory_t.clone()
+    ref, z_s, z_t = _naive_crd(es, et, idx, old_s, old_t, tau, n_data)
+    assert float(crd_loss(es, et, index, bank, contrast_index=idx)) == pytest.approx(ref, rel=1e-4)
+    assert float(bank.z_s) == pytest.approx(z_s, rel=1e-4) and float(bank.z_t) == pytest.approx(z_t, rel=1e-4)
+    torch.testing.assert_close(bank.memory_s[index], F.normalize(0.5 * old_s[index] + 0.5 * es, dim=1))
+    torch.testing.assert_close(bank.memory_t[index], F.normalize(0.5 * old_t[index] + 0.5 * et, dim=1))
+    untouched = torch.ones(n_data, dtype=torch.bool)
+    untouched[index] = False
+    torch.testing.assert_close(bank.memory_s[untouched], old_s[untouched])
+    # Second batch: Z is kept from the first, the memory used is the updated one.
+    es2, et2 = _unit(4, d, 6), _unit(4, d, 7)
+    index2 = torch.tensor([0, 3, 5, 9])
+    idx2 = bank.sample_indices(index2, 10, torch.Generator().manual_seed(8))
+    ref2, _, _ = _naive_crd(es2, et2, idx2, bank.memory_s, bank.memory_t, tau, n_data, z_s, z_t)
+    assert float(crd_loss(es2, et2, index2, bank, contrast_index=idx2)) == pytest.approx(ref2, rel=1e-4)
+    assert float(bank.z_s) == pytest.approx(z_s, rel=1e-4)
+
+
+@pytest.mark.parametrize("n_neg", [8, 400])  # 9·4 < 1000 rows: gather path; 401·4 >= 1000: full-memory path
+def test_both_scoring_paths_agree_and_backward_survives_the_update(n_neg):
+    n_data, d = 1000, 4
+    bank = MemoryBank(n_data, d, generator=torch.Generator().manual_seed(9))
+    head_s, head_t = CRDHead(10, d), CRDHead(12, d)
+    fs = torch.randn(5, 10, generator=torch.Generator().manual_seed(10))
+    ft = torch.randn(5, 12, generator=torch.Generator().manual_seed(11), requires_grad=True)
+    index = torch.tensor([1, 2, 3, 4, 5])
+    idx = bank.sample_indices(index, n_neg, torch.Generator().manual_seed(12))
+    es, et = head_s(fs), head_t(ft.detach())  # the taps detach teacher features
+    manual = torch.exp((bank.memory_t[idx] * es[:, None, :]).sum(-1) / bank.temperature)
+    torch.testing.assert_close(bank.scores(es, bank.memory_t, idx), manual, rtol=1e-5, atol=0)
+    loss = crd_loss(es, et, index, bank, contrast_index=idx)
+    loss.backward()  # the bank was updated in the same call; the backward must still work
+    assert head_s.linear.weight.grad is not None and head_t.linear.weight.grad is not None  # both heads train
+    assert ft.grad is None  # nothing reaches the teacher
+    assert not bank.memory_s.requires_grad and bank.memory_s.grad is None
+
+
+def test_crd_head_unit_norm_and_errors():
+    out = CRDHead(3 * 2 * 2, 8)(torch.randn(4, 3, 2, 2))
+    torch.testing.assert_close(out.norm(dim=1), torch.ones(4))
+    bank = MemoryBank(10, 8)
+    e = _unit(2, 8, 0)
+    with pytest.raises(ShapeError, match="outside"):
+        crd_loss(e, e, torch.tensor([0, 10]), bank, n_neg=4)
+    with pytest.raises(ShapeError, match="CRDHead"):
+        crd_loss(_unit(2, 4, 0), _unit(2, 4, 1), torch.tensor([0, 1]), bank, n_neg=4)
+    with pytest.raises(ShapeError, match="index"):
+        crd_loss(e, e, torch.tensor([[0, 1]]), bank, n_neg=4)
+
+
+@pytest.fixture
+def one_thread():
+    # 150 tiny steps: with 2 OpenMP threads on a loaded 2-core machine each op pays a thread hand-off (~17x slower).
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_crd_aligns_student_with_teacher(one_thread):
+    # Free student embeddings trained with CRD against fixed teacher embeddings: afterwards each student embedding
+    # is closest to its own teacher embedding (the mutual-information bound at work).
+    torch.manual_seed(0)
+    n, d = 32, 8
+    teacher = _unit(n, d, 20)
+    student = torch.nn.Parameter(torch.randn(n, d))
+    bank = MemoryBank(n, d, labels=torch.arange(n), generator=torch.Generator().manual_seed(21))
+    opt = torch.optim.Adam([student], lr=0.05)
+    gen = torch.Generator().manual_seed(22)
+    for step in range(150):
+        index = torch.randperm(n, generator=gen)[:8]
+        loss = crd_loss(F.normalize(student[index], dim=1), teacher[index], index, bank, n_neg=16, generator=gen)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    sim = F.normalize(student.detach(), dim=1) @ teacher.t()
+    assert float((sim.argmax(1) == torch.arange(n)).float().mean()) > 0.9
