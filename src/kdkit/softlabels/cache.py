@@ -1,0 +1,341 @@
+"""``kdkit cache``: run the recipe's teacher(s) once over V augmented views of every training sample and store the top-k
+logits (see :mod:`kdkit.softlabels.store` for the format).
+
+View v of training sample i is ``augment(images[i], index=i, view=v)`` with the recipe's :class:`kdkit.data.Augment`
+(same parameters, same seed), which is exactly what the student's loader produces in any epoch e with e mod V = v.
+Teachers run frozen, in eval mode, in float32, through the offline scheme's own ``teacher_outputs`` — so several
+teachers are combined exactly as online distillation would combine them (``scheme.params.combine``).
+
+Work is split into chunks of ``chunk_size`` samples of one view. After each chunk the arrays are flushed and the chunk
+is recorded in ``progress.json`` atomically; a run that is interrupted resumes from the chunks that were recorded.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from torch import nn
+
+from kdkit.errors import ConfigError
+from kdkit.recipe import Recipe, TermSpec
+from kdkit.softlabels.store import (
+    FORMAT,
+    MANIFEST,
+    VERSION,
+    SoftLabelStore,
+    bytes_per_row,
+    encode_topk,
+    human_bytes,
+    json_sha256,
+    read_progress,
+    state_dict_sha256,
+)
+
+# Keys of a run's split record that describe only the validation side: a store depends on the training side alone.
+_VAL_ONLY = ("val_idx", "val", "n_val")
+_REL_TOL = 1e-6  # mean/std are recomputed from the pixels; allow for reduction-order rounding
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# What a store depends on, and how two such descriptions differ
+
+
+def run_identity(recipe: Recipe, data: Any, teachers: Sequence[nn.Module] | None) -> dict[str, Any]:
+    """Everything the stored logits are a function of.
+
+    Args:
+        recipe: the recipe (teacher specs, combine mode).
+        data: :class:`kdkit.build.RunData` (training split, split record, augmentation).
+        teachers: the built teacher models (their weights are hashed), or None when the recipe names none.
+
+    Returns:
+        A JSON-ready dict: ``num_classes``, ``data`` (name, params, num_samples, fingerprint, split_sha256),
+        ``augment`` (:meth:`kdkit.data.Augment.to_dict`), ``teachers`` (name, params, checkpoint, sha256) and
+        ``combine`` (mode, teacher_weights).
+    """
+    split_train = {k: v for k, v in dict(data.split).items() if k not in _VAL_ONLY}
+    params = recipe.scheme.params
+    ident: dict[str, Any] = {
+        "num_classes": int(data.num_classes),
+        "data": {"name": recipe.data.name, "params": recipe.data.params, "num_samples": len(data.train.targets),
+                 "fingerprint": data.train.fingerprint(), "split_sha256": json_sha256(split_train)},
+        "augment": data.augment.to_dict(),
+        "teachers": None,
+        "combine": {"mode": params.get("combine", "mean_logits"), "teacher_weights": params.get("teacher_weights")},
+    }
+    if teachers is not None:
+        ident["teachers"] = [{"name": s.name, "params": s.params, "checkpoint": s.checkpoint,
+                              "sha256": state_dict_sha256(m)} for s, m in zip(recipe.teachers, teachers, strict=True)]
+    return ident
+
+
+def _short(h: Any) -> str:
+    return f"{h[:12]}…" if isinstance(h, str) and len(h) > 12 else repr(h)
+
+
+def _close(a: Any, b: Any) -> bool:
+    if not (isinstance(a, list) and isinstance(b, list)) or len(a) != len(b):
+        return a == b
+    return all(math.isclose(float(x), float(y), rel_tol=_REL_TOL, abs_tol=1e-9) for x, y in zip(a, b, strict=True))
+
+
+def identity_diff(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Human-readable differences between a store's identity and the recipe's, one short phrase each.
+
+    Teachers are compared only when ``current`` names some (a recipe may give ``soft_labels`` without ``teachers``);
+    the augmentation seed only when the augmentation is random (otherwise every view is the plain image).
+    """
+    out: list[str] = []
+    if stored["num_classes"] != current["num_classes"]:
+        out.append(f"number of classes (store {stored['num_classes']}, recipe {current['num_classes']})")
+    sd, cd = stored["data"], current["data"]
+    if sd["num_samples"] != cd["num_samples"]:
+        out.append(f"training samples (store {sd['num_samples']}, recipe {cd['num_samples']})")
+    if sd["fingerprint"] != cd["fingerprint"]:
+        out.append(f"training data fingerprint (store {_short(sd['fingerprint'])} from '{sd['name']}', recipe "
+                   f"{_short(cd['fingerprint'])} from '{cd['name']}')")
+    if sd["split_sha256"] != cd["split_sha256"]:
+        out.append(f"data split (store {_short(sd['split_sha256'])}, recipe {_short(cd['split_sha256'])})")
+    sa, ca = stored["augment"], current["augment"]
+    for key in ("crop_padding", "flip"):
+        if sa.get(key) != ca.get(key):
+            out.append(f"augmentation {key} (store {sa.get(key)}, recipe {ca.get(key)})")
+    for key in ("mean", "std"):
+        if not _close(sa.get(key), ca.get(key)):
+            out.append(f"normalisation {key} (store {sa.get(key)}, recipe {ca.get(key)})")
+    random_aug = bool(ca.get("crop_padding")) or bool(ca.get("flip"))
+    if random_aug and sa.get("seed") != ca.get("seed"):
+        out.append(f"augmentation seed (store {sa.get('seed')}, recipe {ca.get('seed')})")
+    st, ct = stored.get("teachers"), current.get("teachers")
+    if ct is not None and st is not None:
+        if len(st) != len(ct):
+            out.append(f"number of teachers (store {len(st)}, recipe {len(ct)})")
+        for i, (s, c) in enumerate(zip(st, ct, strict=False)):  # a count difference is reported above
+            if s["name"] != c["name"]:
+                out.append(f"teacher {i} model (store '{s['name']}', recipe '{c['name']}')")
+            elif s["params"] != c["params"]:
+                out.append(f"teacher {i} params (store {s['params']}, recipe {c['params']})")
+            if s["sha256"] != c["sha256"]:
+                out.append(f"teacher {i} weights (store sha256 {_short(s['sha256'])}, recipe {_short(c['sha256'])} "
+                           f"from {c['checkpoint']})")
+        if len(ct) > 1 and stored["combine"] != current["combine"]:
+            out.append(f"teacher combine (store {stored['combine']}, recipe {current['combine']})")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The cache run
+
+
+@dataclass
+class CacheResult:
+    """What ``build_cache`` did.
+
+    Attributes:
+        path: the store directory.
+        manifest: its manifest.
+        chunks_total: chunks in the store (views × ceil(N / chunk_size)).
+        chunks_computed: chunks this call computed (0 when the store was already complete).
+        seconds: wall time of this call's teacher passes.
+        file_bytes: size of the arrays.
+    """
+
+    path: Path
+    manifest: dict[str, Any]
+    chunks_total: int
+    chunks_computed: int
+    seconds: float
+    file_bytes: int
+
+
+def default_store_path(recipe: Recipe) -> Path:
+    """``recipe.soft_labels`` when set (so the same recipe caches and then distils), else output_dir/NAME-softlabels."""
+    return Path(recipe.soft_labels) if recipe.soft_labels else Path(recipe.output_dir) / f"{recipe.name}-softlabels"
+
+
+def _teacher_recipe(recipe: Recipe) -> Recipe:
+    # The cache needs the teachers and the scheme's combine rule, not the recipe's loss terms (a feature term would
+    # only probe shapes): build the scheme with plain CE.
+    return recipe.model_copy(update={"terms": [TermSpec(name="ce")], "soft_labels": None})
+
+
+def _device(recipe: Recipe) -> torch.device:
+    if recipe.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("recipe field 'device': cuda requested but no GPU is visible; use device: auto or cpu")
+    return torch.device("cuda" if recipe.device != "cpu" and torch.cuda.is_available() else "cpu")
+
+
+def build_cache(recipe: Recipe, views: int = 1, topk: int = 10, out: str | Path | None = None, *,
+                chunk_size: int = 2048, batch_size: int | None = None, overwrite: bool = False, quiet: bool = False,
+                console: Console | None = None, on_chunk: Callable[[int, int], None] | None = None) -> CacheResult:
+    """Run the teacher(s) over ``views`` augmented views of every training sample and store the top-``topk`` logits.
+
+    Args:
+        recipe: a distillation recipe with ``teachers``.
+        views: V, the number of augmented views per sample (1 when the recipe's augmentation is off: every view is
+            then the same image).
+        topk: k, classes kept per (sample, view); clipped to K.
+        out: the store directory (default: :func:`default_store_path`).
+        chunk_size: samples per resumable chunk.
+        batch_size: teacher batch (default ``data.eval_batch_size``).
+        overwrite: replace an existing store made for something else.
+        quiet: no progress bar and no summary.
+        console: where progress and the summary go (default: stderr).
+        on_chunk: called as ``on_chunk(chunk_id, chunks_done)`` after each chunk is recorded (tests use it to
+            simulate a crash).
+
+    Returns:
+        :class:`CacheResult`.
+    """
+    from kdkit.build import build_data, build_scheme
+    from kdkit.utils import seed_everything
+
+    if not recipe.teachers:
+        raise ConfigError("kdkit cache: the recipe has no `teachers:`; the store holds teacher outputs")
+    if views < 1:
+        raise ConfigError(f"--views must be >= 1, got {views}")
+    if topk < 1:
+        raise ConfigError(f"--topk must be >= 1, got {topk}")
+    if chunk_size < 1:
+        raise ConfigError(f"--chunk-size must be >= 1, got {chunk_size}")
+    console = console or Console(stderr=True)
+    if recipe.threads:
+        torch.set_num_threads(recipe.threads)
+    seed_everything(recipe.seed)
+    data = build_data(recipe)
+    if not hasattr(data.train, "images") or data.augment is None:
+        raise ConfigError(f"kdkit cache: data '{recipe.data.name}' is not image data with a replayable augmentation; "
+                          f"the soft-label store supports image recipes")
+    scheme = build_scheme(_teacher_recipe(recipe), data)
+    if not hasattr(scheme, "teacher_outputs"):
+        raise ConfigError(f"kdkit cache: scheme '{recipe.scheme.name}' does not expose teacher outputs; the store "
+                          f"works with the offline scheme (one or several frozen teachers)")
+    if getattr(scheme, "combine", None) == "random" and len(recipe.teachers) > 1:
+        raise ConfigError("scheme.params.combine: 'random' draws a teacher per training step, which a store cannot "
+                          "replay; cache with mean_logits, mean_probs or weighted")
+    teachers = [getattr(t, "model", t) for t in getattr(scheme, "teachers", [])]  # unwrap FrozenTeacher
+    identity = run_identity(recipe, data, teachers)
+    device = _device(recipe)
+    scheme.to(device)
+
+    n, num_classes = len(data.train.targets), int(data.num_classes)
+    if not data.augment.is_random and views > 1:
+        if not quiet:
+            console.print(f"[yellow]note:[/] the recipe's augmentation is off, so all {views} views would be the "
+                          f"same image; storing 1 view")
+        views = 1
+    k = min(topk, num_classes)
+    blocks = math.ceil(n / chunk_size)
+    path = Path(out) if out is not None else default_store_path(recipe)
+    manifest = {
+        "format": FORMAT, "version": VERSION, "complete": False,
+        "views": views, "topk": k, "num_classes": num_classes, "num_samples": n,
+        "chunk_size": chunk_size, "chunks": views * blocks,
+        "arrays": SoftLabelStore.array_specs(views, n, k, num_classes),
+        "bytes_per_sample_view": bytes_per_row(k, num_classes),
+        "reconstruction": "logits: stored value for the top-k classes, `tail` (log-mean-exp of the other K-k "
+                          "logits) for every other class",
+        "identity": identity,
+        "recipe": {"name": recipe.name, "seed": recipe.seed, "soft_labels": recipe.soft_labels},
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+    }
+    store = _open_for_writing(path, manifest, overwrite)
+    done = read_progress(path) if not store.manifest.get("complete") else set(range(views * blocks))
+    todo = [c for c in range(views * blocks) if c not in done]
+    if not todo:
+        if not quiet:
+            console.print(f"soft-label store {path} is complete and matches the recipe; nothing to do")
+        return CacheResult(path, store.manifest, views * blocks, 0, 0.0, store.file_bytes())
+    if done and not quiet:
+        console.print(f"[bold]resuming[/] {path}: {len(done)}/{views * blocks} chunks already stored")
+
+    bs = batch_size or recipe.data.eval_batch_size
+    images = data.train.images
+    t0 = time.perf_counter()
+    prog = None
+    if not quiet:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        prog = Progress(TextColumn("caching teacher outputs"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=console, transient=True)
+        prog.start()
+        task = prog.add_task("cache", total=views * n, info="",
+                             completed=sum(_chunk_len(c, blocks, chunk_size, n) for c in done))
+    try:
+        for c in todo:
+            v, blk = divmod(c, blocks)
+            lo, hi = blk * chunk_size, min(n, (blk + 1) * chunk_size)
+            for s in range(lo, hi, bs):
+                pos = torch.arange(s, min(hi, s + bs), dtype=torch.int64)
+                # The student's loader makes exactly this tensor for sample `pos` in any epoch e with e mod V = v.
+                x = data.augment(images[pos], pos, v).to(device)
+                teacher, _ = scheme.teacher_outputs({"input": x})
+                logits = teacher.logits.float().cpu()
+                if logits.shape[1] != num_classes:
+                    raise ConfigError(f"teachers output {logits.shape[1]} classes, the data has {num_classes}")
+                store.write(v, s, *encode_topk(logits, k))
+                if prog is not None:
+                    rate = (prog.tasks[0].completed + pos.numel()) / max(time.perf_counter() - t0, 1e-9)
+                    prog.update(task, advance=pos.numel(), info=f"view {v + 1}/{views} · {rate:,.0f} img/s")
+            done.add(c)
+            store.commit_chunks(done)
+            if on_chunk is not None:
+                on_chunk(c, len(done))
+    finally:
+        if prog is not None:
+            prog.stop()
+    seconds = time.perf_counter() - t0
+    store.finalize({"seconds": round(float(store.manifest.get("seconds", 0.0)) + seconds, 3)})
+    size = store.file_bytes()
+    if not quiet:
+        per = bytes_per_row(k, num_classes)
+        console.print(f"[bold green]stored[/] {path}: {n} samples × {views} view(s), top-{k} of {num_classes} "
+                      f"classes, {len(todo)} chunk(s) in {seconds:.1f} s")
+        console.print(f"disk use: {human_bytes(size)} ({per} B per sample-view: {2 * k} values + "
+                      f"{store.arrays['indices'].dtype.itemsize * k} indices + 2 tail); distil with "
+                      f"`soft_labels: {path}` in the recipe")
+    return CacheResult(path, store.manifest, views * blocks, len(todo), seconds, size)
+
+
+def _chunk_len(c: int, blocks: int, chunk_size: int, n: int) -> int:
+    blk = c % blocks
+    return min(n, (blk + 1) * chunk_size) - blk * chunk_size
+
+
+def _open_for_writing(path: Path, manifest: dict[str, Any], overwrite: bool) -> SoftLabelStore:
+    """Resume a matching store, or create a new one (an existing, different store needs ``overwrite``)."""
+    if not (path / MANIFEST).is_file():
+        return SoftLabelStore.create(path, manifest, overwrite=overwrite)
+    try:
+        old = SoftLabelStore.open(path, writable=True, require_complete=False)
+    except ConfigError:
+        if overwrite:
+            return SoftLabelStore.create(path, manifest, overwrite=True)
+        raise
+    layout = ("views", "topk", "num_classes", "num_samples", "chunk_size")
+    diffs = [f"{key} (store {old.manifest.get(key)}, now {manifest[key]})" for key in layout
+             if old.manifest.get(key) != manifest[key]]
+    diffs += identity_diff(old.manifest["identity"], manifest["identity"])
+    if not diffs:
+        return old
+    if overwrite:
+        del old
+        return SoftLabelStore.create(path, manifest, overwrite=True)
+    raise ConfigError(f"'{path}' holds a soft-label store made for something else: {'; '.join(diffs)}; pass "
+                      f"--overwrite to replace it, or choose another --out")
