@@ -174,6 +174,10 @@ def run(recipe: Recipe, resume: bool = False, quiet: bool = False, console: Any 
     accelerator = make_accelerator(recipe)
     seed_everything(recipe.seed)
     data = build_data(recipe, accelerator.num_processes, accelerator.process_index)
+    if recipe.soft_labels:  # teacher logits read from a store: checks it, wraps data.train_loader (kdkit.softlabels)
+        from kdkit.softlabels import attach_soft_labels
+
+        attach_soft_labels(recipe, data)
     scheme = build_scheme(recipe, data)
     if accelerator.is_main_process:
         save_recipe(recipe, run_dir / "config.yaml")
