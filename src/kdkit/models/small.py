@@ -1,0 +1,130 @@
+"""Small models for 28x28 (MNIST-like) and 8x8 (sklearn digits) inputs: an MLP and a configurable CNN.
+
+* ``mlp``: flatten -> [Linear -> ReLU] per hidden width -> Linear. The quickstart student "MLP 784-64-10" is
+  ``mlp(num_classes=10, in_channels=1, image_size=28, hidden=[64])`` (50,890 parameters). Its stages are the hidden
+  layers' ReLU modules (``hidden.1``, ``hidden.3``, ...) and ``embed`` is an identity on the last hidden activation.
+* ``cnn``: stages of conv-BN-ReLU; every stage after the first starts with a 2x2 max-pool; global average pooling;
+  one linear layer. ``kd_stages`` are the stage outputs, so feature-KD terms have maps at H, H/2, H/4.
+* ``cnn_teacher``: 32-64 | 128 | 256 channels (0.39M parameters at 28x28x1 and 10 classes).
+* ``cnn_student``: 16 | 32 | 64 channels (24k parameters), same three stages, so stages pair one to one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+from kdkit.errors import ConfigError, ShapeError
+from kdkit.models.base import ClassifierNet, conv_bn_relu, init_weights
+from kdkit.registry import MODELS
+
+
+class MLP(nn.Module):
+    """(B, C, S, S) -> flatten (B, C*S*S) -> hidden ReLU layers -> (B, K)."""
+
+    def __init__(self, in_features: int, hidden: Sequence[int], num_classes: int) -> None:
+        super().__init__()
+        self.in_features = in_features
+        self.flatten = nn.Flatten(1)
+        layers: list[nn.Module] = []
+        width = in_features
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            width = h
+        self.hidden = nn.Sequential(*layers)
+        # Stages = the hidden activations; with no hidden layer (logistic regression) the flattened input is all.
+        self.kd_stages: tuple[str, ...] = tuple(f"hidden.{2 * i + 1}" for i in range(len(hidden)))
+        self.embed = nn.Identity()
+        self.fc = nn.Linear(width, num_classes)
+
+    @property
+    def num_features(self) -> int:
+        return self.fc.in_features
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """(B, C, S, S) or (B, C*S*S) -> (B, D) last hidden activation."""
+        f = self.flatten(x)
+        if f.shape[1] != self.in_features:
+            raise ShapeError(f"mlp was built for inputs of {self.in_features} values (in_channels x image_size^2), "
+                             f"got a batch of shape {tuple(x.shape)}; set the model's in_channels/image_size to match")
+        return self.hidden(f)
+
+    def forward_head(self, f: Tensor) -> Tensor:
+        return self.fc(self.embed(f))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+class SmallCNN(ClassifierNet):
+    """Stages of 3x3 conv-BN-ReLU. (B, C, H, W) -> (B, K); stage i runs at H / 2^i.
+
+    Args:
+        stages: conv output widths of each stage, e.g. ``[[32, 64], [128], [256]]``.
+        dropout: dropout before the classifier (0 = none).
+    """
+
+    def __init__(self, stages: Sequence[Sequence[int]], num_classes: int = 10, in_channels: int = 1,
+                 dropout: float = 0.0) -> None:
+        super().__init__()
+        if not stages or any(not s for s in stages):
+            raise ConfigError(f"cnn: every stage needs at least one conv width, got {list(map(list, stages))}")
+        in_ch = in_channels
+        names = []
+        for i, widths in enumerate(stages):
+            layers: list[nn.Module] = [nn.MaxPool2d(2)] if i > 0 else []
+            for w in widths:
+                layers.append(conv_bn_relu(in_ch, int(w)))
+                in_ch = int(w)
+            names.append(f"stage{i + 1}")
+            self.add_module(names[-1], nn.Sequential(*layers))
+        self.kd_stages = tuple(names)
+        self._build_head(in_ch, num_classes)
+        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        init_weights(self)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        for name in self.kd_stages:
+            x = getattr(self, name)(x)
+        return x
+
+    def forward_head(self, f: Tensor) -> Tensor:
+        return self.fc(self.drop(self.embed(self.pool(f))))
+
+
+@MODELS.register("mlp", description="MLP: flatten -> hidden ReLU layers (default [64]) -> linear; image_size sets the "
+                                    "input width (784-64-10: 50,890 params)")
+def mlp(num_classes: int = 10, in_channels: int = 3, image_size: int = 32, hidden: Sequence[int] = (64,)
+        ) -> nn.Module:
+    hidden = [int(h) for h in hidden]
+    if any(h <= 0 for h in hidden):
+        raise ConfigError(f"mlp: hidden widths must be positive, got {hidden}")
+    return MLP(in_channels * image_size * image_size, hidden, num_classes)
+
+
+@MODELS.register("cnn", description="small CNN: `stages` of conv-BN-ReLU (width, 2x, 4x...), max-pool between stages, "
+                                    "global pooling, linear (width 32: 92k params)")
+def cnn(num_classes: int = 10, in_channels: int = 3, image_size: int = 32, width: int = 32, num_stages: int = 3,
+        convs_per_stage: int = 1, channels: Sequence[Sequence[int]] | None = None, dropout: float = 0.0
+        ) -> nn.Module:
+    """``channels`` (per-stage conv widths) overrides ``width``/``num_stages``/``convs_per_stage``."""
+    if channels is None:
+        if width < 1 or num_stages < 1 or convs_per_stage < 1:
+            raise ConfigError(f"cnn: width, num_stages and convs_per_stage must be >= 1, got {width}, {num_stages}, "
+                              f"{convs_per_stage}")
+        channels = [[width * 2**i] * convs_per_stage for i in range(num_stages)]
+    return SmallCNN(channels, num_classes, in_channels, dropout)
+
+
+@MODELS.register("cnn_teacher", description="CNN teacher for 28x28 digits: conv 32-64 | pool, 128 | pool, 256 "
+                                            "(0.39M params at 1 channel, 10 classes)")
+def cnn_teacher(num_classes: int = 10, in_channels: int = 3, image_size: int = 32, dropout: float = 0.0
+                ) -> nn.Module:
+    return SmallCNN([[32, 64], [128], [256]], num_classes, in_channels, dropout)
+
+
+@MODELS.register("cnn_student", description="CNN student: conv 16 | pool, 32 | pool, 64 (24k params at 1 channel, "
+                                            "10 classes)")
+def cnn_student(num_classes: int = 10, in_channels: int = 3, image_size: int = 32) -> nn.Module:
+    return SmallCNN([[16], [32], [64]], num_classes, in_channels)
