@@ -8,10 +8,12 @@ order, on whatever device, and the teacher soft-label store can recreate exactly
 The hash is Chris Wellons' ``lowbias32`` finaliser (a murmur3-style xorshift-multiply mixer with lower bias),
 absorbing 32-bit words one at a time. It is computed in int64 on values kept in [0, 2^32), and both multipliers are
 below 2^31, so no product reaches 2^63: signed overflow, undefined behaviour in C++ that could differ between CPU and
-GPU kernels, never happens. The same code runs on Python ints (used for the seed and a scalar ``view``), giving
-bit-identical results.
+GPU kernels, never happens. The same code runs on Python ints (the seed and a scalar ``view``), numpy arrays and
+torch tensors, giving bit-identical words.
 
-Everything is vectorised over the batch: one padded copy, one gather with index arithmetic, two element-wise ops.
+Everything is vectorised over the batch, with no per-sample Python: one zero-padded copy, one gather (index arithmetic
+on any device; on CPU, a sliding-window view indexed per sample, in numpy whose single-threaded kernels do not stall
+when the cores are shared), and two element-wise ops. The CPU and device paths produce the same bytes (tested).
 """
 
 from __future__ import annotations
