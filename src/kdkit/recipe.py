@@ -51,6 +51,10 @@ class DataSpec(_Strict):
     mean: list[float] | None = Field(default=None, description="per-channel mean (0-1 scale); default: train split")
     std: list[float] | None = Field(default=None, description="per-channel std (0-1 scale); default: train split")
     train_limit: int | None = Field(default=None, ge=1, description="use only the first N training samples")
+    held_out: bool = Field(default=False, description="train on the training samples that `train_limit` leaves out "
+                           "(a held-out transfer set the teacher never saw)")
+    unlabelled: bool = Field(default=False, description="drop the training labels (targets -1): the student learns "
+                             "from teacher outputs only; leave `ce` out of the terms")
 
 
 class TermSpec(_Strict):
@@ -59,6 +63,8 @@ class TermSpec(_Strict):
     name: str = Field(description="loss term name; `kdkit losses` lists them")
     weight: float = Field(default=1.0, description="multiplier of this term in the total loss")
     warmup_epochs: float = Field(default=0.0, ge=0.0, description="ramp the weight linearly from 0 over this many epochs")
+    start_epoch: float = Field(default=0.0, ge=0.0, description="the term counts from this (fractional) epoch on")
+    stop_epoch: float | None = Field(default=None, gt=0.0, description="the term stops counting at this epoch")
     key: str | None = Field(default=None, description="log name when a term appears twice (default: name)")
     params: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the term")
 
@@ -111,6 +117,8 @@ class Recipe(_Strict):
     eval_every: int = Field(default=1, ge=1)
     threads: int | None = Field(default=None, ge=1, description="torch CPU threads (default: torch's choice)")
     soft_labels: str | None = Field(default=None, description="teacher soft-label store to read instead of teachers")
+    stages: list[dict[str, Any]] = Field(default_factory=list, description="a pipeline: each stage is a partial recipe "
+                                         "(plus name, teacher_from, ensemble) run in order; see docs/schemes.md")
 
     @model_validator(mode="before")
     @classmethod
@@ -122,6 +130,11 @@ class Recipe(_Strict):
             if "teachers" in data:
                 raise ValueError("give either 'teacher' or 'teachers', not both")
             data["teachers"] = [] if t is None else [t]
+        if isinstance(data, dict) and data.get("stages") and "student" not in data:
+            # A pipeline needs no top-level student: the last stage that names one stands for the recipe.
+            named = [s["student"] for s in data["stages"] if isinstance(s, dict) and "student" in s]
+            if named:
+                data = dict(data, student=named[-1])
         return data
 
     @model_validator(mode="after")

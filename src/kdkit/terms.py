@@ -73,12 +73,17 @@ class LossTerm(nn.Module):
 
     needs_teacher: ClassVar[bool] = True
     needs_teacher_features: ClassVar[bool] = False
+    needs_input_grad: ClassVar[bool] = False  # the student's input must require grad (derivative matching)
 
     def __init__(self, name: str, weight: float = 1.0, warmup_epochs: float = 0.0) -> None:
         super().__init__()
         self.name = name
         self.weight = float(weight)
         self.warmup_epochs = float(warmup_epochs)
+        # Active window in (fractional) epochs: the term counts for start_epoch <= progress < stop_epoch. Set from the
+        # recipe's TermSpec; e.g. FitNets' two stages are a hint term with stop_epoch and KD terms with start_epoch.
+        self.start_epoch = 0.0
+        self.stop_epoch: float | None = None
 
     # -- declared once: what the term reads ---------------------------------------------------------------------
     def student_taps(self) -> list[str]:
@@ -96,10 +101,14 @@ class LossTerm(nn.Module):
         raise NotImplementedError
 
     def weight_at(self, state: TrainState) -> float:
-        """The weight, ramped linearly from 0 over ``warmup_epochs`` (DKD's warm-up, for instance)."""
+        """The weight: 0 outside [start_epoch, stop_epoch), ramped linearly from 0 over ``warmup_epochs`` after
+        ``start_epoch`` (DKD's warm-up, for instance)."""
+        progress = state.progress
+        if progress < self.start_epoch or (self.stop_epoch is not None and progress >= self.stop_epoch):
+            return 0.0
         if self.warmup_epochs <= 0:
             return self.weight
-        return self.weight * min(1.0, state.progress / self.warmup_epochs)
+        return self.weight * min(1.0, (progress - self.start_epoch) / self.warmup_epochs)
 
     def forward(self, inp: TermInputs) -> Tensor:
         if self.needs_teacher and inp.teacher is None:
@@ -114,7 +123,10 @@ def build_term(spec: Any) -> LossTerm:
     """Instantiate a registered term from a :class:`kdkit.recipe.TermSpec`, with one-line errors for bad params."""
     cls = LOSSES.get(spec.name)
     try:
-        return cls(name=spec.log_name, weight=spec.weight, warmup_epochs=spec.warmup_epochs, **spec.params)
+        term = cls(name=spec.log_name, weight=spec.weight, warmup_epochs=spec.warmup_epochs, **spec.params)
+        term.start_epoch = float(spec.start_epoch)
+        term.stop_epoch = None if spec.stop_epoch is None else float(spec.stop_epoch)
+        return term
     except TypeError as err:
         import inspect
 
@@ -167,16 +179,20 @@ class KDTerm(LossTerm):
 
 def total_loss(terms: nn.ModuleList, inp: TermInputs) -> tuple[Tensor, dict[str, Tensor]]:
     """Weighted sum of terms; returns (loss, unweighted detached values by name)."""
+    if len(terms) == 0:
+        raise ConfigError("the recipe has no loss terms; add at least `terms: [{name: ce}]`")
     loss: Tensor | None = None
     logged: dict[str, Tensor] = {}
     for term in terms:
+        w = term.weight_at(inp.state)
+        if w == 0.0 and (term.start_epoch > 0 or term.stop_epoch is not None):
+            continue  # outside its active window: not computed (and not logged) at all
         value = term(inp)
         logged[term.name] = value.detach()
-        w = term.weight_at(inp.state)
         part = value * w
         loss = part if loss is None else loss + part
-    if loss is None:
-        raise ConfigError("the recipe has no loss terms; add at least `terms: [{name: ce}]`")
+    if loss is None:  # every term is outside its window: a zero loss that keeps the graph
+        loss = inp.student.logits.sum() * 0.0
     return loss, logged
 
 

@@ -68,9 +68,12 @@ class DistillModule(nn.Module):
         self.terms = nn.ModuleList(terms)
         paths = [p for t in terms for p in t.student_taps()]
         self.tap = FeatureTap(student, paths, role="student") if paths else None
+        self.input_grad = any(getattr(t, "needs_input_grad", False) for t in terms)
 
     def forward(self, batch: Batch, teacher: ModelOutput | None, teachers: list[ModelOutput], state: TrainState
                 ) -> StepOutput:
+        if self.input_grad:  # derivative-matching terms differentiate the outputs w.r.t. this very tensor
+            batch = dict(batch, input=batch["input"].detach().requires_grad_(True))
         logits = _logits_of(self.student(batch["input"]))
         feats = self.tap.pop() if self.tap is not None else {}
         out = ModelOutput(logits=logits, features=feats)
