@@ -146,7 +146,7 @@ def test_crd_aligns_student_with_teacher(one_thread):
     bank = MemoryBank(n, d, labels=torch.arange(n), generator=torch.Generator().manual_seed(21))
     opt = torch.optim.Adam([student], lr=0.05)
     gen = torch.Generator().manual_seed(22)
-    for step in range(150):
+    for _ in range(150):
         index = torch.randperm(n, generator=gen)[:8]
         loss = crd_loss(F.normalize(student[index], dim=1), teacher[index], index, bank, n_neg=16, generator=gen)
         opt.zero_grad()

@@ -109,7 +109,7 @@ def test_logit_mse_shape_error():
 
 
 def _np_dkd_parts(s, t, y, T):
-    """Naive per-sample loop: binary KL of [p_y, 1 − p_y] and KL over the K−1 non-target classes, exactly renormalised."""
+    """Naive per-sample loop: binary KL of [p_y, 1 − p_y]; KL over the K−1 non-target classes, exactly renormalised."""
     tckd, nckd = [], []
     for i in range(s.shape[0]):
         ps, pt = _softmax(s[i] / T), _softmax(t[i] / T)
@@ -220,7 +220,7 @@ def test_multilabel_kd_minimum_at_equality_and_grads():
     entropy = T * T * np.mean(-(p * np.log(p) + (1 - p) * np.log(1 - p)))
     t_as_s = t.clone().requires_grad_(True)
     loss = multilabel_kd(t_as_s, t, T)
-    assert float(loss) == pytest.approx(entropy, rel=1e-5)
+    assert float(loss.detach()) == pytest.approx(entropy, rel=1e-5)
     loss.backward()
     assert float(t_as_s.grad.abs().max()) < 1e-7  # a minimum: zero gradient
     s, t = s.clone().requires_grad_(True), t.clone().requires_grad_(True)

@@ -117,7 +117,7 @@ def attention_transfer(s_feats: Tensor | Sequence[Tensor], t_feats: Tensor | Seq
     if reduction not in ("sum", "mean"):
         raise ValueError(f"attention_transfer: reduction must be 'sum' or 'mean', got {reduction!r}")
     losses = []
-    for fs, ft in zip(ss, ts):
+    for fs, ft in zip(ss, ts, strict=True):
         fs, ft = _match_spatial(fs, ft.detach(), resize, "attention_transfer")
         losses.append((at_map(fs, p) - at_map(ft, p)).pow(2).mean())
     total = torch.stack(losses).sum()
