@@ -91,7 +91,8 @@ def soft_cross_entropy(student_logits: Tensor, teacher_logits: Tensor, temperatu
 
     ``p^T = softmax(t/T)`` (teacher, constant), ``q^T = softmax(s/T)`` (student). It differs from :func:`kd_kl` only by
     the teacher entropy ``T²·H(p^T)``, a constant, so the gradients are identical; its minimum (at ``s = t``) is that
-    entropy, not 0. TinyBERT's prediction-layer loss and DistilBERT's ``L_ce`` are this function.
+    entropy, not 0. TinyBERT's prediction-layer loss is this function (see ``transformer.prediction_soft_ce``);
+    DistilBERT's ``L_ce`` is :func:`kd_kl` (the same gradient).
 
     Args:
         student_logits: (B, K).
