@@ -17,7 +17,8 @@ Cost: each projection needs one extra backward pass through the teacher and one 
 double-backward of the student). Expect roughly (1 + 2P)× the student's backward cost plus P teacher backwards, and
 the teacher forward must run *with* autograd enabled on the input (not under ``no_grad``). Layers without second
 derivatives (e.g. ReLU) still work: their Hessian is zero almost everywhere, so the gradient flows through the
-first-order path.
+first-order path. BatchNorm in training mode couples the samples of a batch, so the per-sample derivatives are then
+only approximately per-sample (the gradient of the summed outputs is taken); eval-mode teachers are unaffected.
 """
 
 from __future__ import annotations
