@@ -150,12 +150,14 @@ def quickstart(output_dir: Annotated[Path, typer.Option(help="where the three ru
                teacher_epochs: Annotated[int, typer.Option(help="teacher epochs")] = 15,
                student_epochs: Annotated[int, typer.Option(help="student epochs (scratch and KD)")] = 50,
                seed: Annotated[int, typer.Option(help="seed of all three runs")] = 0,
+               train_limit: Annotated[Optional[int], typer.Option(help="smoke test: train on a stratified subset "
+                                                                       "of this many digits")] = None,
                quiet: QuietOpt = False) -> None:
     """The seed's case study on the bundled MNIST digits: teacher, student from scratch, student with KD."""
     from kdkit.quickstart import run_quickstart
 
     run_quickstart(output_dir, teacher_epochs=teacher_epochs, student_epochs=student_epochs, seed=seed,
-                   quiet=quiet, console=console)
+                   quiet=quiet, console=console, train_limit=train_limit)
 
 
 def _register_optional_commands() -> None:

@@ -32,12 +32,15 @@ def measure_model(model: torch.nn.Module, input_shape: tuple[int, ...]) -> dict[
 
 
 def run_quickstart(output_dir: Path, teacher_epochs: int = 15, student_epochs: int = 50, seed: int = 0,
-                   quiet: bool = False, console: Console | None = None) -> dict[str, Any]:
+                   quiet: bool = False, console: Console | None = None, train_limit: int | None = None
+                   ) -> dict[str, Any]:
     from kdkit import api
 
     console = console or Console()
     output_dir = Path(output_dir)
     common = [f"output_dir={output_dir}", f"seed={seed}"]
+    if train_limit:  # a smoke run on a stratified subset (tests)
+        common.append(f"data.train_limit={train_limit}")
     t0 = time.perf_counter()
     steps = [
         ("teacher", "mnist_teacher", [f"epochs={teacher_epochs}"], api.train),
