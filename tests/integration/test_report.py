@@ -90,7 +90,7 @@ def test_report_content_on_real_runs(runs, report):
                   rf"\d+\.\d× (faster|slower) than the teacher", html)
     assert m, html[html.index("<h1>"):][:600]
     assert 1.5 < float(m.group(2)) < 2.5
-    assert "measured now for teacher, scratch, kd" in html
+    assert "Measured now for teacher, scratch, kd" in html
     assert "ce ×0.5 + kd ×0.5 (temperature=4)" in html
     md = (report.parent / "summary.md").read_text()
     assert "| student (KD) | kd | mlp |" in md
@@ -115,18 +115,27 @@ def test_case_study_command_uses_its_numbers(runs, tmp_path):
     assert "KD student: 95.5% (+2.5 over scratch), 8.0× smaller, 3.0× faster than the teacher" in html
 
 
+def _screenshot(page: Path, tmp: Path, name: str) -> np.ndarray:
+    shot = tmp / f"{name}.png"
+    res = _browser(["--screenshot=" + str(shot), "--window-size=1280,4000", page.as_uri()], tmp)
+    assert shot.is_file(), f"chromium wrote no screenshot (exit {res.returncode}): {res.stderr[-2000:]}"
+    return _rgb(shot)
+
+
 @needs_chromium
 def test_page_renders_with_plots_in_chromium(report, tmp_path):
-    shot = tmp_path / "page.png"
-    res = _browser(["--screenshot=" + str(shot), "--window-size=1280,4000", report.as_uri()], tmp_path)
-    assert shot.is_file(), f"chromium wrote no screenshot (exit {res.returncode}): {res.stderr[-2000:]}"
-    rgb = _rgb(shot)
+    rgb = _screenshot(report, tmp_path, "page")
     assert rgb.shape[0] >= 4000 and rgb.shape[1] >= 1280
     assert rgb.reshape(-1, 3).std(axis=0).max() > 20, "the screenshot is blank"
-    # The plots are drawn in the role colours; bars and markers of each role must be on screen (text alone would
-    # leave a few hundred pixels at most).
+    # Control: the same page with its images emptied. The role colours also appear in chips and borders, so the plots
+    # must add thousands of pixels of each role's colour (bars, curves, markers) on top of what the page has without.
+    bare = tmp_path / "bare" / "report.html"
+    bare.parent.mkdir()
+    bare.write_text(re.sub(r'src="data:image/png;base64,[^"]+"', 'src=""', report.read_text()))
+    control = _screenshot(bare, tmp_path, "bare")
     for role, col in ROLE_COLORS.items():
-        assert _pixels_near(rgb, col) > 3000, f"{role} colour {col} barely visible: the plots did not render"
+        added = _pixels_near(rgb, col) - _pixels_near(control, col)
+        assert added > 5000, f"{role} colour {col}: only {added} more pixels with the plots: they did not render"
 
 
 @needs_chromium

@@ -196,7 +196,8 @@ def _terms_desc(config: dict[str, Any]) -> str:
 
 def _times(x: float, more: str, less: str) -> str:
     """``4.2× faster`` for a ratio of 4.2, ``2.0× slower`` for 0.5: a ratio below 1 reads wrong as "0.5× faster"."""
-    return f"{x:.1f}× {more}" if x >= 1 else f"{1 / x:.1f}× {less}"
+    r, word = (x, more) if x >= 1 else (1 / x, less)
+    return f"{r:.1f}× {word}" if r < 100 else f"{r:,.0f}× {word}"  # "3,968× faster", not "3967.8×"
 
 
 def _ratio_words(e: Entry, latency_key: str = "latency_b1_ms") -> list[str]:
@@ -415,13 +416,13 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, case_study
         threads = case["threads"]
     srcs = []
     if any(r.cost_source == "case study" for r in runs) or (case and len(entries) > len(runs)):
-        srcs.append(f"case-study numbers from {Path(str(case_study)).name}"
+        srcs.append(f"Case-study numbers from {Path(str(case_study)).name}"
                     + (f" ({threads} CPU thread(s))" if threads else ""))
     if measured:
         import torch
 
         load_txt = f", load average {load_at_measure:.1f} on {os.cpu_count()} cores" if _ok(load_at_measure) else ""
-        srcs.append(f"measured now for {', '.join(measured)} ({torch.get_num_threads()} CPU thread(s){load_txt})")
+        srcs.append(f"Measured now for {', '.join(measured)} ({torch.get_num_threads()} CPU thread(s){load_txt})")
     cost_note = ("Latency: median wall-clock time per image on the CPU (PyTorch eager), at batch 1 and batch 64; "
                  "size: the weights saved as safetensors, MB = 10^6 bytes. " + ("; ".join(srcs) + "." if srcs else ""))
     notes.append("Timings depend on the machine and on its load at the time; re-measure on a quiet machine with "
@@ -452,11 +453,15 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, case_study
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    written = []
     for p in [acc_plot, *([pareto_plot] if pareto_plot else []), *curve_plots]:
         atomic_write_bytes(out / p.filename, p.png)
+        written.append(out / p.filename)
     atomic_write_text(out / "summary.md", render_markdown(page))
     html_path = out / "report.html"
     atomic_write_text(html_path, render_html(page))
+    for f in [*written, out / "summary.md", html_path]:
+        f.chmod(0o644)  # atomic writes create 0600 temp files; a report is meant to be shared and served
     return html_path
 
 
