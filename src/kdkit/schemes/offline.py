@@ -10,6 +10,7 @@ from torch import nn
 
 from kdkit.errors import ConfigError
 from kdkit.registry import SCHEMES
+from kdkit.schemes.adapters import build_teachers
 from kdkit.schemes.base import BuildContext, DistillModule, FrozenTeacher, Scheme
 from kdkit.types import Batch, ModelOutput, StepOutput, TrainState
 
@@ -59,7 +60,8 @@ class OfflineScheme(Scheme):
     def build(cls, ctx: BuildContext, **params: Any) -> OfflineScheme:
         r = ctx.recipe
         student = ctx.make_model(r.student)
-        teachers = [ctx.make_model(t) for t in r.teachers]
+        # Teachers trained at another size/normalisation get an input adapter (kdkit.schemes.adapters).
+        teachers = build_teachers(ctx, r.teachers, params.pop("teacher_inputs", "auto"))
         return cls(student, teachers, ctx.make_terms(r.terms), ctx, **params)
 
     def trainable(self) -> nn.Module:

@@ -1,0 +1,105 @@
+"""Online distillation: the teacher trains together with the student.
+
+The seeds' "learning students and teacher together": the student learns from the recipe's terms with the teacher's
+current (detached) outputs as the teacher signal, while the teacher learns from the hard labels plus a *small*
+weighted term towards the detached student -- the student's knowledge is noisier than the labels, so its pull on
+the teacher is kept weak (``teacher_kd_weight``, default 0.1; 0 gives a teacher trained on labels alone, in step
+with the student).
+
+Teacher loss:  ``L_t = CE(z_t, y) + w · T² · KL(softmax(z_s/T) ‖ softmax(z_t/T))`` with ``z_s`` detached.
+Student loss:  the recipe's ``terms`` (e.g. ``ce`` + ``kd``) with the teacher's detached logits / features.
+
+One optimiser step per batch updates both networks (one ``nn.Module`` holds both, so DDP syncs both).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from kdkit.errors import ConfigError
+from kdkit.losses.logits import cross_entropy, kd_kl
+from kdkit.registry import SCHEMES
+from kdkit.schemes.base import BuildContext, DistillModule, Scheme, _logits_of
+from kdkit.taps import FeatureTap
+from kdkit.types import Batch, ModelOutput, StepOutput, TrainState
+
+
+class OnlineModule(nn.Module):
+    """Teacher + student (+ the student's terms): ``forward(batch, state) -> StepOutput``.
+
+    Logged terms: the student's terms under their names, ``teacher_ce`` and ``teacher_kd`` (unweighted).
+    """
+
+    def __init__(self, teacher: nn.Module, distill: DistillModule, teacher_taps: list[str], teacher_kd_weight: float,
+                 temperature: float) -> None:
+        super().__init__()
+        self.teacher = teacher
+        self.distill = distill
+        self.teacher_tap = FeatureTap(teacher, teacher_taps, role="teacher") if teacher_taps else None
+        self.teacher_kd_weight = float(teacher_kd_weight)
+        self.temperature = float(temperature)
+
+    def forward(self, batch: Batch, state: TrainState) -> StepOutput:
+        t_logits = _logits_of(self.teacher(batch.get("teacher_input", batch["input"])))
+        t_feats = self.teacher_tap.pop() if self.teacher_tap is not None else {}
+        # The student sees a constant teacher: its terms must not push the teacher around.
+        t_out = ModelOutput(logits=t_logits.detach(), features={k: v.detach() for k, v in t_feats.items()})
+        out = self.distill(batch, t_out, [t_out], state)
+        t_ce = cross_entropy(t_logits, batch["target"])
+        t_kd = kd_kl(t_logits, out.logits.detach(), self.temperature)
+        loss = out.loss + t_ce + self.teacher_kd_weight * t_kd
+        terms = dict(out.terms, teacher_ce=t_ce.detach(), teacher_kd=t_kd.detach())
+        return StepOutput(loss=loss, logits=out.logits, terms=terms)
+
+
+@SCHEMES.register("online", description="the teacher trains too: CE + a small weighted KD term from the student")
+class OnlineScheme(Scheme):
+    """Student and teacher trained together in one optimiser.
+
+    Recipe: ``student``, one entry in ``teachers`` (trained from scratch, or fine-tuned from its ``checkpoint``),
+    the student's ``terms``; ``scheme.params``: ``teacher_kd_weight`` (default 0.1), ``temperature`` of the teacher's
+    KD term (default 4).
+    """
+
+    name = "online"
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, terms: list, ctx: BuildContext,
+                 teacher_kd_weight: float = 0.1, temperature: float = 4.0) -> None:
+        if teacher_kd_weight < 0 or temperature <= 0:
+            raise ConfigError(f"scheme.params: teacher_kd_weight must be >= 0 and temperature > 0, got "
+                              f"{teacher_kd_weight}, {temperature}")
+        setup = ctx.setup_context(student, [teacher])
+        for term in terms:
+            term.setup(setup)
+        taps: list[str] = []
+        for term in terms:
+            for i, paths in term.teacher_taps().items():
+                if i != 0:
+                    raise ConfigError(f"loss term '{term.name}' reads teacher {i}; the online scheme has one teacher")
+                taps.extend(paths)
+        self.module = OnlineModule(teacher, DistillModule(student, terms), taps, teacher_kd_weight, temperature)
+
+    @classmethod
+    def build(cls, ctx: BuildContext, **params: Any) -> OnlineScheme:
+        r = ctx.recipe
+        if len(r.teachers) != 1:
+            raise ConfigError(f"scheme 'online' trains exactly one teacher alongside the student; the recipe has "
+                              f"{len(r.teachers)} under `teachers:`")
+        student = ctx.make_model(r.student)
+        teacher = ctx.make_model(r.teachers[0]).train()
+        teacher.requires_grad_(True)  # a checkpointed teacher is fine-tuned, not frozen
+        return cls(student, teacher, ctx.make_terms(r.terms), ctx, **params)
+
+    def trainable(self) -> nn.Module:
+        return self.module
+
+    def step(self, model: nn.Module, batch: Batch, state: TrainState) -> StepOutput:
+        return model(batch, state)
+
+    def eval_models(self) -> dict[str, nn.Module]:
+        return {"student": self.module.distill.student, "teacher": self.module.teacher}
+
+
+__all__ = ["OnlineModule", "OnlineScheme"]
