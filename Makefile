@@ -8,6 +8,7 @@ quickstart: env
 	.venv/bin/kdkit quickstart
 
 test: env
+	bash scripts/install_chromium.sh
 	.venv/bin/python -m pytest -q
 
 test-all: env

@@ -16,7 +16,7 @@ from kdkit.errors import KdkitError
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="kdkit: train a small student to mimic a large teacher (knowledge distillation).")
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # errors stay on one line, however long
 
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="override a recipe field: key.path=value "
                                                                           "(repeatable), e.g. --set optim.lr=0.1")]
