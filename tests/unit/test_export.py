@@ -21,7 +21,7 @@ from kdkit.deploy.quantize import (  # noqa: E402
     quantize_dynamic_onnx,
     quantize_static_onnx,
 )
-from kdkit.errors import KdkitError  # noqa: E402
+from kdkit.errors import KdkitError, ShapeError  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -140,8 +140,17 @@ def test_export_errors_name_the_path(tmp_path):
     with pytest.raises(KdkitError, match="garbage.onnx"):
         ort_session(garbage)
     # A shape the model cannot take fails as a KdkitError too, not a raw tracer traceback.
-    with pytest.raises(KdkitError):
+    with pytest.raises(KdkitError, match="bad.onnx"):
         export_onnx(_mlp(), torch.randn(1, 1, 5, 5), tmp_path / "bad.onnx", exporter="torchscript")
+    assert not list(tmp_path.glob(".bad*")), "the temp file of a failed export is removed"
+
+    class Picky(nn.Module):
+        def forward(self, x):
+            raise ShapeError("picky wants 8x8 inputs")
+
+    # A kdkit error raised by the model reaches the user as it is (no fallback to the other exporter).
+    with pytest.raises(ShapeError, match="picky"):
+        export_onnx(Picky(), torch.randn(1, 1, 5, 5), tmp_path / "picky.onnx")
 
 
 def test_gemm_to_matmul_is_the_same_function(tmp_path):

@@ -101,6 +101,12 @@ def _existing_file(path: str | os.PathLike[str], what: str) -> Path:
     return p
 
 
+def _first_line(e: BaseException, limit: int = 300) -> str:
+    """One line of an exception message (tracer and ORT errors span many lines), for one-line KdkitErrors."""
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:limit]
+
+
 def _chmod_like_new_file(path: str) -> None:
     """mkstemp creates 0600 files; give the result the permissions ``open()`` would have (0666 minus the umask)."""
     umask = os.umask(0)
@@ -195,16 +201,22 @@ def export_onnx(
                 try:
                     _export_torchscript(wrapped, example, tmp, opset, dynamic_batch)
                     used = "torchscript"
+                except KdkitError:
+                    raise  # the model itself rejected the example (e.g. a ShapeError): another exporter won't help
                 except Exception as e:  # the tracer's failures come in many types
                     if exporter == "torchscript":
-                        raise KdkitError(f"TorchScript ONNX export of {type(model).__name__} failed: {e}") from e
-                    notes.append(f"TorchScript exporter failed ({type(e).__name__}: {str(e)[:200]}); used dynamo")
+                        raise KdkitError(
+                            f"TorchScript ONNX export of {type(model).__name__} to {path} failed: {_first_line(e)}"
+                        ) from e
+                    notes.append(f"TorchScript exporter failed ({type(e).__name__}: {_first_line(e)}); used dynamo")
                     used = "dynamo"
             if used == "dynamo":
                 try:
                     _export_dynamo(wrapped, example, tmp, opset, dynamic_batch)
+                except KdkitError:
+                    raise
                 except Exception as e:
-                    raise KdkitError(f"ONNX export of {type(model).__name__} to {path} failed: {e}") from e
+                    raise KdkitError(f"ONNX export of {type(model).__name__} to {path} failed: {_first_line(e)}") from e
         onnx.checker.check_model(tmp)
         _chmod_like_new_file(tmp)
         os.replace(tmp, path)
@@ -253,7 +265,7 @@ def ort_session(path: str | os.PathLike[str], threads: int | None = None) -> Any
     try:
         return ort.InferenceSession(str(p), sess_options=opts, providers=["CPUExecutionProvider"])
     except Exception as e:
-        raise CheckpointError(f"ONNX Runtime cannot load {p}: {str(e).splitlines()[0][:300]}") from e
+        raise CheckpointError(f"ONNX Runtime cannot load {p}: {_first_line(e)}") from e
 
 
 def run_onnx(session: Any, x: Tensor | np.ndarray) -> np.ndarray:

@@ -35,7 +35,7 @@ from typing import Any, Literal
 import numpy as np
 from torch import Tensor
 
-from kdkit.deploy.export import _chmod_like_new_file, _existing_file, file_size_mb, ort_session, run_onnx
+from kdkit.deploy.export import _chmod_like_new_file, _existing_file, _first_line, file_size_mb, ort_session, run_onnx
 from kdkit.errors import DataError, KdkitError
 
 __all__ = [
@@ -210,7 +210,7 @@ def _preprocess(src: Path, dst: str, notes: list[str], gemm_as_matmul: bool) -> 
     try:
         quant_pre_process(str(src), dst, skip_symbolic_shape=False)
     except Exception as e:  # pre-processing is an optimisation; quantising the raw graph still works
-        notes.append(f"quant_pre_process failed ({type(e).__name__}: {str(e)[:160]}); quantised the raw graph")
+        notes.append(f"quant_pre_process failed ({type(e).__name__}: {_first_line(e, 160)}); quantised the raw graph")
         onnx.save(onnx.load(str(src)), dst)
     if gemm_as_matmul:
         model = onnx.load(dst)
@@ -243,7 +243,7 @@ def _quantize_atomically(
         except KdkitError:
             raise
         except Exception as e:
-            raise KdkitError(f"{mode} int8 quantisation of {src_p} failed: {str(e).splitlines()[0][:300]}") from e
+            raise KdkitError(f"{mode} int8 quantisation of {src_p} failed: {_first_line(e)}") from e
         finally:
             Path(tmp).unlink(missing_ok=True)
     return QuantizeResult(
