@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import importlib
 import inspect
 import os
 import pickle
@@ -38,6 +39,9 @@ from kdkit.registry import MODELS
 PrefixBuilder = Callable[..., nn.Module]
 
 _PREFIXES: dict[str, PrefixBuilder] = {}
+# Prefixes registered by modules that `import kdkit.models` does not import (heavy or optional dependencies).
+_LAZY_PREFIX_MODULES = {"hf": "kdkit.text.models", "textnn": "kdkit.text.models", "shrink": "kdkit.models.students",
+                        "qat": "kdkit.models.students", "exits": "kdkit.models.students"}
 _NESTED_KEYS = ("state_dict", "model", "model_state_dict")
 _STRIP_PREFIXES = ("module.", "_orig_mod.")  # DataParallel/DDP and torch.compile wrappers
 _TORCH_SUFFIXES = {".pt", ".pth", ".bin", ".ckpt", ".tar"}
@@ -91,8 +95,11 @@ def create_model(name: str, num_classes: int, in_channels: int = 3, image_size: 
     if not sep:
         prefix, rest = "kdkit", name
     builder = _PREFIXES.get(prefix)
+    if builder is None and prefix in _LAZY_PREFIX_MODULES:
+        importlib.import_module(_LAZY_PREFIX_MODULES[prefix])
+        builder = _PREFIXES.get(prefix)
     if builder is None:
-        # Prefixes may be registered by modules that are not imported yet (e.g. the text models).
+        # A plugin prefix registered by any module the catalog imports.
         import kdkit.catalog  # noqa: F401
 
         builder = _PREFIXES.get(prefix)
@@ -121,8 +128,9 @@ def _check_kwargs(fn: Callable, kwargs: Mapping[str, Any], name: str) -> None:
     allowed = [p for p in params if p not in ("num_classes", "in_channels", "image_size")]
     unknown = sorted(set(kwargs) - set(allowed))
     if unknown:
-        raise ConfigError(f"model '{name}' has no parameter {', '.join(repr(u) for u in unknown)}; "
-                          f"its parameters: {', '.join(allowed) or '(none)'}")
+        hint = _close(unknown[0], allowed)
+        raise ConfigError(f"model '{name}' has no parameter {', '.join(repr(u) for u in unknown)}.{hint} "
+                          f"Its parameters: {', '.join(allowed) or '(none)'}")
 
 
 def _build_zoo(name: str, num_classes: int, in_channels: int, image_size: int, **kwargs: Any) -> nn.Module:
