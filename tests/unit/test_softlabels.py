@@ -20,6 +20,7 @@ from kdkit.softlabels import (
     attach_soft_labels,
     build_cache,
     bytes_per_row,
+    check_recipe_can_use_store,
     decode_topk,
     encode_topk,
     identity_diff,
@@ -419,8 +420,18 @@ def test_every_logit_term_accepts_stored_logits(cached):
     ctx = SetupContext(student=student, teachers=[], example=torch.randn(2, 4), num_classes=10, num_train=200,
                        has_teacher_features=False)
     targets = [torch.randint(0, 10, (16,)), (torch.rand(16, 10) > 0.7).float()]
-    names = [n for n in LOSSES.names() if LOSSES.get(n).needs_teacher and not LOSSES.get(n).needs_teacher_features]
+    def logit_only(cls) -> bool:
+        return cls.needs_teacher and not cls.needs_teacher_features and not getattr(cls, "needs_input_grad", False)
+
+    names = [n for n in LOSSES.names() if logit_only(LOSSES.get(n))]
     assert "kd" in names
+    # the others are refused up front when the store is the only teacher
+    for n in LOSSES.names():
+        cls = LOSSES.get(n)
+        if cls.needs_teacher and not logit_only(cls):
+            r = recipe_from_dict({"student": {"name": "mlp"}, "soft_labels": "x", "terms": [{"name": n}]})
+            with pytest.raises(ConfigError, match=f"loss term '{n}' (reads teacher features|differentiates)"):
+                check_recipe_can_use_store(r)
     for name in names:
         term = build_term(TermSpec(name=name))
         term.setup(ctx)

@@ -61,7 +61,8 @@ class SoftLabelLoader:
 
 
 def check_recipe_can_use_store(recipe: Recipe) -> None:
-    """Refuse recipes that a store cannot serve: non-offline schemes and terms that read teacher features."""
+    """Refuse recipes that a store cannot serve: non-offline schemes, terms that read teacher features, and terms that
+    differentiate a teacher the recipe does not list."""
     import kdkit.catalog  # noqa: F401  (registers every term and scheme)
     from kdkit.registry import LOSSES, SCHEMES
     from kdkit.schemes.offline import OfflineScheme
@@ -72,9 +73,14 @@ def check_recipe_can_use_store(recipe: Recipe) -> None:
                           f"soft-label store works with the offline scheme (drop soft_labels for this scheme)")
     for spec in recipe.terms:
         cls = LOSSES.get(spec.name)
+        # With a store the offline scheme skips the teacher forward, so no teacher features exist in any case.
         if getattr(cls, "needs_teacher_features", False):
             raise ConfigError(f"loss term '{spec.log_name}' reads teacher features, which a soft-label store does not "
                               f"hold; drop soft_labels to run the teacher online, or drop the term")
+        # Derivative matching (Sobolev) differentiates the teacher model itself: it needs it listed under teachers.
+        if getattr(cls, "needs_input_grad", False) and cls.needs_teacher and not recipe.teachers:
+            raise ConfigError(f"loss term '{spec.log_name}' differentiates the teacher model, which a soft-label store "
+                              f"does not hold; list the teacher under `teachers:` or drop the term")
 
 
 def attach_soft_labels(recipe: Recipe, data: Any) -> SoftLabelStore:
