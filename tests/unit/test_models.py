@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -63,7 +64,7 @@ def _cifar_resnet_params(depth: int, widths: tuple[int, int, int, int], k: int) 
     total = 3 * widths[0] * 9 + 2 * widths[0]
     c_in = widths[0]
     for c in widths[1:]:
-        for i in range(n):
+        for _ in range(n):
             total += 9 * c_in * c + 9 * c * c + 4 * c
             if c_in != c:
                 total += c_in * c + 2 * c
@@ -327,6 +328,18 @@ def test_timm_resnet18() -> None:
     assert create_model("timm:resnet18", num_classes=10, in_channels=1).conv1.in_channels == 1
     with pytest.raises(ConfigError, match="Did you mean"):
         create_model("timm:resnet19", num_classes=10)
+
+
+def test_missing_extra_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Import the real packages first: a half-failed first import of torchvision would register its ops twice later.
+    pytest.importorskip("timm")
+    pytest.importorskip("torchvision.models")
+    monkeypatch.setitem(sys.modules, "timm", None)  # `import timm` now raises ImportError
+    monkeypatch.setitem(sys.modules, "torchvision.models", None)
+    with pytest.raises(ConfigError, match=r"needs timm: pip install 'kdkit\[vision\]'"):
+        create_model("timm:resnet18", num_classes=10)
+    with pytest.raises(ConfigError, match="needs torchvision"):
+        create_model("torchvision:resnet18", num_classes=10)
 
 
 def test_default_stages_and_summary() -> None:

@@ -6,11 +6,10 @@ the three architectures (``ccexam/models.py``) with the same parameter names and
 ``torch.load(weights_only=True)``. The last linear layer becomes ``fc`` (``legacy_key_aliases``), the hidden linear
 layer's ReLU output is the ``embed`` tap point.
 
-| name  | input         | normalisation (mean, std)                      | architecture                                   |
-|-------|---------------|------------------------------------------------|------------------------------------------------|
-| mnist | 1x28x28       | (0.1307,), (0.3081,)                           | conv32-pool-conv64-pool, fc 3136-128-10        |
-| usps  | 1x16x16       | (0.2471,), (0.2994,)                           | same with BN and dropout 0.3, fc 1024-128-10   |
-| svhn  | 3x32x32       | (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970) | 3 x (2 conv-BN-ReLU, pool), fc 2048-256-10 |
+* ``mnist``: 1x28x28, mean/std (0.1307,)/(0.3081,); conv32-pool-conv64-pool, fc 3136-128-10.
+* ``usps``: 1x16x16, mean/std (0.2471,)/(0.2994,); the same with BatchNorm and dropout 0.3, fc 1024-128-10.
+* ``svhn``: 3x32x32, mean/std (0.4377, 0.4438, 0.4728)/(0.1980, 0.2010, 0.1970); three blocks of two conv-BN-ReLU
+  and a max-pool, dropout 0.3, fc 2048-256-10.
 
 Inputs are pixels in [0, 1] normalised with those statistics (``model.pretrained_cfg``). A batch of another spatial
 size is resized bilinearly to the native size first, as ccexam's own inference does.
