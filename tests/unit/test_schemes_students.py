@@ -1,0 +1,121 @@
+"""Student makers (shrink:, qat:) and teacher input adapters."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kdkit.engine.checkpoint import write_weights
+from kdkit.errors import ConfigError
+from kdkit.models import count_params, create_model, default_stages, load_weights
+from kdkit.models.students import is_qat
+from kdkit.recipe import ModelSpec
+from kdkit.schemes.adapters import InputAdapter, build_teachers
+from kdkit.taps import probe_shapes
+
+
+@pytest.mark.parametrize("name, kw, in_ch, size", [
+    ("cnn_teacher", {"width": 0.5, "depth": 0.5}, 1, 28),
+    ("mlp", {"width": 0.5}, 1, 28),
+    ("resnet32x4", {"width": 0.25, "depth": 0.2}, 3, 16),
+    ("wrn_40_2", {"width": 0.5, "depth": 0.5}, 3, 16),
+    ("vgg13", {"width": 0.25, "depth": 0.5}, 3, 16),
+    ("mobilenetv2", {"width": 0.5}, 3, 16),
+])
+def test_shrink_makes_a_smaller_model_of_the_same_family_and_stages(name, kw, in_ch, size):
+    big = create_model(name, num_classes=10, in_channels=in_ch, image_size=size)
+    small = create_model(f"shrink:{name}", num_classes=10, in_channels=in_ch, image_size=size, **kw)
+    assert type(small) is type(big)
+    assert count_params(small) < count_params(big)
+    x = torch.randn(1, in_ch, size, size)
+    assert small.eval()(x).shape == (1, 10)
+    stages = default_stages(small)
+    assert stages == default_stages(big)
+    # Stage maps keep their spatial sizes, so stage-wise feature terms pair one to one.
+    a = probe_shapes(big, x, stages)
+    b = probe_shapes(small, x, stages)
+    assert all(a[s][2:] == b[s][2:] for s in stages) and any(a[s][1] > b[s][1] for s in stages)
+
+
+def test_shrink_rules_and_errors():
+    m = create_model("shrink:cnn_teacher", num_classes=10, in_channels=1, image_size=28, width=0.5, depth=0.5)
+    widths = [[c.out_channels for c in getattr(m, s).modules() if isinstance(c, torch.nn.Conv2d)] for s in m.kd_stages]
+    assert widths == [[16], [64], [128]]  # [[32, 64], [128], [256]] halved, first stage cut to one conv
+    r = create_model("shrink:resnet32x4", num_classes=10, in_channels=3, width=0.5, depth=0.25)
+    assert len(r.layer1) == 2 and r.layer3[0].conv1.out_channels == 128
+    with pytest.raises(ConfigError, match="width and depth"):
+        create_model("shrink:mlp", num_classes=10, width=0)
+    with pytest.raises(ConfigError, match="whole widen"):
+        create_model("shrink:wrn_16_1", num_classes=10, width=0.5)
+    with pytest.raises(ConfigError, match="no shrink rule"):
+        create_model("shrink:shufflenetv2", num_classes=10)
+
+
+def test_qat_copy_of_the_teacher(tmp_path):
+    torch.manual_seed(0)
+    teacher = create_model("cnn_student", num_classes=10, in_channels=1, image_size=28).eval()
+    path = write_weights(teacher, tmp_path / "t.safetensors", {})
+    q = create_model("qat:cnn_student", num_classes=10, in_channels=1, image_size=28, init_from=str(path))
+    assert is_qat(q)
+    x = torch.randn(8, 1, 28, 28)
+    q.train()
+    q(x)  # observers see real activations
+    q.eval()
+    scales = [m.scale.clone() for m in q.modules() if hasattr(m, "scale") and isinstance(m.scale, torch.Tensor)]
+    with torch.no_grad():
+        zq, zt = q(x), teacher(x)
+    # A fake-quantised copy answers like the teacher up to int8 rounding...
+    assert F.cosine_similarity(zq, zt, dim=1).min() > 0.98
+    # ...evaluation freezes the quantisation ranges...
+    assert all(torch.equal(a, m.scale) for a, m in zip(scales, [m for m in q.modules() if hasattr(m, "scale") and
+                                                               isinstance(m.scale, torch.Tensor)], strict=True))
+    # ...feature maps have the teacher's shapes at the same module paths (no connector needed)...
+    stages = list(teacher.kd_stages)
+    assert probe_shapes(q, x, stages) == probe_shapes(teacher, x, stages)
+    # ...and a trained QAT checkpoint reloads strictly into a fresh QAT model.
+    saved = write_weights(q, tmp_path / "q.safetensors", {})
+    fresh = create_model("qat:cnn_student", num_classes=10, in_channels=1, image_size=28)
+    load_weights(fresh, saved)
+    fresh.eval()
+    with torch.no_grad():
+        assert torch.allclose(fresh(x), zq, atol=1e-5)
+
+
+def test_input_adapter_unnormalises_resizes_and_renormalises():
+    x01 = torch.rand(2, 1, 8, 8)
+    xs = (x01 - 0.3) / 0.2
+    a = InputAdapter([0.3], [0.2], [0.5, 0.4, 0.3], [0.25, 0.25, 0.25], size=16)
+    out = a(xs)
+    ref = F.interpolate(x01, size=(16, 16), mode="bilinear", align_corners=False).expand(-1, 3, -1, -1)
+    ref = (ref - torch.tensor([0.5, 0.4, 0.3]).view(1, 3, 1, 1)) / 0.25
+    assert out.shape == (2, 3, 16, 16) and torch.allclose(out, ref, atol=1e-5)
+    grey = InputAdapter([0.5] * 3, [0.5] * 3, [0.0], [1.0])(torch.zeros(1, 3, 4, 4))
+    assert torch.allclose(grey, torch.full((1, 1, 4, 4), 0.5), atol=1e-6)  # luma of mid-grey
+
+
+def test_build_teachers_reads_checkpoint_metadata(tmp_path):
+    torch.manual_seed(0)
+    t = create_model("cnn_student", num_classes=10, in_channels=1, image_size=32)
+    path = write_weights(t, tmp_path / "t.safetensors", {"image_size": 32, "in_channels": 1, "mean": [0.5],
+                                                         "std": [0.25]})
+    spec = ModelSpec(name="cnn_student", checkpoint=str(path))
+    data = SimpleNamespace(mean=[0.1307], std=[0.3081])
+
+    def make_model(s):
+        return create_model(s.name, num_classes=10, in_channels=1, image_size=28, checkpoint=s.checkpoint)
+
+    ctx = SimpleNamespace(recipe=SimpleNamespace(teachers=[spec]), extras={"data": data}, make_model=make_model,
+                          image_size=28, in_channels=1, num_classes=10)
+    (adapted,) = build_teachers(ctx, [spec], "auto")
+    (plain,) = build_teachers(ctx, [spec], "none")
+    x01 = torch.rand(3, 1, 28, 28)
+    xs = (x01 - 0.1307) / 0.3081
+    expected = t.eval()((F.interpolate(x01, size=(32, 32), mode="bilinear", align_corners=False) - 0.5) / 0.25)
+    assert torch.allclose(adapted.eval()(xs), expected, atol=1e-4)
+    assert not torch.allclose(plain.eval()(xs), expected, atol=1e-2)
+    assert set(adapted.state_dict()) == set(t.state_dict())  # the adapter adds nothing to the teacher's weights
+    with pytest.raises(ConfigError, match="teacher_inputs"):
+        build_teachers(ctx, [spec], [None, None])
