@@ -191,26 +191,37 @@ def _stage_paths(model: nn.Module, role: str) -> list[str]:
 
 
 def resolve_pairs(spec: PairSpec, ctx: SetupContext, term: str, teacher: int = 0) -> list[tuple[str, str]]:
-    """Turn a ``pairs`` param into [(student_path, teacher_path)].
+    """Turn a ``pairs`` param into [(student_path, teacher_path)], using the models' stages (``kd_stages``).
 
-    ``"auto"`` pairs every stage of equal spatial size (deepest with deepest); ``"auto_last"`` / ``"auto_middle"``
-    keep the deepest / the middle auto pair; or an explicit list of ``[student_path, teacher_path]`` (or
-    ``"student_path:teacher_path"`` strings).
+    * ``"auto"`` — every stage pair of equal spatial size, deepest with deepest (``connectors.pair_stages``);
+    * ``"index"`` — stage i with stage i from the shallow end, as far as the shorter list goes (RepDistiller's
+      ``zip(feat_s[1:-1], feat_t[1:-1])``; the published AT runs, including cross-architecture pairs);
+    * ``"last"`` — the deepest stage of each model (SP, IE); ``"stage:K"`` — stage K of each (0-based; FitNets'
+      published hint is stage 1, RepDistiller's ``hint_layer=2``);
+    * an explicit list of ``[student_path, teacher_path]`` (or ``"student_path:teacher_path"`` strings).
     """
-    if isinstance(spec, str) and spec.startswith("auto"):
+    if isinstance(spec, str) and (spec in ("auto", "index", "last") or spec.startswith("stage:")):
         if teacher >= len(ctx.teachers):
             raise ConfigError(f"loss term '{term}' reads teacher {teacher}'s features, but there is no online teacher "
                               f"(a soft-label store has logits only)")
         s_paths = _stage_paths(ctx.student, "student")
         t_paths = _stage_paths(ctx.teachers[teacher], f"teacher {teacher}")
-        pairs = pair_stages(ctx.student_shapes(s_paths), ctx.teacher_shapes(t_paths, teacher))
         if spec == "auto":
-            return pairs
-        if spec == "auto_last":
-            return pairs[-1:]
-        if spec == "auto_middle":
-            return [pairs[len(pairs) // 2]] if len(pairs) % 2 else [pairs[len(pairs) // 2 - 1]]
-        raise ConfigError(f"loss term '{term}': pairs '{spec}' is not one of auto, auto_last, auto_middle or a list")
+            return pair_stages(ctx.student_shapes(s_paths), ctx.teacher_shapes(t_paths, teacher))
+        if spec == "index":
+            return list(zip(s_paths, t_paths))
+        if spec == "last":
+            return [(s_paths[-1], t_paths[-1])]
+        try:
+            k = int(spec.split(":", 1)[1])
+            return [(s_paths[k], t_paths[k])]
+        except (ValueError, IndexError):
+            raise ConfigError(f"loss term '{term}': pairs '{spec}' needs a stage index below "
+                              f"{min(len(s_paths), len(t_paths))} (student stages {s_paths}, teacher stages "
+                              f"{t_paths})") from None
+    if isinstance(spec, str) and ":" not in spec:
+        raise ConfigError(f"loss term '{term}': pairs '{spec}' is not one of auto, index, last, stage:K or a list of "
+                          f"[student_path, teacher_path]")
     out = []
     for item in spec if not isinstance(spec, str) else [spec]:
         if isinstance(item, str):
@@ -261,10 +272,11 @@ class FeatureTerm(LossTerm):
                                        "ICLR 2015)")
 class FitNetTerm(FeatureTerm):
     """FitNets hint with a learned regressor g(m) per pair (``connector``: conv_bn_relu, the published ConvReg).
-    Published (RepDistiller): the middle stage (``pairs: auto_middle``), weight 100. The paper's two stages are a
-    recipe with ``stop_epoch`` on this term and ``start_epoch`` on the KD terms (recipes/fitnet_two_stage.yaml)."""
+    Published (RepDistiller): stage 1 of each model (``pairs: stage:1``, its ``hint_layer=2``), weight 100. The
+    paper's two stages are a recipe with ``stop_epoch`` on this term and ``start_epoch`` on the others
+    (recipes/fitnet_two_stage.yaml)."""
 
-    default_pairs = "auto_middle"
+    default_pairs = "stage:1"
 
     def __init__(self, name: str = "fitnet", weight: float = 1.0, warmup_epochs: float = 0.0,
                  pairs: PairSpec | None = None, teacher: int = 0, connector: str = "conv_bn_relu") -> None:
@@ -287,7 +299,10 @@ class FitNetTerm(FeatureTerm):
 @LOSSES.register("at", description="attention transfer: L2-normalised spatial maps Σ_c |f|^p (Zagoruyko & Komodakis, "
                                    "ICLR 2017)")
 class AttentionTransferTerm(FeatureTerm):
-    """AT over auto-paired stages, summed over pairs; published weight β = 1000, p = 2."""
+    """AT over stage i ↔ stage i (``pairs: index``; a larger map is pooled to the smaller), summed over pairs;
+    published weight β = 1000, p = 2."""
+
+    default_pairs = "index"
 
     def __init__(self, name: str = "at", weight: float = 1.0, warmup_epochs: float = 0.0,
                  pairs: PairSpec | None = None, teacher: int = 0, p: float = 2.0) -> None:
@@ -301,9 +316,9 @@ class AttentionTransferTerm(FeatureTerm):
 
 @LOSSES.register("sp", description="similarity-preserving KD: match batch similarity matrices (Tung & Mori, ICCV 2019)")
 class SimilarityPreservingTerm(FeatureTerm):
-    """SP on the deepest stage pair by default; published weight γ = 3000."""
+    """SP on the deepest stage of each model (``pairs: last``; sizes may differ); published weight γ = 3000."""
 
-    default_pairs = "auto_last"
+    default_pairs = "last"
 
     def compute(self, inp: TermInputs) -> Tensor:
         return torch.stack([features.similarity_preserving(fs, ft) for fs, ft in self.features(inp)]).sum()
@@ -384,7 +399,7 @@ class IETerm(FeatureTerm):
     feature (reconstruction loss, included in this term) — the official code pre-trains it for 30 epochs first; set
     ``ae_epochs`` to stop its reconstruction loss after that many epochs. Official λ_inh = λ_exp = 1."""
 
-    default_pairs = "auto_last"
+    default_pairs = "last"
 
     def __init__(self, name: str = "ie", weight: float = 1.0, warmup_epochs: float = 0.0,
                  pairs: PairSpec | None = None, teacher: int = 0, factor_ratio: float = 0.5, inherit: float = 1.0,

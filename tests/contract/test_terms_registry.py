@@ -108,10 +108,23 @@ def test_auto_pairs_and_unpairable_shapes(batch):
     fit = build_term(TermSpec(name="fitnet"))
     fit.setup(ctx)
     assert fit.pairs == [("stage2", "stage2")]
+    sp = build_term(TermSpec(name="sp"))
+    sp.setup(ctx)
+    assert sp.pairs == [("stage3", "stage3")]
+    auto = build_term(TermSpec(name="at", params={"pairs": "auto"}))
+    auto.setup(ctx)
+    assert auto.pairs == at.pairs
+    explicit = build_term(TermSpec(name="fitnet", params={"pairs": ["stage1:stage2"]}))
+    explicit.setup(ctx)
+    assert explicit.pairs == [("stage1", "stage2")]
+    from kdkit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="stage index below 3"):
+        build_term(TermSpec(name="fitnet", params={"pairs": "stage:7"})).setup(ctx)
     mlp = create_model("mlp", num_classes=10, in_channels=1, image_size=28)
     ctx2 = SetupContext(student=mlp, teachers=[teacher], example=batch["input"][:2], num_classes=10, num_train=64)
     with pytest.raises(ShapeError, match="student layer"):
-        build_term(TermSpec(name="at")).setup(ctx2)
+        build_term(TermSpec(name="at", params={"pairs": "auto"})).setup(ctx2)
 
 
 def test_active_window_and_warmup():

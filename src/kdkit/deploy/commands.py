@@ -12,14 +12,15 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
+import typer
 from torch import nn
 
 from kdkit.errors import KdkitError
 
-__all__ = ["export_command", "bench_command"]
+__all__ = ["export_command", "bench_command", "load_run", "register_cli"]
 
 Calibration = Literal["static", "dynamic"]
 
@@ -146,3 +147,109 @@ def bench_command(
     if not quiet:
         print_table(rows, console=console)
     return rows
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Run directories -> models and batches, and the Typer commands.
+
+
+def load_run(target: str | os.PathLike[str], data: str | None = None, calibration_batches: int = 8,
+             batch_size: int = 64) -> tuple[nn.Module, dict[str, Any], list[Any], list[Any]]:
+    """Model, metadata, calibration inputs and (input, target) validation batches for a run directory or a
+    kdkit weights file.
+
+    With a run directory and no ``data``, the run's own recipe (``config.yaml``) gives the dataset and the held-out
+    split; otherwise ``data`` names a dataset whose stratified 20% split is used (as ``kdkit eval`` does). Inputs are
+    normalised with the statistics stored in the weights' metadata; calibration uses training samples, un-augmented.
+    """
+    from itertools import islice
+
+    from kdkit.api import load_student
+    from kdkit.data import Augment, BatchLoader, load_source, stratified_split
+
+    model, meta = load_student(target)
+    run_dir = Path(target)
+    plain = Augment(mean=meta["mean"], std=meta["std"], crop_padding=0, flip=False, seed=0)
+    if run_dir.is_dir() and (run_dir / "config.yaml").is_file() and data is None:
+        from kdkit.build import build_data
+        from kdkit.recipe import load_recipe
+
+        recipe = load_recipe(run_dir / "config.yaml")
+        d = build_data(recipe)
+        train, val = d.train, d.val
+    else:
+        src = load_source(data or "mnist_5k")
+        tr, va = stratified_split(src.targets, src.groups, 0.2, 0)
+        train, val = src.subset(torch.as_tensor(tr)), src.subset(torch.as_tensor(va))
+    if val.num_classes != meta["num_classes"]:
+        raise KdkitError(f"{target}: the model predicts {meta['num_classes']} classes but the data has "
+                         f"{val.num_classes}; pass --data with the dataset it was trained on")
+    cal_loader = BatchLoader(train, torch.arange(len(train.targets)), batch_size, plain, shuffle=True, seed=0)
+    cal_loader.set_epoch(0)
+    calib = [b["input"] for b in islice(iter(cal_loader), calibration_batches)]
+    val_loader = BatchLoader(val, torch.arange(len(val.targets)), 256, plain, shuffle=False, seed=0)
+    evals = [(b["input"], b["target"]) for b in val_loader]
+    return model, meta, calib, evals
+
+
+def _name_of(target: str) -> str:
+    p = Path(target)
+    return p.name if p.is_dir() else p.stem
+
+
+def register_cli(app: Any) -> None:
+    @app.command("export")
+    def export_cli(
+        run: Annotated[str, typer.Argument(help="run directory or kdkit weights file (.safetensors)")],
+        format: Annotated[str, typer.Option("--format", help="export format")] = "onnx",
+        int8: Annotated[bool, typer.Option("--int8", help="also write an int8 model (ONNX Runtime quantisation)")]
+        = False,
+        calibration: Annotated[str, typer.Option(help="int8 calibration: static (uses training samples) or "
+                                                      "dynamic")] = "static",
+        data: Annotated[str | None, typer.Option(help="dataset for calibration/accuracy (default: the run's)")]
+        = None,
+        out: Annotated[Path | None, typer.Option(help="output directory (default: RUN/export)")] = None,
+    ) -> None:
+        """Export the student to ONNX (verified against PyTorch), optionally int8, and measure int8 accuracy."""
+        from rich.console import Console
+
+        model, meta, calib, evals = load_run(run, data)
+        out_dir = out or ((Path(run) / "export") if Path(run).is_dir() else Path(run).with_suffix("") / "export")
+        shape = (meta["in_channels"], meta["image_size"], meta["image_size"])
+        s = export_command(model, shape, out_dir, format=format, int8=int8, calibration=calibration,  # type: ignore
+                           calibration_batches=calib, eval_batches=evals)
+        c = Console(soft_wrap=True)
+        c.print(f"ONNX: {s['onnx']['path']} (max |ONNX − PyTorch| = {s['onnx'].get('max_abs_diff', float('nan')):.2e})")
+        if s["int8"]:
+            c.print(f"int8: {s['int8']['path']}")
+        if s["accuracy"]:
+            a = s["accuracy"]
+            line = f"top-1 on {len(evals)} val batches: PyTorch {a['pytorch']:.2f}%, ONNX fp32 {a['ort-fp32']:.2f}%"
+            if a.get("ort-int8") is not None:
+                line += f", int8 {a['ort-int8']:.2f}% ({a['ort-int8'] - a['ort-fp32']:+.2f})"
+            c.print(line)
+        c.print(f"summary: {out_dir / 'export.json'}")
+
+    @app.command("bench")
+    def bench_cli(
+        models: Annotated[list[str], typer.Argument(help="run directories or weights files (teacher and students)")],
+        data: Annotated[str | None, typer.Option(help="dataset for accuracy (default: each run's own split)")] = None,
+        onnx: Annotated[bool, typer.Option("--onnx/--no-onnx", help="also time ONNX Runtime fp32 and int8")] = True,
+        out: Annotated[Path, typer.Option(help="where bench.json and bench.md go")] = Path("runs/bench"),
+        repeats: Annotated[int, typer.Option(help="timed repeats per measurement")] = 50,
+    ) -> None:
+        """Parameters, size, latency p50/p90 at batch 1 and 64 (PyTorch eager, ORT fp32, ORT int8) and accuracy."""
+        from kdkit.deploy.bench import BenchEntry
+
+        entries = []
+        for target in models:
+            model, meta, calib, evals = load_run(target, data)
+            shape = (meta["in_channels"], meta["image_size"], meta["image_size"])
+            fp32 = int8_path = None
+            if onnx:
+                s = export_command(model, shape, out / "onnx" / _name_of(target), int8=True,
+                                   calibration="static", calibration_batches=calib)
+                fp32, int8_path = s["onnx"]["path"], s["int8"]["path"]
+            entries.append(BenchEntry(name=_name_of(target), model=model, onnx_fp32=fp32, onnx_int8=int8_path,
+                                      eval_batches=evals, example_shape=shape))
+        bench_command(entries, out=out, repeats=repeats)
