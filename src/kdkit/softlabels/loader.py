@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import torch
+
 from kdkit.errors import ConfigError
 from kdkit.recipe import Recipe
 from kdkit.softlabels.cache import identity_diff, run_identity
@@ -107,7 +109,10 @@ def attach_soft_labels(recipe: Recipe, data: Any) -> SoftLabelStore:
         from kdkit.build import make_model_factory
 
         make = make_model_factory(data.num_classes, data.in_channels, data.image_size)
-        teachers = [make(spec, f"teachers.{i}") for i, spec in enumerate(recipe.teachers)]
+        # Building a model draws its initial weights from the global RNG; fork it so that the student the scheme
+        # builds next starts from the same weights as in the online run with the same seed.
+        with torch.random.fork_rng(devices=[]):
+            teachers = [make(spec, f"teachers.{i}") for i, spec in enumerate(recipe.teachers)]
     current = run_identity(recipe, data, teachers)
     del teachers
     diffs = identity_diff(store.manifest["identity"], current)
