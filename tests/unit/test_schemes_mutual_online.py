@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdkit.schemes.base import DistillModule
 from kdkit.schemes.mutual import MutualModule, ProbabilityEnsemble, mutual_kl
 from kdkit.schemes.online import OnlineModule
-from kdkit.schemes.base import DistillModule
 from kdkit.terms import CrossEntropyTerm, KDTerm
 from kdkit.types import TrainState
 

@@ -9,8 +9,8 @@ shape probes, a soft-label store -- sees the adapted input.
 Where the teacher's expectations come from, per teacher (``scheme.params.teacher_inputs``):
 
 * ``"auto"`` (default): the kdkit metadata of the teacher's checkpoint (``mean``, ``std``, ``image_size``,
-  ``in_channels``, written with every kdkit ``best.safetensors``); teachers without metadata are fed the student's
-  input unchanged;
+  ``in_channels``, written with every kdkit ``best.safetensors``); else the model's own ``pretrained_cfg`` (timm
+  models, the ``ccexam:`` digit CNNs) when it takes the data's number of channels; else the student's input as is;
 * a list with one entry per teacher: ``null`` (unchanged) or ``{image_size, mean, std, in_channels}`` (any subset;
   missing keys default to the student's);
 * ``"none"``: never adapt.
@@ -107,6 +107,19 @@ def _teacher_meta(spec: Any) -> dict[str, Any]:
     return read_metadata(path)
 
 
+def _pretrained_cfg(model: nn.Module, in_channels: int) -> dict[str, Any] | None:
+    """What a model with a ``pretrained_cfg`` (timm models, the ccexam digit CNNs) was trained on, when it takes the
+    data's number of channels; None otherwise."""
+    cfg = getattr(model, "pretrained_cfg", None)
+    if not isinstance(cfg, dict) or not cfg.get("mean") or not cfg.get("std") or not cfg.get("input_size"):
+        return None
+    c, _, size = cfg["input_size"]
+    if c != in_channels or len(cfg["mean"]) != c or len(cfg["std"]) != c:
+        return None
+    return {"image_size": int(size), "in_channels": int(c), "mean": list(cfg["mean"]), "std": list(cfg["std"]),
+            "_from_cfg": True}
+
+
 def teacher_input_specs(ctx: Any, specs: Sequence[Any], teacher_inputs: str | list | None = "auto"
                         ) -> list[dict[str, Any] | None]:
     """What each teacher expects ({image_size, in_channels, mean, std}) or None to feed the student's input as is."""
@@ -144,7 +157,16 @@ def build_teachers(ctx: Any, specs: Sequence[Any] | None = None, teacher_inputs:
     data = ctx.extras.get("data") if getattr(ctx, "extras", None) else None
     teachers: list[nn.Module] = []
     for i, (spec, want) in enumerate(zip(specs, wants, strict=True)):
-        if want is None or data is None:
+        if data is None:
+            teachers.append(ctx.make_model(spec))
+            continue
+        if want is None and teacher_inputs == "auto":
+            model = ctx.make_model(spec)
+            want = _pretrained_cfg(model, ctx.in_channels)
+            if want is None:
+                teachers.append(model)
+                continue
+        elif want is None:
             teachers.append(ctx.make_model(spec))
             continue
         size = int(want.get("image_size", ctx.image_size))
@@ -154,8 +176,8 @@ def build_teachers(ctx: Any, specs: Sequence[Any] | None = None, teacher_inputs:
         if len(mean) != chans or len(std) != chans:
             raise ConfigError(f"teacher {i} ('{spec.name}') input: mean/std have {len(mean)}/{len(std)} values for "
                               f"{chans} channel(s)")
-        if (size, chans) == (ctx.image_size, ctx.in_channels):
-            model = ctx.make_model(spec)
+        if (size, chans) == (ctx.image_size, ctx.in_channels) or "_from_cfg" in want:
+            model = model if "_from_cfg" in want else ctx.make_model(spec)
         else:
             from kdkit.build import resolve_checkpoint
             from kdkit.models import create_model
