@@ -21,8 +21,10 @@ Tokenisation runs once per (tokenizer files, texts, max_length) and is cached as
 "index": (B,) split-local positions, "view": (B,) zeros}`` -- text has no augmentation, so every epoch is view 0
 and a soft-label store computes the teacher once.
 
-For :class:`kdkit.build.RunData` a text run reports ``in_channels = 1`` (the model factory requires >= 1) and
-``image_size = max_length``; ``mean``/``std`` are empty.
+For :class:`kdkit.build.RunData` (and the metadata saved with checkpoints) a text run reports ``in_channels = 1``
+(the model factory requires >= 1), ``image_size = max_length`` and the identity ``mean = [0.0]``, ``std = [1.0]``:
+token ids are never normalised, and a teacher trained on the same ``max_length`` then looks like one that takes the
+student's input as is (no input adapter).
 """
 
 from __future__ import annotations
@@ -565,7 +567,8 @@ def build_text_data(recipe: Any, num_shards: int = 1, shard: int = 0) -> Any:
     train_loader = TextBatchLoader(train, None, d.batch_size, shuffle=True, seed=recipe.seed, num_shards=num_shards,
                                    shard=shard, bucket=bucket)
     val_loader = TextBatchLoader(val, None, d.eval_batch_size, shuffle=False, seed=recipe.seed, bucket=bucket)
-    return RunData(train, val, train_loader, val_loader, None, full.num_classes, 1, int(max_length), [], [],
+    # Token ids are not images: one "channel", identity "normalisation", image_size = max_length (see the docstring).
+    return RunData(train, val, train_loader, val_loader, None, full.num_classes, 1, int(max_length), [0.0], [1.0],
                    list(full.classes), split)
 
 

@@ -1,0 +1,299 @@
+"""Text distillation benchmark: MiniLM-L6 teacher -> small transformer students on Rotten Tomatoes (TinyBERT-style).
+
+Rows (recipes in recipes/text/, each run with the kdkit engine exactly as ``kdkit distill`` runs them):
+
+* ``teacher``        -- MiniLM-L6 fine-tuned on the snippets (rt_teacher.yaml; one run);
+* ``scratch``        -- the small student (2 layers, hidden 128, 2 heads, random init), hard labels only;
+* ``kd``             -- + prediction-layer distillation (soft CE, T = 1);
+* ``tinybert``       -- + embedding, hidden-state and attention distillation (one-step TinyBERT, rt_tinybert.yaml);
+* ``no_embedding`` / ``no_hidden`` / ``no_attention`` / ``no_prediction`` -- the ablation: ``tinybert`` without one
+  term (TinyBERT paper, table 6);
+* ``tinybert_2step`` -- the paper's two steps: intermediate layers (2 epochs), then predictions (1 epoch);
+* ``bilstm_kd`` / ``distilbert`` -- a BiLSTM student and a 3-layer DistilBERT-style copy of the teacher.
+
+Every row keeps hard-label CE (weight 1) so that rows differ only in their distillation terms. Accuracy is the
+validation accuracy after the last epoch (no epoch picked on the validation split), mean ± std over seeds.
+
+The teacher's outputs for the training sentences are computed once into a feature cache (kdkit.text.cache), which
+the distillation runs read instead of running the teacher -- bit-for-bit the same logits, features within float16
+rounding -- so that the many runs fit on a shared 2-core CPU.
+
+Usage (results: JSON on stdout and in OUT/results.json; a Markdown table with --markdown)::
+
+    python benchmarks/text_distill.py all --seeds 0 1 2 --jobs 2
+    python benchmarks/text_distill.py teacher | cache | runs --rows scratch kd | measure | table --markdown
+
+Timing figures depend on the machine's load: ``uptime`` is recorded with them; re-run ``measure`` on a quiet machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = ROOT / "recipes" / "text"
+sys.path.insert(0, str(ROOT / "src"))
+
+ROWS: dict[str, tuple[str, str | None]] = {
+    "scratch": ("rt_student_scratch.yaml", None),
+    "kd": ("rt_student_kd.yaml", None),
+    "tinybert": ("rt_tinybert.yaml", None),
+    "no_embedding": ("rt_tinybert.yaml", "tinybert_embedding"),
+    "no_hidden": ("rt_tinybert.yaml", "tinybert_hidden"),
+    "no_attention": ("rt_tinybert.yaml", "tinybert_attention"),
+    "no_prediction": ("rt_tinybert.yaml", "tinybert_prediction"),
+    "tinybert_2step": ("rt_tinybert_step1.yaml", None),  # + rt_tinybert_step2.yaml
+    "bilstm_kd": ("rt_bilstm_kd.yaml", None),
+    "distilbert": ("rt_distilbert.yaml", None),
+}
+MAIN_ROWS = ["scratch", "kd", "tinybert", "no_embedding", "no_hidden", "no_attention", "no_prediction"]
+
+
+def _yaml(path: Path) -> dict[str, Any]:
+    import yaml
+
+    return yaml.safe_load(path.read_text())
+
+
+def teacher_dir(args: argparse.Namespace) -> Path:
+    return Path(args.out) / "rt_teacher"
+
+
+def cache_path(args: argparse.Namespace) -> Path:
+    return Path(args.out) / "teacher_features.safetensors"
+
+
+def _log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------------- steps
+
+
+def run_teacher(args: argparse.Namespace) -> dict[str, Any]:
+    import kdkit.text  # noqa: F401
+    from kdkit.build import run
+    from kdkit.recipe import recipe_from_dict
+
+    d = teacher_dir(args)
+    if (d / "summary.json").is_file():
+        return json.loads((d / "summary.json").read_text())
+    data = _yaml(RECIPES / "rt_teacher.yaml")
+    data.update(output_dir=str(Path(args.out)), threads=args.threads)
+    _log(f"training the teacher into {d}")
+    run(recipe_from_dict(data), resume=(d / "checkpoints" / "latest.json").is_file(), quiet=True)
+    return json.loads((d / "summary.json").read_text())
+
+
+def build_cache(args: argparse.Namespace) -> dict[str, Any]:
+    """Teacher outputs for every training sentence, at the paths the student recipes read."""
+    import torch
+
+    import kdkit.text  # noqa: F401
+    from kdkit.build import build_data, resolve_checkpoint
+    from kdkit.models import create_model
+    from kdkit.recipe import recipe_from_dict
+    from kdkit.text.cache import build_feature_cache
+
+    out = cache_path(args)
+    if out.is_file():
+        return {"cache": str(out), "mb": out.stat().st_size / 1e6}
+    torch.set_num_threads(args.threads)
+    recipe = recipe_from_dict(_recipe_dict(args, "tinybert", 0, use_cache=False))
+    data = build_data(recipe)
+    teacher = create_model("hf:minilm", num_classes=data.num_classes, image_size=data.image_size,
+                           checkpoint=str(resolve_checkpoint(str(teacher_dir(args)), "teacher")))
+    lay = teacher.text_layout()
+    # Student layers 1, 2 <- teacher layers 3, 6 (uniform); the last layer also serves `final` maps.
+    paths = [lay.embedding, lay.hidden[2], lay.hidden[5], lay.attention_scores[2], lay.attention_scores[5]]
+    _log(f"building the teacher feature cache for {len(data.train)} sentences -> {out}")
+    t0 = time.perf_counter()
+    build_feature_cache(teacher, data.train, paths, out, batch_size=64)
+    return {"cache": str(out), "mb": out.stat().st_size / 1e6, "seconds": time.perf_counter() - t0, "paths": paths}
+
+
+def _recipe_dict(args: argparse.Namespace, row: str, seed: int, use_cache: bool = True, step: int = 1
+                 ) -> dict[str, Any]:
+    file, drop = ROWS[row]
+    if row == "tinybert_2step" and step == 2:
+        file = "rt_tinybert_step2.yaml"
+    data = copy.deepcopy(_yaml(RECIPES / file))
+    if drop:
+        data["terms"] = [t for t in data["terms"] if t["name"] != drop]
+    name = f"{row}_s{seed}" + (f"_step{step}" if row == "tinybert_2step" else "")
+    data.update(name=name, output_dir=str(Path(args.out) / "runs"), seed=seed, threads=args.threads)
+    for t in data.get("teachers", []):
+        t["checkpoint"] = str(teacher_dir(args))
+        if use_cache and cache_path(args).is_file():
+            t.setdefault("params", {})["feature_cache"] = str(cache_path(args))
+    if row == "tinybert_2step" and step == 2:
+        data["student"]["checkpoint"] = str(Path(args.out) / "runs" / f"{row}_s{seed}_step1" / "last.safetensors")
+    if args.epochs:
+        data["epochs"] = args.epochs
+    return data
+
+
+def run_one(args: argparse.Namespace, row: str, seed: int) -> dict[str, Any]:
+    """One benchmark run (both steps for tinybert_2step); skipped when its summary exists."""
+    import kdkit.text  # noqa: F401
+    from kdkit.build import run
+    from kdkit.recipe import recipe_from_dict
+
+    steps = [1, 2] if row == "tinybert_2step" else [1]
+    result: dict[str, Any] = {}
+    for step in steps:
+        recipe = recipe_from_dict(_recipe_dict(args, row, seed, step=step))
+        d = recipe.run_dir
+        if not (d / "summary.json").is_file():
+            _log(f"run {recipe.name}")
+            run(recipe, resume=(d / "checkpoints" / "latest.json").is_file(), quiet=True)
+        result = json.loads((d / "summary.json").read_text())
+    return result
+
+
+def run_many(args: argparse.Namespace) -> None:
+    """Run rows x seeds, ``--jobs`` at a time, each in its own process (one torch thread each by default)."""
+    todo = [(row, s) for row in args.rows for s in args.seeds]
+    procs: list[tuple[subprocess.Popen, str]] = []
+    while todo or procs:
+        while todo and len(procs) < args.jobs:
+            row, seed = todo.pop(0)
+            cmd = [sys.executable, __file__, "one", row, str(seed), "--out", args.out, "--threads", str(args.threads)]
+            if args.epochs:
+                cmd += ["--epochs", str(args.epochs)]
+            log = Path(args.out) / "logs" / f"{row}_s{seed}.log"
+            log.parent.mkdir(parents=True, exist_ok=True)
+            procs.append((subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT), f"{row}_s{seed}"))
+        time.sleep(5)
+        for p, name in list(procs):
+            if p.poll() is not None:
+                procs.remove((p, name))
+                _log(f"{name} finished with exit code {p.returncode}")
+
+
+def _history(run_dir: Path) -> list[dict[str, Any]]:
+    f = run_dir / "metrics.jsonl"
+    return [json.loads(x) for x in f.read_text().splitlines()] if f.is_file() else []
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """Parameters, size on disk and CPU latency per sentence (batch 1, a median-length validation sentence) and per
+    sentence at batch 32, one thread."""
+    import torch
+
+    import kdkit.text  # noqa: F401
+    from kdkit.build import build_data
+    from kdkit.deploy.measure import count_params, cpu_latency, size_on_disk_mb
+    from kdkit.models import create_model
+    from kdkit.recipe import recipe_from_dict
+
+    recipe = recipe_from_dict(_recipe_dict(args, "scratch", 0, use_cache=False))
+    data = build_data(recipe)
+    lengths = data.val.lengths
+    median = int(lengths.median())
+    row = int((lengths == median).nonzero()[0])
+    one = data.val.pad(torch.tensor([row]))
+    batch = next(iter(data.val_loader))["input"][:32]
+    models = {}
+    for key in ("teacher", "scratch", "bilstm_kd", "distilbert"):
+        spec = _yaml(RECIPES / ("rt_teacher.yaml" if key == "teacher" else ROWS[key][0]))["student"]
+        models[key] = create_model(spec["name"], num_classes=data.num_classes, image_size=data.image_size,
+                                   **spec.get("params", {})).eval()
+    out: dict[str, Any] = {"uptime": os.popen("uptime").read().strip(), "threads": 1, "sentence_tokens": median,
+                           "batch32_shape": list(batch.shape)}
+    for key, m in models.items():
+        lat1 = cpu_latency(m, one, warmup=5, repeats=30, threads=1)
+        lat32 = cpu_latency(m, batch, warmup=2, repeats=10, threads=1)
+        out[key] = {"params": count_params(m), "size_mb": round(size_on_disk_mb(m), 2),
+                    "latency_ms_b1": round(lat1.p50_ms, 2),
+                    "latency_ms_per_sentence_b32": round(lat32.per_sample_ms, 3)}
+    return out
+
+
+def table(args: argparse.Namespace) -> dict[str, Any]:
+    import statistics
+
+    res: dict[str, Any] = {"rows": {}}
+    t = _history(teacher_dir(args))
+    if t:
+        res["rows"]["teacher"] = {"acc": [t[-1]["val_top1"]], "epochs": len(t),
+                                  "train_seconds": sum(h["train_seconds"] for h in t)}
+    runs = Path(args.out) / "runs"
+    for row in ROWS:
+        accs, secs, seeds = [], [], []
+        for seed in args.seeds:
+            name = f"{row}_s{seed}" + ("_step2" if row == "tinybert_2step" else "")
+            h = _history(runs / name)
+            if not h or not (runs / name / "summary.json").is_file():
+                continue
+            accs.append(h[-1]["val_top1"])
+            secs.append(sum(x["train_seconds"] for x in h))
+            seeds.append(seed)
+        if accs:
+            res["rows"][row] = {"acc": accs, "seeds": seeds, "mean": statistics.fmean(accs),
+                                "std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+                                "train_seconds_mean": statistics.fmean(secs)}
+    m = Path(args.out) / "measure.json"
+    if m.is_file():
+        res["measure"] = json.loads(m.read_text())
+    return res
+
+
+def markdown(res: dict[str, Any]) -> str:
+    meas = res.get("measure", {})
+    arch = {"teacher": "teacher", "bilstm_kd": "bilstm_kd", "distilbert": "distilbert"}
+    lines = ["| row | val accuracy % (mean ± std) | seeds | params | size MB | ms / sentence (b=1) | "
+             "ms / sentence (b=32) |", "|---|---|---|---|---|---|---|"]
+    for row, r in res["rows"].items():
+        m = meas.get(arch.get(row, "scratch"), {})
+        acc = f"{r['acc'][0]:.2f}" if len(r["acc"]) == 1 else f"{r['mean']:.2f} ± {r['std']:.2f}"
+        lines.append(f"| {row} | {acc} | {len(r['acc'])} | {m.get('params', ''):,} | {m.get('size_mb', '')} | "
+                     f"{m.get('latency_ms_b1', '')} | {m.get('latency_ms_per_sentence_b32', '')} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("step", choices=["teacher", "cache", "runs", "one", "measure", "table", "all"])
+    ap.add_argument("row", nargs="?")
+    ap.add_argument("seed", nargs="?", type=int)
+    ap.add_argument("--rows", nargs="+", default=MAIN_ROWS, choices=list(ROWS))
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--jobs", type=int, default=1, help="runs in parallel (one process each)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per run (1 is fastest on a loaded machine)")
+    ap.add_argument("--epochs", type=int, default=None, help="override every student recipe's epochs")
+    ap.add_argument("--out", default=str(ROOT / "runs" / "text"))
+    ap.add_argument("--markdown", action="store_true")
+    args = ap.parse_args()
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    if args.step == "one":
+        print(json.dumps(run_one(args, args.row, args.seed)))
+        return
+    if args.step in ("teacher", "all"):
+        print(json.dumps({"teacher": run_teacher(args)}))
+    if args.step in ("cache", "all"):
+        print(json.dumps(build_cache(args)))
+    if args.step in ("runs", "all"):
+        run_many(args)
+    if args.step in ("measure", "all"):
+        m = measure(args)
+        (Path(args.out) / "measure.json").write_text(json.dumps(m, indent=2))
+        print(json.dumps(m))
+    if args.step in ("table", "all"):
+        res = table(args)
+        (Path(args.out) / "results.json").write_text(json.dumps(res, indent=2))
+        print(json.dumps(res))
+        if args.markdown:
+            print(markdown(res))
+
+
+if __name__ == "__main__":
+    main()
