@@ -1,0 +1,75 @@
+"""Accuracy of the quickstart student on mnist_5k: scratch vs label smoothing 0.1 vs Hinton KD, mean ± std over seeds.
+
+One teacher (recipes/mnist_teacher.yaml, seed 0) is trained once; each student variant is trained from the same
+recipe (recipes/mnist_scratch.yaml / mnist_kd.yaml: MLP 784-64-10, AdamW one-cycle, 50 epochs, 4,000/1,000
+stratified split) for every seed. Prints JSON.
+
+    .venv/bin/python benchmarks/quickstart_accuracy.py --seeds 0 1 2 --out runs/bench_quickstart
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+import kdkit  # noqa: E402
+
+VARIANTS = {
+    "scratch": ("mnist_scratch", []),
+    "label_smoothing_0.1": ("mnist_scratch", ["terms.0.params.label_smoothing=0.1"]),
+    "kd_T8_w0.5": ("mnist_kd", []),
+    "kd_T4_w0.5": ("mnist_kd", ["terms.1.params.temperature=4.0"]),
+    "kd_T8_w0.9": ("mnist_kd", ["terms.0.weight=0.1", "terms.1.weight=0.9"]),
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--out", default="runs/bench_quickstart")
+    ap.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--teacher-epochs", type=int, default=None)
+    ap.add_argument("--student-epochs", type=int, default=None)
+    args = ap.parse_args()
+    out = Path(args.out)
+    common = [f"output_dir={out}"]
+    t0 = time.perf_counter()
+    t_over = common + ([f"epochs={args.teacher_epochs}"] if args.teacher_epochs else [])
+    teacher_dir = out / "mnist_teacher"
+    teacher = kdkit.train("mnist_teacher", t_over, resume=(teacher_dir / "checkpoints" / "latest.json").is_file(),
+                          quiet=True)
+    results: dict[str, dict] = {"teacher": {"top1": teacher.best["top1"], "seconds": time.perf_counter() - t0}}
+    s_over = common + ([f"epochs={args.student_epochs}"] if args.student_epochs else [])
+    for name in args.variants:
+        recipe, extra = VARIANTS[name]
+        best, last, secs, ips = [], [], [], []
+        for seed in args.seeds:
+            ov = s_over + extra + [f"seed={seed}", f"name={name}_s{seed}"]
+            if recipe == "mnist_kd":
+                ov.append(f"teachers.0.checkpoint={teacher_dir}")
+            run_dir = out / f"{name}_s{seed}"
+            t1 = time.perf_counter()
+            fn = kdkit.distill if recipe == "mnist_kd" else kdkit.train
+            res = fn(recipe, ov, resume=(run_dir / "checkpoints" / "latest.json").is_file(), quiet=True)
+            secs.append(time.perf_counter() - t1)
+            best.append(res.best["top1"])
+            last.append(res.last["val_top1"])
+            ips.append(statistics.median(h["images_per_s"] for h in res.history))
+        results[name] = {
+            "best_mean": statistics.mean(best), "best_std": statistics.stdev(best) if len(best) > 1 else 0.0,
+            "last_mean": statistics.mean(last), "last_std": statistics.stdev(last) if len(last) > 1 else 0.0,
+            "best": best, "last": last, "seconds_per_run": statistics.mean(secs),
+            "images_per_s": statistics.median(ips),
+        }
+    print(json.dumps({"benchmark": "quickstart_accuracy", "seeds": args.seeds, "results": results,
+                      "wall_seconds": time.perf_counter() - t0}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
