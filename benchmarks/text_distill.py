@@ -50,7 +50,7 @@ ROWS: dict[str, tuple[str, str | None]] = {
     "no_hidden": ("rt_tinybert.yaml", "tinybert_hidden"),
     "no_attention": ("rt_tinybert.yaml", "tinybert_attention"),
     "no_prediction": ("rt_tinybert.yaml", "tinybert_prediction"),
-    "tinybert_2step": ("rt_tinybert_step1.yaml", None),  # + rt_tinybert_step2.yaml
+    "tinybert_2step": ("rt_tinybert_2step.yaml", None),  # a pipeline: intermediate, then prediction
     "bilstm_kd": ("rt_bilstm_kd.yaml", None),
     "distilbert": ("rt_distilbert.yaml", None),
 }
@@ -120,43 +120,50 @@ def build_cache(args: argparse.Namespace) -> dict[str, Any]:
     return {"cache": str(out), "mb": out.stat().st_size / 1e6, "seconds": time.perf_counter() - t0, "paths": paths}
 
 
-def _recipe_dict(args: argparse.Namespace, row: str, seed: int, use_cache: bool = True, step: int = 1
-                 ) -> dict[str, Any]:
+def _teacher_spec(args: argparse.Namespace, t: dict[str, Any], use_cache: bool) -> None:
+    t["checkpoint"] = str(teacher_dir(args))
+    if use_cache and cache_path(args).is_file():
+        t.setdefault("params", {})["feature_cache"] = str(cache_path(args))
+
+
+def _recipe_dict(args: argparse.Namespace, row: str, seed: int, use_cache: bool = True) -> dict[str, Any]:
     file, drop = ROWS[row]
-    if row == "tinybert_2step" and step == 2:
-        file = "rt_tinybert_step2.yaml"
     data = copy.deepcopy(_yaml(RECIPES / file))
     if drop:
         data["terms"] = [t for t in data["terms"] if t["name"] != drop]
-    name = f"{row}_s{seed}" + (f"_step{step}" if row == "tinybert_2step" else "")
+    name = f"{row}_s{seed}"
     data.update(name=name, output_dir=str(Path(args.out) / "runs"), seed=seed, threads=args.threads)
     for t in data.get("teachers", []):
-        t["checkpoint"] = str(teacher_dir(args))
-        if use_cache and cache_path(args).is_file():
-            t.setdefault("params", {})["feature_cache"] = str(cache_path(args))
-    if row == "tinybert_2step" and step == 2:
-        data["student"]["checkpoint"] = str(Path(args.out) / "runs" / f"{row}_s{seed}_step1" / "last.safetensors")
+        _teacher_spec(args, t, use_cache)
+    for stage in data.get("stages", []):  # the two-step pipeline: stage 2 starts from stage 1's last weights
+        for t in stage.get("teachers", []):
+            _teacher_spec(args, t, use_cache)
+        if "checkpoint" in stage.get("student", {}):
+            stage["student"]["checkpoint"] = str(Path(args.out) / "runs" / name / "stages" / "intermediate" /
+                                                 "last.safetensors")
     if args.epochs:
         data["epochs"] = args.epochs
     return data
 
 
+def _final_dir(args: argparse.Namespace, row: str, seed: int) -> Path:
+    """Run directory whose metrics are the row's result (the last stage of a pipeline)."""
+    d = Path(args.out) / "runs" / f"{row}_s{seed}"
+    return d / "stages" / "prediction" if row == "tinybert_2step" else d
+
+
 def run_one(args: argparse.Namespace, row: str, seed: int) -> dict[str, Any]:
-    """One benchmark run (both steps for tinybert_2step); skipped when its summary exists."""
+    """One benchmark run (a pipeline for tinybert_2step); skipped when its summary exists."""
     import kdkit.text  # noqa: F401
     from kdkit.build import run
     from kdkit.recipe import recipe_from_dict
 
-    steps = [1, 2] if row == "tinybert_2step" else [1]
-    result: dict[str, Any] = {}
-    for step in steps:
-        recipe = recipe_from_dict(_recipe_dict(args, row, seed, step=step))
-        d = recipe.run_dir
-        if not (d / "summary.json").is_file():
-            _log(f"run {recipe.name}")
-            run(recipe, resume=(d / "checkpoints" / "latest.json").is_file(), quiet=True)
-        result = json.loads((d / "summary.json").read_text())
-    return result
+    recipe = recipe_from_dict(_recipe_dict(args, row, seed))
+    d = recipe.run_dir
+    if not (d / "summary.json").is_file():
+        _log(f"run {recipe.name}")
+        run(recipe, resume=(d / "checkpoints" / "latest.json").is_file() and not recipe.stages, quiet=True)
+    return json.loads((d / "summary.json").read_text())
 
 
 def run_many(args: argparse.Namespace) -> None:
@@ -226,13 +233,12 @@ def table(args: argparse.Namespace) -> dict[str, Any]:
     if t:
         res["rows"]["teacher"] = {"acc": [t[-1]["val_top1"]], "epochs": len(t),
                                   "train_seconds": sum(h["train_seconds"] for h in t)}
-    runs = Path(args.out) / "runs"
     for row in ROWS:
         accs, secs, seeds = [], [], []
         for seed in args.seeds:
-            name = f"{row}_s{seed}" + ("_step2" if row == "tinybert_2step" else "")
-            h = _history(runs / name)
-            if not h or not (runs / name / "summary.json").is_file():
+            d = _final_dir(args, row, seed)
+            h = _history(d)
+            if not h or not (d / "summary.json").is_file():
                 continue
             accs.append(h[-1]["val_top1"])
             secs.append(sum(x["train_seconds"] for x in h))

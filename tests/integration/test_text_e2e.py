@@ -97,20 +97,24 @@ def test_one_step_tinybert_and_the_feature_cache_give_the_same_run(out, teacher)
         assert hc[k] == pytest.approx(h[k], rel=2e-2), k  # float16 features: the same run up to rounding
 
 
-def test_two_step_tinybert(out, teacher):
-    step1 = run(_student_recipe(out, "step1", teacher.run_dir, TINYBERT[1:4]), quiet=True)
-    h1 = _history(step1.run_dir)[0]
+def test_two_step_tinybert_pipeline(out, teacher):
+    teachers = [{"name": "hf:minilm", "params": {"layers": [0, 5]}, "checkpoint": str(teacher.run_dir)}]
+    student = {"name": "hf:minilm", "params": {"config": SMALL}}
+    last1 = out / "twostep" / "stages" / "intermediate" / "last.safetensors"
+    recipe = recipe_from_dict(_recipe(out, "twostep", data=_data(out / "cache"), student=student, stages=[
+        {"name": "intermediate", "teachers": teachers, "terms": TINYBERT[1:4]},
+        {"name": "prediction", "teachers": teachers, "terms": [{"name": "tinybert_prediction"}],
+         "student": dict(student, checkpoint=str(last1))}]))
+    run(recipe, quiet=True)
+    h1 = _history(last1.parent)[0]
     assert "train_ce" not in h1 and h1["train_tinybert_attention"] > 0
-    last1 = step1.run_dir / "last.safetensors"
-    student = {"name": "hf:minilm", "params": {"config": SMALL}, "checkpoint": str(last1)}
-    step2 = run(_student_recipe(out, "step2", teacher.run_dir, [{"name": "tinybert_prediction"}], student=student,
-                                seed=1), quiet=True)
-    h2 = _history(step2.run_dir)[0]
-    assert set(k for k in h2 if k.startswith("train_") and k not in ("train_loss", "train_top1", "train_seconds")) \
+    h2 = _history(out / "twostep" / "stages" / "prediction")[0]
+    assert {k for k in h2 if k.startswith("train_") and k not in ("train_loss", "train_top1", "train_seconds")} \
         == {"train_tinybert_prediction"}
-    # Step 2 started from step 1's weights (with another seed): the embedding row of a token absent from the data
-    # is untouched by Adam (zero gradient), so it still equals step 1's; trained weights moved on from there.
-    w1, w2 = load_file(str(last1)), load_file(str(step2.run_dir / "last.safetensors"))
+    # Stage 2 started from stage 1's weights (with the next seed): the embedding row of a token absent from the data
+    # is untouched by Adam (zero gradient), so it still equals stage 1's; trained weights moved on from there.
+    w1 = load_file(str(last1))
+    w2 = load_file(str(out / "twostep" / "stages" / "prediction" / "last.safetensors"))
     emb = "hf.bert.embeddings.word_embeddings.weight"
     assert torch.equal(w1[emb][29_999], w2[emb][29_999])
     query = "hf.bert.encoder.layer.0.attention.self.query.weight"
