@@ -1,6 +1,7 @@
 """Soft-label store benchmarks: step speed, accuracy against online KD, storage and reconstruction error. Prints JSON.
 
     .venv/bin/python benchmarks/softlabels.py speed                    # cached-KD step / student-only step, batch 128
+    .venv/bin/python benchmarks/softlabels.py speed-loader             # the same with real batches (quickstart pair)
     .venv/bin/python benchmarks/softlabels.py accuracy --seeds 0 1 2   # cached vs online KD, quickstart recipes
     .venv/bin/python benchmarks/softlabels.py storage                  # bytes per view, totals, reconstruction error
 
@@ -170,6 +171,59 @@ def cmd_speed(args: argparse.Namespace) -> dict:
     return {"benchmark": "softlabels.speed", "rows": rows}
 
 
+def cmd_speed_loader(args: argparse.Namespace) -> dict:
+    """The quickstart pair as it trains: recipes/mnist_scratch.yaml (student alone) against recipes/mnist_kd.yaml
+    reading a store, each step timed with its batch (loader: gather, augment, store lookup), alternating batch by
+    batch."""
+    from kdkit.build import build_data, build_scheme
+    from kdkit.engine.loop import build_optimizer
+    from kdkit.softlabels import attach_soft_labels, build_cache
+    from kdkit.types import TrainState
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out_dir)
+    teacher = Path(args.teacher) if args.teacher else out / "mnist_teacher"
+    store = out / "store_quickstart"
+    kd = load_recipe(ROOT / "recipes" / "mnist_kd.yaml", [f"teachers.0.checkpoint={teacher}", f"soft_labels={store}"])
+    build_cache(kd, views=1, topk=10, quiet=True)
+    scratch = load_recipe(ROOT / "recipes" / "mnist_scratch.yaml")
+    runs = {}
+    for name, r in (("student", scratch), ("cached", kd)):
+        data = build_data(r)
+        if r.soft_labels:
+            attach_soft_labels(r, data)
+        torch.manual_seed(0)
+        scheme = build_scheme(r, data)
+        model = scheme.trainable().train()
+        runs[name] = (data.train_loader, scheme, model, build_optimizer(r.optim, model))
+    state = TrainState(steps_per_epoch=len(runs["student"][0]), epochs=1)
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    for epoch in range(args.epochs):
+        its = {}
+        for k, (loader, *_rest) in runs.items():
+            loader.set_epoch(epoch)
+            its[k] = iter(loader)
+        for _ in range(len(runs["student"][0])):
+            for k, (_loader, scheme, model, opt) in runs.items():
+                t0 = time.perf_counter()
+                batch = next(its[k])
+                out_ = scheme.step(model, batch, state)
+                opt.zero_grad(set_to_none=True)
+                out_.loss.backward()
+                opt.step()
+                if epoch:  # epoch 0 is warm-up
+                    times[k].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    tot = {k: sum(v) for k, v in times.items()}
+    return {"benchmark": "softlabels.speed_loader", "pair": "quickstart (cnn_teacher -> mlp[64], mnist_5k)",
+            "batch": kd.data.batch_size, "timed_epochs": args.epochs - 1, "steps_timed": len(times["student"]),
+            "student_step_ms": 1e3 * med["student"], "cached_kd_step_ms": 1e3 * med["cached"],
+            "cached_over_student_median": med["cached"] / med["student"],
+            "cached_over_student_total": tot["cached"] / tot["student"],
+            "meets_target": med["cached"] / med["student"] <= 1.05}
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # accuracy
 
@@ -321,6 +375,11 @@ def main() -> None:
     sp.add_argument("--warmup", type=int, default=3)
     sp.add_argument("--online", action="store_true", help="also time the online-teacher KD step")
     sp.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    sl = sub.add_parser("speed-loader")
+    sl.add_argument("--epochs", type=int, default=4, help="epochs over the 4,000 training digits (first = warm-up)")
+    sl.add_argument("--threads", type=int, default=None)
+    sl.add_argument("--out-dir", default="runs/bench_softlabels")
+    sl.add_argument("--teacher", default=None, help="teacher run directory (default: OUT_DIR/mnist_teacher)")
     ac = sub.add_parser("accuracy")
     ac.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
     ac.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
@@ -333,10 +392,11 @@ def main() -> None:
     st = sub.add_parser("storage")
     st.add_argument("--out-dir", default="runs/bench_softlabels")
     st.add_argument("--teacher", default=None, help="teacher run directory (default: OUT_DIR/mnist_teacher)")
-    for p in (sp, ac, st):
+    for p in (sp, sl, ac, st):
         p.add_argument("--json", dest="json_out", default=None, help="also write the JSON here")
     args = ap.parse_args()
-    res = {"speed": cmd_speed, "accuracy": cmd_accuracy, "storage": cmd_storage}[args.cmd](args)
+    res = {"speed": cmd_speed, "speed-loader": cmd_speed_loader, "accuracy": cmd_accuracy,
+           "storage": cmd_storage}[args.cmd](args)
     res.update({"torch": torch.__version__, "threads": torch.get_num_threads(),
                 "machine": platform.processor() or platform.machine(), "load_at_end": _uptime()})
     text = json.dumps(res, indent=2)
