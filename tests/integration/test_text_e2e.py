@@ -53,7 +53,9 @@ def teacher(out):
     return run(r, quiet=True)
 
 
-def test_teacher_fine_tunes_and_reloads(teacher):
+def test_teacher_fine_tunes_and_reloads(teacher, out):
+    from kdkit.text.evaluate import evaluate_text
+
     d = teacher.run_dir
     hist = _history(d)
     assert len(hist) == 1 and 0 <= hist[0]["val_top1"] <= 100 and hist[0]["train_ce"] > 0
@@ -62,6 +64,10 @@ def test_teacher_fine_tunes_and_reloads(teacher):
     assert meta["image_size"] == 16 and model.config.num_hidden_layers == 2
     split = json.loads((d / "split.json").read_text())
     assert split["tokenizer"] == "hf:minilm" and split["train_limit"] == 32
+    # Re-evaluating the saved weights on the re-created split gives the run's own figure.
+    ev = evaluate_text(d, "rotten_tomatoes", val_fraction=0.005, params={"cache_dir": str(out / "cache")})
+    assert ev["n"] == len(split["val_idx"])
+    assert ev["top1"] == pytest.approx(hist[0]["val_top1"], abs=1e-6)
 
 
 def _student_recipe(out, name, teacher_dir, terms, student=None, **kw):
