@@ -130,34 +130,44 @@ def bench_speed_pair(name: str, batch: int, steps: int, warmup: int, store_dir: 
         ctx_o = BuildContext(recipe=recipe_o, num_classes=classes, in_channels=shape[0], image_size=shape[1],
                              example=torch.randn(2, *shape), num_train=n, make_model=None, make_terms=None)
         fns["online"] = runner(OfflineScheme(copy.deepcopy(student), [teacher], kd_terms(), ctx_o), "none")
-    times: dict[str, list[float]] = {k: [] for k in fns}
+    wall: dict[str, list[float]] = {k: [] for k in fns}
+    cpu: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(warmup):
         for f in fns.values():
             f()
     lookup = []
     for _ in range(steps):  # interleaved, so that load changes affect every variant alike
         for k, f in fns.items():
-            t0 = time.perf_counter()
-            f()
-            times[k].append(time.perf_counter() - t0)
+            _timed(f, wall[k], cpu[k])
         idx = torch.randint(0, n, (batch,), generator=g)
-        t0 = time.perf_counter()
-        store.teacher_logits(idx, 1)
-        lookup.append(time.perf_counter() - t0)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    paired = [c / s for c, s in zip(times["cached"], times["student"], strict=True)]
+        _timed(lambda idx=idx: store.teacher_logits(idx, 1), [], lookup)
     row = {"pair": name, "teacher": teacher_name, "student": student_name, "input": list(shape), "classes": classes,
-           "batch": batch, "steps": steps,
-           "student_step_ms": 1e3 * med["student"], "cached_kd_step_ms": 1e3 * med["cached"],
-           "kd_in_memory_step_ms": 1e3 * med["kd_in_memory"],
-           "store_lookup_ms": 1e3 * statistics.median(lookup),
-           "cached_over_student": med["cached"] / med["student"],
-           "cached_over_student_paired_median": statistics.median(paired),
-           "meets_target": med["cached"] / med["student"] <= 1.05}
-    if online:
-        row["online_kd_step_ms"] = 1e3 * med["online"]
-        row["online_over_student"] = med["online"] / med["student"]
+           "batch": batch, "steps": steps, "store_lookup_cpu_ms": 1e3 * statistics.median(lookup)}
+    for clock, times in (("cpu", cpu), ("wall", wall)):
+        med = {k: statistics.median(v) for k, v in times.items()}
+        row.update({f"student_step_{clock}_ms": 1e3 * med["student"], f"cached_kd_step_{clock}_ms": 1e3 * med["cached"],
+                    f"kd_in_memory_step_{clock}_ms": 1e3 * med["kd_in_memory"],
+                    f"cached_over_student_{clock}": med["cached"] / med["student"],
+                    f"kd_in_memory_over_student_{clock}": med["kd_in_memory"] / med["student"]})
+        if online:
+            row[f"online_kd_step_{clock}_ms"] = 1e3 * med["online"]
+            row[f"online_over_student_{clock}"] = med["online"] / med["student"]
+    row["meets_target"] = row[f"cached_over_student_{_main_clock()}"] <= 1.05
     return row
+
+
+def _main_clock() -> str:
+    # With one torch thread every op runs on the calling thread, so its CPU time is the step's cost whatever else the
+    # machine runs; wall time on a loaded machine mostly measures the scheduler. With more threads, use wall time.
+    return "cpu" if torch.get_num_threads() == 1 else "wall"
+
+
+def _timed(fn, wall: list[float], cpu: list[float]):
+    w0, c0 = time.perf_counter(), time.thread_time()
+    out = fn()
+    cpu.append(time.thread_time() - c0)
+    wall.append(time.perf_counter() - w0)
+    return out
 
 
 def cmd_speed(args: argparse.Namespace) -> dict:
@@ -198,7 +208,8 @@ def cmd_speed_loader(args: argparse.Namespace) -> dict:
         model = scheme.trainable().train()
         runs[name] = (data.train_loader, scheme, model, build_optimizer(r.optim, model))
     state = TrainState(steps_per_epoch=len(runs["student"][0]), epochs=1)
-    times: dict[str, list[float]] = {k: [] for k in runs}
+    wall: dict[str, list[float]] = {k: [] for k in runs}
+    cpu: dict[str, list[float]] = {k: [] for k in runs}
     for epoch in range(args.epochs):
         its = {}
         for k, (loader, *_rest) in runs.items():
@@ -206,22 +217,25 @@ def cmd_speed_loader(args: argparse.Namespace) -> dict:
             its[k] = iter(loader)
         for _ in range(len(runs["student"][0])):
             for k, (_loader, scheme, model, opt) in runs.items():
-                t0 = time.perf_counter()
-                batch = next(its[k])
-                out_ = scheme.step(model, batch, state)
-                opt.zero_grad(set_to_none=True)
-                out_.loss.backward()
-                opt.step()
-                if epoch:  # epoch 0 is warm-up
-                    times[k].append(time.perf_counter() - t0)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    tot = {k: sum(v) for k, v in times.items()}
-    return {"benchmark": "softlabels.speed_loader", "pair": "quickstart (cnn_teacher -> mlp[64], mnist_5k)",
-            "batch": kd.data.batch_size, "timed_epochs": args.epochs - 1, "steps_timed": len(times["student"]),
-            "student_step_ms": 1e3 * med["student"], "cached_kd_step_ms": 1e3 * med["cached"],
-            "cached_over_student_median": med["cached"] / med["student"],
-            "cached_over_student_total": tot["cached"] / tot["student"],
-            "meets_target": med["cached"] / med["student"] <= 1.05}
+                def step(k=k, scheme=scheme, model=model, opt=opt, its=its):
+                    batch = next(its[k])
+                    out_ = scheme.step(model, batch, state)
+                    opt.zero_grad(set_to_none=True)
+                    out_.loss.backward()
+                    opt.step()
+
+                # epoch 0 is warm-up
+                _timed(step, wall[k], cpu[k]) if epoch else step()
+    res = {"benchmark": "softlabels.speed_loader", "pair": "quickstart (cnn_teacher -> mlp[64], mnist_5k)",
+           "batch": kd.data.batch_size, "timed_epochs": args.epochs - 1, "steps_timed": len(wall["student"])}
+    for clock, times in (("cpu", cpu), ("wall", wall)):
+        med = {k: statistics.median(v) for k, v in times.items()}
+        tot = {k: sum(v) for k, v in times.items()}
+        res.update({f"student_step_{clock}_ms": 1e3 * med["student"], f"cached_kd_step_{clock}_ms": 1e3 * med["cached"],
+                    f"cached_over_student_{clock}_median": med["cached"] / med["student"],
+                    f"cached_over_student_{clock}_total": tot["cached"] / tot["student"]})
+    res["meets_target"] = res[f"cached_over_student_{_main_clock()}_median"] <= 1.05
+    return res
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -126,7 +126,7 @@ def test_state_dict_hash_depends_on_every_weight():
     assert state_dict_sha256(m) != h
 
 
-def test_store_files_are_plain_npy(tmp_path):
+def test_store_files_are_plain_npy(tmp_path, monkeypatch):
     man = {"format": "kdkit-softlabels", "version": 1, "views": 2, "topk": 3, "num_classes": 5, "num_samples": 4,
            "chunks": 1, "arrays": SoftLabelStore.array_specs(2, 4, 3, 5), "identity": {}}
     store = SoftLabelStore.create(tmp_path / "s", man)
@@ -144,6 +144,18 @@ def test_store_files_are_plain_npy(tmp_path):
     assert not (tmp_path / "s" / "progress.json").exists()
     with pytest.raises(KdkitError, match="views 0..1"):
         opened.teacher_logits(torch.tensor([0]), 2)
+    with pytest.raises(KdkitError, match="holds samples 0..3"):
+        opened.teacher_logits(torch.tensor([4]), 1)
+    # large stores rebuild each batch from the compact rows instead of a dense per-view table: same numbers
+    import kdkit.softlabels.store as store_mod
+
+    monkeypatch.setattr(store_mod, "DENSE_LIMIT", 0)
+    compact = SoftLabelStore.open(tmp_path / "s")
+    assert torch.equal(compact.teacher_logits(torch.tensor([2, 0]), 1), want) and compact._dense is None
+    with pytest.raises(KdkitError, match="holds samples 0..3"):
+        compact.teacher_logits(torch.tensor([4]), 1)
+    mixed = compact.teacher_logits(torch.tensor([2, 0]), torch.tensor([1, 0]))  # two views in one batch
+    assert torch.equal(mixed[0], want[0]) and torch.equal(mixed[1], torch.zeros(5))  # view 0 was never written
 
 
 # ----------------------------------------------------------------------------------------------------------------------

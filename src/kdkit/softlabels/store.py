@@ -50,6 +50,7 @@ MANIFEST = "manifest.json"
 PROGRESS = "progress.json"
 ARRAYS = ("values", "indices", "tail")
 FP16_MAX = 65504.0
+DENSE_LIMIT = 1 << 25  # rebuild a whole view's (N, K) float32 logits up front when they take at most 128 MB
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -183,6 +184,7 @@ class SoftLabelStore:
                                   f"{want}; re-create the store")
             self.arrays[name] = arr
         self._view_cache: tuple[int, Tensor, Tensor, Tensor] | None = None
+        self._dense: Tensor | None = None
 
     # -------------------------------------------------------------------------------------------------- creation
     @staticmethod
@@ -269,8 +271,8 @@ class SoftLabelStore:
 
     def _view(self, view: int) -> tuple[Tensor, Tensor, Tensor]:
         # One view's rows are read into memory once, already in the dtypes the reconstruction needs (N·(12k+4) bytes:
-        # 6 MB for CIFAR's 50k samples at k = 10), so a batch costs three index_selects and one scatter — no page
-        # faults into the memmap and no dtype conversions inside the training step.
+        # 6 MB for CIFAR's 50k samples at k = 10), so a batch costs no page faults into the memmap and no dtype
+        # conversions inside the training step.
         if self._view_cache is None or self._view_cache[0] != view:
             if not 0 <= view < self.views:
                 raise KdkitError(f"soft-label store '{self.path}' has views 0..{self.views - 1}, view {view} was "
@@ -279,6 +281,10 @@ class SoftLabelStore:
             idx = torch.from_numpy(self.arrays["indices"][view].astype(np.int64))
             tail = torch.from_numpy(self.arrays["tail"][view].astype(np.float32))
             self._view_cache = (view, vals, idx, tail)
+            # When the whole view's rebuilt (N, K) logits are small, rebuild them once: a batch is then one
+            # index_select, which matters for tiny students whose whole step is a millisecond.
+            self._dense = decode_topk(vals, idx, tail, self.num_classes) if vals.shape[0] * self.num_classes <= \
+                DENSE_LIMIT else None
         return self._view_cache[1:]
 
     def lookup(self, index: Tensor, view: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -309,6 +315,14 @@ class SoftLabelStore:
                     out[m] = decode_topk(*self.lookup(i_cpu[m], int(v)), self.num_classes)
                 return out.to(index.device)
             view = v0
+        self._view(int(view))
+        if self._dense is not None:
+            idx = index.to("cpu", torch.int64)
+            try:
+                return self._dense.index_select(0, idx).to(index.device)
+            except (IndexError, RuntimeError):
+                raise KdkitError(f"soft-label store '{self.path}' holds samples 0..{self.num_samples - 1}; got "
+                                 f"indices {int(idx.min())}..{int(idx.max())}") from None
         return decode_topk(*self.lookup(index, int(view)), self.num_classes).to(index.device)
 
     # -------------------------------------------------------------------------------------------------- sizes
