@@ -36,9 +36,10 @@ def main() -> None:
     ap.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--teacher-epochs", type=int, default=None)
     ap.add_argument("--student-epochs", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads per run (1 is best on a busy machine)")
     args = ap.parse_args()
     out = Path(args.out)
-    common = [f"output_dir={out}"]
+    common = [f"output_dir={out}"] + ([f"threads={args.threads}"] if args.threads else [])
     t0 = time.perf_counter()
     t_over = common + ([f"epochs={args.teacher_epochs}"] if args.teacher_epochs else [])
     teacher_dir = out / "mnist_teacher"

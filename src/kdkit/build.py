@@ -5,6 +5,7 @@ This is the only place that wires the parts together; each part stays ignorant o
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -73,8 +74,20 @@ def build_image_data(recipe: Recipe, num_shards: int = 1, shard: int = 0) -> Run
         split = {"source": d.name, "val_fraction": d.val_fraction, "split_seed": d.split_seed,
                  "train_idx": train_idx.tolist(), "val_idx": val_idx.tolist()}
     if d.train_limit is not None and d.train_limit < len(train.targets):
-        train = train.subset(torch.arange(d.train_limit))
+        # A stratified subset (not the first N: sources are often sorted by class).
+        _, keep = stratified_split(train.targets, train.groups, d.train_limit / len(train.targets), d.split_seed + 1)
+        if d.held_out:  # the complement of the teacher's subset: a transfer set it never saw
+            keep = sorted(set(range(len(train.targets))) - set(int(k) for k in keep))
+        train = train.subset(torch.as_tensor(keep))
         split["train_limit"] = d.train_limit
+        split["train_limit_positions"] = torch.as_tensor(keep).tolist()
+    elif d.held_out:
+        raise ConfigError("data.held_out needs data.train_limit (the held-out set is what train_limit leaves out)")
+    if d.unlabelled:
+        if train.targets.ndim != 1:
+            raise ConfigError("data.unlabelled works with single-label data; multi-label targets cannot be dropped")
+        train = dataclasses.replace(train, targets=torch.full_like(train.targets, -1))
+        split["unlabelled"] = True
     if val.num_classes != train.num_classes and d.val:
         raise ConfigError(f"data.val '{d.val}' has {val.num_classes} classes but data.name '{d.name}' has "
                           f"{train.num_classes}")
@@ -146,7 +159,7 @@ def build_scheme(recipe: Recipe, data: RunData):
     example = next(iter(data.val_loader))["input"][:4]
     ctx = BuildContext(recipe=recipe, num_classes=data.num_classes, in_channels=data.in_channels,
                        image_size=data.image_size, example=example, num_train=len(data.train.targets),
-                       make_model=make_model, make_terms=make_terms)
+                       make_model=make_model, make_terms=make_terms, extras={"data": data})
     cls = SCHEMES.get(recipe.scheme.name)
     return cls.build(ctx, **recipe.scheme.params)
 
@@ -166,6 +179,10 @@ def run(recipe: Recipe, resume: bool = False, quiet: bool = False, console: Any 
     from kdkit.engine import Engine
     from kdkit.engine.loop import make_accelerator
 
+    if recipe.stages:  # a pipeline: each stage is a run of its own (kdkit.schemes.pipeline)
+        from kdkit.schemes.pipeline import run_pipeline
+
+        return run_pipeline(recipe, resume=resume, quiet=quiet, console=console)
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
     run_dir = prepare_run_dir(recipe, resume)
@@ -196,7 +213,7 @@ def _check_same_recipe(recipe: Recipe, run_dir: Path) -> None:
 
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
     now = json.loads(json.dumps(recipe.model_dump(mode="json")))
-    diff = [k for k in now if saved.get(k) != now[k] and k not in ("epochs",)]
+    diff = [k for k in now if saved.get(k) != now[k] and k not in ("epochs", "threads")]
     if diff:
         raise ConfigError(f"--resume: the recipe differs from the one saved in '{run_dir}/config.yaml' in "
-                          f"{', '.join(diff)}; resume with the same recipe (only epochs may grow)")
+                          f"{', '.join(diff)}; resume with the same recipe (only epochs and threads may change)")

@@ -1,0 +1,100 @@
+"""Every loss term under one budget: accuracy (mean ± std over seeds, best and last epoch), images/s, peak memory.
+
+Same teacher (cnn_teacher, trained once per dataset), same students (the quickstart MLP for logit terms; cnn_student
+for every term, feature terms included), same optimiser and epochs. Each run is its own process so its peak RSS can
+be read. Recipes come from recipes/methods/ (one per term) with the student, data and budget overridden.
+
+    .venv/bin/python benchmarks/methods.py --datasets mnist_5k animal_mnist --seeds 0 1 2 --epochs 20
+    .venv/bin/python benchmarks/methods.py --datasets mnist_5k --seeds 0 --epochs 5 --students mlp   # smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+LOGIT = ["scratch", "label_smoothing", "kd", "soft_ce", "logit_mse", "dkd", "noisy_kd", "tf_kd", "confidence_penalty",
+         "sobolev"]
+FEATURE = ["fitnet", "at", "sp", "rkd", "crd", "ie", "kd_at"]
+STUDENTS = {"mlp": LOGIT, "cnn_student": LOGIT + FEATURE}
+
+RUN = r"""
+import json, resource, sys
+import kdkit
+from kdkit.recipe import load_recipe
+r = load_recipe(sys.argv[1], json.loads(sys.argv[2]))
+res = (kdkit.distill if r.teachers else kdkit.train)(r, quiet=True, resume=sys.argv[3] == "1")
+ips = sorted(h["images_per_s"] for h in res.history)
+print(json.dumps({"best": res.best["top1"], "last": res.last["val_top1"], "images_per_s": ips[len(ips) // 2],
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def run_one(recipe: Path, overrides: list[str], run_dir: Path) -> dict:
+    resume = "1" if (run_dir / "checkpoints" / "latest.json").is_file() else "0"
+    if (run_dir / "summary.json").is_file() and resume == "1":
+        pass  # finished runs resume to their end at once
+    p = subprocess.run([sys.executable, "-c", RUN, str(recipe), json.dumps(overrides), resume],
+                       capture_output=True, text=True)
+    if p.returncode != 0:
+        raise RuntimeError(f"{recipe.name} {overrides}: {p.stderr[-1500:]}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--datasets", nargs="+", default=["mnist_5k", "animal_mnist"])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--teacher-epochs", type=int, default=15)
+    ap.add_argument("--students", nargs="+", default=list(STUDENTS), choices=list(STUDENTS))
+    ap.add_argument("--methods", nargs="*", default=None)
+    ap.add_argument("--out", default="runs/bench_methods")
+    args = ap.parse_args()
+    out = Path(args.out)
+    rows = []
+    for ds in args.datasets:
+        tdir = out / ds / "teacher"
+        teacher = run_one(ROOT / "recipes" / "mnist_teacher.yaml",
+                          [f"output_dir={out / ds}", "name=teacher", f"data.name={ds}", f"epochs={args.teacher_epochs}"],
+                          tdir)
+        rows.append({"dataset": ds, "student": "cnn_teacher", "method": "teacher", "best_mean": teacher["best"],
+                     "best_std": 0.0, "last_mean": teacher["last"], "last_std": 0.0,
+                     "images_per_s": teacher["images_per_s"], "peak_rss_mb": teacher["peak_rss_mb"], "seeds": 1})
+        for student in args.students:
+            for method in STUDENTS[student]:
+                if args.methods and method not in args.methods:
+                    continue
+                recipe = ROOT / "recipes" / ("mnist_scratch.yaml" if method == "scratch" else f"methods/{method}.yaml")
+                results = []
+                for seed in args.seeds:
+                    name = f"{student}_{method}_s{seed}"
+                    ov = [f"output_dir={out / ds}", f"name={name}", f"seed={seed}", f"data.name={ds}",
+                          f"epochs={args.epochs}", f"student.name={student}",
+                          "student.params={hidden: [64]}" if student == "mlp" else "student.params={}"]
+                    if method != "scratch" and "teachers" in recipe.read_text():
+                        ov.append(f"teachers.0.checkpoint={tdir}")
+                    results.append(run_one(recipe, ov, out / ds / name))
+                    print(f"{ds} {student} {method} seed {seed}: {results[-1]}", file=sys.stderr, flush=True)
+
+                def ms(key: str) -> tuple[float, float]:
+                    v = [r[key] for r in results]
+                    return statistics.mean(v), (statistics.stdev(v) if len(v) > 1 else 0.0)
+
+                (bm, bs), (lm, ls) = ms("best"), ms("last")
+                rows.append({"dataset": ds, "student": student, "method": method, "best_mean": bm, "best_std": bs,
+                             "last_mean": lm, "last_std": ls,
+                             "images_per_s": statistics.median(r["images_per_s"] for r in results),
+                             "peak_rss_mb": max(r["peak_rss_mb"] for r in results), "seeds": len(results)})
+    print(json.dumps({"benchmark": "methods", "epochs": args.epochs, "seeds": args.seeds, "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
