@@ -94,14 +94,14 @@ def _close(a: Sequence[float], b: Sequence[float]) -> bool:
     return len(a) == len(b) and all(abs(float(x) - float(y)) <= 1e-6 for x, y in zip(a, b, strict=True))
 
 
-def _teacher_meta(spec: Any) -> dict[str, Any]:
+def _teacher_meta(spec: Any, i: int) -> dict[str, Any]:
     """kdkit metadata of a teacher checkpoint ({} when it has none or is not safetensors)."""
     if not getattr(spec, "checkpoint", None):
         return {}
     from kdkit.build import resolve_checkpoint
     from kdkit.engine.checkpoint import read_metadata
 
-    path = resolve_checkpoint(spec.checkpoint, "teachers.checkpoint")
+    path = resolve_checkpoint(spec.checkpoint, f"teachers.{i}.checkpoint")
     if path.suffix != ".safetensors":
         return {}
     return read_metadata(path)
@@ -128,8 +128,8 @@ def teacher_input_specs(ctx: Any, specs: Sequence[Any], teacher_inputs: str | li
         return [None] * n
     if teacher_inputs == "auto":
         out: list[dict[str, Any] | None] = []
-        for spec in specs:
-            meta = _teacher_meta(spec)
+        for i, spec in enumerate(specs):
+            meta = _teacher_meta(spec, i)
             keys = {k: meta[k] for k in ("image_size", "in_channels", "mean", "std") if meta.get(k) is not None}
             out.append(keys or None)
         return out
