@@ -41,9 +41,22 @@ def test_shrink_makes_a_smaller_model_of_the_same_family_and_stages(name, kw, in
 
 
 def test_shrink_rules_and_errors():
-    m = create_model("shrink:cnn_teacher", num_classes=10, in_channels=1, image_size=28, width=0.5, depth=0.5)
-    widths = [[c.out_channels for c in getattr(m, s).modules() if isinstance(c, torch.nn.Conv2d)] for s in m.kd_stages]
-    assert widths == [[16], [64], [128]]  # [[32, 64], [128], [256]] halved, first stage cut to one conv
+    def widths(net):
+        return [[c.out_channels for c in getattr(net, s).modules() if isinstance(c, torch.nn.Conv2d)]
+                for s in net.kd_stages]
+
+    base = create_model("cnn", num_classes=10, in_channels=1, image_size=28, channels=[[32, 64], [128], [256]])
+    m = create_model("shrink:cnn", num_classes=10, in_channels=1, image_size=28, channels=[[32, 64], [128], [256]],
+                     width=0.5, depth=0.5)
+    assert widths(base) == [[32, 64], [128], [256]]
+    assert widths(m) == [[16], [64], [128]]  # halved, and the two-conv stage cut to one conv
+    t = create_model("cnn_teacher", num_classes=10, in_channels=1, image_size=28)
+    st = create_model("shrink:cnn_teacher", num_classes=10, in_channels=1, image_size=28, width=0.25)
+    assert widths(st) == [[max(1, round(w / 4)) for w in ws] for ws in widths(t)]
+    t_hidden = [x for x in t.hidden.modules() if isinstance(x, torch.nn.Linear)][0]
+    s_hidden = [x for x in st.hidden.modules() if isinstance(x, torch.nn.Linear)][0]
+    assert s_hidden.out_features == round(t_hidden.out_features / 4)  # a hidden head shrinks with the width
+    assert st(torch.randn(2, 1, 28, 28)).shape == (2, 10)
     r = create_model("shrink:resnet32x4", num_classes=10, in_channels=3, width=0.5, depth=0.25)
     assert len(r.layer1) == 2 and r.layer3[0].conv1.out_channels == 128
     with pytest.raises(ConfigError, match="width and depth"):

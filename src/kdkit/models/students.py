@@ -68,7 +68,13 @@ def shrink_model(base: nn.Module, num_classes: int, in_channels: int, image_size
             widths = [c.out_channels for c in _convs(getattr(base, name))]
             stages.append([_scale(w, width) for w in widths[: _keep(len(widths), depth)]])
         p = base.drop.p if isinstance(base.drop, nn.Dropout) else 0.0
-        return small.SmallCNN(stages, num_classes, in_channels, p)
+        head: dict[str, Any] = {}
+        hidden = [m for m in getattr(base, "hidden", nn.Identity()).modules() if isinstance(m, nn.Linear)]
+        if hidden:  # a pooled-grid hidden head (cnn_teacher / cnn_student): keep the grid, scale the width
+            grid = base.pool.output_size
+            head = {"head_grid": grid if isinstance(grid, int) else grid[0],
+                    "head_hidden": _scale(hidden[0].out_features, width)}
+        return small.SmallCNN(stages, num_classes, in_channels, p, **head)
     if isinstance(base, small.MLP):
         hidden = [m.out_features for m in base.hidden if isinstance(m, nn.Linear)]
         hidden = [_scale(h, width) for h in hidden[: _keep(len(hidden), depth)]] if hidden else []
