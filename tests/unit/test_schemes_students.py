@@ -132,3 +132,23 @@ def test_build_teachers_reads_checkpoint_metadata(tmp_path):
     assert set(adapted.state_dict()) == set(t.state_dict())  # the adapter adds nothing to the teacher's weights
     with pytest.raises(ConfigError, match="teacher_inputs"):
         build_teachers(ctx, [spec], [None, None])
+
+
+def test_qat_student_exports_to_int8_onnx_and_strips_to_float(tmp_path):
+    import onnx
+
+    from kdkit.deploy.export import export_onnx
+    from kdkit.models.students import qat_float_state_dict
+
+    torch.manual_seed(0)
+    q = create_model("qat:mlp", num_classes=10, in_channels=1, image_size=28, hidden=[32])
+    q.train()
+    q(torch.randn(64, 1, 28, 28))
+    q.eval()
+    res = export_onnx(q, torch.randn(2, 1, 28, 28), tmp_path / "q.onnx", exporter="torchscript")
+    ops = {n.op_type for n in onnx.load(str(res.path)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert res.max_abs_diff is not None and res.max_abs_diff < 1e-4
+    plain = create_model("mlp", num_classes=10, in_channels=1, image_size=28, hidden=[32])
+    plain.load_state_dict(qat_float_state_dict(q))  # strict: exactly the float model's keys
+    assert torch.equal(plain.fc.weight, q.fc.weight)

@@ -6,7 +6,8 @@
   of ResNet-32x4: stages keep their number and order, so stage-wise feature terms pair one to one.
 * ``qat:NAME`` -- model NAME (any name the factory knows, e.g. ``qat:cnn_teacher`` or ``qat:shrink:resnet32x4``) made
   ready for int8 quantisation-aware training with ``torch.ao.quantization``: fake-quantised weights (per-channel
-  symmetric int8) and activations (per-tensor affine uint8) on every convolution, linear, BatchNorm and the input.
+  symmetric int8) and activations (per-tensor affine uint8) on every convolution, linear, BatchNorm and the input;
+  exported to ONNX it becomes QuantizeLinear/DequantizeLinear pairs (an int8 model).
   ``init_from`` loads float weights first (the teacher's checkpoint: "a quantised copy of the teacher"). Module paths
   are unchanged, so feature taps of the teacher work on the copy, and feature shapes match the teacher's exactly
   (feature terms need no connector).
@@ -147,24 +148,42 @@ def set_observers(model: nn.Module, enabled: bool) -> None:
             m.disable_observer()
 
 
-def prepare_qat(model: nn.Module, in_channels: int, image_size: int, backend: str = "x86") -> nn.Module:
+def qat_qconfig(reduce_range: bool = False) -> Any:
+    """The fake-quantisation config of ``qat:`` students.
+
+    Weights: per-output-channel symmetric int8 (moving-average min/max). Activations: per-tensor affine uint8 in
+    0..255 (0..127 with ``reduce_range``, for x86/fbgemm kernels without VNNI). Plain ``FakeQuantize`` modules (not
+    the fused default) so that an exported model becomes ONNX QuantizeLinear/DequantizeLinear pairs -- an int8 model
+    ONNX Runtime runs.
+    """
+    from torch.ao.quantization import (
+        FakeQuantize,
+        MovingAverageMinMaxObserver,
+        MovingAveragePerChannelMinMaxObserver,
+        QConfig,
+    )
+
+    act = FakeQuantize.with_args(observer=MovingAverageMinMaxObserver, quant_min=0,
+                                 quant_max=127 if reduce_range else 255, dtype=torch.quint8,
+                                 qscheme=torch.per_tensor_affine)
+    weight = FakeQuantize.with_args(observer=MovingAveragePerChannelMinMaxObserver, quant_min=-128, quant_max=127,
+                                    dtype=torch.qint8, qscheme=torch.per_channel_symmetric, ch_axis=0)
+    return QConfig(activation=act, weight=weight)
+
+
+def prepare_qat(model: nn.Module, reduce_range: bool = False) -> nn.Module:
     """Insert int8 fake quantisation into ``model`` in place (eager mode, ``torch.ao.quantization.prepare_qat``).
 
-    Convolutions and linear layers become their ``torch.ao.nn.qat`` versions (weights fake-quantised per output
-    channel, symmetric int8); every leaf module's output and the network input are fake-quantised (uint8, per tensor,
-    moving-average min/max ranges). Observers update in training mode and freeze in eval mode (a pre-hook toggles
-    them), so evaluation never moves the ranges.
+    Convolutions and linear layers become their ``torch.ao.nn.qat`` versions (weights fake-quantised, see
+    :func:`qat_qconfig`); every leaf module's output and the network input are fake-quantised. Observers update in
+    training mode and freeze in eval mode (a pre-hook toggles them), so evaluation never moves the ranges.
 
     The per-channel weight observers are initialised on the current weights, so that a fresh model and a trained
-    checkpoint have state dicts of identical shapes (the observers start with empty buffers otherwise).
+    checkpoint have state dicts of identical shapes (their buffers start empty otherwise).
     """
     import torch.ao.quantization as tq
 
-    if backend not in ("x86", "fbgemm", "qnnpack"):
-        raise ConfigError(f"qat: backend must be x86, fbgemm or qnnpack, got '{backend}'")
-    with warnings.catch_warnings():  # torch warns that reduce_range (used by the x86 default qconfig) is deprecated
-        warnings.simplefilter("ignore", UserWarning)
-        qconfig = tq.get_default_qat_qconfig(backend)
+    qconfig = qat_qconfig(reduce_range)
     model.train()
     model.qconfig = qconfig
     with warnings.catch_warnings():
@@ -189,7 +208,14 @@ def prepare_qat(model: nn.Module, in_channels: int, image_size: int, backend: st
     return model
 
 
-def _build_qat(name: str, num_classes: int, in_channels: int, image_size: int, backend: str = "x86",
+def qat_float_state_dict(model: nn.Module) -> dict[str, Tensor]:
+    """The float weights of a ``qat:NAME`` model without its fake-quantisation state: loads into plain ``NAME``
+    (e.g. to re-quantise it after training with another tool)."""
+    skip = ("weight_fake_quant.", "activation_post_process.", "quant_input.")
+    return {k: v for k, v in model.state_dict().items() if not any(f".{s}" in f".{k}" for s in skip)}
+
+
+def _build_qat(name: str, num_classes: int, in_channels: int, image_size: int, reduce_range: bool = False,
                init_from: str | None = None, **params: Any) -> nn.Module:
     model = create_model(name, num_classes=num_classes, in_channels=in_channels, image_size=image_size, **params)
     if init_from:
@@ -197,7 +223,7 @@ def _build_qat(name: str, num_classes: int, in_channels: int, image_size: int, b
         from kdkit.models import load_weights
 
         load_weights(model, resolve_checkpoint(str(init_from), "student.params.init_from"))
-    return prepare_qat(model, in_channels, image_size, backend)
+    return prepare_qat(model, bool(reduce_range))
 
 
 def is_qat(model: nn.Module) -> bool:
@@ -361,4 +387,5 @@ register_prefix("shrink", _build_shrink)
 register_prefix("qat", _build_qat)
 register_prefix("exits", _build_exits)
 
-__all__ = ["ExitView", "MultiExitNet", "is_qat", "make_multi_exit", "prepare_qat", "set_observers", "shrink_model"]
+__all__ = ["ExitView", "MultiExitNet", "is_qat", "make_multi_exit", "prepare_qat", "qat_float_state_dict",
+           "qat_qconfig", "set_observers", "shrink_model"]
