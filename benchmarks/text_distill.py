@@ -9,7 +9,10 @@ Rows (recipes in recipes/text/, each run with the kdkit engine exactly as ``kdki
 * ``no_embedding`` / ``no_hidden`` / ``no_attention`` / ``no_prediction`` -- the ablation: ``tinybert`` without one
   term (TinyBERT paper, table 6);
 * ``tinybert_2step`` -- the paper's two steps: intermediate layers (2 epochs), then predictions (1 epoch);
-* ``bilstm_kd`` / ``distilbert`` -- a BiLSTM student and a 3-layer DistilBERT-style copy of the teacher.
+* ``bilstm_scratch`` / ``bilstm_kd`` -- a BiLSTM student, without and with distillation (CE + soft CE + last hidden
+  states);
+* ``distilbert_scratch`` / ``distilbert`` -- a 3-layer copy of pretrained MiniLM (layers 1, 3, 6), fine-tuned with
+  labels only / distilled DistilBERT-style (CE + soft CE at T = 2 + cosine on the last hidden states).
 
 Every row keeps hard-label CE (weight 1) so that rows differ only in their distillation terms. Accuracy is the
 validation accuracy after the last epoch (no epoch picked on the validation split), mean ± std over seeds.
@@ -42,17 +45,20 @@ ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes" / "text"
 sys.path.insert(0, str(ROOT / "src"))
 
-ROWS: dict[str, tuple[str, str | None]] = {
-    "scratch": ("rt_student_scratch.yaml", None),
-    "kd": ("rt_student_kd.yaml", None),
-    "tinybert": ("rt_tinybert.yaml", None),
-    "no_embedding": ("rt_tinybert.yaml", "tinybert_embedding"),
-    "no_hidden": ("rt_tinybert.yaml", "tinybert_hidden"),
-    "no_attention": ("rt_tinybert.yaml", "tinybert_attention"),
-    "no_prediction": ("rt_tinybert.yaml", "tinybert_prediction"),
-    "tinybert_2step": ("rt_tinybert_2step.yaml", None),  # a pipeline: intermediate, then prediction
-    "bilstm_kd": ("rt_bilstm_kd.yaml", None),
-    "distilbert": ("rt_distilbert.yaml", None),
+# row -> (recipe, terms removed from it)
+ROWS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "scratch": ("rt_student_scratch.yaml", ()),
+    "kd": ("rt_student_kd.yaml", ()),
+    "tinybert": ("rt_tinybert.yaml", ()),
+    "no_embedding": ("rt_tinybert.yaml", ("tinybert_embedding",)),
+    "no_hidden": ("rt_tinybert.yaml", ("tinybert_hidden",)),
+    "no_attention": ("rt_tinybert.yaml", ("tinybert_attention",)),
+    "no_prediction": ("rt_tinybert.yaml", ("tinybert_prediction",)),
+    "tinybert_2step": ("rt_tinybert_2step.yaml", ()),  # a pipeline: intermediate, then prediction
+    "bilstm_scratch": ("rt_bilstm_kd.yaml", ("tinybert_prediction", "tinybert_hidden")),
+    "bilstm_kd": ("rt_bilstm_kd.yaml", ()),
+    "distilbert_scratch": ("rt_distilbert.yaml", ("tinybert_prediction", "distilbert_cosine")),
+    "distilbert": ("rt_distilbert.yaml", ()),
 }
 MAIN_ROWS = ["scratch", "kd", "tinybert", "no_embedding", "no_hidden", "no_attention", "no_prediction"]
 
@@ -130,7 +136,10 @@ def _recipe_dict(args: argparse.Namespace, row: str, seed: int, use_cache: bool 
     file, drop = ROWS[row]
     data = copy.deepcopy(_yaml(RECIPES / file))
     if drop:
-        data["terms"] = [t for t in data["terms"] if t["name"] != drop]
+        data["terms"] = [t for t in data["terms"] if t["name"] not in drop]
+    if not any(t["name"] in ("tinybert_prediction", "tinybert_hidden", "tinybert_embedding", "tinybert_attention",
+                             "distilbert_cosine") for t in data.get("terms", [])) and not data.get("stages"):
+        data.pop("teachers", None)  # a "scratch" row: no teacher at all
     name = f"{row}_s{seed}"
     data.update(name=name, output_dir=str(Path(args.out) / "runs"), seed=seed, threads=args.threads)
     for t in data.get("teachers", []):
