@@ -178,3 +178,46 @@ def test_prediction_term_switches_to_sigmoid_for_multilabel():
     assert torch.allclose(term(inp(torch.zeros(4, 3))), ref_ml, atol=1e-5)
     with pytest.raises(ConfigError, match="temperature"):
         build_term(TermSpec(name="tinybert_prediction", params={"temperature": 0}))
+
+
+@pytest.mark.parametrize("name", ["tinybert_embedding", "tinybert_hidden", "tinybert_attention",
+                                  "tinybert_prediction", "distilbert_cosine"])
+def test_text_term_contract(name):
+    """The registry contract (tests/contract) on text models: real sentences, a 2-layer MiniLM teacher and a small
+    random student; finite scalar, gradient into the student only, the loss falls over a few steps."""
+    from kdkit.recipe import recipe_from_dict
+    from kdkit.schemes.base import BuildContext
+    from kdkit.schemes.offline import OfflineScheme
+    from kdkit.text.data import TextBatchLoader, load_text
+    from kdkit.text.terms import TEXT_FEATURE_TERMS
+
+    assert name in TEXT_FEATURE_TERMS or name == "tinybert_prediction"
+    data = load_text("rotten_tomatoes", tokenizer="hf:minilm", max_length=16).subset(torch.arange(16))
+    b = next(iter(TextBatchLoader(data, None, 16, shuffle=False, seed=0)))
+    torch.manual_seed(0)
+    teacher = create_model("hf:minilm", num_classes=2, layers=2)
+    torch.nn.init.normal_(teacher.hf.classifier.weight, std=1.0)  # confident predictions: soft CE is far from its min
+    student = create_model("hf:minilm", num_classes=2, config={"num_hidden_layers": 2, "hidden_size": 32,
+                                                                "num_attention_heads": 2, "intermediate_size": 64})
+    recipe = recipe_from_dict({"student": {"name": "hf:minilm"}, "teachers": [{"name": "hf:minilm"}]})
+    ctx = BuildContext(recipe=recipe, num_classes=2, in_channels=1, image_size=16, example=b["input"][:4],
+                       num_train=16, make_model=None, make_terms=None)
+    scheme = OfflineScheme(student, [teacher], [build_term(TermSpec(name=name))], ctx)
+    model = scheme.trainable().train()
+    state = TrainState(steps_per_epoch=10, epochs=1)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    out = scheme.step(model, b, state)
+    assert out.loss.ndim == 0 and torch.isfinite(out.loss) and set(out.terms) == {name}
+    out.loss.backward()
+    assert any(float(p.grad.abs().sum()) > 0 for p in student.parameters() if p.grad is not None)
+    assert all(p.grad is None for p in teacher.parameters())
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(6):
+        out = scheme.step(model, b, state)
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        opt.step()
+        losses.append(float(out.loss.detach()))
+    assert min(losses[-2:]) < losses[0], f"{name}: loss did not fall {losses}"
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())

@@ -314,5 +314,8 @@ class TinyBertPredictionTerm(LossTerm):
         return prediction_soft_ce(s, t, self.temperature)
 
 
-__all__ = ["TinyBertEmbeddingTerm", "TinyBertHiddenTerm", "TinyBertAttentionTerm", "TinyBertPredictionTerm",
-           "DistilBertCosineTerm", "layer_pairs", "map_heads", "sigmoid_kd"]
+# Terms that read features of kdkit text models (hf:, textnn:); image contract tests must give them text models.
+TEXT_FEATURE_TERMS = ("tinybert_embedding", "tinybert_hidden", "tinybert_attention", "distilbert_cosine")
+
+__all__ = ["TEXT_FEATURE_TERMS", "TinyBertEmbeddingTerm", "TinyBertHiddenTerm", "TinyBertAttentionTerm",
+           "TinyBertPredictionTerm", "DistilBertCosineTerm", "layer_pairs", "map_heads", "sigmoid_kd"]
