@@ -137,6 +137,22 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _fmt(d: dict[str, Any] | None, digits: int = 2) -> str:
+    return "—" if not d else f"{d['mean']:.{digits}f} ± {d['std']:.{digits}f}"
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    """The results as a Markdown table (val top-1 of the exported model at the last epoch, and extras)."""
+    lines = ["| scheme | val top-1 (%) | best-epoch top-1 (%) | other models (val top-1 %) | train images/s |",
+             "|---|---|---|---|---|"]
+    for name, r in doc["results"].items():
+        extras = [f"{k.removeprefix('val_').removesuffix('_top1')} {_fmt(v)}" for k, v in r.items()
+                  if k.endswith("_top1") and k not in ("top1", "best_top1") and isinstance(v, dict)]
+        lines.append(f"| {name} | {_fmt(r.get('top1'))} | {_fmt(r.get('best_top1'))} | {'; '.join(extras) or '—'} | "
+                     f"{_fmt(r.get('images_per_s'), 0)} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -145,7 +161,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--only", nargs="+", default=None, help="scheme names to run (default: all)")
     ap.add_argument("--out", default="/tmp/kdkit_bench_schemes")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--render", default=None, help="print the Markdown table of an existing schemes.json and exit")
     args = ap.parse_args(argv)
+    if args.render:
+        doc = json.loads(Path(args.render).read_text())
+        print(markdown(doc))
+        return doc
     import torch
 
     if args.threads:
