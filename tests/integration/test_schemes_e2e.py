@@ -130,11 +130,15 @@ def test_unlabelled_and_held_out_transfer_sets(runs, teacher):
     _check_run(res, {"ce", "kd"})
 
 
-def test_shrunk_and_quantisation_aware_students(runs, teacher):
+def test_shrunk_pruned_and_quantisation_aware_students(runs, teacher):
     res = kdkit.distill(_recipe(runs, "shrink", student={"name": "shrink:mlp", "params": {"hidden": [64],
                                                                                            "width": 0.5}},
                                 teachers=_t(teacher), terms=KD), quiet=True)
     _check_run(res, {"ce", "kd"})
+    pruned = {"name": "prune:mlp", "params": {"hidden": [64], "amount": 0.5, "init_from": str(teacher.run_dir)}}
+    res = kdkit.distill(_recipe(runs, "prune", student=pruned, teachers=_t(teacher), terms=KD,
+                                optim={"name": "adamw", "lr": 0.001}), quiet=True)
+    _check_run(res, {"ce", "kd"}, min_top1=70.0)
     qat = {"name": "qat:mlp", "params": {"hidden": [64], "init_from": str(teacher.run_dir)}}
     res = kdkit.distill(_recipe(runs, "qat", student=qat, teachers=_t(teacher), optim={"name": "adamw", "lr": 0.001},
                                 terms=KD + [{"name": "fitnet", "weight": 1.0, "params": {"pairs": ["hidden.1:hidden.1"],

@@ -152,3 +152,41 @@ def test_qat_student_exports_to_int8_onnx_and_strips_to_float(tmp_path):
     plain = create_model("mlp", num_classes=10, in_channels=1, image_size=28, hidden=[32])
     plain.load_state_dict(qat_float_state_dict(q))  # strict: exactly the float model's keys
     assert torch.equal(plain.fc.weight, q.fc.weight)
+
+
+@pytest.mark.parametrize("name, kw, shape", [
+    ("cnn_teacher", {}, (1, 28, 28)),
+    ("mlp", {"hidden": [64, 32]}, (1, 28, 28)),
+    ("vgg8", {}, (3, 16, 16)),
+])
+def test_pruning_keeps_the_teachers_largest_filters(name, kw, shape, tmp_path):
+    from kdkit.models.students import prune_from, shrink_model
+
+    torch.manual_seed(0)
+    t = create_model(name, num_classes=10, in_channels=shape[0], image_size=shape[1], **kw)
+    for m in t.modules():  # non-trivial BatchNorm statistics, so that copying them matters
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_()
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.normal_()
+    t.eval()
+    x = torch.randn(2, *shape)
+    # Pruning nothing reproduces the teacher exactly: every index mapping (channels, grid cells, BN) is right.
+    full = prune_from(t, shrink_model(t, 10, shape[0], shape[1], width=1.0)).eval()
+    assert torch.allclose(full(x), t(x), atol=1e-5)
+    # Pruning half keeps, in the first layer, exactly the filters of largest L1 norm.
+    path = write_weights(t, tmp_path / "t.safetensors", {})
+    half = create_model(f"prune:{name}", num_classes=10, in_channels=shape[0], image_size=shape[1], amount=0.5,
+                        init_from=str(path), **kw).eval()
+    first_t = next(m for m in t.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)))
+    first_p = next(m for m in half.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)))
+    top = first_t.weight.abs().flatten(1).sum(1).topk(first_p.weight.shape[0]).indices.sort().values
+    assert torch.equal(first_p.weight, first_t.weight[top])
+    assert half(x).shape == (2, 10) and count_params(half) < count_params(t)
+
+
+def test_pruning_refuses_residual_families():
+    with pytest.raises(ConfigError, match="no filter-pruning rule"):
+        create_model("prune:resnet8", num_classes=10, amount=0.5)
+    with pytest.raises(ConfigError, match="amount"):
+        create_model("prune:mlp", num_classes=10, amount=1.0)

@@ -4,6 +4,9 @@
   ``depth`` scales the number of blocks (ResNet, WRN), convolutions per stage (CNN, VGG) or hidden layers (MLP).
   ``create_model("shrink:resnet32x4", num_classes=100, width=0.5, depth=0.25)`` is a ResNet-8 with half the channels
   of ResNet-32x4: stages keep their number and order, so stage-wise feature terms pair one to one.
+* ``prune:NAME`` -- a structurally pruned copy of NAME initialised from the teacher's weights (``init_from``): every
+  layer keeps the ``1 - amount`` fraction of its filters with the largest L1 norm (chain families: cnn, mlp, VGG), to
+  be recovered by KD -- the seeds' "mix the compression methods".
 * ``qat:NAME`` -- model NAME (any name the factory knows, e.g. ``qat:cnn_teacher`` or ``qat:shrink:resnet32x4``) made
   ready for int8 quantisation-aware training with ``torch.ao.quantization``: fake-quantised weights (per-channel
   symmetric int8) and activations (per-tensor affine uint8) on every convolution, linear, BatchNorm and the input;
@@ -115,6 +118,80 @@ def _build_shrink(name: str, num_classes: int, in_channels: int, image_size: int
                   depth: float = 1.0, **params: Any) -> nn.Module:
     base = create_model(name, num_classes=num_classes, in_channels=in_channels, image_size=image_size, **params)
     return shrink_model(base, num_classes, in_channels, image_size, float(width), float(depth))
+
+
+# -------------------------------------------------------------------------------------------------------- prune
+
+
+def _prune_chain(model: nn.Module) -> list[tuple[str, str | None]]:
+    """(weight layer path, following BatchNorm path) in forward order, for the families whose layers form a chain."""
+    from kdkit.models import small, vgg
+
+    def seq(prefix: str, mod: nn.Module) -> list[tuple[str, str | None]]:
+        out: list[tuple[str, str | None]] = []
+        names = [(f"{prefix}.{n}" if prefix else n, m) for n, m in mod.named_modules() if n]
+        for i, (path, m) in enumerate(names):
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nxt = next(((p, q) for p, q in names[i + 1:] if isinstance(q, (nn.Conv2d, nn.Linear, nn.BatchNorm2d,
+                                                                                 nn.BatchNorm1d))), None)
+                bn = nxt[0] if nxt is not None and isinstance(nxt[1], (nn.BatchNorm2d, nn.BatchNorm1d)) else None
+                out.append((path, bn))
+        return out
+
+    if isinstance(model, small.SmallCNN):
+        chain = [c for st in model.kd_stages for c in seq(st, getattr(model, st))]
+        return chain + seq("hidden", model.hidden) + [("fc", None)]
+    if isinstance(model, small.MLP):
+        return seq("hidden", model.hidden) + [("fc", None)]
+    if isinstance(model, vgg.VGG):
+        return [c for i in range(5) for c in seq(f"block{i}", getattr(model, f"block{i}"))] + [("fc", None)]
+    raise ConfigError(f"prune: no filter-pruning rule for {type(model).__name__} (residual connections tie channels "
+                      f"across layers); supported: cnn, cnn_teacher, cnn_student, mlp, vgg -- use shrink: otherwise")
+
+
+@torch.no_grad()
+def prune_from(teacher: nn.Module, pruned: nn.Module) -> nn.Module:
+    """Fill ``pruned`` (a thinner model of the teacher's family, :func:`shrink_model`) with the teacher's weights of the
+    filters it keeps: in every layer, the output filters (neurons) with the largest L1 norm (Li et al., "Pruning
+    Filters for Efficient ConvNets", ICLR 2017), and the input channels the previous layer kept. The classifier keeps
+    every class. A flattened pooled grid feeding a linear layer keeps the grid cells of the kept channels.
+    """
+    prev: Tensor | None = None
+    prev_width = 0
+    for path, bn in _prune_chain(teacher):
+        t, s = teacher.get_submodule(path), pruned.get_submodule(path)
+        w = t.weight
+        n_out = s.weight.shape[0]
+        keep = torch.arange(w.shape[0]) if n_out == w.shape[0] else \
+            w.abs().flatten(1).sum(1).topk(n_out).indices.sort().values
+        cols = torch.arange(w.shape[1]) if prev is None else prev
+        if prev is not None and w.shape[1] != prev_width:  # (C, g, g) flattened before a linear layer
+            cells = w.shape[1] // prev_width
+            cols = (prev[:, None] * cells + torch.arange(cells)).flatten()
+        s.weight.copy_(w[keep][:, cols])
+        if getattr(t, "bias", None) is not None and s.bias is not None:
+            s.bias.copy_(t.bias[keep])
+        if bn is not None:
+            tb, sb = teacher.get_submodule(bn), pruned.get_submodule(bn)
+            for name in ("weight", "bias", "running_mean", "running_var"):
+                getattr(sb, name).copy_(getattr(tb, name)[keep])
+        prev, prev_width = keep, w.shape[0]
+    return pruned
+
+
+def _build_prune(name: str, num_classes: int, in_channels: int, image_size: int, amount: float = 0.5,
+                 init_from: str | None = None, **params: Any) -> nn.Module:
+    if not 0.0 <= float(amount) < 1.0:
+        raise ConfigError(f"prune: amount (fraction of filters removed) must be in [0, 1), got {amount}")
+    teacher = create_model(name, num_classes=num_classes, in_channels=in_channels, image_size=image_size, **params)
+    if init_from:
+        from kdkit.build import resolve_checkpoint
+        from kdkit.models import load_weights
+
+        load_weights(teacher, resolve_checkpoint(str(init_from), "student.params.init_from"))
+    _prune_chain(teacher)  # fail early for unsupported families
+    pruned = shrink_model(teacher, num_classes, in_channels, image_size, width=1.0 - float(amount))
+    return prune_from(teacher.eval(), pruned)
 
 
 # ---------------------------------------------------------------------------------------------------------- QAT
@@ -384,8 +461,9 @@ def _build_exits(name: str, num_classes: int, in_channels: int, image_size: int,
 
 
 register_prefix("shrink", _build_shrink)
+register_prefix("prune", _build_prune)
 register_prefix("qat", _build_qat)
 register_prefix("exits", _build_exits)
 
-__all__ = ["ExitView", "MultiExitNet", "is_qat", "make_multi_exit", "prepare_qat", "qat_float_state_dict",
+__all__ = ["ExitView", "MultiExitNet", "is_qat", "make_multi_exit", "prepare_qat", "prune_from", "qat_float_state_dict",
            "qat_qconfig", "set_observers", "shrink_model"]
