@@ -231,3 +231,72 @@ def test_scheme_recipe_runs(path, tmp_path):
     # tests above do that for every scheme).
     assert h and all(math.isfinite(x["train_loss"]) and "val_top1" in x for x in h)
     assert res.best_path.is_file()
+
+
+_DDP_WORKER = """
+import os, sys
+from safetensors.torch import save_file
+import kdkit
+from kdkit.engine import loop
+
+captured = {}
+orig_fit = loop.Engine.fit
+
+
+def fit(self, scheme, train_loader, val_loader, resume=False):
+    captured["scheme"] = scheme
+    return orig_fit(self, scheme, train_loader, val_loader, resume)
+
+
+def dump(name):
+    state = captured["scheme"].trainable().state_dict()
+    save_file({k: v.contiguous() for k, v in state.items()}, os.path.join(out, f"{name}_rank{rank}.safetensors"))
+
+
+loop.Engine.fit = fit
+out, rank = sys.argv[1], int(os.environ["RANK"])
+base = {"output_dir": out, "seed": 0, "epochs": 1, "optim": {"name": "adamw", "lr": 0.003},
+        "data": {"name": "mnist_5k", "train_limit": 512, "batch_size": 64},
+        "student": {"name": "mlp", "params": {"hidden": [32]}}}
+KD = [{"name": "ce"}, {"name": "kd", "params": {"temperature": 2}}]
+runs = {
+    "mutual": dict(terms=KD, scheme={"name": "mutual", "params": {"num_peers": 3}}),
+    "self": dict(student={"name": "exits:mlp", "params": {"hidden": [32, 16]}}, scheme={"name": "self_distill"}),
+    "online": dict(teachers=[{"name": "mlp", "params": {"hidden": [64]}}], terms=KD, scheme={"name": "online"}),
+}
+for name, r in runs.items():
+    kdkit.train(dict(base, name=name, **r), quiet=True)
+    dump(name)
+teacher = [{"name": "mlp", "params": {"hidden": [32]}, "checkpoint": os.path.join(out, "online")}]
+kdkit.train(dict(base, name="bss", teachers=teacher, terms=KD,
+                 scheme={"name": "bss", "params": {"attack_size": 8, "steps": 2}}), quiet=True)
+dump("bss")
+stages = [{"name": "a", "terms": [{"name": "ce"}]}, {"name": "b", "terms": KD}, {"name": "e", "ensemble": True}]
+res = kdkit.train(dict(base, name="pipe", stages=stages), quiet=True)
+print(f"rank {rank} done", res.best)
+"""
+
+
+@pytest.mark.slow
+def test_schemes_under_two_process_ddp(tmp_path):
+    """Mutual, self-distillation, online, BSS and a pipeline under torchrun with 2 CPU processes (gloo): every rank
+    ends with identical trainable weights, so each scheme's whole step runs through the DDP-wrapped module."""
+    import shutil
+    import subprocess
+    import sys
+
+    import torch
+    from safetensors.torch import load_file
+
+    script = tmp_path / "worker.py"
+    script.write_text(_DDP_WORKER)
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29573", str(script),
+                           str(tmp_path / "out")], capture_output=True, text=True, timeout=1200, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("done") == 2
+    for name in ("mutual", "self", "online", "bss"):
+        a = load_file(str(tmp_path / "out" / f"{name}_rank0.safetensors"))
+        b = load_file(str(tmp_path / "out" / f"{name}_rank1.safetensors"))
+        assert a.keys() == b.keys() and all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a), name
