@@ -38,9 +38,8 @@ print(json.dumps({"best": res.best["top1"], "last": res.last["val_top1"], "image
 
 
 def run_one(recipe: Path, overrides: list[str], run_dir: Path) -> dict:
+    # An interrupted benchmark picks up where it stopped: finished runs resume straight to their end.
     resume = "1" if (run_dir / "checkpoints" / "latest.json").is_file() else "0"
-    if (run_dir / "summary.json").is_file() and resume == "1":
-        pass  # finished runs resume to their end at once
     p = subprocess.run([sys.executable, "-c", RUN, str(recipe), json.dumps(overrides), resume],
                        capture_output=True, text=True)
     if p.returncode != 0:
