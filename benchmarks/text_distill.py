@@ -262,15 +262,26 @@ def table(args: argparse.Namespace) -> dict[str, Any]:
     return res
 
 
+def _arch(row: str) -> str:
+    """Which measured architecture a row's student is."""
+    if row == "teacher":
+        return "teacher"
+    if row.startswith("bilstm"):
+        return "bilstm_kd"
+    if row.startswith("distilbert"):
+        return "distilbert"
+    return "scratch"
+
+
 def markdown(res: dict[str, Any]) -> str:
     meas = res.get("measure", {})
-    arch = {"teacher": "teacher", "bilstm_kd": "bilstm_kd", "distilbert": "distilbert"}
     lines = ["| row | val accuracy % (mean ± std) | seeds | params | size MB | ms / sentence (b=1) | "
              "ms / sentence (b=32) |", "|---|---|---|---|---|---|---|"]
     for row, r in res["rows"].items():
-        m = meas.get(arch.get(row, "scratch"), {})
+        m = meas.get(_arch(row), {})
         acc = f"{r['acc'][0]:.2f}" if len(r["acc"]) == 1 else f"{r['mean']:.2f} ± {r['std']:.2f}"
-        lines.append(f"| {row} | {acc} | {len(r['acc'])} | {m.get('params', ''):,} | {m.get('size_mb', '')} | "
+        params = f"{m['params'] / 1e6:.2f}M" if "params" in m else ""
+        lines.append(f"| {row} | {acc} | {len(r['acc'])} | {params} | {m.get('size_mb', '')} | "
                      f"{m.get('latency_ms_b1', '')} | {m.get('latency_ms_per_sentence_b32', '')} |")
     return "\n".join(lines)
 
