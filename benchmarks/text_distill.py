@@ -25,7 +25,7 @@ rounding -- so that the many runs fit on a shared 2-core CPU.
 Usage (results: JSON on stdout and in OUT/results.json; a Markdown table with --markdown)::
 
     python benchmarks/text_distill.py all --seeds 0 1 2 --jobs 2
-    python benchmarks/text_distill.py teacher | cache | runs --rows scratch kd | measure | table --markdown
+    python benchmarks/text_distill.py teacher | cache | runs --rows scratch kd | measure | speed | table --markdown
 
 Timing figures depend on the machine's load: ``uptime`` is recorded with them; re-run ``measure`` on a quiet machine.
 """
@@ -236,6 +236,42 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def speed(args: argparse.Namespace, steps: int = 30) -> dict[str, Any]:
+    """Training-step time (forward, terms, backward, AdamW step; one thread) of the small student alone, with
+    TinyBERT's terms reading the teacher feature cache, and with the teacher run live -- the cost the cache removes."""
+    import torch
+
+    import kdkit.text  # noqa: F401
+    from kdkit.build import build_data, build_scheme
+    from kdkit.engine.loop import build_optimizer
+    from kdkit.recipe import recipe_from_dict
+    from kdkit.types import TrainState
+
+    torch.set_num_threads(1)
+    out: dict[str, Any] = {"uptime": os.popen("uptime").read().strip(), "threads": 1, "steps": steps}
+    for label, row, use_cache in (("student_alone", "scratch", False), ("tinybert_cached_teacher", "tinybert", True),
+                                  ("tinybert_live_teacher", "tinybert", False)):
+        recipe = recipe_from_dict(_recipe_dict(args, row, 0, use_cache=use_cache))
+        data = build_data(recipe)
+        scheme = build_scheme(recipe, data)
+        model = scheme.trainable().train()
+        opt = build_optimizer(recipe.optim, model)
+        state = TrainState(steps_per_epoch=len(data.train_loader), epochs=1)
+        batches = list(data.train_loader)[: steps + 3]
+        times = []
+        for i, b in enumerate(batches):
+            t0 = time.perf_counter()
+            o = scheme.step(model, b, state)
+            opt.zero_grad(set_to_none=True)
+            o.loss.backward()
+            opt.step()
+            if i >= 3:  # warm-up steps (the cache verifies itself on its first batch)
+                times.append(time.perf_counter() - t0)
+        out[label] = {"ms_per_step": round(1e3 * sum(times) / len(times), 1),
+                      "sentences_per_s": round(sum(int(b["input"].shape[0]) for b in batches[3:]) / sum(times), 1)}
+    return out
+
+
 def table(args: argparse.Namespace) -> dict[str, Any]:
     import statistics
 
@@ -269,9 +305,10 @@ def table(args: argparse.Namespace) -> dict[str, Any]:
             res["rows"][row] = {"acc": accs, "seeds": seeds, "mean": statistics.fmean(accs),
                                 "std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
                                 "train_seconds_mean": statistics.fmean(secs)}
-    m = Path(args.out) / "measure.json"
-    if m.is_file():
-        res["measure"] = json.loads(m.read_text())
+    for key in ("measure", "speed"):
+        f = Path(args.out) / f"{key}.json"
+        if f.is_file():
+            res[key] = json.loads(f.read_text())
     return res
 
 
@@ -301,7 +338,7 @@ def markdown(res: dict[str, Any]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("step", choices=["teacher", "cache", "runs", "one", "measure", "table", "all"])
+    ap.add_argument("step", choices=["teacher", "cache", "runs", "one", "measure", "speed", "table", "all"])
     ap.add_argument("row", nargs="?")
     ap.add_argument("seed", nargs="?", type=int)
     ap.add_argument("--rows", nargs="+", default=MAIN_ROWS, choices=list(ROWS))
@@ -326,6 +363,10 @@ def main() -> None:
         m = measure(args)
         (Path(args.out) / "measure.json").write_text(json.dumps(m, indent=2))
         print(json.dumps(m))
+    if args.step in ("speed", "all"):
+        sp = speed(args)
+        (Path(args.out) / "speed.json").write_text(json.dumps(sp, indent=2))
+        print(json.dumps(sp))
     if args.step in ("table", "all"):
         res = table(args)
         (Path(args.out) / "results.json").write_text(json.dumps(res, indent=2))
