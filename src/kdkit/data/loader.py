@@ -63,7 +63,102 @@ def shard_order(order: Tensor, num_shards: int, shard: int) -> Tensor:
     return order[shard:total:num_shards]
 
 
-class BatchLoader:
+class EpochLoader:
+    """Epoch bookkeeping shared by kdkit's loaders (images: :class:`BatchLoader`, text:
+    :class:`kdkit.text.data.TextBatchLoader`).
+
+    A split (``indices``, split-local positions 0..M-1), batch size, epoch order (:func:`epoch_order`, a pure function
+    of ``seed`` and epoch, sharded like ``DistributedSampler``), the view replayed in each epoch, and resume support:
+    ``start_batch`` batches of the current epoch are skipped by the next ``__iter__``. Subclasses say how an epoch is
+    cut into batches (:meth:`batches`) and how a batch is made (``_make_batch``).
+    """
+
+    def __init__(self, name: str, size: int, indices: Tensor | Any | None, batch_size: int, shuffle: bool, seed: int,
+                 drop_last: bool = False, num_shards: int = 1, shard: int = 0,
+                 view_fn: Callable[[int], int] | None = None, device: torch.device | str | None = None) -> None:
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if (
+            not isinstance(num_shards, int)
+            or num_shards < 1
+            or not isinstance(shard, int)
+            or not 0 <= shard < num_shards
+        ):
+            raise ConfigError(f"shard must satisfy 0 <= shard < num_shards, got shard={shard}, num_shards={num_shards}")
+        self.indices = (
+            torch.arange(size, dtype=torch.int64)
+            if indices is None
+            else as_index_tensor(indices, size, what=f"loader indices for '{name}'")
+        )
+        if self.indices.numel() == 0:
+            raise ConfigError(f"loader for '{name}' got an empty index list; check the split")
+        self.batch_size = batch_size
+        self.shuffle = bool(shuffle)
+        self.seed = int(seed)
+        self.drop_last = bool(drop_last)
+        self.num_shards = num_shards
+        self.shard = shard
+        self.view_fn = view_fn
+        self.device = torch.device(device) if device is not None else None
+        self.epoch = 0
+        self.start_batch = 0  # batches of the current epoch to skip on the next __iter__ (resume); reset by set_epoch
+
+    # ------------------------------------------------------------------------------------------------ sizes
+    @property
+    def num_samples(self) -> int:
+        """Samples this shard sees per epoch (before drop_last)."""
+        return math.ceil(self.indices.numel() / self.num_shards)
+
+    def __len__(self) -> int:
+        """Batches per epoch for this shard (the full epoch, regardless of ``start_batch``)."""
+        m = self.num_samples
+        return m // self.batch_size if self.drop_last else math.ceil(m / self.batch_size)
+
+    # ------------------------------------------------------------------------------------------------ epochs
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose order and view the next iteration uses; resets :attr:`start_batch` to 0."""
+        if epoch < 0:
+            raise ConfigError(f"epoch must be >= 0, got {epoch}")
+        self.epoch = int(epoch)
+        self.start_batch = 0
+
+    def default_view(self, epoch: int) -> int:
+        """The view of ``epoch`` when no ``view_fn`` is given: a new view every epoch."""
+        return epoch
+
+    def view(self, epoch: int | None = None) -> int:
+        e = self.epoch if epoch is None else epoch
+        return int(self.view_fn(e)) if self.view_fn is not None else self.default_view(e)
+
+    def order(self, epoch: int | None = None) -> Tensor:
+        """(num_samples,) split-local positions this shard visits in ``epoch``, in order."""
+        e = self.epoch if epoch is None else epoch
+        full = epoch_order(self.indices.numel(), self.seed, e, self.shuffle)
+        return shard_order(full, self.num_shards, self.shard)
+
+    def batches(self, epoch: int | None = None) -> list[Tensor]:
+        """The split-local positions of every batch of ``epoch`` for this shard, in order."""
+        order, bs = self.order(epoch), self.batch_size
+        return [order[b * bs : (b + 1) * bs] for b in range(len(self))]
+
+    # ------------------------------------------------------------------------------------------------ iteration
+    def __iter__(self) -> Iterator[Batch]:
+        start, self.start_batch = self.start_batch, 0
+        return self.iter_from(start)
+
+    def iter_from(self, batch_idx: int) -> Iterator[Batch]:
+        """Batches ``batch_idx, batch_idx + 1, ...`` of the current epoch (resume after ``batch_idx`` done)."""
+        if batch_idx < 0:
+            raise ConfigError(f"batch index must be >= 0, got {batch_idx}")
+        view = self.view()
+        for pos in self.batches()[batch_idx:]:
+            yield self._make_batch(pos, view)
+
+    def _make_batch(self, pos: Tensor, view: int) -> Batch:
+        raise NotImplementedError
+
+
+class BatchLoader(EpochLoader):
     """Iterates augmented batches of ``data`` restricted to ``indices``.
 
     Args:
@@ -98,79 +193,10 @@ class BatchLoader:
         view_fn: Callable[[int], int] | None = None,
         device: torch.device | str | None = None,
     ) -> None:
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
-        if (
-            not isinstance(num_shards, int)
-            or num_shards < 1
-            or not isinstance(shard, int)
-            or not 0 <= shard < num_shards
-        ):
-            raise ConfigError(f"shard must satisfy 0 <= shard < num_shards, got shard={shard}, num_shards={num_shards}")
+        super().__init__(data.name, len(data), indices, batch_size, shuffle, seed, drop_last, num_shards, shard,
+                         view_fn, device)
         self.data = data
-        self.indices = (
-            torch.arange(len(data), dtype=torch.int64)
-            if indices is None
-            else as_index_tensor(indices, len(data), what=f"loader indices for '{data.name}'")
-        )
-        if self.indices.numel() == 0:
-            raise ConfigError(f"loader for '{data.name}' got an empty index list; check the split")
-        self.batch_size = batch_size
         self.augment = augment
-        self.shuffle = bool(shuffle)
-        self.seed = int(seed)
-        self.drop_last = bool(drop_last)
-        self.num_shards = num_shards
-        self.shard = shard
-        self.view_fn = view_fn
-        self.device = torch.device(device) if device is not None else None
-        self.epoch = 0
-        self.start_batch = 0  # batches of the current epoch to skip on the next __iter__ (resume); reset by set_epoch
-
-    # ------------------------------------------------------------------------------------------------ sizes
-    @property
-    def num_samples(self) -> int:
-        """Samples this shard sees per epoch (before drop_last)."""
-        return math.ceil(self.indices.numel() / self.num_shards)
-
-    def __len__(self) -> int:
-        """Batches per epoch for this shard (the full epoch, regardless of ``start_batch``)."""
-        m = self.num_samples
-        return m // self.batch_size if self.drop_last else math.ceil(m / self.batch_size)
-
-    # ------------------------------------------------------------------------------------------------ epochs
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose order and view the next iteration uses; resets :attr:`start_batch` to 0."""
-        if epoch < 0:
-            raise ConfigError(f"epoch must be >= 0, got {epoch}")
-        self.epoch = int(epoch)
-        self.start_batch = 0
-
-    def view(self, epoch: int | None = None) -> int:
-        e = self.epoch if epoch is None else epoch
-        return int(self.view_fn(e)) if self.view_fn is not None else e
-
-    def order(self, epoch: int | None = None) -> Tensor:
-        """(num_samples,) split-local positions this shard visits in ``epoch``, in order."""
-        e = self.epoch if epoch is None else epoch
-        full = epoch_order(self.indices.numel(), self.seed, e, self.shuffle)
-        return shard_order(full, self.num_shards, self.shard)
-
-    # ------------------------------------------------------------------------------------------------ iteration
-    def __iter__(self) -> Iterator[Batch]:
-        start, self.start_batch = self.start_batch, 0
-        return self.iter_from(start)
-
-    def iter_from(self, batch_idx: int) -> Iterator[Batch]:
-        """Batches ``batch_idx, batch_idx + 1, ...`` of the current epoch (resume after ``batch_idx`` done)."""
-        if batch_idx < 0:
-            raise ConfigError(f"batch index must be >= 0, got {batch_idx}")
-        order = self.order()
-        view = self.view()
-        n_batches = len(self)
-        for b in range(batch_idx, n_batches):
-            pos = order[b * self.batch_size : (b + 1) * self.batch_size]
-            yield self._make_batch(pos, view)
 
     def _make_batch(self, pos: Tensor, view: int) -> Batch:
         rows = self.indices.index_select(0, pos)

@@ -33,7 +33,7 @@ import hashlib
 import importlib.util
 import math
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from kdkit.data.loader import epoch_order, epoch_seed, shard_order
+from kdkit.data.loader import EpochLoader, epoch_seed
 from kdkit.data.split import stratified_split
 from kdkit.errors import ConfigError, DataError
 from kdkit.types import Batch
@@ -387,7 +387,7 @@ def load_text(name: str, tokenizer: str, max_length: int = 64, text_column: str 
 # ---------------------------------------------------------------------------------------------------- loader
 
 
-class TextBatchLoader:
+class TextBatchLoader(EpochLoader):
     """Dynamic-padding batches of ``data`` restricted to ``indices``; the interface of :class:`kdkit.data.BatchLoader`.
 
     The epoch order is :func:`kdkit.data.loader.epoch_order` (a pure function of seed and epoch, sharded like
@@ -411,49 +411,19 @@ class TextBatchLoader:
     def __init__(self, data: TextData, indices: Tensor | Sequence[int] | None, batch_size: int, shuffle: bool,
                  seed: int, drop_last: bool = False, num_shards: int = 1, shard: int = 0, bucket: int = 50,
                  view_fn: Callable[[int], int] | None = None, device: torch.device | str | None = None) -> None:
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
-        if not 0 <= shard < num_shards:
-            raise ConfigError(f"shard must satisfy 0 <= shard < num_shards, got shard={shard}, num_shards={num_shards}")
+        super().__init__(data.name, len(data), indices, batch_size, shuffle, seed, drop_last, num_shards, shard,
+                         view_fn, device)
         self.data = data
-        self.indices = torch.arange(len(data)) if indices is None else torch.as_tensor(indices, dtype=torch.int64)
-        if self.indices.numel() == 0:
-            raise ConfigError(f"loader for '{data.name}' got an empty index list; check the split")
-        self.batch_size = batch_size
-        self.shuffle = bool(shuffle)
-        self.seed = int(seed)
-        self.drop_last = bool(drop_last)
-        self.num_shards, self.shard = int(num_shards), int(shard)
         self.bucket = int(bucket or 0)
-        self.view_fn = view_fn
-        self.device = torch.device(device) if device is not None else None
-        self.epoch = 0
-        self.start_batch = 0
         self._lengths = data.lengths[self.indices]
 
-    @property
-    def num_samples(self) -> int:
-        return math.ceil(self.indices.numel() / self.num_shards)
-
-    def __len__(self) -> int:
-        m = self.num_samples
-        return m // self.batch_size if self.drop_last else math.ceil(m / self.batch_size)
-
-    def set_epoch(self, epoch: int) -> None:
-        if epoch < 0:
-            raise ConfigError(f"epoch must be >= 0, got {epoch}")
-        self.epoch = int(epoch)
-        self.start_batch = 0
-
-    def view(self, epoch: int | None = None) -> int:
-        e = self.epoch if epoch is None else epoch
-        return int(self.view_fn(e)) if self.view_fn is not None else 0
+    def default_view(self, epoch: int) -> int:
+        return 0  # text has no augmentation: every epoch is view 0
 
     def batches(self, epoch: int | None = None) -> list[Tensor]:
         """The split-local positions of every batch of ``epoch`` for this shard, in order."""
         e = self.epoch if epoch is None else epoch
-        order = shard_order(epoch_order(self.indices.numel(), self.seed, e, self.shuffle), self.num_shards,
-                            self.shard)
+        order = self.order(e)
         bs = self.batch_size
         if self.bucket > 1:
             window = bs * self.bucket
@@ -470,18 +440,6 @@ class TextBatchLoader:
             g = torch.Generator().manual_seed(epoch_seed(self.seed, e) ^ 0x5EED)
             batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
         return batches
-
-    def __iter__(self) -> Iterator[Batch]:
-        start, self.start_batch = self.start_batch, 0
-        return self.iter_from(start)
-
-    def iter_from(self, batch_idx: int) -> Iterator[Batch]:
-        """Batches ``batch_idx, batch_idx + 1, ...`` of the current epoch (resume)."""
-        if batch_idx < 0:
-            raise ConfigError(f"batch index must be >= 0, got {batch_idx}")
-        view = self.view()
-        for pos in self.batches()[batch_idx:]:
-            yield self._make_batch(pos, view)
 
     def _make_batch(self, pos: Tensor, view: int) -> Batch:
         rows = self.indices[pos]
