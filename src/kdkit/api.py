@@ -39,7 +39,7 @@ def distill(recipe: Recipe | str | Path | dict[str, Any], overrides: list[str] |
             quiet: bool = False):
     """Distil a student from the recipe's teacher(s) (or soft-label store)."""
     r = _as_recipe(recipe, overrides)
-    if not r.teachers and not r.soft_labels and r.scheme.name == "offline":
+    if not r.teachers and not r.soft_labels and not r.stages and r.scheme.name == "offline":
         raise ConfigError("distill: the recipe has no `teachers:` (or `soft_labels:`); use `kdkit train` for "
                           "supervised training")
     from kdkit.build import run
@@ -72,7 +72,8 @@ def evaluate(checkpoint: str | Path, data: str = "mnist_5k", split: str = "val",
     model, meta = load_student(checkpoint)
     src = load_source(data, **(params or {}))
     if src.num_classes != meta["num_classes"]:
-        raise ConfigError(f"--data '{data}' has {src.num_classes} classes, the checkpoint predicts {meta['num_classes']}")
+        raise ConfigError(f"--data '{data}' has {src.num_classes} classes, the checkpoint predicts "
+                          f"{meta['num_classes']}")
     if split == "val":
         _, idx = stratified_split(src.targets, src.groups, val_fraction, split_seed)
         src = src.subset(torch.as_tensor(idx))

@@ -191,7 +191,7 @@ def test_born_again_pipeline_with_ensemble_is_resumable_by_stage(runs):
         "gen0", "gen1"}
     _check_run(res, set(), min_top1=50.0)
     stamp = os.stat(root / "stages/gen0/checkpoints/best.safetensors").st_mtime_ns
-    again = kdkit.train(r, quiet=True)  # finished stages are skipped
+    again = kdkit.distill(r, quiet=True)  # finished stages are skipped; `distill` accepts a pipeline too
     assert os.stat(root / "stages/gen0/checkpoints/best.safetensors").st_mtime_ns == stamp
     assert all(s["skipped"] for s in json.loads((root / "summary.json").read_text())["stages"])
     assert again.best == res.best

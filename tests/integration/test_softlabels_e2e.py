@@ -86,6 +86,7 @@ def test_cached_kd_term_equals_online_kd_on_the_same_view(setup):
     data_c, data_o = build_data(cached), build_data(online)
     attach_soft_labels(cached, data_c)
     scheme_c, scheme_o = build_scheme(cached, data_c), build_scheme(online, data_o)
+    assert scheme_c.teachers == [] and len(scheme_o.teachers) == 1  # the store replaces the teacher: none is loaded
     state = TrainState()
     for epoch in (1, 2):  # view 1, then view 0 again (2 mod 2)
         data_c.train_loader.set_epoch(epoch)

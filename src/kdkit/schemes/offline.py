@@ -60,8 +60,10 @@ class OfflineScheme(Scheme):
     def build(cls, ctx: BuildContext, **params: Any) -> OfflineScheme:
         r = ctx.recipe
         student = ctx.make_model(r.student)
-        # Teachers trained at another size/normalisation get an input adapter (kdkit.schemes.adapters).
-        teachers = build_teachers(ctx, r.teachers, params.pop("teacher_inputs", "auto"))
+        # Teachers trained at another size/normalisation get an input adapter (kdkit.schemes.adapters). With a
+        # soft-label store the teachers' logits come with each batch (kdkit.softlabels): no teacher is loaded at all.
+        teacher_inputs = params.pop("teacher_inputs", "auto")
+        teachers = [] if r.soft_labels else build_teachers(ctx, r.teachers, teacher_inputs)
         return cls(student, teachers, ctx.make_terms(r.terms), ctx, **params)
 
     def trainable(self) -> nn.Module:
