@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -18,7 +18,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)  # errors stay on one line, however long
 
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="override a recipe field: key.path=value "
+SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="override a recipe field: key.path=value "
                                                                           "(repeatable), e.g. --set optim.lr=0.1")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="continue the run in the recipe's run directory")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")]
@@ -86,7 +86,7 @@ def _listing(title: str, registry, extra=None) -> None:
 
 
 @app.command()
-def models(layers: Annotated[Optional[str], typer.Option("--layers", help="list a model's module paths (tap "
+def models(layers: Annotated[str | None, typer.Option("--layers", help="list a model's module paths (tap "
                                                                           "points) instead")] = None,
            num_classes: Annotated[int, typer.Option(help="with --layers")] = 10,
            in_channels: Annotated[int, typer.Option(help="with --layers")] = 3) -> None:
@@ -150,7 +150,7 @@ def quickstart(output_dir: Annotated[Path, typer.Option(help="where the three ru
                teacher_epochs: Annotated[int, typer.Option(help="teacher epochs")] = 15,
                student_epochs: Annotated[int, typer.Option(help="student epochs (scratch and KD)")] = 50,
                seed: Annotated[int, typer.Option(help="seed of all three runs")] = 0,
-               train_limit: Annotated[Optional[int], typer.Option(help="smoke test: train on a stratified subset "
+               train_limit: Annotated[int | None, typer.Option(help="smoke test: train on a stratified subset "
                                                                        "of this many digits")] = None,
                quiet: QuietOpt = False) -> None:
     """The seed's case study on the bundled MNIST digits: teacher, student from scratch, student with KD."""

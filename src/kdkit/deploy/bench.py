@@ -42,7 +42,7 @@ from kdkit.deploy.export import _existing_file, file_size_mb, ort_session
 from kdkit.deploy.measure import count_params, cpu_latency, size_on_disk_mb
 from kdkit.deploy.quantize import _input_array, _target_array, onnx_accuracy
 from kdkit.errors import KdkitError
-from kdkit.schemes.base import _logits_of
+from kdkit.schemes.base import logits_of
 from kdkit.utils import atomic_write_json, atomic_write_text
 
 __all__ = [
@@ -138,7 +138,7 @@ def torch_accuracy(model: nn.Module, batches: Iterable[Any]) -> float:
         for b in batches:
             x = torch.from_numpy(np.ascontiguousarray(_input_array(b)))
             y = _target_array(b).reshape(-1)
-            pred = _logits_of(model(x)).argmax(1).cpu().numpy()
+            pred = logits_of(model(x)).argmax(1).cpu().numpy()
             keep = y >= 0
             correct += int((pred[keep] == y[keep]).sum())
             n += int(keep.sum())

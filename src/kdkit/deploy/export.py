@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from kdkit.errors import CheckpointError, KdkitError
-from kdkit.schemes.base import _logits_of
+from kdkit.schemes.base import logits_of
 
 __all__ = ["ExportResult", "export_onnx", "verify_onnx", "ort_session", "run_onnx", "file_size_mb"]
 
@@ -86,7 +86,7 @@ class _LogitsOnly(nn.Module):
         self.model = model
 
     def forward(self, x: Tensor) -> Tensor:
-        return _logits_of(self.model(x))
+        return logits_of(self.model(x))
 
 
 def file_size_mb(path: str | os.PathLike[str]) -> float:
@@ -312,7 +312,7 @@ def verify_onnx(
     try:
         with torch.inference_mode():
             for x in batches:
-                ref = _logits_of(model(x)).float().cpu().numpy()
+                ref = logits_of(model(x)).float().cpu().numpy()
                 got = run_onnx(sess, x)
                 if got.shape != ref.shape:
                     raise KdkitError(

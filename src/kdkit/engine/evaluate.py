@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdkit.schemes.base import _logits_of
+from kdkit.schemes.base import logits_of
 from kdkit.types import Batch, to_device
 
 
@@ -28,7 +28,7 @@ def evaluate(model: nn.Module, loader: Iterable[Batch], device: torch.device | s
     try:
         for batch in loader:
             batch = to_device(batch, device)
-            logits = _logits_of(model(batch["input"])).float()
+            logits = logits_of(model(batch["input"])).float()
             y = batch["target"]
             if y.ndim == 2:  # multi-label
                 multilabel = True

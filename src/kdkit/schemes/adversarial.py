@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from kdkit.errors import ConfigError
 from kdkit.losses.logits import kd_kl
 from kdkit.registry import SCHEMES
-from kdkit.schemes.base import BuildContext, DistillModule, Scheme, _logits_of
+from kdkit.schemes.base import BuildContext, DistillModule, Scheme, logits_of
 from kdkit.schemes.offline import OfflineScheme
 from kdkit.types import Batch, ModelOutput, StepOutput, TrainState
 
@@ -54,14 +54,14 @@ def boundary_samples(teacher: nn.Module, x: Tensor, target_class: Tensor, steps:
     """
     x0 = x.detach()
     with torch.no_grad():
-        base = _logits_of(teacher(x0)).argmax(1)
+        base = logits_of(teacher(x0)).argmax(1)
     adv = x0.clone()
     kk = target_class.view(-1, 1)
     bb = base.view(-1, 1)
     for _ in range(steps):
         adv.requires_grad_(True)
         with torch.enable_grad():
-            z = _logits_of(teacher(adv)).float()
+            z = logits_of(teacher(adv)).float()
             z_b, z_k = z.gather(1, bb).squeeze(1), z.gather(1, kk).squeeze(1)
             (grad,) = torch.autograd.grad((z_k - z_b).sum(), adv)
         with torch.no_grad():
@@ -147,8 +147,8 @@ class BSSModule(nn.Module):
         x_adv = boundary_samples(teacher_net, batch["input"][idx], k, self.steps, self.step_size, self.lower,
                                  self.upper)
         with torch.no_grad():
-            t_adv = _logits_of(teacher_net(x_adv))
-        s_adv = _logits_of(self.distill.student(x_adv))
+            t_adv = logits_of(teacher_net(x_adv))
+        s_adv = logits_of(self.distill.student(x_adv))
         if self.distill.tap is not None:
             self.distill.tap.pop()  # the adversarial forward filled the student's taps; nothing reads them
         bss = kd_kl(s_adv, t_adv, self.temperature)

@@ -41,10 +41,10 @@ class FrozenTeacher(nn.Module):
     def forward(self, x: Tensor) -> ModelOutput:
         logits = self.model(x)
         feats = self.tap.pop() if self.tap is not None else {}
-        return ModelOutput(logits=_logits_of(logits), features=feats)
+        return ModelOutput(logits=logits_of(logits), features=feats)
 
 
-def _logits_of(out: Any) -> Tensor:
+def logits_of(out: Any) -> Tensor:
     """Models return a tensor; Hugging Face models return an object with ``.logits``."""
     if isinstance(out, Tensor):
         return out
@@ -74,7 +74,7 @@ class DistillModule(nn.Module):
                 ) -> StepOutput:
         if self.input_grad:  # derivative-matching terms differentiate the outputs w.r.t. this very tensor
             batch = dict(batch, input=batch["input"].detach().requires_grad_(True))
-        logits = _logits_of(self.student(batch["input"]))
+        logits = logits_of(self.student(batch["input"]))
         feats = self.tap.pop() if self.tap is not None else {}
         out = ModelOutput(logits=logits, features=feats)
         inp = TermInputs(student=out, teacher=teacher, teachers=teachers, batch=batch, state=state)

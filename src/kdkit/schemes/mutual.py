@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from kdkit.errors import ConfigError
 from kdkit.recipe import ModelSpec
 from kdkit.registry import SCHEMES
-from kdkit.schemes.base import BuildContext, Scheme, _logits_of
+from kdkit.schemes.base import BuildContext, Scheme, logits_of
 from kdkit.terms import LossTerm, TermInputs
 from kdkit.types import Batch, ModelOutput, StepOutput, TrainState
 
@@ -52,7 +52,7 @@ class ProbabilityEnsemble(nn.Module):
         self.models = nn.ModuleList(models)
 
     def forward(self, x: Tensor) -> Tensor:
-        probs = torch.stack([torch.softmax(_logits_of(m(x)).float(), dim=-1) for m in self.models]).mean(0)
+        probs = torch.stack([torch.softmax(logits_of(m(x)).float(), dim=-1) for m in self.models]).mean(0)
         return torch.log(probs.clamp_min(1e-12))
 
 
@@ -65,7 +65,7 @@ class MutualModule(nn.Module):
         self.terms = nn.ModuleList(nn.ModuleList(t) for t in terms)
 
     def forward(self, batch: Batch, state: TrainState) -> StepOutput:
-        outs = [ModelOutput(logits=_logits_of(p(batch["input"]))) for p in self.peers]
+        outs = [ModelOutput(logits=logits_of(p(batch["input"]))) for p in self.peers]
         n = len(outs)
         loss: Tensor | None = None
         logged: dict[str, Tensor] = {}

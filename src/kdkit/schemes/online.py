@@ -21,7 +21,7 @@ from torch import nn
 from kdkit.errors import ConfigError
 from kdkit.losses.logits import cross_entropy, kd_kl
 from kdkit.registry import SCHEMES
-from kdkit.schemes.base import BuildContext, DistillModule, Scheme, _logits_of
+from kdkit.schemes.base import BuildContext, DistillModule, Scheme, logits_of
 from kdkit.taps import FeatureTap
 from kdkit.types import Batch, ModelOutput, StepOutput, TrainState
 
@@ -42,7 +42,7 @@ class OnlineModule(nn.Module):
         self.temperature = float(temperature)
 
     def forward(self, batch: Batch, state: TrainState) -> StepOutput:
-        t_logits = _logits_of(self.teacher(batch.get("teacher_input", batch["input"])))
+        t_logits = logits_of(self.teacher(batch.get("teacher_input", batch["input"])))
         t_feats = self.teacher_tap.pop() if self.teacher_tap is not None else {}
         # The student sees a constant teacher: its terms must not push the teacher around.
         t_out = ModelOutput(logits=t_logits.detach(), features={k: v.detach() for k, v in t_feats.items()})

@@ -54,7 +54,7 @@ from torch import Tensor, nn
 from kdkit.errors import ConfigError
 from kdkit.registry import SCHEMES
 from kdkit.schemes.adapters import build_teachers
-from kdkit.schemes.base import BuildContext, DistillModule, FrozenTeacher, Scheme, _logits_of, freeze
+from kdkit.schemes.base import BuildContext, DistillModule, FrozenTeacher, Scheme, freeze, logits_of
 from kdkit.types import Batch, ModelOutput, StepOutput, TrainState
 
 # ------------------------------------------------------------------------------------------------- pure math
@@ -207,7 +207,7 @@ class Specialist(nn.Module):
         self.register_buffer("dustbin_offset", torch.tensor(float(dustbin_offset)))
 
     def forward(self, x: Tensor) -> Tensor:
-        z = _logits_of(self.net(x))
+        z = logits_of(self.net(x))
         return torch.cat([z[:, :-1], z[:, -1:] + self.dustbin_offset], dim=1)
 
 
@@ -240,7 +240,7 @@ def _predict(model: nn.Module, images: Tensor, augment: Any, batch_size: int = 5
         for i in range(0, images.shape[0], batch_size):
             idx = torch.arange(i, min(i + batch_size, images.shape[0]))
             x = augment.as_eval()(images[idx], idx, 0) if hasattr(augment, "as_eval") else augment(images[idx], idx, 0)
-            out.append(torch.softmax(_logits_of(model(x)).float(), 1))
+            out.append(torch.softmax(logits_of(model(x)).float(), 1))
     return torch.cat(out)
 
 
@@ -268,7 +268,7 @@ def train_specialist(net: nn.Module, data: Any, subset: Sequence[int], epochs: i
         for i in range(0, order.numel(), batch_size):
             b = order[i: i + batch_size]
             x = data.augment(data.train.images[b], b, epoch)
-            loss = F.cross_entropy(_logits_of(net(x)), remap[targets[b]])
+            loss = F.cross_entropy(logits_of(net(x)), remap[targets[b]])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
