@@ -62,7 +62,8 @@ class TermSpec(_Strict):
 
     name: str = Field(description="loss term name; `kdkit losses` lists them")
     weight: float = Field(default=1.0, description="multiplier of this term in the total loss")
-    warmup_epochs: float = Field(default=0.0, ge=0.0, description="ramp the weight linearly from 0 over this many epochs")
+    warmup_epochs: float = Field(default=0.0, ge=0.0,
+                                 description="ramp the weight linearly from 0 over this many epochs")
     start_epoch: float = Field(default=0.0, ge=0.0, description="the term counts from this (fractional) epoch on")
     stop_epoch: float | None = Field(default=None, gt=0.0, description="the term stops counting at this epoch")
     key: str | None = Field(default=None, description="log name when a term appears twice (default: name)")

@@ -58,7 +58,8 @@ class SetupContext:
 
     def teacher_shapes(self, paths: Sequence[str], i: int = 0) -> dict[str, tuple[int, ...]]:
         if i >= len(self.teachers):
-            raise ConfigError(f"a term reads features of teacher {i}, but the recipe has {len(self.teachers)} teacher(s)")
+            raise ConfigError(f"a term reads features of teacher {i}, but the recipe has {len(self.teachers)} "
+                              f"teacher(s)")
         x = self.teacher_example if self.teacher_example is not None else self.example
         return probe_shapes(self.teachers[i], x, list(paths), role=f"teacher {i}")
 
@@ -112,7 +113,8 @@ class LossTerm(nn.Module):
 
     def forward(self, inp: TermInputs) -> Tensor:
         if self.needs_teacher and inp.teacher is None:
-            raise ConfigError(f"loss term '{self.name}' needs a teacher; add `teachers:` to the recipe or drop the term")
+            raise ConfigError(f"loss term '{self.name}' needs a teacher; add `teachers:` to the recipe or drop the "
+                              f"term")
         return self.compute(inp)
 
     def extra_repr(self) -> str:

@@ -209,7 +209,7 @@ def resolve_pairs(spec: PairSpec, ctx: SetupContext, term: str, teacher: int = 0
         if spec == "auto":
             return pair_stages(ctx.student_shapes(s_paths), ctx.teacher_shapes(t_paths, teacher))
         if spec == "index":
-            return list(zip(s_paths, t_paths))
+            return list(zip(s_paths, t_paths, strict=False))  # RepDistiller: pairs as far as the shorter goes
         if spec == "last":
             return [(s_paths[-1], t_paths[-1])]
         try:
@@ -292,7 +292,8 @@ class FitNetTerm(FeatureTerm):
             self.connectors.append(make_connector(self.connector_kind, s_shapes[s], t_shapes[t], s, t))
 
     def compute(self, inp: TermInputs) -> Tensor:
-        losses = [features.fitnet_hint(g(fs), ft) for g, (fs, ft) in zip(self.connectors, self.features(inp))]
+        pairs = zip(self.connectors, self.features(inp), strict=True)
+        losses = [features.fitnet_hint(g(fs), ft) for g, (fs, ft) in pairs]
         return torch.stack(losses).sum()
 
 

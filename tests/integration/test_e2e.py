@@ -47,7 +47,8 @@ def test_train_writes_artefacts_and_learns(teacher_run):
 
 
 def test_distill_logs_each_term_and_beats_chance(teacher_run, tmp_path):
-    r = {"name": "kd", "output_dir": str(tmp_path), "data": DATA, "student": {"name": "mlp", "params": {"hidden": [32]}},
+    r = {"name": "kd", "output_dir": str(tmp_path), "data": DATA,
+         "student": {"name": "mlp", "params": {"hidden": [32]}},
          "teachers": [{"name": "mlp", "params": {"hidden": [128]}, "checkpoint": str(teacher_run.run_dir)}],
          "terms": [{"name": "ce", "weight": 0.5}, {"name": "kd", "weight": 0.5, "params": {"temperature": 4}}],
          "optim": {"name": "adamw", "lr": 0.003}, "schedule": {"name": "onecycle"}, "epochs": 3}

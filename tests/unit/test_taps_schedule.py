@@ -85,5 +85,5 @@ def test_onecycle_matches_torch_shape():
         theirs.append(opt.param_groups[0]["lr"])
         opt.step()
         sched.step()
-    assert max(abs(a - b) for a, b in zip(ours, theirs)) < 0.1 * 0.05
+    assert max(abs(a - b) for a, b in zip(ours, theirs, strict=True)) < 0.1 * 0.05
     assert math.isclose(max(ours), 0.1, rel_tol=1e-6)
