@@ -12,17 +12,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 LOGIT = ["scratch", "label_smoothing", "kd", "soft_ce", "logit_mse", "dkd", "noisy_kd", "tf_kd", "confidence_penalty",
          "sobolev"]
-FEATURE = ["fitnet", "at", "sp", "rkd", "crd", "ie", "kd_at"]
+FEATURE = ["fitnet", "fitnet_two_stage", "at", "sp", "rkd", "crd", "ie", "kd_at"]
 STUDENTS = {"mlp": LOGIT, "cnn_student": LOGIT + FEATURE}
 
 RUN = r"""
@@ -38,13 +41,20 @@ print(json.dumps({"best": res.best["top1"], "last": res.last["val_top1"], "image
 
 
 def run_one(recipe: Path, overrides: list[str], run_dir: Path) -> dict:
-    # An interrupted benchmark picks up where it stopped: finished runs resume straight to their end.
+    # An interrupted benchmark picks up where it stopped: finished runs are read back, interrupted ones resume.
+    done = run_dir / "bench.json"
+    if done.is_file():
+        return json.loads(done.read_text())
     resume = "1" if (run_dir / "checkpoints" / "latest.json").is_file() else "0"
+    if resume == "0" and run_dir.exists():  # stopped before its first checkpoint: start it again
+        shutil.rmtree(run_dir)
     p = subprocess.run([sys.executable, "-c", RUN, str(recipe), json.dumps(overrides), resume],
                        capture_output=True, text=True)
     if p.returncode != 0:
         raise RuntimeError(f"{recipe.name} {overrides}: {p.stderr[-1500:]}")
-    return json.loads(p.stdout.strip().splitlines()[-1])
+    res = json.loads(p.stdout.strip().splitlines()[-1])
+    done.write_text(json.dumps(res))
+    return res
 
 
 def main() -> None:
@@ -55,6 +65,7 @@ def main() -> None:
     ap.add_argument("--teacher-epochs", type=int, default=15)
     ap.add_argument("--students", nargs="+", default=list(STUDENTS), choices=list(STUDENTS))
     ap.add_argument("--methods", nargs="*", default=None)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per run (1 is fastest on a shared CPU)")
     ap.add_argument("--out", default="runs/bench_methods")
     args = ap.parse_args()
     out = Path(args.out)
@@ -62,7 +73,8 @@ def main() -> None:
     for ds in args.datasets:
         tdir = out / ds / "teacher"
         teacher = run_one(ROOT / "recipes" / "mnist_teacher.yaml",
-                          [f"output_dir={out / ds}", "name=teacher", f"data.name={ds}", f"epochs={args.teacher_epochs}"],
+                          [f"output_dir={out / ds}", "name=teacher", f"data.name={ds}", f"epochs={args.teacher_epochs}",
+                           f"threads={args.threads}"],
                           tdir)
         rows.append({"dataset": ds, "student": "cnn_teacher", "method": "teacher", "best_mean": teacher["best"],
                      "best_std": 0.0, "last_mean": teacher["last"], "last_std": 0.0,
@@ -76,14 +88,14 @@ def main() -> None:
                 for seed in args.seeds:
                     name = f"{student}_{method}_s{seed}"
                     ov = [f"output_dir={out / ds}", f"name={name}", f"seed={seed}", f"data.name={ds}",
-                          f"epochs={args.epochs}", f"student.name={student}",
+                          f"epochs={args.epochs}", f"threads={args.threads}", f"student.name={student}",
                           "student.params={hidden: [64]}" if student == "mlp" else "student.params={}"]
-                    if method != "scratch" and "teachers" in recipe.read_text():
+                    if yaml.safe_load(recipe.read_text()).get("teachers"):
                         ov.append(f"teachers.0.checkpoint={tdir}")
                     results.append(run_one(recipe, ov, out / ds / name))
                     print(f"{ds} {student} {method} seed {seed}: {results[-1]}", file=sys.stderr, flush=True)
 
-                def ms(key: str) -> tuple[float, float]:
+                def ms(key: str, results: list[dict] = results) -> tuple[float, float]:
                     v = [r[key] for r in results]
                     return statistics.mean(v), (statistics.stdev(v) if len(v) > 1 else 0.0)
 
