@@ -4,7 +4,7 @@ Same teacher (cnn_teacher, trained once per dataset), same students (the quickst
 for every term, feature terms included), same optimiser and epochs. Each run is its own process so its peak RSS can
 be read. Recipes come from recipes/methods/ (one per term) with the student, data and budget overridden.
 
-    .venv/bin/python benchmarks/methods.py --datasets mnist_5k animal_mnist --seeds 0 1 2 --epochs 20
+    .venv/bin/python benchmarks/methods.py --datasets mnist_5k animal_mnist --seeds 0 1 2 --epochs 8 --train-limit 4000
     .venv/bin/python benchmarks/methods.py --datasets mnist_5k --seeds 0 --epochs 5 --students mlp   # smoke
 """
 
@@ -67,14 +67,18 @@ def main() -> None:
     ap.add_argument("--methods", nargs="*", default=None)
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run (1 is fastest on a shared CPU)")
     ap.add_argument("--out", default="runs/bench_methods")
+    ap.add_argument("--markdown", action="store_true", help="also print Markdown tables")
+    ap.add_argument("--train-limit", type=int, default=None,
+                    help="train every run on a stratified subset of N training samples (data.train_limit)")
     args = ap.parse_args()
     out = Path(args.out)
     rows = []
     for ds in args.datasets:
         tdir = out / ds / "teacher"
+        limit = [f"data.train_limit={args.train_limit}"] if args.train_limit else []
         teacher = run_one(ROOT / "recipes" / "mnist_teacher.yaml",
                           [f"output_dir={out / ds}", "name=teacher", f"data.name={ds}", f"epochs={args.teacher_epochs}",
-                           f"threads={args.threads}"],
+                           f"threads={args.threads}", *limit],
                           tdir)
         rows.append({"dataset": ds, "student": "cnn_teacher", "method": "teacher", "best_mean": teacher["best"],
                      "best_std": 0.0, "last_mean": teacher["last"], "last_std": 0.0,
@@ -89,7 +93,7 @@ def main() -> None:
                     name = f"{student}_{method}_s{seed}"
                     ov = [f"output_dir={out / ds}", f"name={name}", f"seed={seed}", f"data.name={ds}",
                           f"epochs={args.epochs}", f"threads={args.threads}", f"student.name={student}",
-                          "student.params={hidden: [64]}" if student == "mlp" else "student.params={}"]
+                          "student.params={hidden: [64]}" if student == "mlp" else "student.params={}", *limit]
                     if yaml.safe_load(recipe.read_text()).get("teachers"):
                         ov.append(f"teachers.0.checkpoint={tdir}")
                     results.append(run_one(recipe, ov, out / ds / name))
@@ -104,7 +108,28 @@ def main() -> None:
                              "last_mean": lm, "last_std": ls,
                              "images_per_s": statistics.median(r["images_per_s"] for r in results),
                              "peak_rss_mb": max(r["peak_rss_mb"] for r in results), "seeds": len(results)})
-    print(json.dumps({"benchmark": "methods", "epochs": args.epochs, "seeds": args.seeds, "rows": rows}, indent=1))
+    res = {"benchmark": "methods", "epochs": args.epochs, "teacher_epochs": args.teacher_epochs, "seeds": args.seeds,
+           "threads": args.threads, "train_limit": args.train_limit, "rows": rows}
+    print(json.dumps(res, indent=1))
+    if args.markdown:
+        print(markdown(res))
+
+
+def markdown(res: dict) -> str:
+    """One table per dataset: accuracy at the best and the last epoch (mean ± std over seeds), images/s, peak RSS."""
+    out = []
+    for ds in dict.fromkeys(r["dataset"] for r in res["rows"]):
+        out += [f"\n**{ds}** ({res['epochs']} epochs, seeds {', '.join(map(str, res['seeds']))}; teacher "
+                f"{res['teacher_epochs']} epochs, 1 seed)\n",
+                "| student | method | best epoch top-1 % | last epoch top-1 % | train images/s | peak RSS MB |",
+                "|---|---|---|---|---|---|"]
+        for r in (r for r in res["rows"] if r["dataset"] == ds):
+            def pm(m: float, s: float, r: dict = r) -> str:
+                return f"{m:.2f}" if r["seeds"] == 1 else f"{m:.2f} ± {s:.2f}"
+
+            out.append(f"| {r['student']} | {r['method']} | {pm(r['best_mean'], r['best_std'])} | "
+                       f"{pm(r['last_mean'], r['last_std'])} | {r['images_per_s']:,.0f} | {r['peak_rss_mb']:,.0f} |")
+    return "\n".join(out)
 
 
 if __name__ == "__main__":

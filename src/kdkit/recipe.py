@@ -50,7 +50,7 @@ class DataSpec(_Strict):
     augment: AugmentSpec = Field(default_factory=AugmentSpec)
     mean: list[float] | None = Field(default=None, description="per-channel mean (0-1 scale); default: train split")
     std: list[float] | None = Field(default=None, description="per-channel std (0-1 scale); default: train split")
-    train_limit: int | None = Field(default=None, ge=1, description="use only the first N training samples")
+    train_limit: int | None = Field(default=None, ge=1, description="use a stratified subset of N training samples")
     held_out: bool = Field(default=False, description="train on the training samples that `train_limit` leaves out "
                            "(a held-out transfer set the teacher never saw)")
     unlabelled: bool = Field(default=False, description="drop the training labels (targets -1): the student learns "

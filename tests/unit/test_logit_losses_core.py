@@ -71,7 +71,20 @@ def test_cross_entropy_matches_numpy_and_ignores_unlabelled():
     logp = z.double().log_softmax(1).numpy()
     ref = -np.mean([logp[i, y[i]] for i in range(6) if y[i] >= 0])
     assert float(cross_entropy(z, y)) == pytest.approx(ref, rel=1e-5)
-    assert float(cross_entropy(z, torch.full((6,), -1))) == 0.0
+    none = z.clone().requires_grad_(True)
+    loss = cross_entropy(none, torch.full((6,), -1))
+    loss.backward()  # no labelled sample: 0, and a zero gradient (not NaN), so an unlabelled batch is harmless
+    assert float(loss) == 0.0 and torch.equal(none.grad, torch.zeros_like(z))
+
+
+def test_label_smoothing_with_unlabelled_samples_averages_over_the_labelled_ones():
+    z = torch.randn(6, 4)
+    y = torch.tensor([0, -1, 2, 3, -1, 1])
+    eps = 0.2
+    logp = z.double().log_softmax(1).numpy()
+    rows = [i for i in range(6) if y[i] >= 0]
+    ref = -np.mean([(1 - eps) * logp[i, y[i]] + eps / 4 * logp[i].sum() for i in rows])
+    assert float(cross_entropy(z, y, label_smoothing=eps)) == pytest.approx(ref, rel=1e-5)
 
 
 def test_label_smoothing_value():

@@ -27,9 +27,11 @@ def cross_entropy(logits: Tensor, target: Tensor, label_smoothing: float = 0.0, 
     """
     if target.ndim != 1:
         raise ValueError(f"cross_entropy expects (B,) class indices, got target of shape {tuple(target.shape)}")
-    if bool((target == ignore_index).all()):
-        return logits.sum() * 0.0
-    return F.cross_entropy(logits, target, label_smoothing=label_smoothing, ignore_index=ignore_index)
+    # Sum over the labelled samples divided by their count (at least 1): the mean F.cross_entropy takes, without the
+    # host-device sync that testing "no labelled sample" with an `if` would cost every step on a GPU.
+    total = F.cross_entropy(logits, target, label_smoothing=label_smoothing, ignore_index=ignore_index,
+                            reduction="sum")
+    return total / (target != ignore_index).sum().clamp_min(1)
 
 
 def kd_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 4.0) -> Tensor:
