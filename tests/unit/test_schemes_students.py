@@ -7,9 +7,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from kdkit.engine.checkpoint import write_weights
-from kdkit.errors import ConfigError
+from kdkit.errors import ConfigError, KdkitError
 from kdkit.models import count_params, create_model, default_stages, load_weights
 from kdkit.models.students import is_qat
 from kdkit.recipe import ModelSpec
@@ -152,6 +153,43 @@ def test_qat_student_exports_to_int8_onnx_and_strips_to_float(tmp_path):
     plain = create_model("mlp", num_classes=10, in_channels=1, image_size=28, hidden=[32])
     plain.load_state_dict(qat_float_state_dict(q))  # strict: exactly the float model's keys
     assert torch.equal(plain.fc.weight, q.fc.weight)
+
+
+def test_qat_conv_student_exports_with_torchscript_and_matches_onnx_runtime(tmp_path):
+    """cnn_student pools 7×7 to a 3×3 grid (a kernel-3 stride-2 window, which ONNX can express) and, with the default
+    reduced activation range, ONNX Runtime's int8 kernels reproduce the fake-quantised PyTorch model."""
+    from kdkit.data import Augment, load_source
+    from kdkit.deploy.export import export_onnx
+
+    data = load_source("mnist_5k")
+    x = Augment(mean=[0.13], std=[0.31])(data.images[:128], torch.arange(128), 0)
+    y = data.targets[:128]
+    for reduce_range in (True, False):
+        torch.manual_seed(0)
+        q = create_model("qat:cnn_student", num_classes=10, in_channels=1, image_size=28, reduce_range=reduce_range)
+        opt = torch.optim.SGD(q.parameters(), lr=0.05)
+        q.train()
+        for _ in range(10):  # a few real steps, so that the ranges and weights are a trained model's
+            loss = torch.nn.functional.cross_entropy(q(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        q.eval()
+        if reduce_range:
+            res = export_onnx(q, x[:16], tmp_path / "q.onnx", exporter="torchscript")
+            assert res.exporter == "torchscript" and res.max_abs_diff is not None and res.max_abs_diff < 1e-4
+        else:  # full-range activations saturate int8 kernels without VNNI: refused, with the fix named
+            with pytest.raises(KdkitError, match="reduce_range: true"):
+                export_onnx(q, x[:16], tmp_path / "full.onnx", exporter="torchscript")
+
+
+def test_grid_pool_equals_adaptive_pooling_at_every_size():
+    from kdkit.models.base import GridAvgPool2d
+
+    for size in range(1, 20):
+        for out in range(1, size + 1):
+            x = torch.randn(2, 3, size, size + 2)
+            assert torch.allclose(GridAvgPool2d(out)(x), nn.AdaptiveAvgPool2d(out)(x), atol=1e-6), (size, out)
 
 
 @pytest.mark.parametrize("name, kw, shape", [

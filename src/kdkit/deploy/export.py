@@ -324,6 +324,14 @@ def verify_onnx(
     finally:
         model.train(was_training)
     if not np.isfinite(worst) or worst > rtol * scale:
+        from kdkit.models.students import qat_full_range
+
+        if qat_full_range(model):
+            raise KdkitError(
+                f"{path}: ONNX Runtime logits differ from PyTorch by {worst:.3g} (tolerance {rtol * scale:.3g}): the "
+                "qat: model quantises activations to the full 0..255, which int8 kernels without VNNI saturate; "
+                "train it with `reduce_range: true` (the default)"
+            )
         raise KdkitError(
             f"{path}: ONNX Runtime logits differ from PyTorch by {worst:.3g} (tolerance {rtol * scale:.3g}); "
             "the export is wrong — try exporter='dynamo' or report the model"

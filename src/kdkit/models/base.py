@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -86,6 +87,37 @@ def _alias_hook(module: nn.Module, state_dict: dict, prefix: str, *args: Any) ->
     if renamed.keys() != state_dict.keys():
         state_dict.clear()
         state_dict.update(renamed)
+
+
+def _uniform_bins(size: int, out: int) -> tuple[int, int] | None:
+    """(kernel, stride) when adaptive pooling of ``size`` into ``out`` bins is a plain sliding window, else None.
+
+    Adaptive pooling's bin i spans [floor(i·size/out), ceil((i+1)·size/out)); e.g. 7 → 3 gives [0,3), [2,5), [4,7):
+    kernel 3, stride 2.
+    """
+    starts = [(i * size) // out for i in range(out)]
+    ends = [-((-(i + 1) * size) // out) for i in range(out)]
+    k = ends[0] - starts[0]
+    s = starts[1] - starts[0] if out > 1 else size
+    if s > 0 and all(e - b == k and b == i * s for i, (b, e) in enumerate(zip(starts, ends, strict=True))):
+        return k, s
+    return None
+
+
+class GridAvgPool2d(nn.AdaptiveAvgPool2d):
+    """``nn.AdaptiveAvgPool2d`` that runs as a plain ``avg_pool2d`` whenever its bins form a regular sliding window
+    (same values). ONNX has no adaptive pooling: the TorchScript exporter can only convert adaptive pools whose
+    output divides the input, while a window such as 7×7 → 3×3 (kernel 3, stride 2) exports as an ordinary
+    AveragePool. Other sizes fall back to adaptive pooling."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.output_size if isinstance(self.output_size, tuple) else (self.output_size, self.output_size)
+        h, w = int(x.shape[-2]), int(x.shape[-1])
+        oh, ow = (o if o is not None else d for o, d in zip(out, (h, w), strict=True))
+        bh, bw = _uniform_bins(h, oh), _uniform_bins(w, ow)
+        if bh is None or bw is None:
+            return super().forward(x)
+        return F.avg_pool2d(x, (bh[0], bw[0]), (bh[1], bw[1]))
 
 
 def conv_bn_relu(in_ch: int, out_ch: int, kernel: int = 3, stride: int = 1, groups: int = 1) -> nn.Sequential:

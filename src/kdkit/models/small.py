@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from kdkit.errors import ConfigError, ShapeError
-from kdkit.models.base import ClassifierNet, conv_bn_relu, init_weights
+from kdkit.models.base import ClassifierNet, GridAvgPool2d, conv_bn_relu, init_weights
 from kdkit.registry import MODELS
 
 
@@ -90,7 +90,7 @@ class SmallCNN(ClassifierNet):
         self._build_head(in_ch, num_classes)
         self.hidden: nn.Module = nn.Identity()
         if head_hidden is not None:
-            self.pool = nn.AdaptiveAvgPool2d(head_grid)
+            self.pool = GridAvgPool2d(head_grid)
             self.hidden = nn.Sequential(nn.Flatten(1), nn.Linear(in_ch * head_grid * head_grid, head_hidden), nn.ReLU())
             self.fc = nn.Linear(head_hidden, num_classes)
         self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
