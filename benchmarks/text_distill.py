@@ -179,7 +179,8 @@ def run_one(args: argparse.Namespace, row: str, seed: int) -> dict[str, Any]:
 
 def run_many(args: argparse.Namespace) -> None:
     """Run rows x seeds, ``--jobs`` at a time, each in its own process (one torch thread each by default)."""
-    todo = [(row, s) for row in args.rows for s in args.seeds]
+    # teacher_seed 0 is rt_teacher itself (the `teacher` step): not trained twice
+    todo = [(row, s) for row in args.rows for s in args.seeds if (row, s) != ("teacher_seed", 0)]
     procs: list[tuple[subprocess.Popen, str]] = []
     while todo or procs:
         while todo and len(procs) < args.jobs:
