@@ -62,13 +62,37 @@ def load_student(checkpoint: str | Path) -> tuple[torch.nn.Module, dict[str, Any
     return model.eval(), meta
 
 
-def evaluate(checkpoint: str | Path, data: str = "mnist_5k", split: str = "val", val_fraction: float = 0.2,
-             split_seed: int = 0, batch_size: int = 512, params: dict[str, Any] | None = None) -> dict[str, float]:
+def evaluate(checkpoint: str | Path, data: str | None = None, split: str = "val", val_fraction: float | None = None,
+             split_seed: int | None = None, batch_size: int = 512, params: dict[str, Any] | None = None
+             ) -> dict[str, float]:
     """Top-1/top-5 of a saved student on a dataset: ``split="val"`` re-creates the recipe's held-out split,
-    ``"all"`` uses every sample. Normalisation comes from the checkpoint's metadata."""
+    ``"all"`` uses every sample. Normalisation comes from the checkpoint's metadata.
+
+    ``data``, ``val_fraction``, ``split_seed`` and ``params`` default to the recipe the checkpoint was trained with
+    (recorded in its metadata), so ``kdkit eval RUN`` re-evaluates on the run's own validation split. Text students
+    (``hf:``/``textnn:``) are evaluated by :func:`kdkit.text.evaluate.evaluate_text`.
+    """
+    from kdkit.build import resolve_checkpoint
     from kdkit.data import Augment, BatchLoader, load_source, stratified_split
     from kdkit.engine import evaluate as run_eval
+    from kdkit.engine.checkpoint import read_metadata
 
+    trained_on = read_metadata(resolve_checkpoint(str(checkpoint), "checkpoint")).get("data") or {}
+    if data is None or data == trained_on.get("name"):
+        params = trained_on.get("params") if params is None else params
+    if data is None:
+        data = trained_on.get("name")
+        if data is None:
+            raise ConfigError(f"checkpoint '{checkpoint}' does not record its dataset (written by an older kdkit); "
+                              f"pass --data NAME")
+    val_fraction = trained_on.get("val_fraction", 0.2) if val_fraction is None else val_fraction
+    split_seed = trained_on.get("split_seed", 0) if split_seed is None else split_seed
+    model_name = str(read_metadata(resolve_checkpoint(str(checkpoint), "checkpoint")).get("model", {}).get("name", ""))
+    if model_name.startswith(("hf:", "textnn:")):
+        from kdkit.text.evaluate import evaluate_text
+
+        return evaluate_text(checkpoint, data=data, split=split, val_fraction=val_fraction, split_seed=split_seed,
+                             params=params)
     model, meta = load_student(checkpoint)
     src = load_source(data, **(params or {}))
     if src.num_classes != meta["num_classes"]:

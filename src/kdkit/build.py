@@ -138,10 +138,16 @@ def make_terms(specs: Sequence[TermSpec]) -> list[LossTerm]:
     return [build_term(s) for s in specs]
 
 
-def model_meta(spec: ModelSpec, data: RunData) -> dict[str, Any]:
-    return {"model": {"name": spec.name, "params": spec.params}, "num_classes": data.num_classes,
+def model_meta(spec: ModelSpec, data: RunData, recipe: Recipe | None = None) -> dict[str, Any]:
+    """What a checkpoint needs to rebuild its model and re-evaluate it (``kdkit eval`` reads ``data``)."""
+    meta = {"model": {"name": spec.name, "params": spec.params}, "num_classes": data.num_classes,
             "in_channels": data.in_channels, "image_size": data.image_size, "mean": data.mean, "std": data.std,
             "classes": data.classes}
+    if recipe is not None:
+        d = recipe.data
+        meta["data"] = {"name": d.name, "params": d.params, "val_fraction": d.val_fraction,
+                        "split_seed": d.split_seed}
+    return meta
 
 
 def build_scheme(recipe: Recipe, data: RunData):
@@ -199,7 +205,7 @@ def run(recipe: Recipe, resume: bool = False, quiet: bool = False, console: Any 
     if accelerator.is_main_process:
         save_recipe(recipe, run_dir / "config.yaml")
         atomic_write_json(run_dir / "split.json", data.split)
-    engine = Engine(recipe, run_dir, model_meta(recipe.student, data), console=console, quiet=quiet,
+    engine = Engine(recipe, run_dir, model_meta(recipe.student, data, recipe), console=console, quiet=quiet,
                     accelerator=accelerator)
     result = engine.fit(scheme, data.train_loader, data.val_loader, resume=resume)
     if accelerator.is_main_process:

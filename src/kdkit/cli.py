@@ -55,10 +55,12 @@ def distill(recipe: Annotated[str, typer.Argument(help="recipe YAML path or bund
 
 @app.command("eval")
 def eval_(checkpoint: Annotated[str, typer.Argument(help="weights file (.safetensors) or run directory")],
-          data: Annotated[str, typer.Option(help="dataset name or path")] = "mnist_5k",
+          data: Annotated[str | None, typer.Option(
+              help="dataset name or path (default: the one the checkpoint was trained on)")] = None,
           split: Annotated[str, typer.Option(help="'val' (the recipe's held-out split) or 'all'")] = "val",
-          val_fraction: Annotated[float, typer.Option(help="held-out fraction of the split")] = 0.2,
-          split_seed: Annotated[int, typer.Option(help="seed of the split")] = 0,
+          val_fraction: Annotated[float | None, typer.Option(
+              help="held-out fraction of the split (default: the recipe's)")] = None,
+          split_seed: Annotated[int | None, typer.Option(help="seed of the split (default: the recipe's)")] = None,
           as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
     """Accuracy of a saved model on a dataset."""
     from kdkit import api
@@ -68,7 +70,8 @@ def eval_(checkpoint: Annotated[str, typer.Argument(help="weights file (.safeten
         console.print_json(json.dumps(out))
     else:
         top5 = f", top-5 {out['top5']:.2f}%" if "top5" in out else ""
-        console.print(f"{checkpoint} on {data} ({split}, n={int(out['n'])}): top-1 {out['top1']:.2f}%{top5}, "
+        console.print(f"{checkpoint} on {data or 'its training data'} ({split}, n={int(out['n'])}): top-1 "
+                      f"{out['top1']:.2f}%{top5}, "
                       f"loss {out['loss']:.4f}")
 
 

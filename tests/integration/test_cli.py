@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 KDKIT = [sys.executable, "-m", "kdkit.cli"]
@@ -54,10 +55,12 @@ def test_train_distill_eval_with_overrides(tmp_path):
     assert d.returncode == 0, d.stderr
     saved = yaml.safe_load((tmp_path / "mnist_kd" / "config.yaml").read_text())
     assert saved["epochs"] == 1 and saved["teachers"][0]["name"] == "cnn_student"
-    e = _run("eval", str(tmp_path / "mnist_kd"), "--data", "mnist_5k", "--json")
+    e = _run("eval", str(tmp_path / "mnist_kd"), "--json")  # dataset and split from the checkpoint's recipe
     assert e.returncode == 0, e.stderr
     res = json.loads(e.stdout)
     assert res["n"] == 1000 and 0 <= res["top1"] <= 100
+    summary = json.loads((tmp_path / "mnist_kd" / "summary.json").read_text())
+    assert res["top1"] == pytest.approx(summary["best"]["top1"], abs=1e-6)  # the run's own figure, re-computed
     again = _run("distill", "mnist_kd", *common, "--set", f"teachers.0.checkpoint={tmp_path / 'mnist_teacher'}",
                  "--set", "teachers.0.name=cnn_student")
     assert again.returncode == 2 and "--resume" in again.stderr

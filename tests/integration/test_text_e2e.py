@@ -68,6 +68,9 @@ def test_teacher_fine_tunes_and_reloads(teacher, out):
     ev = evaluate_text(d, "rotten_tomatoes", val_fraction=0.005, params={"cache_dir": str(out / "cache")})
     assert ev["n"] == len(split["val_idx"])
     assert ev["top1"] == pytest.approx(hist[0]["val_top1"], abs=1e-6)
+    import kdkit
+
+    assert kdkit.evaluate(d) == ev  # `kdkit eval RUN`: a text checkpoint, its dataset and split from the metadata
 
 
 def _student_recipe(out, name, teacher_dir, terms, student=None, **kw):
