@@ -99,6 +99,10 @@ class Engine:
             saved = self.ckpt.load(acc.unwrap_model(model), optimizer)
             state.epoch, state.step = saved["epoch"], saved["step"]
             start_batch, partial = saved["batch_in_epoch"], saved.get("partial")
+            if partial is not None and not acc.is_main_process:
+                # saved partial sums are already summed over processes (_global_sums): rank 0 carries them
+                partial = {"loss": 0.0, "terms": {k: 0.0 for k in partial["terms"]}, "correct": 0,
+                           "n_labelled": 0, "n": 0, "seconds": partial["seconds"]}
             history, best = saved["history"], saved["best"]
             state.best_metric = best.get("top1", -math.inf)
             self._write_metrics(history)
@@ -140,11 +144,11 @@ class Engine:
                         prog.update(task, advance=1, info=_progress_info(sums, elapsed, lr))
                     if r.checkpoint_every_steps and state.step % r.checkpoint_every_steps == 0 \
                             and b + 1 < steps_per_epoch:
-                        sums_now = dict(sums, seconds=sums["seconds"] + time.perf_counter() - t0)
+                        sums_now = self._global_sums(dict(sums, seconds=sums["seconds"] + time.perf_counter() - t0))
                         self._save(model, optimizer, state, b + 1, history, best, sums_now)
             start_batch, partial = 0, None
             train_seconds = sums["seconds"] + time.perf_counter() - t0
-            record = self._epoch_record(epoch, sums, train_seconds, lr)
+            record = self._epoch_record(epoch, self._global_sums(sums), train_seconds, lr)
             if (epoch + 1) % r.eval_every == 0 or epoch + 1 == r.epochs:
                 for name, m in eval_models.items():
                     metrics = evaluate(m, val_loader, device)
@@ -182,6 +186,23 @@ class Engine:
             sums["n_labelled"] = sums.get("n_labelled", 0) + int(keep.sum())
         sums["n"] += bs
 
+    def _global_sums(self, sums: dict[str, Any]) -> dict[str, Any]:
+        """Training sums over every data-parallel process (one all-reduce); unchanged in a single process.
+
+        Every process computes the same terms each step, so the term names agree; ``seconds`` stays this process's.
+        """
+        acc = self.accelerator
+        if acc.num_processes == 1:
+            return sums
+        names = sorted(sums["terms"])
+        vec = torch.tensor([sums["loss"], sums["correct"], sums.get("n_labelled", 0), sums["n"]]
+                           + [sums["terms"][k] for k in names], dtype=torch.float64, device=acc.device)
+        vec = acc.reduce(vec, reduction="sum").tolist()
+        out = dict(sums, loss=vec[0], correct=int(vec[1]), n=int(vec[3]), terms=dict(zip(names, vec[4:], strict=True)))
+        if "n_labelled" in sums or vec[2]:
+            out["n_labelled"] = int(vec[2])
+        return out
+
     def _epoch_record(self, epoch: int, sums: dict[str, Any], seconds: float, lr: float) -> dict[str, Any]:
         n = max(1, sums["n"])
         rec: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, "train_loss": sums["loss"] / n}
@@ -189,6 +210,7 @@ class Engine:
             rec[f"train_{k}"] = v / n
         if sums.get("n_labelled"):
             rec["train_top1"] = 100.0 * sums["correct"] / sums["n_labelled"]
+        rec["train_samples"] = sums["n"]  # over all data-parallel processes
         rec["train_seconds"] = seconds
         rec["images_per_s"] = sums["n"] / max(seconds, 1e-9)
         return rec
