@@ -31,3 +31,20 @@ def test_two_process_ddp_keeps_ranks_identical(tmp_path):
     m = len(json.loads((tmp_path / "ddp" / "split.json").read_text())["train_limit_positions"])
     assert m <= hist[0]["train_samples"] <= m + 1 and 0.0 < hist[0]["train_top1"] < 100.0  # (+1: shard padding)
     assert (tmp_path / "ddp" / "checkpoints" / "best.safetensors").is_file()
+
+
+def test_crd_memory_bank_gathers_every_shard_under_ddp(tmp_path):
+    """Each process's bank receives both processes' rows, so the banks stay identical and no shard is left stale."""
+    from kdkit.losses.contrastive import MemoryBank
+
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29562",
+                           str(HERE / "crd_ddp_worker.py"), str(tmp_path)], capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    a, b = load_file(str(tmp_path / "bank0.safetensors")), load_file(str(tmp_path / "bank1.safetensors"))
+    before = MemoryBank(16, feat_dim=4, generator=torch.Generator().manual_seed(0)).memory_s
+    assert torch.equal(a["memory_s"], b["memory_s"]) and torch.equal(a["memory_t"], b["memory_t"])
+    changed = (a["memory_s"] != before).any(1).nonzero().flatten().tolist()
+    assert changed == [0, 1, 2, 8, 9, 10, 11, 12]  # both shards' rows, and nothing else

@@ -70,6 +70,28 @@ class CRDHead(nn.Module):
         return F.normalize(self.linear(h.flatten(1)), p=2, dim=1)
 
 
+def _gather_rows(*tensors: Tensor) -> tuple[Tensor, ...]:
+    """Concatenate each (B_r, ...) tensor over the data-parallel processes, in rank order (shards may differ in B_r).
+    Unchanged outside ``torch.distributed``."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tensors
+    world = dist.get_world_size()
+    n = torch.tensor([tensors[0].shape[0]], device=tensors[0].device)
+    sizes = [torch.zeros_like(n) for _ in range(world)]
+    dist.all_gather(sizes, n)
+    sizes_i = [int(s) for s in sizes]
+    top = max(sizes_i)
+    out = []
+    for t in tensors:
+        pad = t.new_zeros((top - t.shape[0], *t.shape[1:]))
+        parts = [t.new_empty((top, *t.shape[1:])) for _ in range(world)]
+        dist.all_gather(parts, torch.cat([t, pad]).contiguous())
+        out.append(torch.cat([p[:k] for p, k in zip(parts, sizes_i, strict=True)]))
+    return tuple(out)
+
+
 class MemoryBank(nn.Module):
     """Two memories of past embeddings plus CRD's normalising constants (state of the CRD term, checkpointed).
 
@@ -90,7 +112,8 @@ class MemoryBank(nn.Module):
             (RepDistiller's default "exact" mode); without, uniformly from all samples ("relax"-like).
         generator: optional generator for the initial memory.
 
-    Note: under DDP each process keeps its own bank and updates it with its own shard of the batch.
+    Under data parallelism every process updates its bank with the rows of *all* processes' shards (gathered in
+    rank order), so the banks stay identical and cover every sample, as one process's bank would.
     """
 
     memory_s: Tensor
@@ -167,6 +190,7 @@ class MemoryBank(nn.Module):
         memory for their backward pass, which an in-place write would invalidate.
         """
         index = index.to(self.memory_s.device).long()
+        index, embed_s, embed_t = _gather_rows(index, embed_s.detach(), embed_t.detach())
         for name, v in (("memory_s", embed_s), ("memory_t", embed_t)):
             mem = getattr(self, name)
             rows = mem[index] * self.momentum + v.detach().to(mem.dtype) * (1.0 - self.momentum)
