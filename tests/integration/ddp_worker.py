@@ -20,10 +20,16 @@ def fit(self, scheme, train_loader, val_loader, resume=False):
 
 loop.Engine.fit = fit
 out = sys.argv[1]
-kdkit.train({"name": "ddp", "output_dir": out, "seed": 0, "epochs": 2,
-             "data": {"name": "mnist_5k", "train_limit": 1024, "batch_size": 64},
-             "student": {"name": "mlp", "params": {"hidden": [32]}},
-             "optim": {"name": "sgd", "lr": 0.1}}, quiet=True)
+recipe = {"name": "ddp", "output_dir": out, "seed": 0, "epochs": 2,
+          "data": {"name": "mnist_5k", "train_limit": 1024, "batch_size": 64},
+          "student": {"name": "mlp", "params": {"hidden": [32]}},
+          "optim": {"name": "sgd", "lr": 0.1}}
+if len(sys.argv) > 2 and sys.argv[2] == "window":
+    # a hint term with a learned connector that stops after epoch 1: its parameters get no gradient in epoch 2
+    recipe.update(student={"name": "cnn_student"}, teachers=[{"name": "cnn", "params": {"width": 8}}],
+                  data=dict(recipe["data"], train_limit=256),
+                  terms=[{"name": "ce"}, {"name": "fitnet", "stop_epoch": 1, "params": {"pairs": "last"}}])
+kdkit.train(recipe, quiet=True)
 student = captured["scheme"].eval_models()["student"]
 rank = int(os.environ["RANK"])
 save_file({k: v.contiguous() for k, v in student.state_dict().items()}, os.path.join(out, f"rank{rank}.safetensors"))

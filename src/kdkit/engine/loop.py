@@ -57,7 +57,14 @@ def make_accelerator(recipe: Recipe):
     cpu = recipe.device == "cpu" or (recipe.device == "auto" and not torch.cuda.is_available())
     if recipe.device == "cuda" and not torch.cuda.is_available():
         raise KdkitError("recipe field 'device': cuda requested but no GPU is visible; use device: auto or cpu")
-    return Accelerator(cpu=cpu, mixed_precision=recipe.precision)
+    handlers = []
+    if any(t.start_epoch > 0 or t.stop_epoch is not None for t in recipe.terms):
+        # A term outside its epoch window is not computed, so its connector gets no gradient in those epochs: DDP
+        # must be told that some parameters may go unused (it errors otherwise).
+        from accelerate import DistributedDataParallelKwargs
+
+        handlers.append(DistributedDataParallelKwargs(find_unused_parameters=True))
+    return Accelerator(cpu=cpu, mixed_precision=recipe.precision, kwargs_handlers=handlers)
 
 
 class Engine:
