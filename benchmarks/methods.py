@@ -57,6 +57,39 @@ def run_one(recipe: Path, overrides: list[str], run_dir: Path) -> dict:
     return res
 
 
+def _store(ds_dir: Path, teacher: Path, ds: str, limit: list[str], threads: int) -> Path:
+    """The dataset's soft-label store for the logit recipes of recipes/methods/ (built once; kdkit cache)."""
+    from kdkit.recipe import load_recipe
+    from kdkit.softlabels import build_cache
+
+    path = ds_dir / "softlabels"
+    recipe = load_recipe(ROOT / "recipes" / "methods" / "kd.yaml",
+                         [f"data.name={ds}", f"teachers.0.checkpoint={teacher}", f"soft_labels={path}",
+                          f"threads={threads}", *limit])
+    build_cache(recipe, views=1, topk=recipe_classes(recipe), quiet=True)
+    return path
+
+
+def recipe_classes(recipe) -> int:
+    from kdkit.data import load_source
+
+    return load_source(recipe.data.name, **recipe.data.params).num_classes
+
+
+def _logits_only(recipe: Path, overrides: list[str]) -> bool:
+    """Whether every term of the recipe can read stored logits (no features, no input gradients of the teacher)."""
+    from kdkit.errors import ConfigError
+    from kdkit.recipe import load_recipe
+    from kdkit.softlabels.loader import check_recipe_can_use_store
+
+    r = load_recipe(recipe, [*overrides, "soft_labels=unused"])
+    try:
+        check_recipe_can_use_store(r)
+    except ConfigError:
+        return False
+    return not any(t.name == "sobolev" for t in r.terms)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--datasets", nargs="+", default=["mnist_5k", "animal_mnist"])
@@ -68,6 +101,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run (1 is fastest on a shared CPU)")
     ap.add_argument("--out", default="runs/bench_methods")
     ap.add_argument("--markdown", action="store_true", help="also print Markdown tables")
+    ap.add_argument("--soft-labels", action="store_true",
+                    help="runs whose terms need only the teacher's logits read them from a soft-label store (built "
+                         "once per dataset: k = K, 1 view, no augmentation, so the targets are the teacher's logits "
+                         "in fp16) instead of running the teacher; feature and Sobolev terms still run it")
+    ap.add_argument("--tag", default="", help="suffix of the run names (keeps runs of another budget apart)")
     ap.add_argument("--train-limit", type=int, default=None,
                     help="train every run on a stratified subset of N training samples (data.train_limit)")
     args = ap.parse_args()
@@ -80,6 +118,7 @@ def main() -> None:
                           [f"output_dir={out / ds}", "name=teacher", f"data.name={ds}", f"epochs={args.teacher_epochs}",
                            f"threads={args.threads}", *limit],
                           tdir)
+        store = _store(out / ds, tdir, ds, limit, args.threads) if args.soft_labels else None
         rows.append({"dataset": ds, "student": "cnn_teacher", "method": "teacher", "best_mean": teacher["best"],
                      "best_std": 0.0, "last_mean": teacher["last"], "last_std": 0.0,
                      "images_per_s": teacher["images_per_s"], "peak_rss_mb": teacher["peak_rss_mb"], "seeds": 1})
@@ -90,12 +129,17 @@ def main() -> None:
                 recipe = ROOT / "recipes" / ("mnist_scratch.yaml" if method == "scratch" else f"methods/{method}.yaml")
                 results = []
                 for seed in args.seeds:
-                    name = f"{student}_{method}_s{seed}"
+                    name = f"{student}_{method}{args.tag}_s{seed}"
                     ov = [f"output_dir={out / ds}", f"name={name}", f"seed={seed}", f"data.name={ds}",
                           f"epochs={args.epochs}", f"threads={args.threads}", f"student.name={student}",
                           "student.params={hidden: [64]}" if student == "mlp" else "student.params={}", *limit]
+                    signal = "none"
                     if yaml.safe_load(recipe.read_text()).get("teachers"):
                         ov.append(f"teachers.0.checkpoint={tdir}")
+                        signal = "online"
+                        if store is not None and _logits_only(recipe, ov):
+                            ov.append(f"soft_labels={store}")
+                            signal = "store"
                     results.append(run_one(recipe, ov, out / ds / name))
                     print(f"{ds} {student} {method} seed {seed}: {results[-1]}", file=sys.stderr, flush=True)
 
@@ -107,7 +151,8 @@ def main() -> None:
                 rows.append({"dataset": ds, "student": student, "method": method, "best_mean": bm, "best_std": bs,
                              "last_mean": lm, "last_std": ls,
                              "images_per_s": statistics.median(r["images_per_s"] for r in results),
-                             "peak_rss_mb": max(r["peak_rss_mb"] for r in results), "seeds": len(results)})
+                             "peak_rss_mb": max(r["peak_rss_mb"] for r in results), "seeds": len(results),
+                             "teacher_signal": signal})
     res = {"benchmark": "methods", "epochs": args.epochs, "teacher_epochs": args.teacher_epochs, "seeds": args.seeds,
            "threads": args.threads, "train_limit": args.train_limit, "rows": rows}
     print(json.dumps(res, indent=1))

@@ -119,3 +119,24 @@ def test_a_store_for_another_seed_is_refused_in_one_line(setup):
         kdkit.distill(d, ["seed=5", "name=other"], quiet=True)
     msg = str(err.value)
     assert "augmentation seed (store 0, recipe 5)" in msg and "\n" not in msg
+
+
+def test_sobolev_with_a_store_still_loads_the_teacher_it_differentiates(setup):
+    """Logits come from the store, but Sobolev matches input gradients of the teacher model: that teacher is loaded
+    (and only that use of it runs)."""
+    from kdkit.build import build_data, build_scheme
+    from kdkit.recipe import recipe_from_dict
+    from kdkit.softlabels import attach_soft_labels
+    from kdkit.types import TrainState
+
+    d = yaml.safe_load(setup["recipe"].read_text())
+    d["terms"] = d["terms"] + [{"name": "sobolev", "weight": 1.0}]
+    r = recipe_from_dict(d)
+    data = build_data(r)
+    attach_soft_labels(r, data)
+    scheme = build_scheme(r, data)
+    assert len(scheme.teachers) == 1
+    batch = next(iter(data.train_loader))
+    out = scheme.step(scheme.trainable(), batch, TrainState())
+    assert {"ce", "kd", "sobolev"} <= set(out.terms) and torch.isfinite(out.loss)
+    out.loss.backward()

@@ -60,11 +60,14 @@ class OfflineScheme(Scheme):
     def build(cls, ctx: BuildContext, **params: Any) -> OfflineScheme:
         r = ctx.recipe
         student = ctx.make_model(r.student)
+        terms = ctx.make_terms(r.terms)
         # Teachers trained at another size/normalisation get an input adapter (kdkit.schemes.adapters). With a
-        # soft-label store the teachers' logits come with each batch (kdkit.softlabels): no teacher is loaded at all.
+        # soft-label store the teachers' logits come with each batch (kdkit.softlabels): no teacher is loaded, unless
+        # a term differentiates the teacher model itself (Sobolev).
         teacher_inputs = params.pop("teacher_inputs", "auto")
-        teachers = [] if r.soft_labels else build_teachers(ctx, r.teachers, teacher_inputs)
-        return cls(student, teachers, ctx.make_terms(r.terms), ctx, **params)
+        needs_model = any(t.needs_input_grad and t.needs_teacher for t in terms)
+        teachers = [] if r.soft_labels and not needs_model else build_teachers(ctx, r.teachers, teacher_inputs)
+        return cls(student, teachers, terms, ctx, **params)
 
     def trainable(self) -> nn.Module:
         return self.module
