@@ -77,7 +77,8 @@ def evaluate(checkpoint: str | Path, data: str | None = None, split: str = "val"
     from kdkit.engine import evaluate as run_eval
     from kdkit.engine.checkpoint import read_metadata
 
-    trained_on = read_metadata(resolve_checkpoint(str(checkpoint), "checkpoint")).get("data") or {}
+    saved = read_metadata(resolve_checkpoint(str(checkpoint), "checkpoint"))
+    trained_on = saved.get("data") or {}
     if data is None or data == trained_on.get("name"):
         params = trained_on.get("params") if params is None else params
     if data is None:
@@ -87,8 +88,7 @@ def evaluate(checkpoint: str | Path, data: str | None = None, split: str = "val"
                               f"pass --data NAME")
     val_fraction = trained_on.get("val_fraction", 0.2) if val_fraction is None else val_fraction
     split_seed = trained_on.get("split_seed", 0) if split_seed is None else split_seed
-    model_name = str(read_metadata(resolve_checkpoint(str(checkpoint), "checkpoint")).get("model", {}).get("name", ""))
-    if model_name.startswith(("hf:", "textnn:")):
+    if str(saved.get("model", {}).get("name", "")).startswith(("hf:", "textnn:")):
         from kdkit.text.evaluate import evaluate_text
 
         return evaluate_text(checkpoint, data=data, split=split, val_fraction=val_fraction, split_seed=split_seed,
