@@ -29,7 +29,7 @@ def test_two_process_ddp_keeps_ranks_identical(tmp_path):
     assert len(hist) == 2 and hist[-1]["val_top1"] > 50.0
     # training metrics are summed over both processes' shards, not rank 0's half alone
     m = len(json.loads((tmp_path / "ddp" / "split.json").read_text())["train_limit_positions"])
-    assert m <= hist[0]["train_samples"] <= m + 1 and 0.0 < hist[0]["train_top1"] < 100.0  # (+1: shard padding)
+    assert m <= hist[0]["samples"] <= m + 1 and 0.0 < hist[0]["train_top1"] < 100.0  # (+1: shard padding)
     assert (tmp_path / "ddp" / "checkpoints" / "best.safetensors").is_file()
 
 

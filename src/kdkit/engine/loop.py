@@ -217,7 +217,7 @@ class Engine:
             rec[f"train_{k}"] = v / n
         if sums.get("n_labelled"):
             rec["train_top1"] = 100.0 * sums["correct"] / sums["n_labelled"]
-        rec["train_samples"] = sums["n"]  # over all data-parallel processes
+        rec["samples"] = sums["n"]  # trained on this epoch, over all data-parallel processes
         rec["train_seconds"] = seconds
         rec["images_per_s"] = sums["n"] / max(seconds, 1e-9)
         return rec
