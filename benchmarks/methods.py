@@ -1,8 +1,9 @@
 """Every loss term under one budget: accuracy (mean ± std over seeds, best and last epoch), images/s, peak memory.
 
 Same teacher (cnn_teacher, trained once per dataset), same students (the quickstart MLP for logit terms; cnn_student
-for every term, feature terms included), same optimiser and epochs. Each run is its own process so its peak RSS can
-be read. Recipes come from recipes/methods/ (one per term) with the student, data and budget overridden.
+for every term, feature terms included), same optimiser and epochs. Epoch-based term schedules (DKD's warm-up, the
+FitNets hint stage) are scaled from the recipe's 30 epochs to the budget. Each run is its own process so its peak RSS
+can be read. Recipes come from recipes/methods/ (one per term) with the student, data and budget overridden.
 
     .venv/bin/python benchmarks/methods.py --datasets mnist_5k animal_mnist --seeds 0 1 2 --epochs 8 --train-limit 4000
     .venv/bin/python benchmarks/methods.py --datasets mnist_5k --seeds 0 --epochs 5 --students mlp   # smoke
@@ -55,6 +56,19 @@ def run_one(recipe: Path, overrides: list[str], run_dir: Path) -> dict:
     res = json.loads(p.stdout.strip().splitlines()[-1])
     done.write_text(json.dumps(res))
     return res
+
+
+def _scaled_windows(recipe: Path, epochs: int) -> list[str]:
+    """Overrides that scale the recipe's epoch-based term schedule (warm-ups, start/stop epochs) to ``epochs``: a
+    5-epoch DKD warm-up or FitNets hint stage of a 30-epoch recipe takes the same share of a shorter budget."""
+    d = yaml.safe_load(recipe.read_text())
+    scale = epochs / float(d.get("epochs", epochs))
+    out = []
+    for i, t in enumerate(d.get("terms") or []):
+        for key in ("warmup_epochs", "start_epoch", "stop_epoch"):
+            if t.get(key):
+                out.append(f"terms.{i}.{key}={round(float(t[key]) * scale, 4)}")
+    return out
 
 
 def _store(ds_dir: Path, teacher: Path, ds: str, limit: list[str], threads: int) -> Path:
@@ -132,7 +146,8 @@ def main() -> None:
                     name = f"{student}_{method}{args.tag}_s{seed}"
                     ov = [f"output_dir={out / ds}", f"name={name}", f"seed={seed}", f"data.name={ds}",
                           f"epochs={args.epochs}", f"threads={args.threads}", f"student.name={student}",
-                          "student.params={hidden: [64]}" if student == "mlp" else "student.params={}", *limit]
+                          "student.params={hidden: [64]}" if student == "mlp" else "student.params={}", *limit,
+                          *_scaled_windows(recipe, args.epochs)]
                     signal = "none"
                     if yaml.safe_load(recipe.read_text()).get("teachers"):
                         ov.append(f"teachers.0.checkpoint={tdir}")
