@@ -73,12 +73,16 @@ def evaluate(checkpoint: str | Path, data: str | None = None, split: str = "val"
     (``hf:``/``textnn:``) are evaluated by :func:`kdkit.text.evaluate.evaluate_text`.
     """
     from kdkit.build import resolve_checkpoint
-    from kdkit.data import Augment, BatchLoader, load_source, stratified_split
+    from kdkit.data import Augment, BatchLoader, load_source
+    from kdkit.data.split import evaluation_subset
     from kdkit.engine import evaluate as run_eval
     from kdkit.engine.checkpoint import read_metadata
 
     saved = read_metadata(resolve_checkpoint(str(checkpoint), "checkpoint"))
     trained_on = saved.get("data") or {}
+    if data is None and split == "val" and trained_on.get("val"):
+        # the recipe validated on a separate source (e.g. a CIFAR test split): score all of it
+        data, params, split = trained_on["val"], trained_on.get("val_params") if params is None else params, "all"
     if data is None or data == trained_on.get("name"):
         params = trained_on.get("params") if params is None else params
     if data is None:
@@ -98,11 +102,7 @@ def evaluate(checkpoint: str | Path, data: str | None = None, split: str = "val"
     if src.num_classes != meta["num_classes"]:
         raise ConfigError(f"--data '{data}' has {src.num_classes} classes, the checkpoint predicts "
                           f"{meta['num_classes']}")
-    if split == "val":
-        _, idx = stratified_split(src.targets, src.groups, val_fraction, split_seed)
-        src = src.subset(torch.as_tensor(idx))
-    elif split != "all":
-        raise ConfigError(f"--split must be 'val' or 'all', got '{split}'")
+    src = evaluation_subset(src, split, val_fraction, split_seed)
     aug = Augment(mean=meta["mean"], std=meta["std"], crop_padding=0, flip=False, seed=0)
     loader = BatchLoader(src, torch.arange(len(src.targets)), batch_size, aug, shuffle=False, seed=0)
     out = run_eval(model, loader)

@@ -146,7 +146,7 @@ def model_meta(spec: ModelSpec, data: RunData, recipe: Recipe | None = None) -> 
     if recipe is not None:
         d = recipe.data
         meta["data"] = {"name": d.name, "params": d.params, "val_fraction": d.val_fraction,
-                        "split_seed": d.split_seed}
+                        "split_seed": d.split_seed, "val": d.val, "val_params": d.val_params}
     return meta
 
 

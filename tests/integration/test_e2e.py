@@ -62,6 +62,16 @@ def test_distill_logs_each_term_and_beats_chance(teacher_run, tmp_path):
     assert ev["n"] == 1000 and ev["top1"] == pytest.approx(res.best["top1"], abs=1e-6)
 
 
+def test_eval_without_arguments_scores_the_runs_own_validation_source(tmp_path):
+    """A recipe that validates on a separate source (`data.val`, e.g. a CIFAR test split): `kdkit eval RUN` scores
+    that source, not a re-split of the training data."""
+    res = kdkit.train({"name": "sep_val", "output_dir": str(tmp_path), "epochs": 1,
+                       "data": {"name": "mnist_5k", "train_limit": 256, "batch_size": 64, "val": "foolbox_mnist"},
+                       "student": {"name": "mlp", "params": {"hidden": [32]}}}, quiet=True)
+    ev = kdkit.evaluate(res.run_dir)
+    assert ev["n"] == 20 and ev["top1"] == pytest.approx(res.best["top1"], abs=1e-6)
+
+
 def test_teacher_stays_frozen(teacher_run, tmp_path):
     before = load_file(str(teacher_run.best_path))
     r = {"name": "kd2", "output_dir": str(tmp_path), "data": DATA, "student": {"name": "mlp"},

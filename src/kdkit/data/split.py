@@ -90,6 +90,20 @@ def stratified_split(
     return train_idx, val_idx
 
 
+def evaluation_subset(data: Any, split: str, val_fraction: float, seed: int) -> Any:
+    """What ``kdkit eval`` scores: ``split="val"`` re-creates a recipe's stratified validation split of ``data`` (same
+    ``val_fraction`` and ``seed`` as ``data.val_fraction`` / ``data.split_seed``), ``"all"`` keeps every sample.
+
+    ``data`` is any source with ``targets``, ``groups`` and ``subset`` (:class:`ImageData`, text data).
+    """
+    if split == "val":
+        _, idx = stratified_split(data.targets, data.groups, val_fraction, seed)
+        return data.subset(torch.as_tensor(idx))
+    if split != "all":
+        raise ConfigError(f"--split must be 'val' or 'all', got '{split}'")
+    return data
+
+
 def split_data(data: ImageData, val_fraction: float, seed: int) -> tuple[Tensor, Tensor]:
     """:func:`stratified_split` of an :class:`ImageData` over its targets and duplicate groups."""
     return stratified_split(data.targets, data.groups, val_fraction, seed)

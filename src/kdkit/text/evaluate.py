@@ -5,8 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from kdkit.errors import ConfigError
 
 
@@ -36,7 +34,7 @@ def evaluate_text(checkpoint: str | Path, data: str = "rotten_tomatoes", split: 
         ``{"top1", "loss", "n"}`` (and ``"top5"`` for single-label data), as :func:`kdkit.engine.evaluate`.
     """
     from kdkit.api import load_student
-    from kdkit.data.split import stratified_split
+    from kdkit.data.split import evaluation_subset
     from kdkit.engine import evaluate as run_eval
     from kdkit.text.data import TextBatchLoader, load_text
 
@@ -52,11 +50,7 @@ def evaluate_text(checkpoint: str | Path, data: str = "rotten_tomatoes", split: 
     if meta.get("classes") and list(meta["classes"]) != text.classes:
         raise ConfigError(f"data '{data}' has classes {text.classes[:6]}, the checkpoint {meta['classes'][:6]}; "
                           f"pass params={{'classes': [...]}} in the checkpoint's order")
-    if split == "val":
-        _, idx = stratified_split(text.targets, text.groups, val_fraction, split_seed)
-        text = text.subset(torch.as_tensor(idx))
-    elif split != "all":
-        raise ConfigError(f"split must be 'val' or 'all', got '{split}'")
+    text = evaluation_subset(text, split, val_fraction, split_seed)
     loader = TextBatchLoader(text, None, batch_size, shuffle=False, seed=0)
     return run_eval(model, loader)
 
