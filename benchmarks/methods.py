@@ -74,7 +74,7 @@ def _scaled_windows(recipe: Path, epochs: int) -> list[str]:
 def _store(ds_dir: Path, teacher: Path, ds: str, limit: list[str], threads: int) -> Path:
     """The dataset's soft-label store for the logit recipes of recipes/methods/ (built once; kdkit cache)."""
     from kdkit.recipe import load_recipe
-    from kdkit.softlabels import build_cache
+    from kdkit.softlabels.cache import build_cache
 
     path = ds_dir / "softlabels"
     recipe = load_recipe(ROOT / "recipes" / "methods" / "kd.yaml",
@@ -94,7 +94,7 @@ def _logits_only(recipe: Path, overrides: list[str]) -> bool:
     """Whether every term of the recipe can read stored logits (no features, no input gradients of the teacher)."""
     from kdkit.errors import ConfigError
     from kdkit.recipe import load_recipe
-    from kdkit.softlabels.loader import check_recipe_can_use_store
+    from kdkit.teachers.store import check_recipe_can_use_store
 
     r = load_recipe(recipe, [*overrides, "soft_labels=unused"])
     try:

@@ -37,7 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from kdkit.recipe import OptimSpec, TermSpec, load_recipe, recipe_from_dict  # noqa: E402
+from kdkit.recipe import OptimSpec, TermSpec, load_recipe  # noqa: E402
 from kdkit.softlabels import SoftLabelStore, bytes_per_row, encode_topk  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,10 +76,10 @@ def _make_store(path: Path, n: int, views: int, k: int, classes: int) -> SoftLab
 def bench_speed_pair(name: str, batch: int, steps: int, warmup: int, store_dir: Path, online: bool) -> dict:
     from kdkit.engine.loop import build_optimizer
     from kdkit.models import create_model
-    from kdkit.schemes.base import BuildContext
     from kdkit.schemes.offline import OfflineScheme
-    from kdkit.terms import build_term
-    from kdkit.types import TrainState
+    from kdkit.teachers.store import StoreTeacher
+    from kdkit.terms.base import build_term
+    from kdkit.types import ModelOutput, TeacherSignal, TrainState
 
     teacher_name, student_name, shape, classes = PAIRS[name]
     n = 10_000
@@ -89,26 +89,29 @@ def bench_speed_pair(name: str, batch: int, steps: int, warmup: int, store_dir: 
     y = torch.randint(0, classes, (batch,))
     kw = dict(num_classes=classes, in_channels=shape[0], image_size=shape[1])
     student = create_model(student_name, **kw)
-    recipe = recipe_from_dict({"student": {"name": student_name}, "soft_labels": str(store.path)})
-    ctx = BuildContext(recipe=recipe, num_classes=classes, in_channels=shape[0], image_size=shape[1],
-                       example=torch.randn(2, *shape), num_train=n, make_model=None, make_terms=None)
     opt_spec = OptimSpec(name="sgd", lr=0.01)
     state = TrainState(steps_per_epoch=100, epochs=1)
     g = torch.Generator().manual_seed(1)
 
     fixed_logits = torch.randn(batch, classes) * 4
 
-    def runner(scheme, logits: str):
+    class InMemory:  # a teacher source whose logits are already in memory
+        models: list = []
+        has_features = False
+
+        def outputs(self, b):
+            return TeacherSignal(ModelOutput(fixed_logits))
+
+        def to(self, device):
+            return self
+
+    def runner(scheme):
         model = scheme.trainable().train()
         opt = build_optimizer(opt_spec, model)
 
         def step():
             idx = torch.randint(0, n, (batch,), generator=g)
             b = {"input": x, "target": y, "index": idx, "view": torch.ones(batch, dtype=torch.long)}
-            if logits == "store":
-                b["teacher_logits"] = store.teacher_logits(idx, b["view"])
-            elif logits == "memory":
-                b["teacher_logits"] = fixed_logits
             out = scheme.step(model, b, state)
             opt.zero_grad(set_to_none=True)
             out.loss.backward()
@@ -119,17 +122,19 @@ def bench_speed_pair(name: str, batch: int, steps: int, warmup: int, store_dir: 
     def kd_terms():
         return [build_term(TermSpec(name="ce", weight=0.1)), build_term(TermSpec(name="kd", weight=0.9))]
 
-    only = runner(OfflineScheme(copy.deepcopy(student), [], [build_term(TermSpec(name="ce"))], ctx), "none")
-    cached = runner(OfflineScheme(copy.deepcopy(student), [], kd_terms(), ctx), "store")
+    ex = x[:2]
+
+    def scheme(terms, teachers=(), store=None):
+        return OfflineScheme.from_models(copy.deepcopy(student), list(teachers), terms, ex, classes, n, store=store)
+
+    only = runner(scheme([build_term(TermSpec(name="ce"))]))
+    cached = runner(scheme(kd_terms(), store=StoreTeacher(store)))  # the store read is part of the step
     # the same KD step on logits already in memory: separates the KD term's own cost from the store read
-    in_memory = runner(OfflineScheme(copy.deepcopy(student), [], kd_terms(), ctx), "memory")
+    in_memory = runner(scheme(kd_terms(), store=InMemory()))
     fns = {"student": only, "cached": cached, "kd_in_memory": in_memory}
     if online:
         teacher = create_model(teacher_name, **kw)
-        recipe_o = recipe_from_dict({"student": {"name": student_name}, "teachers": [{"name": teacher_name}]})
-        ctx_o = BuildContext(recipe=recipe_o, num_classes=classes, in_channels=shape[0], image_size=shape[1],
-                             example=torch.randn(2, *shape), num_train=n, make_model=None, make_terms=None)
-        fns["online"] = runner(OfflineScheme(copy.deepcopy(student), [teacher], kd_terms(), ctx_o), "none")
+        fns["online"] = runner(scheme(kd_terms(), teachers=[teacher]))
     wall: dict[str, list[float]] = {k: [] for k in fns}
     cpu: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(warmup):
@@ -185,9 +190,10 @@ def cmd_speed_loader(args: argparse.Namespace) -> dict:
     """The quickstart pair as it trains: recipes/mnist_scratch.yaml (student alone) against recipes/mnist_kd.yaml
     reading a store, each step timed with its batch (loader: gather, augment, store lookup), alternating batch by
     batch."""
-    from kdkit.build import build_data, build_scheme
+    from kdkit.builder import build_scheme
+    from kdkit.data.run import build_data
     from kdkit.engine.loop import build_optimizer
-    from kdkit.softlabels import attach_soft_labels, build_cache
+    from kdkit.softlabels.cache import build_cache
     from kdkit.types import TrainState
 
     if args.threads:
@@ -200,9 +206,7 @@ def cmd_speed_loader(args: argparse.Namespace) -> dict:
     scratch = load_recipe(ROOT / "recipes" / "mnist_scratch.yaml")
     runs = {}
     for name, r in (("student", scratch), ("cached", kd)):
-        data = build_data(r)
-        if r.soft_labels:
-            attach_soft_labels(r, data)
+        data = build_data(r)  # with soft_labels, build_scheme opens the store and makes the loader replay its views
         torch.manual_seed(0)
         scheme = build_scheme(r, data)
         model = scheme.trainable().train()
@@ -275,7 +279,7 @@ def train_teacher(out: Path, threads: int | None, epochs: int | None = None) -> 
 
 def cmd_accuracy(args: argparse.Namespace) -> dict:
     import kdkit
-    from kdkit.softlabels import build_cache
+    from kdkit.softlabels.cache import build_cache
 
     out = Path(args.out_dir)
     t0 = time.time()
@@ -333,7 +337,7 @@ def cmd_accuracy(args: argparse.Namespace) -> dict:
 
 def cmd_storage(args: argparse.Namespace) -> dict:
     from kdkit.api import load_student
-    from kdkit.build import build_data
+    from kdkit.data.run import build_data
     from kdkit.losses.logits import kd_kl
 
     out = Path(args.out_dir)

@@ -33,11 +33,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from kdkit.engine.loop import build_optimizer  # noqa: E402
 from kdkit.models import create_model  # noqa: E402
-from kdkit.recipe import OptimSpec, TermSpec, recipe_from_dict  # noqa: E402
-from kdkit.schemes.base import BuildContext  # noqa: E402
+from kdkit.recipe import OptimSpec, TermSpec  # noqa: E402
 from kdkit.schemes.offline import OfflineScheme  # noqa: E402
 from kdkit.softlabels import SoftLabelStore, encode_topk  # noqa: E402
-from kdkit.terms import build_term  # noqa: E402
+from kdkit.teachers.store import StoreTeacher  # noqa: E402
+from kdkit.terms.base import build_term  # noqa: E402
 from kdkit.types import TrainState  # noqa: E402
 
 PAIRS = {
@@ -45,13 +45,6 @@ PAIRS = {
     "wrn_40_2-wrn_16_2": ("wrn_40_2", "wrn_16_2", (3, 32, 32), 100),
     "quickstart": ("cnn_teacher", "mlp", (1, 28, 28), 10),
 }
-
-
-def _ctx(shape, classes, teacher, student, store=None):
-    recipe = recipe_from_dict({"student": {"name": student}, "teachers": [{"name": teacher}]} if store is None else
-                              {"student": {"name": student}, "soft_labels": str(store)})
-    return BuildContext(recipe=recipe, num_classes=classes, in_channels=shape[0], image_size=shape[1],
-                        example=torch.randn(2, *shape), num_train=50000, make_model=None, make_terms=None)
 
 
 def _clock() -> tuple[str, object]:
@@ -79,19 +72,16 @@ def bench_pair(name: str, batch: int, steps: int, warmup: int, store_dir: Path) 
     g = torch.Generator().manual_seed(1)
     kw = dict(num_classes=classes, in_channels=shape[0], image_size=shape[1])
     teacher, student = create_model(teacher_name, **kw), create_model(student_name, **kw)
-    ctx = _ctx(shape, classes, teacher_name, student_name)
     opt_spec = OptimSpec(name="sgd", lr=0.01)
     state = TrainState(steps_per_epoch=100, epochs=1)
 
-    def runner(scheme, cached: bool = False):
+    def runner(scheme):
         model = scheme.trainable().train()
         opt = build_optimizer(opt_spec, model)
 
         def step():
             idx = torch.randint(0, n, (batch,), generator=g)
             b = {"input": x, "target": y, "index": idx, "view": torch.zeros(batch, dtype=torch.long)}
-            if cached:  # the store read is part of the cached step
-                b["teacher_logits"] = store.teacher_logits(idx, 0)
             out = scheme.step(model, b, state)
             opt.zero_grad(set_to_none=True)
             out.loss.backward()
@@ -102,17 +92,18 @@ def bench_pair(name: str, batch: int, steps: int, warmup: int, store_dir: Path) 
     def kd_terms():
         return [build_term(TermSpec(name="ce", weight=0.1)), build_term(TermSpec(name="kd", weight=0.9))]
 
-    only = OfflineScheme(copy.deepcopy(student), [], [build_term(TermSpec(name="ce"))], ctx)
-    kd = OfflineScheme(copy.deepcopy(student), [teacher], kd_terms(), ctx)
-    cached = OfflineScheme(copy.deepcopy(student), [], kd_terms(),
-                           _ctx(shape, classes, teacher_name, student_name, store.path))
+    ex = x[:2]
+    only = OfflineScheme.from_models(copy.deepcopy(student), [], [build_term(TermSpec(name="ce"))], ex, classes)
+    kd = OfflineScheme.from_models(copy.deepcopy(student), [teacher], kd_terms(), ex, classes)
+    # the store read (StoreTeacher.outputs) is part of the cached step
+    cached = OfflineScheme.from_models(copy.deepcopy(student), [], kd_terms(), ex, classes, store=StoreTeacher(store))
     student_step = runner(only)
     clock_name, clock = _clock()
     times: dict[str, list[float]] = {"student": [], "kd": [], "cached": [], "teacher_fwd": []}
     # Two interleaved phases: the teacher forward evicts the caches, which would flatter whatever runs after it, so
     # the cached step is timed against the student step alone, and the online step against student + teacher.
-    for phase in ({"student": student_step, "cached": runner(cached, cached=True)},
-                  {"student": student_step, "kd": runner(kd), "teacher_fwd": lambda: kd.teachers[0](x)}):
+    for phase in ({"student": student_step, "cached": runner(cached)},
+                  {"student": student_step, "kd": runner(kd), "teacher_fwd": lambda: kd.teachers.teachers[0](x)}):
         per: dict[str, list[float]] = {k: [] for k in phase}
         for i in range(warmup + steps):
             for k, f in phase.items():

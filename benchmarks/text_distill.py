@@ -88,8 +88,8 @@ def _log(msg: str) -> None:
 
 def run_teacher(args: argparse.Namespace) -> dict[str, Any]:
     import kdkit.text  # noqa: F401
-    from kdkit.build import run
     from kdkit.recipe import recipe_from_dict
+    from kdkit.runs import run
 
     d = teacher_dir(args)
     if (d / "summary.json").is_file():
@@ -106,10 +106,11 @@ def build_cache(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     import kdkit.text  # noqa: F401
-    from kdkit.build import build_data, resolve_checkpoint
+    from kdkit.data.run import build_data
     from kdkit.models import create_model
     from kdkit.recipe import recipe_from_dict
     from kdkit.text.cache import build_feature_cache
+    from kdkit.weights import resolve_checkpoint
 
     out = cache_path(args)
     if out.is_file():
@@ -166,8 +167,8 @@ def _final_dir(args: argparse.Namespace, row: str, seed: int) -> Path:
 def run_one(args: argparse.Namespace, row: str, seed: int) -> dict[str, Any]:
     """One benchmark run (a pipeline for tinybert_2step); skipped when its summary exists."""
     import kdkit.text  # noqa: F401
-    from kdkit.build import run
     from kdkit.recipe import recipe_from_dict
+    from kdkit.runs import run
 
     recipe = recipe_from_dict(_recipe_dict(args, row, seed))
     d = recipe.run_dir
@@ -209,7 +210,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     import kdkit.text  # noqa: F401
-    from kdkit.build import build_data
+    from kdkit.data.run import build_data
     from kdkit.deploy.measure import count_params, cpu_latency, size_on_disk_mb
     from kdkit.models import create_model
     from kdkit.recipe import recipe_from_dict
@@ -243,7 +244,8 @@ def speed(args: argparse.Namespace, steps: int = 30) -> dict[str, Any]:
     import torch
 
     import kdkit.text  # noqa: F401
-    from kdkit.build import build_data, build_scheme
+    from kdkit.builder import build_scheme
+    from kdkit.data.run import build_data
     from kdkit.engine.loop import build_optimizer
     from kdkit.recipe import recipe_from_dict
     from kdkit.types import TrainState

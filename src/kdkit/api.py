@@ -13,8 +13,17 @@ from typing import Any
 
 import torch
 
+from kdkit.data import Augment, BatchLoader, load_source
+from kdkit.data.split import evaluation_subset
+from kdkit.engine.evaluate import evaluate as run_eval
+from kdkit.engine.loop import FitResult
 from kdkit.errors import ConfigError
+from kdkit.models.factory import load_model
+from kdkit.pipeline import run_pipeline
 from kdkit.recipe import Recipe, load_recipe, recipe_from_dict
+from kdkit.runs import run
+from kdkit.softlabels.cache import CacheResult, build_cache
+from kdkit.weights import read_metadata, resolve_checkpoint
 
 
 def _as_recipe(recipe: Recipe | str | Path | dict[str, Any], overrides: list[str] | None) -> Recipe:
@@ -30,9 +39,13 @@ def _as_recipe(recipe: Recipe | str | Path | dict[str, Any], overrides: list[str
 def train(recipe: Recipe | str | Path | dict[str, Any], overrides: list[str] | None = None, resume: bool = False,
           quiet: bool = False):
     """Train ``recipe``'s student (supervised when it has no teachers). Returns a :class:`kdkit.engine.FitResult`."""
-    from kdkit.build import run
+    return _run(_as_recipe(recipe, overrides), resume, quiet)
 
-    return run(_as_recipe(recipe, overrides), resume=resume, quiet=quiet)
+
+def _run(recipe: Recipe, resume: bool, quiet: bool) -> FitResult:
+    if recipe.stages:  # a pipeline: each stage is a run of its own
+        return run_pipeline(recipe, resume=resume, quiet=quiet)
+    return run(recipe, resume=resume, quiet=quiet)
 
 
 def distill(recipe: Recipe | str | Path | dict[str, Any], overrides: list[str] | None = None, resume: bool = False,
@@ -42,24 +55,20 @@ def distill(recipe: Recipe | str | Path | dict[str, Any], overrides: list[str] |
     if not r.teachers and not r.soft_labels and not r.stages and r.scheme.name == "offline":
         raise ConfigError("distill: the recipe has no `teachers:` (or `soft_labels:`); use `kdkit train` for "
                           "supervised training")
-    from kdkit.build import run
-
-    return run(r, resume=resume, quiet=quiet)
+    return _run(r, resume, quiet)
 
 
 def load_student(checkpoint: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Rebuild a model from a kdkit weights file (or run directory) using the metadata saved with it."""
-    from kdkit.build import resolve_checkpoint
-    from kdkit.engine.checkpoint import read_metadata
-    from kdkit.models import create_model
+    return load_model(checkpoint)
 
-    path = resolve_checkpoint(str(checkpoint), "checkpoint")
-    meta = read_metadata(path)
-    if "model" not in meta:
-        raise ConfigError(f"checkpoint '{path}' has no kdkit metadata; pass --model NAME (and classes) to evaluate it")
-    model = create_model(meta["model"]["name"], num_classes=meta["num_classes"], in_channels=meta["in_channels"],
-                         image_size=meta["image_size"], checkpoint=str(path), **meta["model"].get("params", {}))
-    return model.eval(), meta
+
+def cache(recipe: Recipe | str | Path | dict[str, Any], overrides: list[str] | None = None, views: int = 1,
+          topk: int = 10, out: str | Path | None = None, **kwargs: Any) -> CacheResult:
+    """Run the recipe's teacher(s) once and store their top-k logits (``kdkit cache``); returns
+    :class:`kdkit.softlabels.cache.CacheResult`. Keyword arguments: those of
+    :func:`kdkit.softlabels.cache.build_cache` (``chunk_size``, ``batch_size``, ``overwrite``, ``quiet``)."""
+    return build_cache(_as_recipe(recipe, overrides), views=views, topk=topk, out=out, **kwargs)
 
 
 def evaluate(checkpoint: str | Path, data: str | None = None, split: str = "val", val_fraction: float | None = None,
@@ -72,12 +81,6 @@ def evaluate(checkpoint: str | Path, data: str | None = None, split: str = "val"
     (recorded in its metadata), so ``kdkit eval RUN`` re-evaluates on the run's own validation split. Text students
     (``hf:``/``textnn:``) are evaluated by :func:`kdkit.text.evaluate.evaluate_text`.
     """
-    from kdkit.build import resolve_checkpoint
-    from kdkit.data import Augment, BatchLoader, load_source
-    from kdkit.data.split import evaluation_subset
-    from kdkit.engine import evaluate as run_eval
-    from kdkit.engine.checkpoint import read_metadata
-
     saved = read_metadata(resolve_checkpoint(str(checkpoint), "checkpoint"))
     trained_on = saved.get("data") or {}
     if data is None and split == "val" and trained_on.get("val"):

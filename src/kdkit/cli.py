@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -11,7 +12,23 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from kdkit import api
 from kdkit.errors import KdkitError
+from kdkit.models.factory import create_model
+from kdkit.quickstart import run_quickstart
+from kdkit.recipe import bundled_recipes_dir
+from kdkit.registry import (
+    COMMANDS,
+    DATASETS,
+    LOSSES,
+    MODEL_SOURCES,
+    MODELS,
+    SCHEMES,
+    Registry,
+    add_plugin,
+    skipped_plugins,
+)
+from kdkit.taps import leaf_modules
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="kdkit: train a small student to mimic a large teacher (knowledge distillation).")
@@ -25,8 +42,6 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")
 
 
 def _summary(result) -> None:
-    import os
-
     if os.environ.get("RANK", "0") != "0":  # under torchrun only the main process reports
         return
     best = result.best
@@ -39,8 +54,6 @@ def _summary(result) -> None:
 def train(recipe: Annotated[str, typer.Argument(help="recipe YAML path or bundled recipe name")],
           set_: SetOpt = None, resume: ResumeOpt = False, quiet: QuietOpt = False) -> None:
     """Supervised training (teachers, students from scratch) — or any recipe, as written."""
-    from kdkit import api
-
     _summary(api.train(recipe, set_, resume=resume, quiet=quiet))
 
 
@@ -48,8 +61,6 @@ def train(recipe: Annotated[str, typer.Argument(help="recipe YAML path or bundle
 def distill(recipe: Annotated[str, typer.Argument(help="recipe YAML path or bundled recipe name")],
             set_: SetOpt = None, resume: ResumeOpt = False, quiet: QuietOpt = False) -> None:
     """Distil a student from the recipe's teacher(s)."""
-    from kdkit import api
-
     _summary(api.distill(recipe, set_, resume=resume, quiet=quiet))
 
 
@@ -63,8 +74,6 @@ def eval_(checkpoint: Annotated[str, typer.Argument(help="weights file (.safeten
           split_seed: Annotated[int | None, typer.Option(help="seed of the split (default: the recipe's)")] = None,
           as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
     """Accuracy of a saved model on a dataset."""
-    from kdkit import api
-
     out = api.evaluate(checkpoint, data=data, split=split, val_fraction=val_fraction, split_seed=split_seed)
     if as_json:
         console.print_json(json.dumps(out))
@@ -75,9 +84,7 @@ def eval_(checkpoint: Annotated[str, typer.Argument(help="weights file (.safeten
                       f"loss {out['loss']:.4f}")
 
 
-def _listing(title: str, registry, extra=None) -> None:
-    import kdkit.catalog  # noqa: F401
-
+def _listing(title: str, registry: Registry, extra: str | None = None) -> None:
     table = Table(title=title)
     table.add_column("name", style="bold")
     table.add_column("description")
@@ -86,6 +93,8 @@ def _listing(title: str, registry, extra=None) -> None:
     console.print(table)
     if extra:
         console.print(extra)
+    for module, why in skipped_plugins().items():
+        console.print(f"[yellow]not loaded:[/] {module} {why}", highlight=False)
 
 
 @app.command()
@@ -93,50 +102,38 @@ def models(layers: Annotated[str | None, typer.Option("--layers", help="list a m
                                                                           "points) instead")] = None,
            num_classes: Annotated[int, typer.Option(help="with --layers")] = 10,
            in_channels: Annotated[int, typer.Option(help="with --layers")] = 3) -> None:
-    """List registered models (also torchvision:NAME, timm:NAME, local checkpoints)."""
-    from kdkit.registry import MODELS
-
+    """List registered models and model sources (PREFIX:NAME, e.g. torchvision:NAME, timm:NAME, py:module:Class)."""
     if layers:
-        from kdkit.models import create_model
-        from kdkit.taps import leaf_modules
-
         m = create_model(layers, num_classes=num_classes, in_channels=in_channels)
         for path, kind in leaf_modules(m):
             console.print(f"{path}  [dim]{kind}[/]")
         console.print(f"stages: {list(getattr(m, 'kd_stages', []))}")
         return
-    _listing("models", MODELS, "also: torchvision:NAME, timm:NAME (vision extra), and `checkpoint:` local weights")
+    _listing("models (the kdkit zoo)", MODELS)
+    _listing("model sources: PREFIX:NAME", MODEL_SOURCES, "any model takes local weights with `checkpoint:`")
 
 
 @app.command()
 def datasets() -> None:
-    """List registered datasets (also imagefolder:PATH, cifar10:PATH, cifar100:PATH, npz:PATH)."""
-    from kdkit.registry import DATASETS
-
-    _listing("datasets", DATASETS, "also: imagefolder:PATH, cifar10:PATH, cifar100:PATH, npz:PATH, or a bare path")
+    """List registered datasets (KIND:PATH ones take your files, e.g. npz:PATH, imagefolder:PATH, csv:PATH)."""
+    _listing("datasets", DATASETS, "a bare path works too: its format is detected")
 
 
 @app.command()
 def losses() -> None:
     """List registered loss terms."""
-    from kdkit.registry import LOSSES
-
     _listing("loss terms", LOSSES)
 
 
 @app.command()
 def schemes() -> None:
     """List registered schemes (who teaches whom)."""
-    from kdkit.registry import SCHEMES
-
     _listing("schemes", SCHEMES)
 
 
 @app.command()
 def recipes() -> None:
     """List the bundled recipes."""
-    from kdkit.recipe import bundled_recipes_dir
-
     d = bundled_recipes_dir()
     table = Table(title=f"recipes ({d})")
     table.add_column("name", style="bold")
@@ -157,33 +154,43 @@ def quickstart(output_dir: Annotated[Path, typer.Option(help="where the three ru
                                                                        "of this many digits")] = None,
                quiet: QuietOpt = False) -> None:
     """The seed's case study on the bundled MNIST digits: teacher, student from scratch, student with KD."""
-    from kdkit.quickstart import run_quickstart
-
     run_quickstart(output_dir, teacher_epochs=teacher_epochs, student_epochs=student_epochs, seed=seed,
                    quiet=quiet, console=console, train_limit=train_limit)
 
 
-def _register_optional_commands() -> None:
-    """Commands contributed by other modules (deploy, report, soft labels, text) when they are present."""
-    import importlib
-
-    for module in ("kdkit.deploy.commands", "kdkit.report.commands", "kdkit.softlabels.commands"):
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as err:
-            if err.name == module:
-                continue
-            raise
-        register = getattr(mod, "register_cli", None)
-        if register is not None:
-            register(app)
+@app.callback()
+def _plugins(plugin: Annotated[list[str] | None, typer.Option(
+        "--plugin", help="import MODULE first: your own models, datasets, loss terms, schemes or commands register "
+                         "there (repeatable; also the `kdkit.plugins` entry-point group)")] = None) -> None:
+    for module in plugin or []:
+        add_plugin(module)
 
 
-_register_optional_commands()
+def _add_registered_commands() -> None:
+    """Commands contributed by plug-in modules (export, bench, report, cache ...): one registry, like everything else.
+
+    A command whose module's extra is missing is not offered; ``kdkit models`` (and the other listings) say which."""
+    have = {c.name or c.callback.__name__ for c in app.registered_commands}
+    for entry in COMMANDS.entries():
+        if entry.name not in have:
+            app.command(entry.name)(entry.obj)
+
+
+def _early_plugins(argv: list[str]) -> None:
+    """``--plugin MODULE`` is imported before the command line is parsed, so a plug-in can add commands too."""
+    for i, arg in enumerate(argv):
+        if arg == "--plugin" and i + 1 < len(argv):
+            add_plugin(argv[i + 1])
+        elif arg.startswith("--plugin="):
+            add_plugin(arg.split("=", 1)[1])
 
 
 def main() -> None:
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # `py:mymodule:Net` and --plugin find modules in the working directory
     try:
+        _early_plugins(sys.argv[1:])
+        _add_registered_commands()
         app()
     except KdkitError as err:
         err_console.print(f"[bold red]error:[/] {err}", highlight=False)
@@ -192,6 +199,8 @@ def main() -> None:
         err_console.print("interrupted — resume with --resume")
         sys.exit(130)
 
+
+_add_registered_commands()
 
 if __name__ == "__main__":
     main()

@@ -15,14 +15,15 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from kdkit import api
+from kdkit.deploy.measure import count_params, cpu_latency, size_on_disk_mb
 from kdkit.recipe import load_recipe
+from kdkit.report import write_report
 from kdkit.utils import atomic_write_json, atomic_write_text
 
 
 def measure_model(model: torch.nn.Module, input_shape: tuple[int, ...]) -> dict[str, float]:
     """Parameters, safetensors size and CPU latency per image at batch 1 and batch 64."""
-    from kdkit.deploy.measure import count_params, cpu_latency, size_on_disk_mb
-
     model = model.eval()
     out: dict[str, float] = {"params": count_params(model), "size_mb": size_on_disk_mb(model)}
     for bs in (1, 64):
@@ -34,8 +35,6 @@ def measure_model(model: torch.nn.Module, input_shape: tuple[int, ...]) -> dict[
 def run_quickstart(output_dir: Path, teacher_epochs: int = 15, student_epochs: int = 50, seed: int = 0,
                    quiet: bool = False, console: Console | None = None, train_limit: int | None = None
                    ) -> dict[str, Any]:
-    from kdkit import api
-
     console = console or Console()
     output_dir = Path(output_dir)
     common = [f"output_dir={output_dir}", f"seed={seed}"]
@@ -89,11 +88,7 @@ def run_quickstart(output_dir: Path, teacher_epochs: int = 15, student_epochs: i
 
 
 def _maybe_report(output_dir: Path, rows: list[dict[str, Any]], console: Console) -> None:
-    """Write the HTML report when the report module is available."""
-    try:
-        from kdkit.report import write_report
-    except ImportError:
-        return
+    """Write the HTML report beside the table."""
     path = write_report([Path(r["run"]) for r in rows], output_dir / "report", case_study=output_dir / "table.json")
     console.print(f"report: {path}")
 

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from kdkit.errors import ConfigError
+from kdkit.utils import atomic_write_text
 
 
 class _Strict(BaseModel):
@@ -295,6 +296,4 @@ def resolve_recipe_path(path: str | Path) -> Path:
 
 
 def save_recipe(recipe: Recipe, path: str | Path) -> None:
-    from kdkit.utils import atomic_write_text
-
     atomic_write_text(Path(path), recipe.to_yaml())

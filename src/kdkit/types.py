@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 # A batch is a plain dict so that default collation, DDP and device moves just work. Keys:
 #   "input":  (B, C, H, W) float tensor, augmented and normalised (or (B, L) token ids for text)
 #   "target": (B,) int64 class indices, or (B, K) float multi-hot for multi-label; -1 marks an unlabelled sample
 #   "index":  (B,) int64 position of each sample in its (train/val) split — needed by CRD and the soft-label store
 #   "view":   (B,) int64 augmentation view each sample was drawn with (the epoch, or epoch mod V with a store)
-# Schemes may add keys (e.g. "teacher_input" for cross-modal distillation, "soft_logits" from a store).
+# The teacher signal never travels in the batch: a TeacherSource (below) answers it.
 Batch = dict[str, Tensor]
 
 
@@ -64,3 +64,70 @@ class TrainState:
 
 def to_device(batch: Batch, device: torch.device | str) -> Batch:
     return {k: (v.to(device, non_blocking=True) if isinstance(v, Tensor) else v) for k, v in batch.items()}
+
+
+def logits_of(out: Any) -> Tensor:
+    """Models return a tensor; Hugging Face models return an object with ``.logits``; some return a tuple."""
+    if isinstance(out, Tensor):
+        return out
+    if hasattr(out, "logits"):
+        return out.logits
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor):
+        return out[0]
+    raise TypeError(f"cannot find logits in a model output of type {type(out).__name__}")
+
+
+@dataclass
+class TeacherSignal:
+    """What the teacher side says about one batch.
+
+    Attributes:
+        combined: the signal for logit terms -- the single teacher's output, the teachers' combination
+            (multi-teacher), the specialists' target, or logits read from a store. None when there is no teacher.
+        each: every teacher's own output, features included (``each[i].features`` are teacher i's taps); empty when
+            the source holds logits only.
+        logs: diagnostics to log beside the loss terms (not part of the loss), e.g. ``active_specialists``.
+    """
+
+    combined: ModelOutput | None
+    each: list[ModelOutput] = field(default_factory=list)
+    logs: dict[str, Tensor] = field(default_factory=dict)
+
+
+@runtime_checkable
+class TeacherSource(Protocol):
+    """Where the teacher signal comes from: frozen models, a soft-label store, specialists, later an ONNX model.
+
+    Schemes receive one and call :meth:`outputs` per batch; they never look for teacher data in the batch.
+
+    Attributes:
+        models: the teacher networks that exist as PyTorch modules (for shape probing and for terms that
+            differentiate the teacher); empty for a store.
+        has_features: whether ``outputs(batch).each`` carries tapped features.
+    """
+
+    models: list[nn.Module]
+    has_features: bool
+
+    def outputs(self, batch: Batch) -> TeacherSignal: ...
+
+    def to(self, device: torch.device) -> Any: ...
+
+
+@runtime_checkable
+class TrainableScheme(Protocol):
+    """What the engine needs of a scheme (:class:`kdkit.schemes.base.Scheme` implements it).
+
+    The engine builds the optimiser over ``trainable()`` (after ``accelerator.prepare``) and passes the prepared module
+    back to ``step``; it evaluates ``eval_models()`` (first entry = the model saved as "the student").
+    """
+
+    def trainable(self) -> nn.Module: ...
+
+    def step(self, model: nn.Module, batch: Batch, state: TrainState) -> StepOutput: ...
+
+    def eval_models(self) -> dict[str, nn.Module]: ...
+
+    def to(self, device: torch.device) -> Any: ...
+
+    def on_epoch_start(self, state: TrainState) -> None: ...

@@ -11,20 +11,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import kdkit.catalog  # noqa: F401
 from kdkit.data import Augment, load_source
 from kdkit.models import create_model
 from kdkit.recipe import TermSpec, recipe_from_dict
 from kdkit.registry import LOSSES
-from kdkit.schemes.base import BuildContext
+from kdkit.schemes.base import BuildContext, DistillModule
 from kdkit.schemes.offline import OfflineScheme
-from kdkit.terms import build_term
+from kdkit.teachers.frozen import FrozenTeachers
+from kdkit.terms.base import build_term
 from kdkit.types import TrainState
-
-try:  # registers the transformer terms, so that the list below does not depend on which tests were collected first
-    import kdkit.text  # noqa: F401
-except ImportError:  # the text extra is not installed
-    pass
 
 # Terms on image models; the TinyBERT/DistilBERT terms need text models and have their own contract
 # (tests/unit/test_text_terms.py).
@@ -61,7 +56,8 @@ def test_term_contract(name, batch):
     recipe = recipe_from_dict({"student": {"name": "cnn"}, "teachers": [{"name": "cnn_student"}]})
     ctx = BuildContext(recipe=recipe, num_classes=10, in_channels=1, image_size=28, example=b["input"][:4],
                        num_train=64, make_model=None, make_terms=None)
-    scheme = OfflineScheme(student, [teacher], [term], ctx)
+    module = DistillModule(student, [term], ctx.setup_context(student, [teacher]))
+    scheme = OfflineScheme(module, FrozenTeachers([teacher], module.teacher_taps))
     model = scheme.trainable().train()
     state = TrainState(steps_per_epoch=10, epochs=1)
     t_before = {k: v.clone() for k, v in teacher.state_dict().items()}
@@ -95,7 +91,7 @@ def test_every_term_has_description():
 def test_feature_term_without_teacher_features_is_refused(batch):
     student, teacher = _models()
     from kdkit.errors import ConfigError
-    from kdkit.terms import SetupContext
+    from kdkit.terms.base import SetupContext
 
     ctx = SetupContext(student=student, teachers=[], example=batch["input"][:2], num_classes=10, num_train=64,
                        has_teacher_features=False)
@@ -106,7 +102,7 @@ def test_feature_term_without_teacher_features_is_refused(batch):
 
 def test_auto_pairs_and_unpairable_shapes(batch):
     from kdkit.errors import ShapeError
-    from kdkit.terms import SetupContext
+    from kdkit.terms.base import SetupContext
 
     student, teacher = _models()
     ctx = SetupContext(student=student, teachers=[teacher], example=batch["input"][:2], num_classes=10, num_train=64)

@@ -77,12 +77,13 @@ def test_teacher_stays_frozen(teacher_run, tmp_path):
     r = {"name": "kd2", "output_dir": str(tmp_path), "data": DATA, "student": {"name": "mlp"},
          "teachers": [{"name": "mlp", "params": {"hidden": [128]}, "checkpoint": str(teacher_run.best_path)}],
          "terms": [{"name": "kd"}], "epochs": 1}
-    from kdkit.build import build_data, build_scheme
+    from kdkit.builder import build_scheme
+    from kdkit.data.run import build_data
 
     rec = recipe_from_dict(r)
     scheme = build_scheme(rec, build_data(rec))
     module = scheme.trainable()
-    teacher = scheme.teachers[0]
+    teacher = scheme.teachers.teachers[0]
     teacher.train()
     assert not teacher.model.training
     assert all(not p.requires_grad for p in teacher.parameters())

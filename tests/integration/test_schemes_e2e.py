@@ -110,7 +110,8 @@ def test_generalist_and_specialists(runs, teacher):
     manifest = json.loads((cache / "specialists.json").read_text())
     assert len(manifest["subsets"]) == 2 and all(2 <= len(s) <= 3 for s in manifest["subsets"])
     stamp = os.stat(cache / "specialist0.safetensors").st_mtime_ns
-    from kdkit.build import build_data, build_scheme
+    from kdkit.builder import build_scheme
+    from kdkit.data.run import build_data
 
     rec = recipe_from_dict(r)
     scheme = build_scheme(rec, build_data(rec))  # a rebuild (e.g. --resume) reuses the cached specialists
@@ -154,12 +155,13 @@ def test_teacher_with_other_normalisation_gets_an_adapter(runs, teacher):
     r = _recipe(runs, "adapted", teachers=_t(teacher) + [{"name": "mlp", "params": {"hidden": [64]},
                                                           "checkpoint": str(other.run_dir)}],
                 terms=KD, scheme={"name": "offline", "params": {"combine": "mean_probs"}})
-    from kdkit.build import build_data, build_scheme
+    from kdkit.builder import build_scheme
+    from kdkit.data.run import build_data
 
     rec = recipe_from_dict(r)
     scheme = build_scheme(rec, build_data(rec))
-    assert not hasattr(scheme.teachers[0].model, "kdkit_input_adapter")  # same statistics: fed as is
-    assert hasattr(scheme.teachers[1].model, "kdkit_input_adapter")
+    assert not hasattr(scheme.teachers.models[0], "kdkit_input_adapter")  # same statistics: fed as is
+    assert hasattr(scheme.teachers.models[1], "kdkit_input_adapter")
     _check_run(kdkit.distill(r, quiet=True), {"ce", "kd"})
 
 
@@ -180,11 +182,12 @@ def test_born_again_pipeline_with_ensemble_is_resumable_by_stage(runs):
     import torch
     from safetensors.torch import load_file
 
-    from kdkit.build import build_data, build_scheme
-    from kdkit.schemes.pipeline import expand_stages
+    from kdkit.builder import build_scheme
+    from kdkit.data.run import build_data
+    from kdkit.pipeline import expand_stages
 
     gen1 = expand_stages(recipe_from_dict(r))[1].recipe
-    t_state = build_scheme(gen1, build_data(gen1)).teachers[0].model.state_dict()
+    t_state = build_scheme(gen1, build_data(gen1)).teachers.models[0].state_dict()
     best0 = load_file(str(root / "stages/gen0/checkpoints/best.safetensors"))
     assert best0.keys() == t_state.keys() and all(torch.equal(best0[k], t_state[k]) for k in best0)
     assert summary["stages"][2]["best"]["top1"] > 50.0 and set(summary["stages"][2]["best"]["members"]) == {

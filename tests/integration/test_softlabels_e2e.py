@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 import kdkit
 from kdkit.cli import app
 from kdkit.errors import ConfigError
-from kdkit.schemes.base import FrozenTeacher
+from kdkit.teachers.frozen import FrozenTeacher
 
 DATA = {"name": "mnist_5k", "val_fraction": 0.2, "batch_size": 64, "train_limit": 512,
         "augment": {"crop_padding": 2, "flip": False}}
@@ -74,9 +74,10 @@ def test_cached_distillation_learns_without_running_the_teacher(setup, monkeypat
 def test_cached_kd_term_equals_online_kd_on_the_same_view(setup):
     """On one batch, the KD term read from the store equals the KD term of the online teacher on the same samples and
     view, once the online logits go through the same top-5 compression (to fp16 rounding)."""
-    from kdkit.build import build_data, build_scheme
+    from kdkit.builder import build_scheme
+    from kdkit.data.run import build_data
     from kdkit.recipe import recipe_from_dict
-    from kdkit.softlabels import attach_soft_labels, decode_topk, encode_topk
+    from kdkit.softlabels import decode_topk, encode_topk
     from kdkit.types import ModelOutput, TrainState
 
     d = yaml.safe_load(setup["recipe"].read_text())
@@ -84,9 +85,9 @@ def test_cached_kd_term_equals_online_kd_on_the_same_view(setup):
     cached = recipe_from_dict(d)
     online = recipe_from_dict(dict(d, soft_labels=None))
     data_c, data_o = build_data(cached), build_data(online)
-    attach_soft_labels(cached, data_c)
     scheme_c, scheme_o = build_scheme(cached, data_c), build_scheme(online, data_o)
-    assert scheme_c.teachers == [] and len(scheme_o.teachers) == 1  # the store replaces the teacher: none is loaded
+    # the store replaces the teacher: none is loaded
+    assert scheme_c.teachers.models == [] and len(scheme_o.teachers.models) == 1
     state = TrainState()
     for epoch in (1, 2):  # view 1, then view 0 again (2 mod 2)
         data_c.train_loader.set_epoch(epoch)
@@ -95,19 +96,20 @@ def test_cached_kd_term_equals_online_kd_on_the_same_view(setup):
         # the same samples and view as the online loader makes them in an epoch with that view
         x = data_o.augment(data_o.train.images[bc["index"]], bc["index"], epoch % 2)
         assert torch.equal(x, bc["input"])
-        bo = {k: v for k, v in bc.items() if k != "teacher_logits"}
-        z = scheme_o.teacher_outputs(bo)[0].logits
+        bo = dict(bc)
+        z = scheme_o.teachers.outputs(bo).combined.logits
+        stored = scheme_c.teachers.outputs(bc).combined.logits
         top = z.topk(5, 1).indices
-        assert torch.allclose(bc["teacher_logits"].gather(1, top), z.gather(1, top), rtol=2**-10, atol=1e-5)
+        assert torch.allclose(stored.gather(1, top), z.gather(1, top), rtol=2**-10, atol=1e-5)
         rebuilt = decode_topk(*encode_topk(z, 5), 10)
-        assert torch.allclose(bc["teacher_logits"], rebuilt, rtol=2**-9, atol=1e-4)
+        assert torch.allclose(stored, rebuilt, rtol=2**-9, atol=1e-4)
         student = scheme_c.trainable().student  # the same student for both terms
         term = scheme_c.trainable().terms[0]
         with torch.no_grad():
             s = ModelOutput(student(x))
-        from kdkit.terms import TermInputs
+        from kdkit.terms.base import TermInputs
 
-        lc = term(TermInputs(student=s, teacher=ModelOutput(bc["teacher_logits"]), batch=bc, state=state))
+        lc = term(TermInputs(student=s, teacher=ModelOutput(stored), batch=bc, state=state))
         lo = term(TermInputs(student=s, teacher=ModelOutput(rebuilt), batch=bo, state=state))
         assert float(lc) == pytest.approx(float(lo), rel=1e-2, abs=1e-4)
         assert float(scheme_c.step(scheme_c.trainable(), bc, state).terms["kd"]) == pytest.approx(float(lc), rel=1e-5)
@@ -124,18 +126,18 @@ def test_a_store_for_another_seed_is_refused_in_one_line(setup):
 def test_sobolev_with_a_store_still_loads_the_teacher_it_differentiates(setup):
     """Logits come from the store, but Sobolev matches input gradients of the teacher model: that teacher is loaded
     (and only that use of it runs)."""
-    from kdkit.build import build_data, build_scheme
+    from kdkit.builder import build_context, build_scheme
+    from kdkit.data.run import build_data
     from kdkit.recipe import recipe_from_dict
-    from kdkit.softlabels import attach_soft_labels
     from kdkit.types import TrainState
 
     d = yaml.safe_load(setup["recipe"].read_text())
     d["terms"] = d["terms"] + [{"name": "sobolev", "weight": 1.0}]
     r = recipe_from_dict(d)
     data = build_data(r)
-    attach_soft_labels(r, data)
+    build_context(r, data)
     scheme = build_scheme(r, data)
-    assert len(scheme.teachers) == 1
+    assert len(scheme.teachers.models) == 1
     batch = next(iter(data.train_loader))
     out = scheme.step(scheme.trainable(), batch, TrainState())
     assert {"ce", "kd", "sobolev"} <= set(out.terms) and torch.isfinite(out.loss)

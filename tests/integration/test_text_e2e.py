@@ -14,8 +14,9 @@ from safetensors.torch import load_file
 
 import kdkit.text  # noqa: F401
 from kdkit.api import load_student
-from kdkit.build import build_data, run
+from kdkit.data.run import build_data
 from kdkit.recipe import recipe_from_dict
+from kdkit.runs import run
 
 SMALL = {"num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64}
 TINYBERT = [{"name": "ce"}, {"name": "tinybert_embedding"}, {"name": "tinybert_hidden"},

@@ -356,6 +356,10 @@ def test_load_source_errors(tmp_path: Path):
     with pytest.raises(ConfigError, match="no parameter 'colour'"):
         load_source("mnist_5k", colour=True)
     with pytest.raises(DataError, match="cannot tell the format"):
+        f = tmp_path / "x.bin"
+        f.write_text("1,2")
+        load_source(str(f))
+    with pytest.raises(ConfigError, match="'.*x.csv' is not image data .*data.name"):  # a text source: one line
         f = tmp_path / "x.csv"
         f.write_text("1,2")
         load_source(str(f))

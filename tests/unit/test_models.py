@@ -22,12 +22,10 @@ from kdkit.models import (
     load_weights,
     model_summary,
     read_state_dict,
-    register_prefix,
     save_weights,
 )
-from kdkit.models import factory as factory_mod
 from kdkit.models.ccexam_nets import CCEXAM_CFGS
-from kdkit.registry import MODELS
+from kdkit.registry import MODEL_SOURCES, MODELS
 from kdkit.taps import FeatureTap
 
 # Parameter counts (millions) of the CIFAR-100 models (num_classes=100, in_channels=3) as published in the
@@ -293,21 +291,21 @@ def test_bad_builder_arguments_and_download_requests() -> None:
     assert create_model("resnet8", num_classes=10, pretrained=False) is not None
 
 
-def test_register_prefix_plugin() -> None:
+def test_a_model_source_plugs_in_through_the_registry() -> None:
     calls = []
 
     def build(name: str, num_classes: int, in_channels: int, image_size: int, **kw) -> nn.Module:
         calls.append((name, num_classes, in_channels, image_size, kw))
         return nn.Linear(in_channels, num_classes)
 
-    register_prefix("toyplug", build)
+    MODEL_SOURCES.add("toyplug", build)
     try:
         m = create_model("toyplug:some/local/dir", num_classes=3, in_channels=2, image_size=8, depth=1)
         assert isinstance(m, nn.Linear) and calls == [("some/local/dir", 3, 2, 8, {"depth": 1})]
         with pytest.raises(ConfigError, match="twice"):
-            register_prefix("toyplug", lambda *a, **k: nn.Identity())
+            MODEL_SOURCES.add("toyplug", lambda *a, **k: nn.Identity())
     finally:
-        factory_mod._PREFIXES.pop("toyplug", None)
+        MODEL_SOURCES._entries.pop("toyplug", None)
 
 
 def test_torchvision_resnet18_one_channel() -> None:

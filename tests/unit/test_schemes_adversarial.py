@@ -7,8 +7,8 @@ from torch import nn
 
 from kdkit.schemes.adversarial import BSSModule, boundary_samples, choose_target_class, top2_margin
 from kdkit.schemes.base import DistillModule
-from kdkit.terms import CrossEntropyTerm
-from kdkit.types import ModelOutput, TrainState
+from kdkit.terms.logits import CrossEntropyTerm
+from kdkit.types import ModelOutput, TeacherSignal, TrainState
 
 
 def _teacher() -> nn.Module:
@@ -51,7 +51,7 @@ def test_bss_weight_decays_to_zero_and_the_term_is_logged():
     teacher = _teacher()
     torch.manual_seed(1)
     student = nn.Sequential(nn.Flatten(), nn.Linear(16, 5))
-    module = BSSModule(DistillModule(student, [CrossEntropyTerm("ce")]), teacher, weight=2.0, stop_fraction=0.5,
+    module = BSSModule(DistillModule(student, [CrossEntropyTerm()]), teacher, weight=2.0, stop_fraction=0.5,
                        temperature=3.0, steps=3, step_size=0.3, attack_size=8, target="second", bounds=None, seed=0)
     assert module.weight_at(TrainState(step=0, steps_per_epoch=10, epochs=4)) == 2.0
     assert module.weight_at(TrainState(step=10, steps_per_epoch=10, epochs=4)) == 1.0
@@ -60,8 +60,8 @@ def test_bss_weight_decays_to_zero_and_the_term_is_logged():
     with torch.no_grad():
         t = teacher(x)
     batch = {"input": x, "target": t.argmax(1)}
-    out = module(batch, ModelOutput(logits=t), [ModelOutput(logits=t)], TrainState(step=0, steps_per_epoch=10,
-                                                                                   epochs=4))
+    signal = TeacherSignal(ModelOutput(logits=t), [ModelOutput(logits=t)])
+    out = module(batch, signal, TrainState(step=0, steps_per_epoch=10, epochs=4))
     assert float(out.terms["bss"]) > 0 and float(out.loss.detach()) > float(out.terms["ce"])
-    late = module(batch, ModelOutput(logits=t), [], TrainState(step=30, steps_per_epoch=10, epochs=4))
+    late = module(batch, TeacherSignal(ModelOutput(logits=t)), TrainState(step=30, steps_per_epoch=10, epochs=4))
     assert float(late.terms["bss"]) == 0.0 and float(late.loss.detach()) == float(late.terms["ce"])

@@ -10,7 +10,7 @@ from torch import nn
 from kdkit.schemes.base import DistillModule
 from kdkit.schemes.mutual import MutualModule, ProbabilityEnsemble, mutual_kl
 from kdkit.schemes.online import OnlineModule
-from kdkit.terms import CrossEntropyTerm, KDTerm
+from kdkit.terms.logits import CrossEntropyTerm, KDTerm
 from kdkit.types import TrainState
 
 
@@ -36,7 +36,7 @@ def test_mutual_kl_points_from_each_other_peer_to_the_learner():
 def test_mutual_module_logs_each_peer_and_matches_dml_loss():
     torch.manual_seed(0)
     peers = [nn.Linear(4, 3), nn.Linear(4, 3)]
-    terms = [[CrossEntropyTerm("ce"), KDTerm("kd", temperature=1.0)] for _ in peers]
+    terms = [[CrossEntropyTerm(), KDTerm(temperature=1.0)] for _ in peers]
     module = MutualModule(peers, terms)
     batch = {"input": torch.randn(8, 4), "target": torch.randint(0, 3, (8,))}
     out = module(batch, TrainState())
@@ -63,8 +63,8 @@ def test_probability_ensemble_averages_probabilities():
 def test_online_teacher_gets_ce_and_a_small_pull_from_the_detached_student():
     torch.manual_seed(2)
     teacher, student = nn.Linear(4, 3), nn.Linear(4, 3)
-    module = OnlineModule(teacher, DistillModule(student, [CrossEntropyTerm("ce"), KDTerm("kd", temperature=2.0)]),
-                          [], teacher_kd_weight=0.1, temperature=2.0)
+    module = OnlineModule(teacher, DistillModule(student, [CrossEntropyTerm(), KDTerm(temperature=2.0)]),
+                          teacher_kd_weight=0.1, temperature=2.0)
     batch = {"input": torch.randn(8, 4), "target": torch.randint(0, 3, (8,))}
     out = module(batch, TrainState())
     zt, zs = teacher(batch["input"]), student(batch["input"])

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from kdkit.errors import ConfigError
+from kdkit.pipeline import expand_stages
 from kdkit.recipe import recipe_from_dict
-from kdkit.schemes.pipeline import expand_stages
 
 
 def _recipe(stages, **top):

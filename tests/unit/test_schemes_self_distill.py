@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from kdkit.errors import ConfigError
 from kdkit.models import create_model
-from kdkit.models.students import ExitView, MultiExitNet, make_multi_exit
+from kdkit.models.exits import ExitView, MultiExitNet, make_multi_exit
 from kdkit.schemes.self_distill import SelfDistillModule, exit_losses
 from kdkit.types import TrainState
 

@@ -12,10 +12,10 @@ from torch import nn
 from kdkit.engine.checkpoint import write_weights
 from kdkit.errors import ConfigError, KdkitError
 from kdkit.models import count_params, create_model, default_stages, load_weights
-from kdkit.models.students import is_qat
+from kdkit.models.qat import is_qat
 from kdkit.recipe import ModelSpec
-from kdkit.schemes.adapters import InputAdapter, build_teachers
 from kdkit.taps import probe_shapes
+from kdkit.teachers.adapters import InputAdapter, build_teachers
 
 
 @pytest.mark.parametrize("name, kw, in_ch, size", [
@@ -121,7 +121,7 @@ def test_build_teachers_reads_checkpoint_metadata(tmp_path):
     def make_model(s):
         return create_model(s.name, num_classes=10, in_channels=1, image_size=28, checkpoint=s.checkpoint)
 
-    ctx = SimpleNamespace(recipe=SimpleNamespace(teachers=[spec]), extras={"data": data}, make_model=make_model,
+    ctx = SimpleNamespace(recipe=SimpleNamespace(teachers=[spec]), data=data, make_model=make_model,
                           image_size=28, in_channels=1, num_classes=10)
     (adapted,) = build_teachers(ctx, [spec], "auto")
     (plain,) = build_teachers(ctx, [spec], "none")
@@ -139,7 +139,7 @@ def test_qat_student_exports_to_int8_onnx_and_strips_to_float(tmp_path):
     import onnx
 
     from kdkit.deploy.export import export_onnx
-    from kdkit.models.students import qat_float_state_dict
+    from kdkit.models.qat import qat_float_state_dict
 
     torch.manual_seed(0)
     q = create_model("qat:mlp", num_classes=10, in_channels=1, image_size=28, hidden=[32])
@@ -198,7 +198,7 @@ def test_grid_pool_equals_adaptive_pooling_at_every_size():
     ("vgg8", {}, (3, 16, 16)),
 ])
 def test_pruning_keeps_the_teachers_largest_filters(name, kw, shape, tmp_path):
-    from kdkit.models.students import prune_from, shrink_model
+    from kdkit.models.derived import prune_from, shrink_model
 
     torch.manual_seed(0)
     t = create_model(name, num_classes=10, in_channels=shape[0], image_size=shape[1], **kw)

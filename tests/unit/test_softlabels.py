@@ -11,23 +11,23 @@ import numpy as np
 import pytest
 import torch
 
+from kdkit.builder import build_context
 from kdkit.data import Augment
 from kdkit.errors import ConfigError, KdkitError
 from kdkit.recipe import TermSpec, recipe_from_dict
-from kdkit.schemes.base import FrozenTeacher
 from kdkit.softlabels import (
     SoftLabelStore,
-    attach_soft_labels,
-    build_cache,
     bytes_per_row,
-    check_recipe_can_use_store,
     decode_topk,
     encode_topk,
     identity_diff,
     state_dict_sha256,
 )
+from kdkit.softlabels.cache import build_cache
 from kdkit.softlabels.store import index_dtype, read_progress
-from kdkit.terms import LossTerm, SetupContext, TermInputs, build_term
+from kdkit.teachers.frozen import FrozenTeacher
+from kdkit.teachers.store import check_recipe_can_use_store
+from kdkit.terms.base import LossTerm, SetupContext, TermInputs, build_term
 from kdkit.types import ModelOutput, TrainState
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -249,12 +249,13 @@ def test_stored_values_are_the_teachers_logits_to_fp16_precision(cached):
 
 
 def test_distill_loader_replays_exactly_the_views_the_teacher_saw(cached):
-    from kdkit.build import build_data
+    from kdkit.data.run import build_data
 
     recipe = recipe_from_dict(_recipe(cached["tmp"], cached["teacher"], cached["store"]))
     data = build_data(recipe)
     torch.manual_seed(123)
-    store = attach_soft_labels(recipe, data)
+    source = build_context(recipe, data).store
+    store = source.store
     after = torch.rand(3)
     torch.manual_seed(123)
     assert torch.equal(after, torch.rand(3))  # hashing the teachers leaves the RNG (the student's init) untouched
@@ -272,7 +273,7 @@ def test_distill_loader_replays_exactly_the_views_the_teacher_saw(cached):
             assert torch.equal(batch["input"], aug(data.train.images[idx], idx, v))
             # reconstructed logits: the teacher's on its top-k, the log-mean-exp of the rest elsewhere
             z = cached["logits"][v, idx]
-            t = batch["teacher_logits"]
+            t = source.outputs(batch).combined.logits
             top = z.topk(TOPK, 1).indices
             assert torch.equal(t.gather(1, top), z.gather(1, top).half().float())
             p, q = torch.softmax(z.double(), 1), torch.softmax(t.double(), 1)
@@ -283,7 +284,8 @@ def test_distill_loader_replays_exactly_the_views_the_teacher_saw(cached):
     loader.set_epoch(4)
     full = list(loader)
     rest = list(loader.iter_from(3))
-    assert torch.equal(rest[0]["teacher_logits"], full[3]["teacher_logits"])
+    assert torch.equal(source.outputs(rest[0]).combined.logits, source.outputs(full[3]).combined.logits)
+    assert torch.equal(rest[0]["index"], full[3]["index"]) and torch.equal(rest[0]["view"], full[3]["view"])
 
 
 @pytest.mark.parametrize("override, phrase", [
@@ -296,27 +298,27 @@ def test_distill_loader_replays_exactly_the_views_the_teacher_saw(cached):
     ({"data.split_seed": 1}, "training data fingerprint"),
 ])
 def test_a_store_that_does_not_match_the_recipe_is_refused(cached, override, phrase):
-    from kdkit.build import build_data
+    from kdkit.data.run import build_data
 
     sets = [f"{k}={json.dumps(v)}" for k, v in override.items()]
     recipe = recipe_from_dict(_recipe(cached["tmp"], cached["teacher"], cached["store"]), sets)
     with pytest.raises(ConfigError) as err:
-        attach_soft_labels(recipe, build_data(recipe))
+        build_context(recipe, build_data(recipe))
     msg = str(err.value)
     assert phrase in msg and "does not match the recipe" in msg and str(cached["store"]) in msg
     assert "\n" not in msg
 
 
 def test_other_teacher_weights_are_refused(cached):
-    from kdkit.build import build_data
+    from kdkit.data.run import build_data
 
     other = _teacher_file(cached["tmp"] / "other.safetensors", 1)
     recipe = recipe_from_dict(_recipe(cached["tmp"], other, cached["store"]))
     with pytest.raises(ConfigError, match=r"teacher 0 weights \(store sha256"):
-        attach_soft_labels(recipe, build_data(recipe))
+        build_context(recipe, build_data(recipe))
     # without `teachers:` the recipe cannot name a teacher: the store is trusted for it, the data is still checked
     ok = recipe_from_dict(_recipe(cached["tmp"], other, cached["store"], teachers=[]))
-    attach_soft_labels(ok, build_data(ok))
+    build_context(ok, build_data(ok))
 
 
 def test_identity_diff_names_every_teacher_field():
@@ -375,7 +377,7 @@ def test_an_interrupted_cache_run_resumes_and_matches_an_uninterrupted_one(cache
 
 
 def test_augmentation_off_stores_one_view_and_ignores_the_seed(cached):
-    from kdkit.build import build_data
+    from kdkit.data.run import build_data
 
     tmp = cached["tmp"]
     plain = {**DATA, "augment": {"crop_padding": 0, "flip": False}}
@@ -384,7 +386,7 @@ def test_augmentation_off_stores_one_view_and_ignores_the_seed(cached):
     assert res.manifest["views"] == 1 and res.manifest["topk"] == 10
     recipe = recipe_from_dict(_recipe(tmp, cached["teacher"], tmp / "plain", data=plain, seed=11))
     data = build_data(recipe)
-    attach_soft_labels(recipe, data)  # another seed, same plain views: accepted
+    build_context(recipe, data)  # another seed, same plain views: accepted
     data.train_loader.set_epoch(5)
     assert torch.all(next(iter(data.train_loader))["view"] == 0)
 
@@ -399,12 +401,12 @@ def test_existing_store_for_something_else_needs_overwrite(cached):
 
 
 def test_missing_store_and_feature_terms_are_refused(cached):
-    from kdkit.build import build_data
+    from kdkit.data.run import build_data
     from kdkit.registry import LOSSES
 
     recipe = recipe_from_dict(_recipe(cached["tmp"], cached["teacher"], cached["tmp"] / "nope"))
     with pytest.raises(ConfigError, match="is not a soft-label store .*kdkit cache"):
-        attach_soft_labels(recipe, build_data(recipe))
+        build_context(recipe, build_data(recipe))
 
     class FeatureTerm(LossTerm):
         needs_teacher_features = True
@@ -415,7 +417,7 @@ def test_missing_store_and_feature_terms_are_refused(cached):
         recipe = recipe_from_dict(_recipe(cached["tmp"], cached["teacher"], cached["store"],
                                           terms=[{"name": "ce"}, {"name": name}]))
         with pytest.raises(ConfigError, match=f"loss term '{name}' reads teacher features"):
-            attach_soft_labels(recipe, build_data(recipe))
+            build_context(recipe, build_data(recipe))
         import kdkit
 
         with pytest.raises(ConfigError, match="reads teacher features"):
@@ -426,7 +428,9 @@ def test_missing_store_and_feature_terms_are_refused(cached):
 
 def test_every_logit_term_accepts_stored_logits(cached):
     """Contract over the registry: every term that needs a teacher but not its features runs on store logits."""
-    import kdkit.catalog  # noqa: F401
+    from kdkit.registry import load_plugins
+
+    load_plugins()
     from kdkit.registry import LOSSES
 
     store = SoftLabelStore.open(cached["store"])
@@ -454,8 +458,7 @@ def test_every_logit_term_accepts_stored_logits(cached):
         errors = []
         for y in targets:  # single-label, then multi-label targets
             s = torch.randn(16, 10, requires_grad=True)
-            batch = {"input": torch.randn(16, 4), "target": y, "index": idx, "view": torch.ones(16, dtype=torch.long),
-                     "teacher_logits": t}
+            batch = {"input": torch.randn(16, 4), "target": y, "index": idx, "view": torch.ones(16, dtype=torch.long)}
             inp = TermInputs(student=ModelOutput(s), teacher=ModelOutput(t), batch=batch, state=TrainState())
             try:
                 loss = term(inp)

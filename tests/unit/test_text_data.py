@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import kdkit.text  # noqa: F401
-from kdkit.build import DATA_BUILDERS, build_data
+from kdkit.data.run import build_data
 from kdkit.errors import ConfigError, DataError
 from kdkit.recipe import recipe_from_dict
 from kdkit.text.data import TextBatchLoader, TextData, build_text_data, is_text_source, load_text, tokenize_cached
@@ -168,7 +168,9 @@ def _recipe(tmp_path, cache, **data):
 
 
 def test_recipe_glue_builds_a_stratified_split(tmp_path, cache):
-    assert build_text_data in DATA_BUILDERS
+    from kdkit.registry import DATASETS
+
+    assert DATASETS.entry("rotten_tomatoes").meta["run_data"] is build_text_data
     rd = build_data(_recipe(tmp_path, cache))
     assert rd.in_channels == 1 and rd.image_size == 32 and rd.num_classes == 2 and rd.classes == ["fresh", "rotten"]
     assert len(rd.train) + len(rd.val) == 12_808

@@ -13,10 +13,11 @@ from kdkit.errors import ConfigError
 from kdkit.losses.logits import kd_kl
 from kdkit.models import create_model
 from kdkit.recipe import TermSpec
-from kdkit.schemes.base import DistillModule, FrozenTeacher
-from kdkit.terms import SetupContext, TermInputs, build_term
+from kdkit.schemes.base import DistillModule
+from kdkit.teachers.frozen import FrozenTeacher
+from kdkit.terms.base import SetupContext, TermInputs, build_term
 from kdkit.text.terms import layer_pairs, map_heads, sigmoid_kd
-from kdkit.types import TrainState
+from kdkit.types import ModelOutput, TeacherSignal, TrainState
 
 # ---------------------------------------------------------------------------------------------------- helpers
 
@@ -88,7 +89,7 @@ def _run_terms(student, teacher, specs, ids):
     module = DistillModule(student, terms)
     t_out = frozen(ids)
     batch = {"input": ids, "target": torch.tensor([0, 1, 0]), "index": torch.arange(3), "view": torch.zeros(3)}
-    out = module(batch, t_out, [t_out], TrainState())
+    out = module(batch, TeacherSignal(t_out, [t_out]), TrainState())
     frozen.tap.remove()
     module.tap.remove()
     return terms, out
@@ -163,7 +164,6 @@ def test_prediction_term_switches_to_sigmoid_for_multilabel():
     term = build_term(TermSpec(name="tinybert_prediction", params={"temperature": 2.0}))
     g = torch.Generator().manual_seed(0)
     s, t = torch.randn(4, 3, generator=g), torch.randn(4, 3, generator=g)
-    from kdkit.types import ModelOutput
 
     def inp(target):
         return TermInputs(student=ModelOutput(s), teacher=ModelOutput(t), batch={"target": target},
@@ -187,7 +187,6 @@ def test_text_term_contract(name):
     random student; finite scalar, gradient into the student only, the loss falls over a few steps."""
     from kdkit.recipe import recipe_from_dict
     from kdkit.schemes.base import BuildContext
-    from kdkit.schemes.offline import OfflineScheme
     from kdkit.text.data import TextBatchLoader, load_text
     from kdkit.text.terms import TEXT_FEATURE_TERMS
 
@@ -202,7 +201,7 @@ def test_text_term_contract(name):
     recipe = recipe_from_dict({"student": {"name": "hf:minilm"}, "teachers": [{"name": "hf:minilm"}]})
     ctx = BuildContext(recipe=recipe, num_classes=2, in_channels=1, image_size=16, example=b["input"][:4],
                        num_train=16, make_model=None, make_terms=None)
-    scheme = OfflineScheme(student, [teacher], [build_term(TermSpec(name=name))], ctx)
+    scheme = _offline(student, teacher, build_term(TermSpec(name=name)), ctx)
     model = scheme.trainable().train()
     state = TrainState(steps_per_epoch=10, epochs=1)
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
@@ -221,3 +220,11 @@ def test_text_term_contract(name):
         losses.append(float(out.loss.detach()))
     assert min(losses[-2:]) < losses[0], f"{name}: loss did not fall {losses}"
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+
+
+def _offline(student, teacher, term, ctx):
+    from kdkit.schemes.offline import OfflineScheme
+    from kdkit.teachers.frozen import FrozenTeachers
+
+    module = DistillModule(student, [term], ctx.setup_context(student, [teacher]))
+    return OfflineScheme(module, FrozenTeachers([teacher], module.teacher_taps))

@@ -15,21 +15,25 @@ Typical use::
 from kdkit.data.augment import Augment
 from kdkit.data.image_data import ImageData, dataset_stats, duplicate_groups
 from kdkit.data.loader import BatchLoader
+from kdkit.data.run import RunData, build_data
 from kdkit.data.safe_pickle import SafeUnpickler, safe_load
-from kdkit.data.sources import detect_format, load_source
+from kdkit.data.sources import detect_format, load_source, resolve_dataset
 from kdkit.data.split import load_split, predefined_split, save_split, split_data, stratified_split
 
 __all__ = [
     "Augment",
     "BatchLoader",
     "ImageData",
+    "RunData",
     "SafeUnpickler",
+    "build_data",
     "dataset_stats",
     "detect_format",
     "duplicate_groups",
     "load_source",
     "load_split",
     "predefined_split",
+    "resolve_dataset",
     "safe_load",
     "save_split",
     "split_data",

@@ -29,7 +29,7 @@ import torch
 from kdkit.data.image_data import ImageData
 from kdkit.data.safe_pickle import safe_load
 from kdkit.errors import ConfigError, DataError
-from kdkit.registry import DATASETS
+from kdkit.registry import DATASETS, Entry
 
 DIGIT_CLASSES = [str(i) for i in range(10)]
 FASHION_MNIST_CLASSES = [
@@ -253,7 +253,8 @@ def _parse_size(image_size: int | Sequence[int] | None) -> tuple[int, int] | Non
     raise ConfigError(f"image_size must be a positive int or [height, width], got {image_size!r}")
 
 
-@DATASETS.register("imagefolder", description="user data: imagefolder:PATH, one sub-directory of images per class")
+@DATASETS.register("imagefolder", takes_path=True, detect=lambda p: _detect_image(p) == "imagefolder",
+                   description="user data: imagefolder:PATH, one sub-directory of images per class")
 def imagefolder(
     path: str | os.PathLike[str] | None = None, channels: int | str = 3, image_size: int | Sequence[int] | None = None
 ) -> ImageData:
@@ -386,9 +387,8 @@ def _cifar(
     return ImageData(_tensor(x, torch.uint8), _tensor(y, torch.int64), classes, name, test_indices=test_idx)
 
 
-@DATASETS.register(
-    "cifar10", description="user data: cifar10:PATH, CIFAR-10 python batches (data_batch_1..5, test_batch)"
-)
+@DATASETS.register("cifar10", takes_path=True, detect=lambda p: _detect_image(p) == "cifar10",
+                   description="user data: cifar10:PATH, CIFAR-10 python batches (data_batch_1..5, test_batch)")
 def cifar10(path: str | os.PathLike[str] | None = None, split: str = "train") -> ImageData:
     """CIFAR-10 in the official python-pickle layout (``cifar-10-batches-py``).
 
@@ -404,7 +404,8 @@ def cifar10(path: str | os.PathLike[str] | None = None, split: str = "train") ->
     return _cifar(root, "cifar10", split, train, ["test_batch"], "labels", classes)
 
 
-@DATASETS.register("cifar100", description="user data: cifar100:PATH, CIFAR-100 python files (train, test, meta)")
+@DATASETS.register("cifar100", takes_path=True, detect=lambda p: _detect_image(p) == "cifar100",
+                   description="user data: cifar100:PATH, CIFAR-100 python files (train, test, meta)")
 def cifar100(path: str | os.PathLike[str] | None = None, split: str = "train", labels: str = "fine") -> ImageData:
     """CIFAR-100 in the official python-pickle layout (``cifar-100-python``).
 
@@ -436,7 +437,8 @@ def _to_nchw(x: np.ndarray, layout: str, file: Path) -> np.ndarray:
     return x if layout == "NCHW" else x.transpose(0, 3, 1, 2)
 
 
-@DATASETS.register("npz", description="user data: npz:PATH, arrays x/images (NHWC or NCHW) and y/labels")
+@DATASETS.register("npz", takes_path=True, detect=lambda p: _detect_image(p) == "npz",
+                   description="user data: npz:PATH, arrays x/images (NHWC or NCHW) and y/labels")
 def npz(
     path: str | os.PathLike[str] | None = None,
     split: str = "train",
@@ -517,9 +519,6 @@ def npz(
 
 
 # --------------------------------------------------------------------------------------------------- dispatching
-PATH_KINDS = ("imagefolder", "cifar10", "cifar100", "npz")
-
-
 def detect_format(path: str | os.PathLike[str]) -> str:
     """Which user format an existing path holds: ``imagefolder``, ``cifar10``, ``cifar100`` or ``npz``."""
     p = Path(os.path.expanduser(str(path)))
@@ -554,8 +553,44 @@ def _call(fn: Callable[..., Any], name: str, **params: Any) -> Any:
     return fn(**params)
 
 
+def _detect_image(path: Path) -> str | None:
+    try:
+        return detect_format(path)
+    except DataError:
+        return None
+
+
+def resolve_dataset(name: str) -> tuple[Entry, str | None]:
+    """Which :data:`~kdkit.registry.DATASETS` entry serves ``name``, and the path it names (if any).
+
+    ``name`` is a registered name (``mnist_5k``, ``rotten_tomatoes``), ``kind:PATH`` for an entry that takes a path
+    (``npz:``, ``imagefolder:``, ``csv:`` ...), or an existing path whose format an entry's ``detect`` recognises
+    (entries with a lower ``detect_priority`` are asked first: a saved Hugging Face dataset directory is not an image
+    folder).
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"dataset name must be a non-empty string, got {name!r}")
+    kind, sep, rest = name.partition(":")
+    if sep and len(kind) > 1:  # a one-letter "kind" is a Windows drive, not a prefix
+        entry = DATASETS.find(kind)
+        if entry is not None and entry.meta.get("takes_path"):
+            return entry, rest
+    entry = DATASETS.find(name)
+    if entry is not None:
+        return entry, None
+    p = Path(os.path.expanduser(name))
+    if p.exists():
+        for e in sorted((e for e in DATASETS.entries() if "detect" in e.meta),
+                        key=lambda e: e.meta.get("detect_priority", 1)):
+            if e.meta["detect"](p):
+                return e, str(p)
+        detect_format(p)  # raises the image layer's one-line explanation of what it expected
+    raise ConfigError(DATASETS.unknown_message(name) + "; or use KIND:PATH (imagefolder, cifar10, cifar100, npz, "
+                      "csv, json, parquet, hfdisk) or an existing path")
+
+
 def load_source(name: str, **params: Any) -> ImageData:
-    """Load a dataset by name, ``kind:PATH`` or bare path.
+    """Load an image dataset by name, ``kind:PATH`` or bare path.
 
     Examples::
 
@@ -565,22 +600,15 @@ def load_source(name: str, **params: Any) -> ImageData:
         load_source("/data/arrays.npz")  # format detected from the path
 
     Raises:
-        ConfigError: unknown name or parameter.
+        ConfigError: unknown name or parameter, or a dataset that is not image data.
         DataError: a file is missing or has the wrong content.
     """
-    if not isinstance(name, str) or not name.strip():
-        raise ConfigError(f"dataset name must be a non-empty string, got {name!r}")
-    kind, sep, rest = name.partition(":")
-    if sep and kind in PATH_KINDS:
+    entry, path = resolve_dataset(name)
+    if "run_data" in entry.meta:
+        raise ConfigError(f"dataset '{name}' is not image data (it is read by {entry.meta['run_data'].__module__}); "
+                          f"use it in a recipe's data.name")
+    if path is not None:
         if "path" in params:
             raise ConfigError(f"dataset '{name}' already names its path; drop the 'path' parameter")
-        return _call(DATASETS.get(kind), kind, path=rest, **params)
-    if name in DATASETS:
-        return _call(DATASETS.get(name), name, **params)
-    if os.path.exists(os.path.expanduser(name)):
-        kind = detect_format(name)
-        return _call(DATASETS.get(kind), kind, path=name, **params)
-    raise ConfigError(
-        DATASETS.unknown_message(name) + "; or use imagefolder:PATH, cifar10:PATH, cifar100:PATH, npz:PATH or an "
-        "existing path"
-    )
+        return _call(entry.obj, entry.name, path=path, **params)
+    return _call(entry.obj, entry.name, **params)

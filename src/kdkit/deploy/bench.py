@@ -42,7 +42,7 @@ from kdkit.deploy.export import _existing_file, file_size_mb, ort_session
 from kdkit.deploy.measure import count_params, cpu_latency, size_on_disk_mb
 from kdkit.deploy.quantize import _input_array, _target_array, onnx_accuracy
 from kdkit.errors import KdkitError
-from kdkit.schemes.base import logits_of
+from kdkit.types import logits_of
 from kdkit.utils import atomic_write_json, atomic_write_text
 
 __all__ = [

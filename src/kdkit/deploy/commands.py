@@ -11,16 +11,27 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from itertools import islice
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import torch
 import typer
+from rich.console import Console
 from torch import nn
 
+from kdkit.data import Augment, BatchLoader, load_source, stratified_split
+from kdkit.data.run import build_data
+from kdkit.deploy.bench import BenchEntry, bench_models, dump_json, dump_markdown, print_table, torch_accuracy
+from kdkit.deploy.export import export_onnx
+from kdkit.deploy.quantize import onnx_accuracy, quantize_dynamic_onnx, quantize_static_onnx
 from kdkit.errors import KdkitError
+from kdkit.models.factory import load_model
+from kdkit.recipe import load_recipe
+from kdkit.registry import COMMANDS
+from kdkit.utils import atomic_write_json
 
-__all__ = ["export_command", "bench_command", "load_run", "register_cli"]
+__all__ = ["bench_cli", "bench_command", "export_cli", "export_command", "load_run"]
 
 Calibration = Literal["static", "dynamic"]
 
@@ -57,10 +68,6 @@ def export_command(
         A JSON-ready summary, also written to ``out/export.json``: ``{"onnx": ExportResult, "int8": QuantizeResult
         or None, "accuracy": {"pytorch", "ort-fp32", "ort-int8"} or None}``.
     """
-    from kdkit.deploy.bench import torch_accuracy
-    from kdkit.deploy.export import export_onnx
-    from kdkit.deploy.quantize import onnx_accuracy, quantize_dynamic_onnx, quantize_static_onnx
-    from kdkit.utils import atomic_write_json
 
     if format != "onnx":
         raise KdkitError(f"export format {format!r} is not supported: use --format onnx")
@@ -125,7 +132,6 @@ def bench_command(
     Returns:
         The rows.
     """
-    from kdkit.deploy.bench import bench_models, dump_json, dump_markdown, print_table
 
     if not entries:
         raise KdkitError("kdkit bench: name at least one model")
@@ -162,18 +168,11 @@ def load_run(target: str | os.PathLike[str], data: str | None = None, calibratio
     split; otherwise ``data`` names a dataset whose stratified 20% split is used (as ``kdkit eval`` does). Inputs are
     normalised with the statistics stored in the weights' metadata; calibration uses training samples, un-augmented.
     """
-    from itertools import islice
 
-    from kdkit.api import load_student
-    from kdkit.data import Augment, BatchLoader, load_source, stratified_split
-
-    model, meta = load_student(target)
+    model, meta = load_model(target)
     run_dir = Path(target)
     plain = Augment(mean=meta["mean"], std=meta["std"], crop_padding=0, flip=False, seed=0)
     if run_dir.is_dir() and (run_dir / "config.yaml").is_file() and data is None:
-        from kdkit.build import build_data
-        from kdkit.recipe import load_recipe
-
         recipe = load_recipe(run_dir / "config.yaml")
         d = build_data(recipe)
         train, val = d.train, d.val
@@ -197,59 +196,54 @@ def _name_of(target: str) -> str:
     return p.name if p.is_dir() else p.stem
 
 
-def register_cli(app: Any) -> None:
-    @app.command("export")
-    def export_cli(
-        run: Annotated[str, typer.Argument(help="run directory or kdkit weights file (.safetensors)")],
-        format: Annotated[str, typer.Option("--format", help="export format")] = "onnx",
-        int8: Annotated[bool, typer.Option("--int8", help="also write an int8 model (ONNX Runtime quantisation)")]
-        = False,
-        calibration: Annotated[str, typer.Option(help="int8 calibration: static (uses training samples) or "
-                                                      "dynamic")] = "static",
-        data: Annotated[str | None, typer.Option(help="dataset for calibration/accuracy (default: the run's)")]
-        = None,
-        out: Annotated[Path | None, typer.Option(help="output directory (default: RUN/export)")] = None,
-    ) -> None:
-        """Export the student to ONNX (verified against PyTorch), optionally int8, and measure int8 accuracy."""
-        from rich.console import Console
+@COMMANDS.register("export")
+def export_cli(
+    run: Annotated[str, typer.Argument(help="run directory or kdkit weights file (.safetensors)")],
+    format: Annotated[str, typer.Option("--format", help="export format")] = "onnx",
+    int8: Annotated[bool, typer.Option("--int8", help="also write an int8 model (ONNX Runtime quantisation)")]
+    = False,
+    calibration: Annotated[str, typer.Option(help="int8 calibration: static (uses training samples) or "
+                                                  "dynamic")] = "static",
+    data: Annotated[str | None, typer.Option(help="dataset for calibration/accuracy (default: the run's)")]
+    = None,
+    out: Annotated[Path | None, typer.Option(help="output directory (default: RUN/export)")] = None,
+) -> None:
+    """Export the student to ONNX (verified against PyTorch), optionally int8, and measure int8 accuracy."""
+    model, meta, calib, evals = load_run(run, data)
+    out_dir = out or ((Path(run) / "export") if Path(run).is_dir() else Path(run).with_suffix("") / "export")
+    shape = (meta["in_channels"], meta["image_size"], meta["image_size"])
+    s = export_command(model, shape, out_dir, format=format, int8=int8, calibration=calibration,  # type: ignore
+                       calibration_batches=calib, eval_batches=evals)
+    c = Console(soft_wrap=True)
+    c.print(f"ONNX: {s['onnx']['path']} (max |ONNX − PyTorch| = {s['onnx'].get('max_abs_diff', float('nan')):.2e})")
+    if s["int8"]:
+        c.print(f"int8: {s['int8']['path']}")
+    if s["accuracy"]:
+        a = s["accuracy"]
+        line = f"top-1 on {len(evals)} val batches: PyTorch {a['pytorch']:.2f}%, ONNX fp32 {a['ort-fp32']:.2f}%"
+        if a.get("ort-int8") is not None:
+            line += f", int8 {a['ort-int8']:.2f}% ({a['ort-int8'] - a['ort-fp32']:+.2f})"
+        c.print(line)
+    c.print(f"summary: {out_dir / 'export.json'}")
 
-        model, meta, calib, evals = load_run(run, data)
-        out_dir = out or ((Path(run) / "export") if Path(run).is_dir() else Path(run).with_suffix("") / "export")
+@COMMANDS.register("bench")
+def bench_cli(
+    models: Annotated[list[str], typer.Argument(help="run directories or weights files (teacher and students)")],
+    data: Annotated[str | None, typer.Option(help="dataset for accuracy (default: each run's own split)")] = None,
+    onnx: Annotated[bool, typer.Option("--onnx/--no-onnx", help="also time ONNX Runtime fp32 and int8")] = True,
+    out: Annotated[Path, typer.Option(help="where bench.json and bench.md go")] = Path("runs/bench"),
+    repeats: Annotated[int, typer.Option(help="timed repeats per measurement")] = 50,
+) -> None:
+    """Parameters, size, latency p50/p90 at batch 1 and 64 (PyTorch eager, ORT fp32, ORT int8) and accuracy."""
+    entries = []
+    for target in models:
+        model, meta, calib, evals = load_run(target, data)
         shape = (meta["in_channels"], meta["image_size"], meta["image_size"])
-        s = export_command(model, shape, out_dir, format=format, int8=int8, calibration=calibration,  # type: ignore
-                           calibration_batches=calib, eval_batches=evals)
-        c = Console(soft_wrap=True)
-        c.print(f"ONNX: {s['onnx']['path']} (max |ONNX − PyTorch| = {s['onnx'].get('max_abs_diff', float('nan')):.2e})")
-        if s["int8"]:
-            c.print(f"int8: {s['int8']['path']}")
-        if s["accuracy"]:
-            a = s["accuracy"]
-            line = f"top-1 on {len(evals)} val batches: PyTorch {a['pytorch']:.2f}%, ONNX fp32 {a['ort-fp32']:.2f}%"
-            if a.get("ort-int8") is not None:
-                line += f", int8 {a['ort-int8']:.2f}% ({a['ort-int8'] - a['ort-fp32']:+.2f})"
-            c.print(line)
-        c.print(f"summary: {out_dir / 'export.json'}")
-
-    @app.command("bench")
-    def bench_cli(
-        models: Annotated[list[str], typer.Argument(help="run directories or weights files (teacher and students)")],
-        data: Annotated[str | None, typer.Option(help="dataset for accuracy (default: each run's own split)")] = None,
-        onnx: Annotated[bool, typer.Option("--onnx/--no-onnx", help="also time ONNX Runtime fp32 and int8")] = True,
-        out: Annotated[Path, typer.Option(help="where bench.json and bench.md go")] = Path("runs/bench"),
-        repeats: Annotated[int, typer.Option(help="timed repeats per measurement")] = 50,
-    ) -> None:
-        """Parameters, size, latency p50/p90 at batch 1 and 64 (PyTorch eager, ORT fp32, ORT int8) and accuracy."""
-        from kdkit.deploy.bench import BenchEntry
-
-        entries = []
-        for target in models:
-            model, meta, calib, evals = load_run(target, data)
-            shape = (meta["in_channels"], meta["image_size"], meta["image_size"])
-            fp32 = int8_path = None
-            if onnx:
-                s = export_command(model, shape, out / "onnx" / _name_of(target), int8=True,
-                                   calibration="static", calibration_batches=calib)
-                fp32, int8_path = s["onnx"]["path"], s["int8"]["path"]
-            entries.append(BenchEntry(name=_name_of(target), model=model, onnx_fp32=fp32, onnx_int8=int8_path,
-                                      eval_batches=evals, example_shape=shape))
-        bench_command(entries, out=out, repeats=repeats)
+        fp32 = int8_path = None
+        if onnx:
+            s = export_command(model, shape, out / "onnx" / _name_of(target), int8=True,
+                               calibration="static", calibration_batches=calib)
+            fp32, int8_path = s["onnx"]["path"], s["int8"]["path"]
+        entries.append(BenchEntry(name=_name_of(target), model=model, onnx_fp32=fp32, onnx_int8=int8_path,
+                                  eval_batches=evals, example_shape=shape))
+    bench_command(entries, out=out, repeats=repeats)

@@ -30,7 +30,8 @@ import torch
 from torch import Tensor, nn
 
 from kdkit.errors import CheckpointError, KdkitError
-from kdkit.schemes.base import logits_of
+from kdkit.models.qat import qat_full_range
+from kdkit.types import logits_of
 
 __all__ = ["ExportResult", "export_onnx", "verify_onnx", "ort_session", "run_onnx", "file_size_mb"]
 
@@ -324,8 +325,6 @@ def verify_onnx(
     finally:
         model.train(was_training)
     if not np.isfinite(worst) or worst > rtol * scale:
-        from kdkit.models.students import qat_full_range
-
         if qat_full_range(model):
             raise KdkitError(
                 f"{path}: ONNX Runtime logits differ from PyTorch by {worst:.3g} (tolerance {rtol * scale:.3g}): the "

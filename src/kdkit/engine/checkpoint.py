@@ -23,40 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file, save_model
 from torch import nn
 
 from kdkit.errors import CheckpointError
 from kdkit.utils import atomic_write_json
-
-META_KEY = "kdkit"
-
-
-def write_weights(model: nn.Module, path: Path, meta: dict[str, Any] | None = None) -> Path:
-    """Save ``model``'s weights as safetensors atomically, with ``meta`` (JSON) under the ``kdkit`` metadata key.
-
-    The metadata lets ``kdkit eval best.safetensors`` rebuild the model (name, params, classes, channels, size,
-    normalisation) without the recipe.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    metadata = {META_KEY: json.dumps(meta or {})}
-    save_model(model, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
-    return path
-
-
-def read_metadata(path: Path) -> dict[str, Any]:
-    """The ``kdkit`` metadata of a safetensors file ({} when absent)."""
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-    except Exception as err:  # safetensors raises several types for corrupt files
-        raise CheckpointError(f"checkpoint '{path}' is not a readable safetensors file ({err})") from None
-    raw = meta.get(META_KEY)
-    return json.loads(raw) if raw else {}
+from kdkit.weights import META_KEY, read_metadata, write_weights  # noqa: F401  (re-exported)
 
 
 class CheckpointManager:

@@ -8,8 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdkit.schemes.base import logits_of
-from kdkit.types import Batch, to_device
+from kdkit.types import Batch, logits_of, to_device
 
 
 @torch.inference_mode()

@@ -1,9 +1,9 @@
 """The training loop: backward, clip, step, schedule, evaluate, checkpoint, log — on Hugging Face Accelerate.
 
-The loop knows nothing about distillation methods: a :class:`~kdkit.schemes.base.Scheme` answers ``step`` and lists
-what to evaluate. Determinism: the batch order of epoch e and every augmentation are pure functions of the seed
-(see :mod:`kdkit.data`), the learning rate is a pure function of the step, and the RNG state is checkpointed, so a
-resumed run reproduces an uninterrupted one.
+The loop knows nothing about distillation methods: it is handed an object satisfying
+:class:`~kdkit.types.TrainableScheme`, which answers ``step`` and lists what to evaluate. Determinism: the batch
+order of epoch e and every augmentation are pure functions of the seed (see :mod:`kdkit.data`), the learning rate is
+a pure function of the step, and the RNG state is checkpointed, so a resumed run reproduces an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -25,8 +25,7 @@ from kdkit.engine.evaluate import evaluate
 from kdkit.engine.schedule import lr_at
 from kdkit.errors import KdkitError
 from kdkit.recipe import OptimSpec, Recipe
-from kdkit.schemes.base import Scheme
-from kdkit.types import TrainState, to_device
+from kdkit.types import TrainableScheme, TrainState, to_device
 from kdkit.utils import atomic_write_text
 
 
@@ -88,7 +87,7 @@ class Engine:
         self.ckpt = CheckpointManager(self.run_dir)
 
     # ------------------------------------------------------------------------------------------------------------
-    def fit(self, scheme: Scheme, train_loader: Any, val_loader: Any, resume: bool = False) -> FitResult:
+    def fit(self, scheme: TrainableScheme, train_loader: Any, val_loader: Any, resume: bool = False) -> FitResult:
         r, acc = self.recipe, self.accelerator
         device = acc.device
         raw = scheme.trainable()

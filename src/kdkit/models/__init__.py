@@ -1,26 +1,23 @@
 """Model zoo and factory.
 
-Importing this package registers every zoo model in :data:`kdkit.registry.MODELS` (CIFAR ResNet / WRN / VGG /
-MobileNetV2 / ShuffleNet, small MLP / CNN). :func:`create_model` builds zoo, ``torchvision:``, ``timm:`` and
-``ccexam:`` models by name; :func:`load_weights` / :func:`save_weights` move local weights in and out;
-:func:`default_stages` names a model's stage feature maps for feature-KD terms. See :mod:`kdkit.models.base` for the
-feature contract every zoo model satisfies.
+The zoo modules (CIFAR ResNet / WRN / VGG / MobileNetV2 / ShuffleNet, small MLP / CNN) register in
+:data:`kdkit.registry.MODELS`; :func:`create_model` builds zoo, ``torchvision:``, ``timm:``, ``ccexam:``, ``py:`` and
+every other registered source's models by name (:data:`kdkit.registry.MODEL_SOURCES`); :func:`load_model` rebuilds a
+saved model from its checkpoint metadata; :func:`default_stages` names a model's stage feature maps for feature-KD
+terms. Weights move in and out through :mod:`kdkit.weights`. See :mod:`kdkit.models.base` for the feature contract
+every zoo model satisfies.
 """
 
-from kdkit.models import mobilenetv2, resnet, shufflenet, small, vgg, wrn  # noqa: F401  (registration)
 from kdkit.models.base import ClassifierNet, count_params
 from kdkit.models.factory import (
-    LoadReport,
     create_model,
     default_stages,
     known_prefixes,
-    load_weights,
+    load_model,
     model_summary,
-    read_state_dict,
-    register_prefix,
     replace_first_conv,
-    save_weights,
 )
+from kdkit.weights import LoadReport, load_weights, read_state_dict, save_weights
 
 __all__ = [
     "ClassifierNet",
@@ -29,10 +26,10 @@ __all__ = [
     "create_model",
     "default_stages",
     "known_prefixes",
+    "load_model",
     "load_weights",
     "model_summary",
     "read_state_dict",
-    "register_prefix",
     "replace_first_conv",
     "save_weights",
 ]

@@ -20,27 +20,12 @@ applies them, both inside ``load_state_dict`` (a registered pre-hook) and in :fu
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-
-def rename_legacy_keys(state_dict: Mapping[str, Any], aliases: Mapping[str, str], prefix: str = "") -> dict[str, Any]:
-    """Return ``state_dict`` with keys ``prefix + old...`` renamed to ``prefix + new...`` for each alias pair.
-
-    Keys that already use the new name are left alone, so applying the function twice is harmless.
-    """
-    out: dict[str, Any] = {}
-    for key, value in state_dict.items():
-        new_key = key
-        for old, new in aliases.items():
-            if key.startswith(prefix + old):
-                new_key = prefix + new + key[len(prefix + old):]
-                break
-        out[new_key] = value
-    return out
+from kdkit.weights import rename_legacy_keys
 
 
 class ClassifierNet(nn.Module):

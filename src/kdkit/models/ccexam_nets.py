@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from kdkit.errors import CheckpointError, ConfigError
 from kdkit.models.base import ClassifierNet
+from kdkit.weights import load_weights
 
 CCEXAM_CFGS: dict[str, dict[str, Any]] = {
     "mnist": {"mean": (0.1307,), "std": (0.3081,), "input_size": (1, 28, 28), "num_classes": 10},
@@ -107,7 +108,6 @@ def ccexam_weights_path(variant: str) -> Path:
 def build_ccexam(name: str, num_classes: int, in_channels: int, image_size: int, pretrained: bool = True,
                  **kwargs: Any) -> nn.Module:
     """Builder for the ``ccexam:`` prefix: the trained network (``pretrained=False`` leaves it untrained)."""
-    from kdkit.models.factory import load_weights  # local: factory imports this module
 
     if kwargs:
         raise ConfigError(f"model 'ccexam:{name}' takes no parameters, got {', '.join(sorted(kwargs))}")

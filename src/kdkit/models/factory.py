@@ -16,53 +16,27 @@ asking for a local ``checkpoint`` instead. Weights are read only with safetensor
 
 from __future__ import annotations
 
-import contextlib
 import difflib
-import importlib
 import inspect
 import os
-import pickle
-import tempfile
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 
-from kdkit.errors import CheckpointError, ConfigError, KdkitError
-from kdkit.models.base import count_params, rename_legacy_keys
-from kdkit.registry import MODELS
+from kdkit.errors import ConfigError, KdkitError
+from kdkit.models.base import count_params
+from kdkit.models.ccexam_nets import build_ccexam
+from kdkit.registry import MODEL_SOURCES, MODELS, import_object
+from kdkit.weights import load_weights, read_metadata, resolve_checkpoint
 
-# A prefix builder: (name after the prefix, num_classes, in_channels, image_size, **kwargs) -> nn.Module.
+# A model source: (name after the prefix, num_classes, in_channels, image_size, **kwargs) -> nn.Module. Sources are
+# registered in MODEL_SOURCES under their prefix (``@MODEL_SOURCES.register("hf")``), like every other plug-in.
 PrefixBuilder = Callable[..., nn.Module]
-
-_PREFIXES: dict[str, PrefixBuilder] = {}
-# Prefixes registered by modules that `import kdkit.models` does not import (heavy or optional dependencies).
-_LAZY_PREFIX_MODULES = {"hf": "kdkit.text.models", "textnn": "kdkit.text.models", "shrink": "kdkit.models.students",
-                        "qat": "kdkit.models.students", "exits": "kdkit.models.students"}
-_NESTED_KEYS = ("state_dict", "model", "model_state_dict")
-_STRIP_PREFIXES = ("module.", "_orig_mod.")  # DataParallel/DDP and torch.compile wrappers
-_TORCH_SUFFIXES = {".pt", ".pth", ".bin", ".ckpt", ".tar"}
-
-
-def register_prefix(prefix: str, builder: PrefixBuilder, *, replace: bool = False) -> None:
-    """Route ``"PREFIX:NAME"`` model names to ``builder(NAME, num_classes=, in_channels=, image_size=, **kwargs)``.
-
-    Example (the text engineer's Hugging Face loader)::
-
-        register_prefix("hf", build_hf_classifier)   # create_model("hf:/models/minilm", num_classes=2)
-    """
-    if not prefix or ":" in prefix or not prefix.replace("_", "").replace("-", "").isalnum():
-        raise ConfigError(f"model prefix '{prefix}' must be a plain word such as 'hf'")
-    if prefix in _PREFIXES and not replace and _PREFIXES[prefix] is not builder:
-        raise ConfigError(f"model prefix '{prefix}:' is registered twice; pass replace=True to override it")
-    _PREFIXES[prefix] = builder
 
 
 def known_prefixes() -> list[str]:
-    return sorted(_PREFIXES)
+    return MODEL_SOURCES.names()
 
 
 def create_model(name: str, num_classes: int, in_channels: int = 3, image_size: int = 32,
@@ -94,19 +68,11 @@ def create_model(name: str, num_classes: int, in_channels: int = 3, image_size: 
     prefix, sep, rest = name.partition(":")
     if not sep:
         prefix, rest = "kdkit", name
-    builder = _PREFIXES.get(prefix)
-    if builder is None and prefix in _LAZY_PREFIX_MODULES:
-        importlib.import_module(_LAZY_PREFIX_MODULES[prefix])
-        builder = _PREFIXES.get(prefix)
-    if builder is None:
-        # A plugin prefix registered by any module the catalog imports.
-        import kdkit.catalog  # noqa: F401
-
-        builder = _PREFIXES.get(prefix)
-    if builder is None:
+    entry = MODEL_SOURCES.find(prefix)
+    if entry is None:
         raise ConfigError(f"unknown model prefix '{prefix}:' in '{name}'; known prefixes: "
                           f"{', '.join(p + ':' for p in known_prefixes())}")
-    model = builder(rest, num_classes=num_classes, in_channels=in_channels, image_size=image_size, **kwargs)
+    model = entry.obj(rest, num_classes=num_classes, in_channels=in_channels, image_size=image_size, **kwargs)
     if checkpoint is not None:
         load_weights(model, checkpoint)
     return model
@@ -186,8 +152,6 @@ def _build_timm(name: str, num_classes: int, in_channels: int, image_size: int, 
 
 
 def _build_ccexam(name: str, num_classes: int, in_channels: int, image_size: int, **kwargs: Any) -> nn.Module:
-    from kdkit.models.ccexam_nets import build_ccexam
-
     return build_ccexam(name, num_classes, in_channels, image_size, **kwargs)
 
 
@@ -211,180 +175,36 @@ def replace_first_conv(model: nn.Module, in_channels: int) -> nn.Module:
     raise ConfigError(f"{type(model).__name__} has no Conv2d to adapt to {in_channels} input channels")
 
 
-register_prefix("kdkit", _build_zoo)
-register_prefix("torchvision", _build_torchvision)
-register_prefix("timm", _build_timm)
-register_prefix("ccexam", _build_ccexam)
-
-
-# --------------------------------------------------------------------------------------------------- weights I/O
-
-
-@dataclass
-class LoadReport:
-    """What :func:`load_weights` did not load (only non-empty with ``strict=False``)."""
-
-    missing: list[str] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
-    mismatched: list[str] = field(default_factory=list)
-
-
-def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
-    """Read a state dict from ``.safetensors`` or a ``torch.save`` file (``weights_only=True``), on CPU.
-
-    A ``torch.save`` dict that holds the weights under ``"state_dict"``, ``"model"`` or ``"model_state_dict"`` (e.g.
-    RepDistiller/mdistiller and Lightning checkpoints) is unwrapped, and a ``module.`` / ``_orig_mod.`` prefix on
-    every key (DataParallel, torch.compile) is removed.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(f"checkpoint '{p}' not found" + ("; it is a directory, name the weights file inside"
-                                                                if p.is_dir() else ""))
-    suffix = p.suffix.lower()
-    if suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            state: Any = load_file(str(p), device="cpu")
-        except Exception as err:  # safetensors raises its own error types
-            raise CheckpointError(f"checkpoint '{p}' is not a readable safetensors file ({_first_line(err)})") from None
-    elif suffix in _TORCH_SUFFIXES:
-        try:
-            state = torch.load(p, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as err:
-            raise CheckpointError(f"checkpoint '{p}' holds pickled objects that weights_only loading refuses "
-                                  f"({_first_line(err)}); re-save model.state_dict() or use .safetensors") from None
-        except Exception as err:
-            raise CheckpointError(f"checkpoint '{p}' could not be read ({type(err).__name__}: "
-                                  f"{_first_line(err)})") from None
-    else:
-        raise CheckpointError(f"checkpoint '{p}' has an unknown extension; use .safetensors or .pt/.pth/.bin")
-    if isinstance(state, Mapping):
-        for key in _NESTED_KEYS:
-            inner = state.get(key)
-            if isinstance(inner, Mapping) and inner and all(isinstance(v, Tensor) for v in inner.values()):
-                state = inner
-                break
-    if not isinstance(state, Mapping) or not state or not all(isinstance(v, Tensor) for v in state.values()):
-        keys = list(state)[:6] if isinstance(state, Mapping) else type(state).__name__
-        raise CheckpointError(f"checkpoint '{p}' holds no state dict of tensors (found {keys}); save "
-                              f"model.state_dict()")
-    state = dict(state)
-    for pre in _STRIP_PREFIXES:
-        if all(k.startswith(pre) for k in state):
-            state = {k[len(pre):]: v for k, v in state.items()}
-    return state
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0][:200] if text else type(err).__name__
-
-
-def _fill_shared(model_state: Mapping[str, Tensor], state: dict[str, Tensor]) -> None:
-    """safetensors stores one name per shared tensor (tied weights); give the other names the same tensor."""
-    groups: dict[tuple, list[str]] = {}
-    for k, t in model_state.items():
-        if t.numel() == 0 or t.device.type == "meta":
-            continue
-        key = (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()))
-        groups.setdefault(key, []).append(k)
-    for names in groups.values():
-        present = [n for n in names if n in state]
-        if len(names) > 1 and present:
-            for n in names:
-                state.setdefault(n, state[present[0]])
-
-
-def _preview(keys: list[str], n: int = 4) -> str:
-    more = f", ... ({len(keys)} in all)" if len(keys) > n else ""
-    return ", ".join(keys[:n]) + more
-
-
-def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True) -> LoadReport:
-    """Load a local state dict into ``model`` (see :func:`read_state_dict` for the formats).
-
-    Keys are renamed with the ``legacy_key_aliases`` of the model's modules (published CIFAR checkpoints name the
-    classifier ``linear``/``classifier``), tied weights stored once are filled in, and a missing
-    ``num_batches_tracked`` (checkpoints from PyTorch < 0.4.1) is set to 0.
-
-    Args:
-        model: the module to fill, in place.
-        path: ``.safetensors`` or ``.pt/.pth/.bin`` file.
-        strict: if True, any missing, unexpected or shape-mismatched key is an error; if False, only keys whose
-            names and shapes match are loaded (e.g. fine-tuning with another number of classes).
-
-    Returns:
-        A :class:`LoadReport` of the keys that were not loaded (empty when strict).
-
-    Raises:
-        CheckpointError: one line naming the file and the first few missing / unexpected / mismatched keys.
-    """
-    state = read_state_dict(path)
-    for mod_path, module in model.named_modules():
-        aliases = getattr(module, "legacy_key_aliases", None)
-        if aliases:
-            state = rename_legacy_keys(state, aliases, f"{mod_path}." if mod_path else "")
-    own = model.state_dict()
-    _fill_shared(own, state)
-    for k in own:
-        if k.endswith("num_batches_tracked") and k not in state:
-            state[k] = torch.zeros((), dtype=torch.long)
-    report = LoadReport(
-        missing=[k for k in own if k not in state],
-        unexpected=[k for k in state if k not in own],
-        mismatched=[k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)],
-    )
-    if strict and (report.missing or report.unexpected or report.mismatched):
-        parts = []
-        if report.missing:
-            parts.append(f"missing {len(report.missing)} key(s): {_preview(report.missing)}")
-        if report.unexpected:
-            parts.append(f"unexpected {len(report.unexpected)} key(s): {_preview(report.unexpected)}")
-        if report.mismatched:
-            shapes = [f"{k} file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in report.mismatched]
-            parts.append(f"{len(shapes)} shape mismatch(es): {_preview(shapes, 3)}")
-        raise CheckpointError(f"checkpoint '{path}' does not fit {type(model).__name__}: {'; '.join(parts)}. Was it "
-                              f"saved from another architecture or number of classes/channels?")
-    for k in report.mismatched + report.unexpected:
-        state.pop(k, None)
-    model.load_state_dict(state, strict=strict)
-    return report
-
-
-def save_weights(model: nn.Module, path: str | os.PathLike, metadata: Mapping[str, str] | None = None) -> Path:
-    """Write ``model``'s state dict to ``path`` as safetensors, atomically.
-
-    The file is written to a temporary file in the same directory and moved into place with ``os.replace``, so a
-    crash never leaves a half-written checkpoint. Shared (tied) tensors are stored once, as
-    ``safetensors.torch.save_model`` does; :func:`load_weights` restores them.
-
-    Args:
-        model: the module to save.
-        path: destination, ending in ``.safetensors``; parent directories are created.
-        metadata: optional string -> string header entries.
-
-    Returns:
-        The path written.
-    """
-    from safetensors.torch import save_model
-
-    p = Path(path)
-    if p.suffix.lower() != ".safetensors":
-        raise ConfigError(f"save_weights writes safetensors; name the file '{p.with_suffix('.safetensors')}'")
-    if metadata is not None and not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
-        raise ConfigError("save_weights metadata must map strings to strings")
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    os.close(fd)
+def _build_py(ref: str, num_classes: int, in_channels: int, image_size: int, **kwargs: Any) -> nn.Module:
+    """User code: ``py:package.module:Class`` called with the recipe's params, plus ``num_classes`` /
+    ``in_channels`` / ``image_size`` when its signature takes them."""
+    fn = import_object(ref, "model")
+    if not callable(fn):
+        raise ConfigError(f"model 'py:{ref}' is not a class or function")
     try:
-        save_model(model, tmp, metadata=dict(metadata) if metadata else None)
-        os.replace(tmp, p)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        params = {}
+    given = {"num_classes": num_classes, "in_channels": in_channels, "image_size": image_size}
+    var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    extra = {k: v for k, v in given.items() if (k in params or var_kw) and k not in kwargs}
+    _check_kwargs(fn, kwargs, f"py:{ref}")
+    try:
+        model = fn(**extra, **kwargs)
+    except KdkitError:
         raise
-    return p
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"model 'py:{ref}': {err}") from None
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model 'py:{ref}' returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+MODEL_SOURCES.add("kdkit", _build_zoo, "the kdkit zoo (`kdkit models`); the default when a name has no prefix")
+MODEL_SOURCES.add("torchvision", _build_torchvision, "torchvision:NAME, torchvision.models.get_model (vision extra)")
+MODEL_SOURCES.add("timm", _build_timm, "timm:NAME, timm.create_model (vision extra)")
+MODEL_SOURCES.add("ccexam", _build_ccexam, "ccexam:mnist|usps|svhn, trained third-party digit CNNs")
+MODEL_SOURCES.add("py", _build_py, "py:package.module:Class, your own nn.Module (called with the recipe's params)")
 
 
 # --------------------------------------------------------------------------------------------------- introspection
@@ -431,3 +251,18 @@ def model_summary(model: nn.Module) -> dict[str, Any]:
             nbytes += t.numel() * t.element_size()
     return {"params": count_params(model), "trainable_params": count_params(model, trainable_only=True),
             "size_mb": nbytes / 1e6}
+
+
+def load_model(checkpoint: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a model from a kdkit weights file (or run directory) using the metadata saved with it.
+
+    Returns:
+        (the model in eval mode with its weights loaded, the checkpoint's metadata).
+    """
+    path = resolve_checkpoint(checkpoint, "checkpoint")
+    meta = read_metadata(path)
+    if "model" not in meta:
+        raise ConfigError(f"checkpoint '{path}' has no kdkit metadata; pass --model NAME (and classes) to evaluate it")
+    model = create_model(meta["model"]["name"], num_classes=meta["num_classes"], in_channels=meta["in_channels"],
+                         image_size=meta["image_size"], checkpoint=str(path), **meta["model"].get("params", {}))
+    return model.eval(), meta

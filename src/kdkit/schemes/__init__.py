@@ -1,8 +1,7 @@
-"""Schemes: who teaches whom, and when. Each registers in :data:`kdkit.registry.SCHEMES`."""
+"""Schemes: who teaches whom, and when. Each registers in :data:`kdkit.registry.SCHEMES`: ``offline`` (one or many
+frozen teachers, or a soft-label store), ``online``, ``mutual``, ``self_distill``, ``specialists``, ``bss``. Pipelines
+of whole runs (born-again, teacher-assistant chains, ...) are :mod:`kdkit.pipeline`, above the builder."""
 
-from kdkit.models import students as _students  # noqa: F401  (registers the shrink:, qat:, exits: model prefixes)
-from kdkit.schemes import adversarial, mutual, online, pipeline, self_distill, specialists  # noqa: F401  (registration)
-from kdkit.schemes.base import BuildContext, DistillModule, FrozenTeacher, Scheme, freeze
-from kdkit.schemes.offline import OfflineScheme
+from kdkit.schemes.base import BuildContext, DistillModule, Scheme
 
-__all__ = ["BuildContext", "DistillModule", "FrozenTeacher", "Scheme", "freeze", "OfflineScheme"]
+__all__ = ["BuildContext", "DistillModule", "Scheme"]

@@ -22,7 +22,7 @@ probability difference over the non-true classes) are attacked, as in the refere
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -30,9 +30,9 @@ from torch import Tensor, nn
 from kdkit.errors import ConfigError
 from kdkit.losses.logits import kd_kl
 from kdkit.registry import SCHEMES
-from kdkit.schemes.base import BuildContext, DistillModule, Scheme, logits_of
-from kdkit.schemes.offline import OfflineScheme
-from kdkit.types import Batch, ModelOutput, StepOutput, TrainState
+from kdkit.schemes.base import BuildContext, DistillModule, Scheme
+from kdkit.schemes.offline import offline_parts
+from kdkit.types import Batch, StepOutput, TeacherSignal, TeacherSource, TrainState, logits_of
 
 
 def boundary_samples(teacher: nn.Module, x: Tensor, target_class: Tensor, steps: int = 10, step_size: float = 0.3,
@@ -123,9 +123,9 @@ class BSSModule(nn.Module):
         end = self.stop_fraction * max(1, state.epochs)
         return self.weight * max(0.0, 1.0 - state.progress / end) if end > 0 else 0.0
 
-    def forward(self, batch: Batch, teacher: ModelOutput | None, teachers: list[ModelOutput], state: TrainState
-                ) -> StepOutput:
-        out = self.distill(batch, teacher, teachers, state)
+    def forward(self, batch: Batch, signal: TeacherSignal | None, state: TrainState) -> StepOutput:
+        out = self.distill(batch, signal, state)
+        teacher = signal.combined if signal is not None else None
         w = self.weight_at(state)
         zero = out.loss.new_zeros(())
         if w <= 0 or teacher is None:
@@ -166,14 +166,15 @@ class BSSScheme(Scheme):
 
     name = "bss"
 
-    def __init__(self, inner: OfflineScheme, module: BSSModule) -> None:
-        self.inner = inner
+    def __init__(self, module: BSSModule, teachers: TeacherSource) -> None:
         self.module = module
+        self.teachers = teachers
 
     @classmethod
     def build(cls, ctx: BuildContext, weight: float = 1.0, stop_fraction: float = 0.75, temperature: float = 3.0,
               steps: int = 10, step_size: float = 0.3, attack_size: int = 64,
-              target: Literal["second", "sample"] = "second", **params: Any) -> BSSScheme:
+              target: Literal["second", "sample"] = "second", teacher_inputs: str | list | None = "auto"
+              ) -> BSSScheme:
         if len(ctx.recipe.teachers) != 1:
             raise ConfigError(f"scheme 'bss' attacks one teacher; the recipe has {len(ctx.recipe.teachers)}")
         if target not in ("second", "sample"):
@@ -181,30 +182,31 @@ class BSSScheme(Scheme):
         if weight < 0 or not 0 < stop_fraction <= 1 or steps < 1 or step_size <= 0 or attack_size < 1:
             raise ConfigError("scheme 'bss': need weight >= 0, 0 < stop_fraction <= 1, steps >= 1, step_size > 0, "
                               "attack_size >= 1")
-        inner = OfflineScheme.build(ctx, **params)
-        data = ctx.extras.get("data")
+        distill, teachers = offline_parts(ctx, teacher_inputs=teacher_inputs)
+        if teachers is None or not teachers.models:
+            raise ConfigError("scheme 'bss' attacks the teacher network itself; it cannot read a soft-label store")
+        data = ctx.data
         bounds = None
         if data is not None and data.mean is not None:
             mean = torch.tensor(data.mean).view(1, -1, 1, 1)
             std = torch.tensor(data.std).view(1, -1, 1, 1)
             bounds = ((0.0 - mean) / std, (1.0 - mean) / std)  # pixel values 0 and 1, normalised
-        module = BSSModule(inner.module, inner.teachers[0].model, weight, stop_fraction, temperature, steps, step_size,
+        module = BSSModule(distill, teachers.models[0], weight, stop_fraction, temperature, steps, step_size,
                            attack_size, target, bounds, ctx.recipe.seed)
-        return cls(inner, module)
+        return cls(module, teachers)
 
     def trainable(self) -> nn.Module:
         return self.module
 
     def to(self, device: torch.device) -> BSSScheme:
-        self.inner.to(device)
+        self.teachers.to(device)
         return self
 
     def step(self, model: nn.Module, batch: Batch, state: TrainState) -> StepOutput:
-        teacher, teachers = self.inner.teacher_outputs(batch)
-        return model(batch, teacher, teachers, state)
+        return model(batch, self.teachers.outputs(batch), state)
 
     def eval_models(self) -> dict[str, nn.Module]:
-        return self.inner.eval_models()
+        return {"student": self.module.distill.student}
 
 
 __all__ = ["BSSModule", "BSSScheme", "boundary_samples", "choose_target_class", "top2_margin"]

@@ -1,117 +1,100 @@
-"""Scheme base class, the frozen-teacher wrapper and the trainable student+terms module."""
+"""Scheme base class, what a scheme is built from, and the trainable student+terms module every scheme shares."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from kdkit.taps import FeatureTap
-from kdkit.terms import LossTerm, SetupContext, TermInputs, total_loss
-from kdkit.types import Batch, ModelOutput, StepOutput, TrainState
-
-
-def freeze(model: nn.Module) -> nn.Module:
-    """Stop gradients and put ``model`` in eval mode (BatchNorm uses running statistics, dropout is off)."""
-    model.requires_grad_(False)
-    return model.eval()
-
-
-class FrozenTeacher(nn.Module):
-    """A teacher that can never train: the one place where teachers are frozen.
-
-    ``train()`` keeps the wrapped model in eval mode, ``forward`` runs under ``torch.no_grad()``, and parameters have
-    ``requires_grad=False``. The wrapper is never handed to the optimiser or to DDP.
-    """
-
-    def __init__(self, model: nn.Module, taps: Sequence[str] = ()) -> None:
-        super().__init__()
-        self.model = freeze(model)
-        self.tap = FeatureTap(self.model, taps, detach=True, role="teacher") if taps else None
-
-    def train(self, mode: bool = True) -> FrozenTeacher:  # noqa: ARG002 - mode is ignored on purpose
-        self.training = False
-        self.model.eval()
-        return self
-
-    @torch.no_grad()
-    def forward(self, x: Tensor) -> ModelOutput:
-        logits = self.model(x)
-        feats = self.tap.pop() if self.tap is not None else {}
-        return ModelOutput(logits=logits_of(logits), features=feats)
-
-
-def logits_of(out: Any) -> Tensor:
-    """Models return a tensor; Hugging Face models return an object with ``.logits``."""
-    if isinstance(out, Tensor):
-        return out
-    if hasattr(out, "logits"):
-        return out.logits
-    if isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor):
-        return out[0]
-    raise TypeError(f"cannot find logits in a model output of type {type(out).__name__}")
+from kdkit.terms.base import LossTerm, SetupContext, TermInputs, setup_terms, total_loss
+from kdkit.types import Batch, ModelOutput, StepOutput, TeacherSignal, TeacherSource, TrainState, logits_of
 
 
 class DistillModule(nn.Module):
     """What the optimiser and DDP see: the student plus every trainable part of the loss terms.
 
-    ``forward(batch, teacher, teachers, state)`` runs the student with its taps, evaluates all terms and returns a
-    :class:`StepOutput`. Calling it through the (DDP-)wrapped module keeps gradient synchronisation correct.
+    Building it sets the terms up against the models of ``setup`` (shape probes, connectors) and collects what they
+    tap of each teacher (:attr:`teacher_taps`). ``forward(batch, signal, state)`` runs the student with its taps,
+    evaluates the terms through :func:`kdkit.terms.base.total_loss` and returns a :class:`StepOutput`. Calling it
+    through the (DDP-)wrapped module keeps gradient synchronisation correct.
     """
 
-    def __init__(self, student: nn.Module, terms: Sequence[LossTerm]) -> None:
+    def __init__(self, student: nn.Module, terms: Sequence[LossTerm], setup: SetupContext | None = None) -> None:
         super().__init__()
+        self.teacher_taps: dict[int, list[str]] = setup_terms(terms, setup) if setup is not None else {}
         self.student = student
         self.terms = nn.ModuleList(terms)
         paths = [p for t in terms for p in t.student_taps()]
         self.tap = FeatureTap(student, paths, role="student") if paths else None
-        self.input_grad = any(getattr(t, "needs_input_grad", False) for t in terms)
+        self.input_grad = any(t.needs_input_grad for t in terms)
 
-    def forward(self, batch: Batch, teacher: ModelOutput | None, teachers: list[ModelOutput], state: TrainState
-                ) -> StepOutput:
+    def forward(self, batch: Batch, signal: TeacherSignal | None, state: TrainState) -> StepOutput:
         if self.input_grad:  # derivative-matching terms differentiate the outputs w.r.t. this very tensor
             batch = dict(batch, input=batch["input"].detach().requires_grad_(True))
         logits = logits_of(self.student(batch["input"]))
         feats = self.tap.pop() if self.tap is not None else {}
         out = ModelOutput(logits=logits, features=feats)
+        teacher = signal.combined if signal is not None else None
+        teachers = signal.each if signal is not None else []
         inp = TermInputs(student=out, teacher=teacher, teachers=teachers, batch=batch, state=state)
-        loss, logged = total_loss(self.terms, inp)
+        loss, logged = total_loss(self.terms, state, lambda term: term(inp), like=logits)
+        if signal is not None and signal.logs:
+            logged.update(signal.logs)
         return StepOutput(loss=loss, logits=logits, terms=logged)
 
 
 @dataclass
 class BuildContext:
-    """What a scheme needs to assemble itself from a recipe (see :func:`kdkit.build.build_run`)."""
+    """What a scheme is assembled from (made by :func:`kdkit.builder.build_scheme`).
 
-    recipe: Any  # kdkit.recipe.Recipe
+    Attributes:
+        recipe: the validated recipe.
+        num_classes, in_channels, image_size: what the data says about the models' shapes.
+        example: a few real inputs, for probing shapes.
+        num_train: size of the training split.
+        make_model: ModelSpec -> nn.Module (weights loaded).
+        make_terms: TermSpecs -> terms.
+        make_teachers: ``teacher_inputs`` -> the recipe's teacher networks (with input adapters where needed).
+        store: the soft-label store as a teacher source, when the recipe reads one (then teachers need not exist).
+        data: the run's :class:`kdkit.data.RunData` (specialists train on it; BSS reads the pixel range).
+    """
+
+    recipe: Any
     num_classes: int
     in_channels: int
     image_size: int
-    example: Tensor  # a few real training inputs, (B, C, H, W), for probing shapes
+    example: Tensor
     num_train: int
-    make_model: Callable[[Any], nn.Module]  # ModelSpec -> nn.Module (weights loaded)
-    make_terms: Callable[[Sequence[Any]], list[LossTerm]]  # TermSpecs -> terms
-    extras: dict[str, Any] = field(default_factory=dict)
+    make_model: Callable[[Any], nn.Module]
+    make_terms: Callable[[Sequence[Any]], list[LossTerm]]
+    make_teachers: Callable[..., list[nn.Module]] = lambda teacher_inputs="auto": []
+    store: TeacherSource | None = None
+    data: Any = None
 
     def setup_context(self, student: nn.Module, teachers: Sequence[nn.Module], has_teacher_features: bool = True
                       ) -> SetupContext:
+        targets = getattr(getattr(self.data, "train", None), "targets", None)
         return SetupContext(student=student, teachers=list(teachers), example=self.example,
                             num_classes=self.num_classes, num_train=self.num_train,
-                            has_teacher_features=has_teacher_features)
+                            has_teacher_features=has_teacher_features, targets=targets)
 
 
 class Scheme:
-    """Who teaches whom. A scheme owns its models and answers :meth:`step`.
+    """Who teaches whom. A scheme owns its models and answers :meth:`step`; it satisfies
+    :class:`kdkit.types.TrainableScheme`, the protocol the engine is handed.
 
     The engine builds the optimiser over ``trainable()`` (after ``accelerator.prepare``) and passes the prepared
     module back to ``step``; it evaluates ``eval_models()`` (first entry = the model exported as "the student").
-    Nothing method-specific lives in the engine.
+    Nothing method-specific lives in the engine. ``accepts_store``: the scheme reads its teacher signal from a
+    :class:`~kdkit.types.TeacherSource`, so a soft-label store can stand in for its frozen teachers.
     """
 
     name: str = "scheme"
+    accepts_store: ClassVar[bool] = False
 
     @classmethod
     def build(cls, ctx: BuildContext, **params: Any) -> Scheme:
@@ -132,3 +115,6 @@ class Scheme:
 
     def on_epoch_start(self, state: TrainState) -> None:
         """Hook for schemes that change behaviour per epoch (pipelines, schedules)."""
+
+
+__all__ = ["BuildContext", "DistillModule", "Scheme"]

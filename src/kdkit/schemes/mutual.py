@@ -18,11 +18,12 @@ import torch
 from torch import Tensor, nn
 
 from kdkit.errors import ConfigError
+from kdkit.losses.logits import kd_kl
 from kdkit.recipe import ModelSpec
 from kdkit.registry import SCHEMES
-from kdkit.schemes.base import BuildContext, Scheme, logits_of
-from kdkit.terms import LossTerm, TermInputs
-from kdkit.types import Batch, ModelOutput, StepOutput, TrainState
+from kdkit.schemes.base import BuildContext, Scheme
+from kdkit.terms.base import LossTerm, TermInputs, total_loss
+from kdkit.types import Batch, ModelOutput, StepOutput, TrainState, logits_of
 
 
 def mutual_kl(logits: list[Tensor], temperature: float = 1.0) -> list[Tensor]:
@@ -35,8 +36,6 @@ def mutual_kl(logits: list[Tensor], temperature: float = 1.0) -> list[Tensor]:
     Returns:
         N scalar losses.
     """
-    from kdkit.losses.logits import kd_kl
-
     n = len(logits)
     if n < 2:
         raise ValueError(f"mutual learning needs at least 2 peers, got {n}")
@@ -71,16 +70,17 @@ class MutualModule(nn.Module):
         logged: dict[str, Tensor] = {}
         for k, (out, terms) in enumerate(zip(outs, self.terms, strict=True)):
             others = [ModelOutput(logits=outs[j].logits.detach()) for j in range(n) if j != k]
-            for term in terms:
+
+            def value_of(term: LossTerm, out: ModelOutput = out, others: list[ModelOutput] = others) -> Tensor:
                 if term.needs_teacher:  # averaged over the other peers, each one a teacher
-                    value = sum(term(TermInputs(student=out, teacher=o, teachers=[o], batch=batch, state=state))
-                                for o in others) / len(others)
-                else:
-                    value = term(TermInputs(student=out, teacher=None, teachers=[], batch=batch, state=state))
-                logged[f"peer{k}_{term.name}"] = value.detach()
-                part = value * term.weight_at(state)
-                loss = part if loss is None else loss + part
-        assert loss is not None  # terms are checked non-empty at build time
+                    return sum(term(TermInputs(student=out, teacher=o, teachers=[o], batch=batch, state=state))
+                               for o in others) / len(others)
+                return term(TermInputs(student=out, teacher=None, teachers=[], batch=batch, state=state))
+
+            part, logs = total_loss(terms, state, value_of, like=out.logits, prefix=f"peer{k}_")
+            logged.update(logs)
+            loss = part if loss is None else loss + part
+        assert loss is not None  # at least two peers
         return StepOutput(loss=loss, logits=outs[0].logits, terms=logged)
 
 

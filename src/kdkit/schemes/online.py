@@ -21,9 +21,9 @@ from torch import nn
 from kdkit.errors import ConfigError
 from kdkit.losses.logits import cross_entropy, kd_kl
 from kdkit.registry import SCHEMES
-from kdkit.schemes.base import BuildContext, DistillModule, Scheme, logits_of
+from kdkit.schemes.base import BuildContext, DistillModule, Scheme
 from kdkit.taps import FeatureTap
-from kdkit.types import Batch, ModelOutput, StepOutput, TrainState
+from kdkit.types import Batch, ModelOutput, StepOutput, TeacherSignal, TrainState, logits_of
 
 
 class OnlineModule(nn.Module):
@@ -32,21 +32,22 @@ class OnlineModule(nn.Module):
     Logged terms: the student's terms under their names, ``teacher_ce`` and ``teacher_kd`` (unweighted).
     """
 
-    def __init__(self, teacher: nn.Module, distill: DistillModule, teacher_taps: list[str], teacher_kd_weight: float,
-                 temperature: float) -> None:
+    def __init__(self, teacher: nn.Module, distill: DistillModule, teacher_kd_weight: float, temperature: float
+                 ) -> None:
         super().__init__()
         self.teacher = teacher
         self.distill = distill
-        self.teacher_tap = FeatureTap(teacher, teacher_taps, role="teacher") if teacher_taps else None
+        taps = distill.teacher_taps.get(0, [])
+        self.teacher_tap = FeatureTap(teacher, taps, role="teacher") if taps else None
         self.teacher_kd_weight = float(teacher_kd_weight)
         self.temperature = float(temperature)
 
     def forward(self, batch: Batch, state: TrainState) -> StepOutput:
-        t_logits = logits_of(self.teacher(batch.get("teacher_input", batch["input"])))
+        t_logits = logits_of(self.teacher(batch["input"]))
         t_feats = self.teacher_tap.pop() if self.teacher_tap is not None else {}
         # The student sees a constant teacher: its terms must not push the teacher around.
         t_out = ModelOutput(logits=t_logits.detach(), features={k: v.detach() for k, v in t_feats.items()})
-        out = self.distill(batch, t_out, [t_out], state)
+        out = self.distill(batch, TeacherSignal(t_out, [t_out]), state)
         t_ce = cross_entropy(t_logits, batch["target"])
         t_kd = kd_kl(t_logits, out.logits.detach(), self.temperature)
         loss = out.loss + t_ce + self.teacher_kd_weight * t_kd
@@ -70,16 +71,8 @@ class OnlineScheme(Scheme):
         if teacher_kd_weight < 0 or temperature <= 0:
             raise ConfigError(f"scheme.params: teacher_kd_weight must be >= 0 and temperature > 0, got "
                               f"{teacher_kd_weight}, {temperature}")
-        setup = ctx.setup_context(student, [teacher])
-        for term in terms:
-            term.setup(setup)
-        taps: list[str] = []
-        for term in terms:
-            for i, paths in term.teacher_taps().items():
-                if i != 0:
-                    raise ConfigError(f"loss term '{term.name}' reads teacher {i}; the online scheme has one teacher")
-                taps.extend(paths)
-        self.module = OnlineModule(teacher, DistillModule(student, terms), taps, teacher_kd_weight, temperature)
+        distill = DistillModule(student, terms, ctx.setup_context(student, [teacher]))
+        self.module = OnlineModule(teacher, distill, teacher_kd_weight, temperature)
 
     @classmethod
     def build(cls, ctx: BuildContext, **params: Any) -> OnlineScheme:

@@ -1,6 +1,6 @@
 """Self-distillation with classifier exits (Zhang et al., "Be Your Own Teacher", ICCV 2019).
 
-The student is a :class:`~kdkit.models.students.MultiExitNet`: the backbone plus a bottleneck and a classifier at
+The student is a :class:`~kdkit.models.exits.MultiExitNet`: the backbone plus a bottleneck and a classifier at
 each shallow tap point. The deepest exit (the backbone's own classifier) teaches the shallow ones; no other teacher.
 
 For the deepest exit C and each shallow exit i (logits z_i, bottleneck feature F_i, deepest feature F_C)::
@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from kdkit.errors import ConfigError
 from kdkit.losses.logits import cross_entropy
-from kdkit.models.students import ExitView, MultiExitNet, make_multi_exit
+from kdkit.models.exits import ExitView, MultiExitNet, make_multi_exit
 from kdkit.registry import SCHEMES
 from kdkit.schemes.base import BuildContext, Scheme
 from kdkit.types import Batch, StepOutput, TrainState

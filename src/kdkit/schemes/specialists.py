@@ -53,9 +53,11 @@ from torch import Tensor, nn
 
 from kdkit.errors import ConfigError
 from kdkit.registry import SCHEMES
-from kdkit.schemes.adapters import build_teachers
-from kdkit.schemes.base import BuildContext, DistillModule, FrozenTeacher, Scheme, freeze, logits_of
-from kdkit.types import Batch, ModelOutput, StepOutput, TrainState
+from kdkit.schemes.base import BuildContext, DistillModule, Scheme
+from kdkit.teachers.frozen import FrozenTeacher, freeze
+from kdkit.types import Batch, ModelOutput, StepOutput, TeacherSignal, TrainState, logits_of
+from kdkit.utils import atomic_write_json
+from kdkit.weights import load_weights, save_weights
 
 # ------------------------------------------------------------------------------------------------- pure math
 
@@ -279,7 +281,11 @@ def train_specialist(net: nn.Module, data: Any, subset: Sequence[int], epochs: i
 
 
 class SpecialistTeacher(nn.Module):
-    """Generalist + frozen specialists -> the target ``ModelOutput(logits=log q)`` for a batch (no gradient)."""
+    """Generalist + frozen specialists as a :class:`~kdkit.types.TeacherSource`: the signal for logit terms is the
+    target ``log q``; ``each`` is the generalist's own output (with its taps); ``logs`` carries
+    ``active_specialists`` (mean number active per sample)."""
+
+    has_features = True
 
     def __init__(self, generalist: FrozenTeacher, specialists: list[Specialist], top_n: int, steps: int, lr: float,
                  solver: str) -> None:
@@ -287,6 +293,10 @@ class SpecialistTeacher(nn.Module):
         self.generalist = generalist
         self.specialists = nn.ModuleList(freeze(s) for s in specialists)
         self.top_n, self.steps, self.lr, self.solver = int(top_n), int(steps), float(lr), solver
+
+    @property
+    def models(self) -> list[nn.Module]:
+        return [self.generalist.model]
 
     def train(self, mode: bool = True) -> SpecialistTeacher:  # noqa: ARG002 - always frozen
         self.training = False
@@ -309,6 +319,11 @@ class SpecialistTeacher(nn.Module):
         q = specialist_target(p_g, p_s, subsets, active, self.steps, self.lr, self.solver)
         return ModelOutput(logits=torch.log(q.clamp_min(1e-12)), features=g.features), g, active
 
+    def outputs(self, batch: Batch) -> TeacherSignal:
+        target, g, active = self(batch["input"])
+        n_active = active.float().sum(1).mean() if active.numel() else target.logits.new_zeros(())
+        return TeacherSignal(target, [g], logs={"active_specialists": n_active})
+
 
 @SCHEMES.register("specialists", description="generalist + specialists on confusable class subsets (Hinton 2015); "
                                             "the target q minimises KL(p_g‖q) + Σ KL(p_m‖q)")
@@ -327,15 +342,10 @@ class SpecialistsScheme(Scheme):
     def __init__(self, student: nn.Module, generalist: nn.Module, specialists: list[Specialist], terms: list,
                  ctx: BuildContext, top_n: int = 3, solver: str = "em", solver_steps: int = 20,
                  solver_lr: float = 1.0) -> None:
-        setup = ctx.setup_context(student, [generalist])
-        for term in terms:
-            term.setup(setup)
-        taps = [p for term in terms for i, ps in term.teacher_taps().items() if i == 0 for p in ps]
-        if any(i != 0 for term in terms for i in term.teacher_taps()):
-            raise ConfigError("scheme 'specialists': feature terms may read the generalist (teacher 0) only")
+        self.module = DistillModule(student, terms, ctx.setup_context(student, [generalist]))
+        taps = self.module.teacher_taps.get(0, [])  # the generalist is the only teacher model (index 0)
         self.teacher = SpecialistTeacher(FrozenTeacher(generalist, taps), specialists, top_n, solver_steps, solver_lr,
                                          solver)
-        self.module = DistillModule(student, terms)
 
     @classmethod
     def build(cls, ctx: BuildContext, num_specialists: int = 2, subset_size: int = 3, top_n: int = 3,
@@ -345,13 +355,13 @@ class SpecialistsScheme(Scheme):
         if len(r.teachers) != 1:
             raise ConfigError(f"scheme 'specialists' takes the generalist as its one teacher; the recipe has "
                               f"{len(r.teachers)}")
-        data = ctx.extras.get("data")
+        data = ctx.data
         if data is None:
-            raise ConfigError("scheme 'specialists' needs the training data (build it with kdkit.build.build_scheme)")
+            raise ConfigError("scheme 'specialists' needs the training data (build it with kdkit.builder.build_scheme)")
         if solver not in ("gd", "em"):
             raise ConfigError(f"scheme.params.solver must be 'gd' or 'em', got '{solver}'")
         student = ctx.make_model(r.student)
-        generalist = build_teachers(ctx, r.teachers, teacher_inputs)[0]
+        generalist = ctx.make_teachers(teacher_inputs)[0]
         specialists = _specialists(ctx, data, generalist, num_specialists, subset_size, specialist_epochs,
                                    specialist_lr)
         return cls(student, generalist, specialists, ctx.make_terms(r.terms), ctx, top_n, solver, solver_steps,
@@ -365,10 +375,7 @@ class SpecialistsScheme(Scheme):
         return self
 
     def step(self, model: nn.Module, batch: Batch, state: TrainState) -> StepOutput:
-        target, g, active = self.teacher(batch.get("teacher_input", batch["input"]))
-        out = model(batch, target, [g], state)
-        n_active = active.float().sum(1).mean() if active.numel() else out.loss.new_zeros(())
-        return StepOutput(out.loss, out.logits, dict(out.terms, active_specialists=n_active))
+        return model(batch, self.teacher.outputs(batch), state)
 
     def eval_models(self) -> dict[str, nn.Module]:
         return {"student": self.module.student}
@@ -377,8 +384,6 @@ class SpecialistsScheme(Scheme):
 def _specialists(ctx: BuildContext, data: Any, generalist: nn.Module, num: int, size: int, epochs: int, lr: float
                  ) -> list[Specialist]:
     """Find the subsets, then train the specialists or load them from ``RUN/specialists/`` when cached there."""
-    from kdkit.models import load_weights, save_weights
-
     r = ctx.recipe
     generalist.eval()
     probs = _predict(generalist, data.train.images, data.augment)
@@ -401,8 +406,6 @@ def _specialists(ctx: BuildContext, data: Any, generalist: nn.Module, num: int, 
             spec = Specialist(net, subset, offset)
             save_weights(spec, path)
         out.append(spec)
-    from kdkit.utils import atomic_write_json
-
     atomic_write_json(manifest, {"key": key, "subsets": subsets, "confusion": conf.tolist()})
     return out
 

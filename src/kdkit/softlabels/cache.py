@@ -3,8 +3,9 @@ logits (see :mod:`kdkit.softlabels.store` for the format).
 
 View v of training sample i is ``augment(images[i], index=i, view=v)`` with the recipe's :class:`kdkit.data.Augment`
 (same parameters, same seed), which is exactly what the student's loader produces in any epoch e with e mod V = v.
-Teachers run frozen, in eval mode, in float32, through the offline scheme's own ``teacher_outputs`` — so several
-teachers are combined exactly as online distillation would combine them (``scheme.params.combine``).
+Teachers run frozen, in eval mode, in float32, through the same teacher source the offline scheme uses
+(:class:`kdkit.teachers.FrozenTeachers`) — so several teachers are combined exactly as online distillation would
+combine them (``scheme.params.combine``).
 
 Work is split into chunks of ``chunk_size`` samples of one view. After each chunk the arrays are flushed and the chunk
 is recorded in ``progress.json`` atomically; a run that is interrupted resumes from the chunks that were recorded.
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,10 +23,13 @@ from typing import Any
 
 import torch
 from rich.console import Console
-from torch import nn
 
+from kdkit.builder import frozen_teacher_models
+from kdkit.data.run import build_data
 from kdkit.errors import ConfigError
-from kdkit.recipe import Recipe, TermSpec
+from kdkit.recipe import Recipe
+from kdkit.registry import SCHEMES
+from kdkit.softlabels.identity import identity_diff, run_identity
 from kdkit.softlabels.store import (
     FORMAT,
     MANIFEST,
@@ -34,102 +38,10 @@ from kdkit.softlabels.store import (
     bytes_per_row,
     encode_topk,
     human_bytes,
-    json_sha256,
     read_progress,
-    state_dict_sha256,
 )
-
-# Keys of a run's split record that describe only the validation side: a store depends on the training side alone.
-_VAL_ONLY = ("val_idx", "val", "n_val")
-_REL_TOL = 1e-6  # mean/std are recomputed from the pixels; allow for reduction-order rounding
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# What a store depends on, and how two such descriptions differ
-
-
-def run_identity(recipe: Recipe, data: Any, teachers: Sequence[nn.Module] | None) -> dict[str, Any]:
-    """Everything the stored logits are a function of.
-
-    Args:
-        recipe: the recipe (teacher specs, combine mode).
-        data: :class:`kdkit.build.RunData` (training split, split record, augmentation).
-        teachers: the built teacher models (their weights are hashed), or None when the recipe names none.
-
-    Returns:
-        A JSON-ready dict: ``num_classes``, ``data`` (name, params, num_samples, fingerprint, split_sha256),
-        ``augment`` (:meth:`kdkit.data.Augment.to_dict`), ``teachers`` (name, params, checkpoint, sha256) and
-        ``combine`` (mode, teacher_weights).
-    """
-    split_train = {k: v for k, v in dict(data.split).items() if k not in _VAL_ONLY}
-    params = recipe.scheme.params
-    ident: dict[str, Any] = {
-        "num_classes": int(data.num_classes),
-        "data": {"name": recipe.data.name, "params": recipe.data.params, "num_samples": len(data.train.targets),
-                 "fingerprint": data.train.fingerprint(), "split_sha256": json_sha256(split_train)},
-        "augment": data.augment.to_dict(),
-        "teachers": None,
-        "combine": {"mode": params.get("combine", "mean_logits"), "teacher_weights": params.get("teacher_weights")},
-    }
-    if teachers is not None:
-        ident["teachers"] = [{"name": s.name, "params": s.params, "checkpoint": s.checkpoint,
-                              "sha256": state_dict_sha256(m)} for s, m in zip(recipe.teachers, teachers, strict=True)]
-    return ident
-
-
-def _short(h: Any) -> str:
-    return f"{h[:12]}…" if isinstance(h, str) and len(h) > 12 else repr(h)
-
-
-def _close(a: Any, b: Any) -> bool:
-    if not (isinstance(a, list) and isinstance(b, list)) or len(a) != len(b):
-        return a == b
-    return all(math.isclose(float(x), float(y), rel_tol=_REL_TOL, abs_tol=1e-9) for x, y in zip(a, b, strict=True))
-
-
-def identity_diff(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """Human-readable differences between a store's identity and the recipe's, one short phrase each.
-
-    Teachers are compared only when ``current`` names some (a recipe may give ``soft_labels`` without ``teachers``);
-    the augmentation seed only when the augmentation is random (otherwise every view is the plain image).
-    """
-    out: list[str] = []
-    if stored["num_classes"] != current["num_classes"]:
-        out.append(f"number of classes (store {stored['num_classes']}, recipe {current['num_classes']})")
-    sd, cd = stored["data"], current["data"]
-    if sd["num_samples"] != cd["num_samples"]:
-        out.append(f"training samples (store {sd['num_samples']}, recipe {cd['num_samples']})")
-    if sd["fingerprint"] != cd["fingerprint"]:
-        out.append(f"training data fingerprint (store {_short(sd['fingerprint'])} from '{sd['name']}', recipe "
-                   f"{_short(cd['fingerprint'])} from '{cd['name']}')")
-    if sd["split_sha256"] != cd["split_sha256"]:
-        out.append(f"data split (store {_short(sd['split_sha256'])}, recipe {_short(cd['split_sha256'])})")
-    sa, ca = stored["augment"], current["augment"]
-    for key in ("crop_padding", "flip"):
-        if sa.get(key) != ca.get(key):
-            out.append(f"augmentation {key} (store {sa.get(key)}, recipe {ca.get(key)})")
-    for key in ("mean", "std"):
-        if not _close(sa.get(key), ca.get(key)):
-            out.append(f"normalisation {key} (store {sa.get(key)}, recipe {ca.get(key)})")
-    random_aug = bool(ca.get("crop_padding")) or bool(ca.get("flip"))
-    if random_aug and sa.get("seed") != ca.get("seed"):
-        out.append(f"augmentation seed (store {sa.get('seed')}, recipe {ca.get('seed')})")
-    st, ct = stored.get("teachers"), current.get("teachers")
-    if ct is not None and st is not None:
-        if len(st) != len(ct):
-            out.append(f"number of teachers (store {len(st)}, recipe {len(ct)})")
-        for i, (s, c) in enumerate(zip(st, ct, strict=False)):  # a count difference is reported above
-            if s["name"] != c["name"]:
-                out.append(f"teacher {i} model (store '{s['name']}', recipe '{c['name']}')")
-            elif s["params"] != c["params"]:
-                out.append(f"teacher {i} params (store {s['params']}, recipe {c['params']})")
-            if s["sha256"] != c["sha256"]:
-                out.append(f"teacher {i} weights (store sha256 {_short(s['sha256'])}, recipe {_short(c['sha256'])} "
-                           f"from {c['checkpoint']})")
-        if len(ct) > 1 and stored["combine"] != current["combine"]:
-            out.append(f"teacher combine (store {stored['combine']}, recipe {current['combine']})")
-    return out
-
+from kdkit.teachers.frozen import FrozenTeachers
+from kdkit.utils import seed_everything
 
 # ----------------------------------------------------------------------------------------------------------------------
 # The cache run
@@ -161,12 +73,6 @@ def default_store_path(recipe: Recipe) -> Path:
     return Path(recipe.soft_labels) if recipe.soft_labels else Path(recipe.output_dir) / f"{recipe.name}-softlabels"
 
 
-def _teacher_recipe(recipe: Recipe) -> Recipe:
-    # The cache needs the teachers and the scheme's combine rule, not the recipe's loss terms (a feature term would
-    # only probe shapes): build the scheme with plain CE.
-    return recipe.model_copy(update={"terms": [TermSpec(name="ce")], "soft_labels": None})
-
-
 def _device(recipe: Recipe) -> torch.device:
     if recipe.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("recipe field 'device': cuda requested but no GPU is visible; use device: auto or cpu")
@@ -195,9 +101,6 @@ def build_cache(recipe: Recipe, views: int = 1, topk: int = 10, out: str | Path 
     Returns:
         :class:`CacheResult`.
     """
-    from kdkit.build import build_data, build_scheme
-    from kdkit.utils import seed_everything
-
     if not recipe.teachers:
         raise ConfigError("kdkit cache: the recipe has no `teachers:`; the store holds teacher outputs")
     if views < 1:
@@ -214,17 +117,20 @@ def build_cache(recipe: Recipe, views: int = 1, topk: int = 10, out: str | Path 
     if not hasattr(data.train, "images") or data.augment is None:
         raise ConfigError(f"kdkit cache: data '{recipe.data.name}' is not image data with a replayable augmentation; "
                           f"the soft-label store supports image recipes")
-    scheme = build_scheme(_teacher_recipe(recipe), data)
-    if not hasattr(scheme, "teacher_outputs"):
-        raise ConfigError(f"kdkit cache: scheme '{recipe.scheme.name}' does not expose teacher outputs; the store "
-                          f"works with the offline scheme (one or several frozen teachers)")
-    if getattr(scheme, "combine", None) == "random" and len(recipe.teachers) > 1:
+    if not getattr(SCHEMES.get(recipe.scheme.name), "accepts_store", False):
+        raise ConfigError(f"kdkit cache: scheme '{recipe.scheme.name}' does not read a teacher source that a store "
+                          f"can replace; the store works with the offline scheme (one or several frozen teachers)")
+    params = recipe.scheme.params
+    combine = params.get("combine", "mean_logits")
+    if combine == "random" and len(recipe.teachers) > 1:
         raise ConfigError("scheme.params.combine: 'random' draws a teacher per training step, which a store cannot "
                           "replay; cache with mean_logits, mean_probs or weighted")
-    teachers = [getattr(t, "model", t) for t in getattr(scheme, "teachers", [])]  # unwrap FrozenTeacher
-    identity = run_identity(recipe, data, teachers)
+    models = frozen_teacher_models(recipe, data)
+    # The same teacher source the offline scheme distils from, so several teachers combine exactly as online.
+    source = FrozenTeachers(models, combine=combine, weights=params.get("teacher_weights"), seed=recipe.seed)
+    identity = run_identity(recipe, data, models)
     device = _device(recipe)
-    scheme.to(device)
+    source.to(device)
 
     n, num_classes = len(data.train.targets), int(data.num_classes)
     if not data.augment.is_random and views > 1:
@@ -285,8 +191,7 @@ def build_cache(recipe: Recipe, views: int = 1, topk: int = 10, out: str | Path 
                 pos = torch.arange(s, min(hi, s + bs), dtype=torch.int64)
                 # The student's loader makes exactly this tensor for sample `pos` in any epoch e with e mod V = v.
                 x = data.augment(images[pos], pos, v).to(device)
-                teacher, _ = scheme.teacher_outputs({"input": x})
-                logits = teacher.logits.float().cpu()
+                logits = source.outputs({"input": x}).combined.logits.float().cpu()
                 if logits.shape[1] != num_classes:
                     raise ConfigError(f"teachers output {logits.shape[1]} classes, the data has {num_classes}")
                 store.write(v, s, *encode_topk(logits, k))

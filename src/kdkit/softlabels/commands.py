@@ -1,39 +1,39 @@
-"""``kdkit cache``: the soft-label store's command (registered on the CLI by :func:`register_cli`)."""
+"""``kdkit cache``: the soft-label store's command (in :data:`kdkit.registry.COMMANDS`)."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 import typer
+from rich.console import Console
+
+from kdkit.recipe import load_recipe
+from kdkit.registry import COMMANDS
+from kdkit.softlabels.cache import build_cache
 
 
-def register_cli(app: typer.Typer) -> None:
-    @app.command()
-    def cache(
-        recipe: Annotated[str, typer.Argument(help="distillation recipe (YAML path or bundled name) with teachers")],
-        views: Annotated[int, typer.Option("--views", "-V", help="augmented views per training sample; epoch e of "
-                                           "`distill` replays view e mod V")] = 1,
-        topk: Annotated[int, typer.Option("--topk", "-k", help="teacher logits kept per (sample, view)")] = 10,
-        out: Annotated[str | None, typer.Option("--out", "-o", help="store directory (default: the recipe's "
-                                                   "soft_labels, else OUTPUT_DIR/NAME-softlabels)")] = None,
-        chunk_size: Annotated[int, typer.Option(help="samples per resumable chunk")] = 2048,
-        batch_size: Annotated[int | None, typer.Option(help="teacher batch size (default: "
-                                                          "data.eval_batch_size)")] = None,
-        overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing store made for something "
-                                                "else")] = False,
-        set_: Annotated[list[str] | None, typer.Option("--set", "-s", help="override a recipe field: "
-                                                          "key.path=value (repeatable)")] = None,
-        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
-    ) -> None:
-        """Run the teacher(s) once over V augmented views of every training sample and store the top-k logits.
+@COMMANDS.register("cache")
+def cache(
+    recipe: Annotated[str, typer.Argument(help="distillation recipe (YAML path or bundled name) with teachers")],
+    views: Annotated[int, typer.Option("--views", "-V", help="augmented views per training sample; epoch e of "
+                                       "`distill` replays view e mod V")] = 1,
+    topk: Annotated[int, typer.Option("--topk", "-k", help="teacher logits kept per (sample, view)")] = 10,
+    out: Annotated[str | None, typer.Option("--out", "-o", help="store directory (default: the recipe's "
+                                               "soft_labels, else OUTPUT_DIR/NAME-softlabels)")] = None,
+    chunk_size: Annotated[int, typer.Option(help="samples per resumable chunk")] = 2048,
+    batch_size: Annotated[int | None, typer.Option(help="teacher batch size (default: "
+                                                      "data.eval_batch_size)")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing store made for something "
+                                            "else")] = False,
+    set_: Annotated[list[str] | None, typer.Option("--set", "-s", help="override a recipe field: "
+                                                      "key.path=value (repeatable)")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+) -> None:
+    """Run the teacher(s) once over V augmented views of every training sample and store the top-k logits.
 
-        An interrupted run resumes when the same command is given again. Then distil with `soft_labels: PATH` in the
-        recipe: the student trains without any teacher forward.
-        """
-        from kdkit.cli import console
-        from kdkit.recipe import load_recipe
-        from kdkit.softlabels.cache import build_cache
-
-        r = load_recipe(recipe, set_)
-        build_cache(r, views=views, topk=topk, out=out, chunk_size=chunk_size, batch_size=batch_size,
-                    overwrite=overwrite, quiet=quiet, console=console)
+    An interrupted run resumes when the same command is given again. Then distil with `soft_labels: PATH` in the
+    recipe: the student trains without any teacher forward.
+    """
+    r = load_recipe(recipe, set_)
+    build_cache(r, views=views, topk=topk, out=out, chunk_size=chunk_size, batch_size=batch_size,
+                overwrite=overwrite, quiet=quiet, console=Console())

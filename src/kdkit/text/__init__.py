@@ -1,7 +1,6 @@
 """Text classification: Hugging Face encoders and small text students, text data sources, TinyBERT-style terms.
 
-Importing this package registers the ``hf:`` and ``textnn:`` model prefixes (:mod:`kdkit.text.models`), the text
-data builder (:mod:`kdkit.text.data`) and the TinyBERT/DistilBERT loss terms (:mod:`kdkit.text.terms`).
+:mod:`kdkit.text.models` registers the ``hf:`` and ``textnn:`` model sources, :mod:`kdkit.text.data` the text
+datasets (``rotten_tomatoes``, ``csv:``, ``json:``, ``parquet:``, ``hfdisk:``) and :mod:`kdkit.text.terms` the
+TinyBERT/DistilBERT loss terms; the registry finds them by itself (``kdkit.registry.PLUGINS``, the ``text`` extra).
 """
-
-from kdkit.text import data, models, terms  # noqa: F401  (registration)

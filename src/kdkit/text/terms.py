@@ -46,8 +46,7 @@ from kdkit.losses.transformer import (
     layer_map,
     prediction_soft_ce,
 )
-from kdkit.registry import LOSSES
-from kdkit.terms import LossTerm, SetupContext, TermInputs
+from kdkit.terms.base import LossTerm, SetupContext, TermInputs, check_temperature, register_term
 from kdkit.text.models import TextLayout, text_layout
 
 # ---------------------------------------------------------------------------------------------------- pure math
@@ -94,11 +93,10 @@ class _TextFeatureTerm(LossTerm):
 
     needs_teacher_features = True
 
-    def __init__(self, name: str, weight: float = 1.0, warmup_epochs: float = 0.0, layer_map: Any = "uniform",
-                 teacher: int = 0) -> None:
-        super().__init__(name, weight, warmup_epochs)
+    def __init__(self, layer_map: Any = "uniform", teacher: int = 0) -> None:
+        super().__init__()
         if not isinstance(teacher, int) or teacher < 0:
-            raise ConfigError(f"loss term '{name}': teacher must be a teacher index >= 0, got {teacher!r}")
+            raise ConfigError(f"teacher must be a teacher index >= 0, got {teacher!r}")
         self.layer_map = layer_map
         self.teacher = teacher
         self.pad_token_id = 0
@@ -139,13 +137,12 @@ def _linear_map(d_in: int, d_out: int) -> nn.Module:
     return nn.Identity() if d_in == d_out else nn.Linear(d_in, d_out)
 
 
-@LOSSES.register("tinybert_embedding", description="TinyBERT embedding-layer MSE(E_S·W_e, E_T), pads masked")
+@register_term("tinybert_embedding", description="TinyBERT embedding-layer MSE(E_S·W_e, E_T), pads masked")
 class TinyBertEmbeddingTerm(_TextFeatureTerm):
     """``MSE(E_S W_e, E_T)`` between embedding-layer outputs (B, L, D) (TinyBERT eq. 9)."""
 
-    def __init__(self, name: str = "tinybert_embedding", weight: float = 1.0, warmup_epochs: float = 0.0,
-                 teacher: int = 0) -> None:
-        super().__init__(name, weight, warmup_epochs, "uniform", teacher)
+    def __init__(self, teacher: int = 0) -> None:
+        super().__init__("uniform", teacher)
         self.proj: nn.Module = nn.Identity()
 
     def setup(self, ctx: SetupContext) -> None:
@@ -160,7 +157,7 @@ class TinyBertEmbeddingTerm(_TextFeatureTerm):
         return embedding_mse(sf[self._s_paths[0]], tf[self._t_paths[0]], self.proj, self._mask(inp))
 
 
-@LOSSES.register("tinybert_hidden", description="TinyBERT hidden-state MSE via a learnt linear map, per mapped layer")
+@register_term("tinybert_hidden", description="TinyBERT hidden-state MSE via a learnt linear map, per mapped layer")
 class TinyBertHiddenTerm(_TextFeatureTerm):
     """``Σ_m MSE(H_S^m W_h, H_T^{g(m)})`` over mapped layers (TinyBERT eq. 8).
 
@@ -170,9 +167,8 @@ class TinyBertHiddenTerm(_TextFeatureTerm):
         teacher: teacher index.
     """
 
-    def __init__(self, name: str = "tinybert_hidden", weight: float = 1.0, warmup_epochs: float = 0.0,
-                 layer_map: Any = "uniform", shared_map: bool = True, teacher: int = 0) -> None:
-        super().__init__(name, weight, warmup_epochs, layer_map, teacher)
+    def __init__(self, layer_map: Any = "uniform", shared_map: bool = True, teacher: int = 0) -> None:
+        super().__init__(layer_map, teacher)
         self.shared_map = bool(shared_map)
         self.proj = nn.ModuleList()
 
@@ -203,7 +199,7 @@ class TinyBertHiddenTerm(_TextFeatureTerm):
         return total
 
 
-@LOSSES.register("tinybert_attention", description="TinyBERT attention-matrix MSE per head over mapped layers")
+@register_term("tinybert_attention", description="TinyBERT attention-matrix MSE per head over mapped layers")
 class TinyBertAttentionTerm(_TextFeatureTerm):
     """``Σ_m (1/h) Σ_i MSE(A_S^{m,i}, A_T^{g(m),i})`` (TinyBERT eq. 7), real (query, key) pairs only.
 
@@ -213,11 +209,10 @@ class TinyBertAttentionTerm(_TextFeatureTerm):
         teacher: teacher index.
     """
 
-    def __init__(self, name: str = "tinybert_attention", weight: float = 1.0, warmup_epochs: float = 0.0,
-                 layer_map: Any = "uniform", attention: str = "scores", teacher: int = 0) -> None:
-        super().__init__(name, weight, warmup_epochs, layer_map, teacher)
+    def __init__(self, layer_map: Any = "uniform", attention: str = "scores", teacher: int = 0) -> None:
+        super().__init__(layer_map, teacher)
         if attention not in ("scores", "probs"):
-            raise ConfigError(f"loss term '{name}': attention must be 'scores' or 'probs', got {attention!r}")
+            raise ConfigError(f"attention must be 'scores' or 'probs', got {attention!r}")
         self.attention = attention
 
     def setup(self, ctx: SetupContext) -> None:
@@ -245,7 +240,7 @@ class TinyBertAttentionTerm(_TextFeatureTerm):
         return total
 
 
-@LOSSES.register("distilbert_cosine", description="DistilBERT cosine loss 1 − cos(h_S, h_T) on (last) hidden states")
+@register_term("distilbert_cosine", description="DistilBERT cosine loss 1 − cos(h_S, h_T) on (last) hidden states")
 class DistilBertCosineTerm(_TextFeatureTerm):
     """Mean over real tokens of ``1 − cos(h_S W, h_T)`` (Sanh et al., 2019), summed over mapped layers.
 
@@ -254,9 +249,8 @@ class DistilBertCosineTerm(_TextFeatureTerm):
         teacher: teacher index.
     """
 
-    def __init__(self, name: str = "distilbert_cosine", weight: float = 1.0, warmup_epochs: float = 0.0,
-                 layer_map: Any = "final", teacher: int = 0) -> None:
-        super().__init__(name, weight, warmup_epochs, layer_map, teacher)
+    def __init__(self, layer_map: Any = "final", teacher: int = 0) -> None:
+        super().__init__(layer_map, teacher)
         self.proj: nn.Module = nn.Identity()
 
     def setup(self, ctx: SetupContext) -> None:
@@ -279,7 +273,7 @@ class DistilBertCosineTerm(_TextFeatureTerm):
         return total
 
 
-@LOSSES.register("tinybert_prediction", description="TinyBERT prediction-layer soft CE with T (sigmoid BCE for "
+@register_term("tinybert_prediction", description="TinyBERT prediction-layer soft CE with T (sigmoid BCE for "
                                                      "multi-label)")
 class TinyBertPredictionTerm(LossTerm):
     """Soft cross-entropy between teacher and student predictions (TinyBERT eq. 10), × T².
@@ -292,14 +286,11 @@ class TinyBertPredictionTerm(LossTerm):
         multilabel: ``auto`` (from the target's shape), true or false.
     """
 
-    def __init__(self, name: str = "tinybert_prediction", weight: float = 1.0, warmup_epochs: float = 0.0,
-                 temperature: float = 1.0, multilabel: bool | str = "auto") -> None:
-        super().__init__(name, weight, warmup_epochs)
-        if not temperature > 0:
-            raise ConfigError(f"loss term '{name}': temperature must be > 0, got {temperature}")
+    def __init__(self, temperature: float = 1.0, multilabel: bool | str = "auto") -> None:
+        super().__init__()
         if multilabel not in ("auto", True, False):
-            raise ConfigError(f"loss term '{name}': multilabel must be auto, true or false, got {multilabel!r}")
-        self.temperature = float(temperature)
+            raise ConfigError(f"multilabel must be auto, true or false, got {multilabel!r}")
+        self.temperature = check_temperature(temperature)
         self.multilabel = multilabel
 
     def compute(self, inp: TermInputs) -> Tensor:

@@ -43,8 +43,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from accelerate import PartialState
+from rich.console import Console
+
+from kdkit.data.run import build_data
+from kdkit.engine.evaluate import evaluate
+from kdkit.engine.loop import FitResult
 from kdkit.errors import ConfigError
-from kdkit.recipe import Recipe, recipe_from_dict
+from kdkit.models.factory import load_model
+from kdkit.recipe import Recipe, recipe_from_dict, save_recipe
+from kdkit.runs import run
+from kdkit.schemes.mutual import ProbabilityEnsemble
+from kdkit.utils import atomic_write_json
 
 _MERGED = ("data", "optim", "schedule")
 _STAGE_KEYS = ("name", "teacher_from", "ensemble")
@@ -171,13 +181,8 @@ def _history(run_dir: Path) -> list[dict[str, Any]]:
 
 def evaluate_ensemble(stage: Stage) -> dict[str, Any]:
     """Validation top-1/top-5 of the probability-averaged ensemble of the stage's teachers (and of each member)."""
-    from kdkit.api import load_student
-    from kdkit.build import build_data
-    from kdkit.engine.evaluate import evaluate
-    from kdkit.schemes.mutual import ProbabilityEnsemble
-
     data = build_data(stage.recipe)
-    members = [load_student(t.checkpoint)[0] for t in stage.recipe.teachers]
+    members = [load_model(t.checkpoint)[0] for t in stage.recipe.teachers]
     out: dict[str, Any] = {"members": {}}
     for name, m in zip(stage.teacher_stages, members, strict=True):
         out["members"][name] = evaluate(m, data.val_loader)["top1"]
@@ -196,14 +201,6 @@ def _copy_atomic(src: Path, dst: Path) -> None:
 def run_pipeline(recipe: Recipe, resume: bool = False, quiet: bool = False, console: Any = None):
     """Run every stage of ``recipe`` in order (skipping finished ones); returns the final training stage's
     :class:`~kdkit.engine.loop.FitResult` with ``run_dir`` = the pipeline's directory."""
-    from accelerate import PartialState
-    from rich.console import Console
-
-    from kdkit.build import run
-    from kdkit.engine.loop import FitResult
-    from kdkit.recipe import save_recipe
-    from kdkit.utils import atomic_write_json
-
     stages = expand_stages(recipe)  # every stage validated before anything trains
     state = PartialState()
     root = recipe.run_dir

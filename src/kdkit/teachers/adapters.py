@@ -28,6 +28,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdkit.errors import ConfigError
+from kdkit.models.factory import create_model
+from kdkit.weights import read_metadata, resolve_checkpoint
 
 ADAPTER_NAME = "kdkit_input_adapter"
 # ITU-R BT.601 luma weights: the usual RGB -> grey conversion (PIL's "L" mode).
@@ -98,9 +100,6 @@ def _teacher_meta(spec: Any, i: int) -> dict[str, Any]:
     """kdkit metadata of a teacher checkpoint ({} when it has none or is not safetensors)."""
     if not getattr(spec, "checkpoint", None):
         return {}
-    from kdkit.build import resolve_checkpoint
-    from kdkit.engine.checkpoint import read_metadata
-
     path = resolve_checkpoint(spec.checkpoint, f"teachers.{i}.checkpoint")
     if path.suffix != ".safetensors":
         return {}
@@ -149,12 +148,12 @@ def build_teachers(ctx: Any, specs: Sequence[Any] | None = None, teacher_inputs:
     """Build the recipe's teachers, each with an input adapter when it expects another input than the student's.
 
     A teacher whose input size or channels differ from the data's is built for its own size and channels (models
-    like the MLP have input-dependent widths). Without the student's statistics in ``ctx.extras["data"]`` no adapter
+    like the MLP have input-dependent widths). Without the student's statistics in ``ctx.data`` no adapter
     is attached.
     """
     specs = list(ctx.recipe.teachers if specs is None else specs)
     wants = teacher_input_specs(ctx, specs, teacher_inputs)
-    data = ctx.extras.get("data") if getattr(ctx, "extras", None) else None
+    data = getattr(ctx, "data", None)
     teachers: list[nn.Module] = []
     for i, (spec, want) in enumerate(zip(specs, wants, strict=True)):
         if data is None:
@@ -179,9 +178,6 @@ def build_teachers(ctx: Any, specs: Sequence[Any] | None = None, teacher_inputs:
         if (size, chans) == (ctx.image_size, ctx.in_channels) or "_from_cfg" in want:
             model = model if "_from_cfg" in want else ctx.make_model(spec)
         else:
-            from kdkit.build import resolve_checkpoint
-            from kdkit.models import create_model
-
             ckpt = str(resolve_checkpoint(spec.checkpoint, f"teachers.{i}.checkpoint")) if spec.checkpoint else None
             model = create_model(spec.name, num_classes=ctx.num_classes, in_channels=chans, image_size=size,
                                  checkpoint=ckpt, **spec.params)

@@ -1,0 +1,83 @@
+"""From a validated recipe to a scheme: models, loss terms, the teacher source and the scheme that joins them.
+
+This is the only place that wires the parts together; each part stays ignorant of the others. Whole runs (engine,
+run directory) are :mod:`kdkit.runs`; pipelines of runs are :mod:`kdkit.pipeline`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from kdkit.data.run import RunData
+from kdkit.models.factory import create_model
+from kdkit.recipe import ModelSpec, Recipe
+from kdkit.registry import LOSSES, SCHEMES
+from kdkit.schemes.base import BuildContext, Scheme
+from kdkit.teachers.adapters import build_teachers
+from kdkit.teachers.store import StoreTeacher, open_store_teacher
+from kdkit.terms.base import build_terms
+from kdkit.weights import resolve_checkpoint
+
+
+def make_model_factory(num_classes: int, in_channels: int, image_size: int) -> Callable[..., nn.Module]:
+    """``make(spec, field)``: build a recipe's model with its weights (``field`` names it in errors)."""
+
+    def make(spec: ModelSpec, field: str = "student") -> nn.Module:
+        ckpt = str(resolve_checkpoint(spec.checkpoint, f"{field}.checkpoint")) if spec.checkpoint else None
+        return create_model(spec.name, num_classes=num_classes, in_channels=in_channels, image_size=image_size,
+                            checkpoint=ckpt, **spec.params)
+
+    return make
+
+
+def build_context(recipe: Recipe, data: RunData) -> BuildContext:
+    """What a scheme is built from: model and term factories, the teachers, the store (when ``soft_labels``)."""
+    make = make_model_factory(data.num_classes, data.in_channels, data.image_size)
+
+    def make_model(spec: ModelSpec) -> nn.Module:
+        if spec is recipe.student:
+            return make(spec, "student")
+        idx = next((i for i, t in enumerate(recipe.teachers) if t is spec), None)
+        return make(spec, f"teachers.{idx}" if idx is not None else spec.name)
+
+    example = next(iter(data.val_loader))["input"][:4]
+    ctx = BuildContext(recipe=recipe, num_classes=data.num_classes, in_channels=data.in_channels,
+                       image_size=data.image_size, example=example, num_train=len(data.train.targets),
+                       make_model=make_model, make_terms=build_terms, data=data)
+    ctx.make_teachers = lambda teacher_inputs="auto": build_teachers(ctx, recipe.teachers, teacher_inputs)
+    if recipe.soft_labels:
+        ctx.store = store_teacher(recipe, data, ctx)
+    return ctx
+
+
+def store_teacher(recipe: Recipe, data: RunData, ctx: BuildContext) -> StoreTeacher:
+    """The soft-label store as the run's teacher source, checked against the recipe (and its teachers' weights when
+    it lists them). Teacher networks stay loaded only when a term differentiates the teacher (Sobolev)."""
+    teachers = None
+    if recipe.teachers:
+        # Building a model draws its initial weights from the global RNG; fork it so that the student the scheme
+        # builds next starts from the same weights as in the online run with the same seed.
+        with torch.random.fork_rng(devices=[]):
+            teachers = ctx.make_teachers(recipe.scheme.params.get("teacher_inputs", "auto"))
+    store = open_store_teacher(recipe, data, teachers)
+    if teachers and any(LOSSES.get(t.name).needs_input_grad for t in recipe.terms):
+        store.models = teachers
+    return store
+
+
+def build_scheme(recipe: Recipe, data: RunData) -> Scheme:
+    """The recipe's scheme, built from :func:`build_context`."""
+    ctx = build_context(recipe, data)
+    return SCHEMES.get(recipe.scheme.name).build(ctx, **recipe.scheme.params)
+
+
+def frozen_teacher_models(recipe: Recipe, data: RunData) -> list[nn.Module]:
+    """The recipe's teacher networks as the offline scheme would build them (input adapters included)."""
+    ctx = build_context(recipe.model_copy(update={"soft_labels": None}), data)
+    return ctx.make_teachers(recipe.scheme.params.get("teacher_inputs", "auto"))
+
+
+__all__ = ["build_context", "build_scheme", "frozen_teacher_models", "make_model_factory", "store_teacher"]

@@ -1,0 +1,97 @@
+"""A run's data: the training and validation splits, their loaders, normalisation and what the models must take.
+
+:func:`build_data` turns a recipe's ``data:`` into :class:`RunData`; the dataset's registry entry decides how (image
+sources here, text sources in :mod:`kdkit.text.data`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from kdkit.data.augment import Augment
+from kdkit.data.image_data import dataset_stats
+from kdkit.data.loader import BatchLoader
+from kdkit.data.sources import load_source, resolve_dataset
+from kdkit.data.split import stratified_split
+from kdkit.errors import ConfigError
+from kdkit.recipe import Recipe
+
+
+@dataclass
+class RunData:
+    """The data side of a run: the split, normalisation and both loaders."""
+
+    train: Any  # kdkit.data.ImageData or kdkit.text.data.TextData (the training subset)
+    val: Any
+    train_loader: Any
+    val_loader: Any
+    augment: Any
+    num_classes: int
+    in_channels: int
+    image_size: int
+    mean: list[float]
+    std: list[float]
+    classes: list[str]
+    split: dict[str, Any]
+
+
+def build_data(recipe: Recipe, num_shards: int = 1, shard: int = 0) -> RunData:
+    """The run's data: the dataset entry that serves ``data.name`` says how (``run_data`` in its registry metadata,
+    e.g. the text package's builder); image data is the default: load the source, split it (stratified, duplicates
+    kept on one side), and make the loaders."""
+    entry, _ = resolve_dataset(recipe.data.name)
+    builder = entry.meta.get("run_data", build_image_data)
+    return builder(recipe, num_shards, shard)
+
+
+def build_image_data(recipe: Recipe, num_shards: int = 1, shard: int = 0) -> RunData:
+    d = recipe.data
+    full = load_source(d.name, **d.params)
+    if d.val:
+        train, val = full, load_source(d.val, **d.val_params)
+        train_idx = torch.arange(len(full.targets))
+        val_idx = torch.arange(len(val.targets))
+        split = {"train": d.name, "val": d.val, "n_train": len(train_idx), "n_val": len(val_idx)}
+    else:
+        tr, va = stratified_split(full.targets, full.groups, d.val_fraction, d.split_seed)
+        train_idx, val_idx = torch.as_tensor(tr), torch.as_tensor(va)
+        train, val = full.subset(train_idx), full.subset(val_idx)
+        split = {"source": d.name, "val_fraction": d.val_fraction, "split_seed": d.split_seed,
+                 "train_idx": train_idx.tolist(), "val_idx": val_idx.tolist()}
+    if d.train_limit is not None and d.train_limit < len(train.targets):
+        # A stratified subset (not the first N: sources are often sorted by class).
+        _, keep = stratified_split(train.targets, train.groups, d.train_limit / len(train.targets), d.split_seed + 1)
+        if d.held_out:  # the complement of the teacher's subset: a transfer set it never saw
+            keep = sorted(set(range(len(train.targets))) - set(int(k) for k in keep))
+        train = train.subset(torch.as_tensor(keep))
+        split["train_limit"] = d.train_limit
+        split["train_limit_positions"] = torch.as_tensor(keep).tolist()
+    elif d.held_out:
+        raise ConfigError("data.held_out needs data.train_limit (the held-out set is what train_limit leaves out)")
+    if d.unlabelled:
+        if train.targets.ndim != 1:
+            raise ConfigError("data.unlabelled works with single-label data; multi-label targets cannot be dropped")
+        train = dataclasses.replace(train, targets=torch.full_like(train.targets, -1))
+        split["unlabelled"] = True
+    if val.num_classes != train.num_classes and d.val:
+        raise ConfigError(f"data.val '{d.val}' has {val.num_classes} classes but data.name '{d.name}' has "
+                          f"{train.num_classes}")
+    if d.mean is not None and d.std is not None:
+        mean, std = list(d.mean), list(d.std)
+    else:
+        m, s = dataset_stats(train.images)
+        mean, std = [float(x) for x in m], [float(x) for x in s]
+    if len(mean) != train.in_channels or len(std) != train.in_channels:
+        raise ConfigError(f"data.mean/std have {len(mean)}/{len(std)} values for {train.in_channels} channel(s)")
+    aug = Augment(mean=mean, std=std, crop_padding=d.augment.crop_padding, flip=d.augment.flip, seed=recipe.seed)
+    plain = Augment(mean=mean, std=std, crop_padding=0, flip=False, seed=recipe.seed)
+    train_loader = BatchLoader(train, torch.arange(len(train.targets)), d.batch_size, aug, shuffle=True,
+                               seed=recipe.seed, drop_last=False, num_shards=num_shards, shard=shard)
+    val_loader = BatchLoader(val, torch.arange(len(val.targets)), d.eval_batch_size, plain, shuffle=False,
+                             seed=recipe.seed)
+    return RunData(train, val, train_loader, val_loader, aug, train.num_classes, train.in_channels,
+                   train.image_size, mean, std, list(train.classes), split)

@@ -1,0 +1,120 @@
+"""Frozen teachers: pre-trained networks that never train, as a :class:`~kdkit.types.TeacherSource`.
+
+:class:`FrozenTeacher` is the one place where a teacher is frozen (eval mode that ``train()`` cannot undo, no
+gradients, never handed to the optimiser or to DDP). :class:`FrozenTeachers` runs one or several of them on a batch and
+combines their logits for logit terms (multi-teacher KD).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from kdkit.errors import ConfigError
+from kdkit.taps import FeatureTap
+from kdkit.types import Batch, ModelOutput, TeacherSignal, logits_of
+
+Combine = Literal["mean_logits", "mean_probs", "weighted", "random"]
+COMBINES = ("mean_logits", "mean_probs", "weighted", "random")
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Stop gradients and put ``model`` in eval mode (BatchNorm uses running statistics, dropout is off)."""
+    model.requires_grad_(False)
+    return model.eval()
+
+
+class FrozenTeacher(nn.Module):
+    """A teacher that can never train.
+
+    ``train()`` keeps the wrapped model in eval mode, ``forward`` runs under ``torch.no_grad()``, and parameters have
+    ``requires_grad=False``. The wrapper is never handed to the optimiser or to DDP.
+    """
+
+    def __init__(self, model: nn.Module, taps: Sequence[str] = ()) -> None:
+        super().__init__()
+        self.model = freeze(model)
+        self.tap = FeatureTap(self.model, taps, detach=True, role="teacher") if taps else None
+
+    def train(self, mode: bool = True) -> FrozenTeacher:  # noqa: ARG002 - mode is ignored on purpose
+        self.training = False
+        self.model.eval()
+        return self
+
+    @torch.no_grad()
+    def forward(self, x: Tensor) -> ModelOutput:
+        logits = self.model(x)
+        feats = self.tap.pop() if self.tap is not None else {}
+        return ModelOutput(logits=logits_of(logits), features=feats)
+
+
+def combine_logits(logits: Sequence[Tensor], rule: str, weights: Sequence[float] | None = None) -> Tensor:
+    """(B, K) teacher signal from N teachers' (B, K) logits.
+
+    ``mean_logits``: the average logit; ``mean_probs``: log of the averaged probabilities (softmax of it is the
+    ensemble's distribution at T = 1); ``weighted``: the logit average with ``weights`` (normalised to sum 1).
+    """
+    z = torch.stack([t.float() for t in logits])  # (N, B, K)
+    if rule == "mean_probs":
+        return torch.log(torch.softmax(z, dim=-1).mean(0).clamp_min(1e-12))
+    if rule == "weighted":
+        if weights is None or len(weights) != z.shape[0]:
+            raise ConfigError(f"scheme.params.teacher_weights: 'weighted' needs one weight per teacher ({z.shape[0]})")
+        w = torch.tensor(list(weights), dtype=z.dtype, device=z.device)
+        return (z * (w / w.sum()).view(-1, 1, 1)).sum(0)
+    return z.mean(0)
+
+
+class FrozenTeachers:
+    """One or several frozen teachers as a :class:`~kdkit.types.TeacherSource`.
+
+    With several teachers, the signal given to logit terms is ``combine``d (:func:`combine_logits`), or ``random``: one
+    teacher drawn per step. Every teacher's own output (with its tapped features) is in ``signal.each``.
+
+    Args:
+        models: the teacher networks (built, weights loaded, input adapters attached).
+        taps: module paths to tap per teacher index (what the loss terms read).
+        combine: ``mean_logits`` (default), ``mean_probs``, ``weighted`` or ``random``.
+        weights: per-teacher weights for ``weighted``.
+        seed: seeds the ``random`` draw.
+    """
+
+    has_features = True
+
+    def __init__(self, models: Sequence[nn.Module], taps: Mapping[int, Sequence[str]] | None = None,
+                 combine: str = "mean_logits", weights: Sequence[float] | None = None, seed: int = 0) -> None:
+        if combine not in COMBINES:
+            raise ConfigError(f"scheme.params.combine: '{combine}' is not one of {', '.join(COMBINES)}")
+        if weights is not None and len(weights) != len(models):
+            raise ConfigError(f"scheme.params.teacher_weights has {len(weights)} values for {len(models)} teachers")
+        if weights is not None and (any(w < 0 for w in weights) or sum(weights) <= 0):
+            raise ConfigError(f"scheme.params.teacher_weights must be >= 0 with a positive sum, got {list(weights)}")
+        if combine == "weighted" and weights is None:
+            raise ConfigError("scheme.params.combine 'weighted' needs scheme.params.teacher_weights (one per teacher)")
+        taps = taps or {}
+        self.teachers = [FrozenTeacher(m, taps.get(i, ())) for i, m in enumerate(models)]
+        self.models = [t.model for t in self.teachers]
+        self.combine, self.weights = combine, None if weights is None else [float(w) for w in weights]
+        self._gen = torch.Generator().manual_seed(seed + 7919)
+
+    def outputs(self, batch: Batch) -> TeacherSignal:
+        x = batch["input"]
+        each = [t(x) for t in self.teachers]
+        if len(each) == 1:
+            return TeacherSignal(each[0], each)
+        if self.combine == "random":
+            i = int(torch.randint(len(each), (1,), generator=self._gen))
+            return TeacherSignal(each[i], each)
+        logits = combine_logits([o.logits for o in each], self.combine, self.weights)
+        return TeacherSignal(ModelOutput(logits=logits, features=each[0].features), each)
+
+    def to(self, device: torch.device) -> FrozenTeachers:
+        for t in self.teachers:
+            t.to(device)
+        return self
+
+
+__all__ = ["COMBINES", "FrozenTeacher", "FrozenTeachers", "combine_logits", "freeze"]

@@ -1,0 +1,211 @@
+"""Feature terms: tapped student and teacher feature maps compared pair by pair.
+
+Terms declare module paths to tap -- ``pairs: auto`` pairs CNN stages by spatial size using the models' ``kd_stages``
+-- and own their connectors g(m), created in ``setup`` by probing both models once. Published default weights are
+given in each docstring and in docs/methods.md; the recipe's ``weight`` is what is used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from kdkit.connectors import make_connector, pair_stages
+from kdkit.errors import ConfigError
+from kdkit.losses import features, ie
+from kdkit.models.factory import default_stages
+from kdkit.terms.base import LossTerm, SetupContext, TermInputs, register_term
+
+PairSpec = str | Sequence[Sequence[str]] | Sequence[str]
+
+
+def _stage_paths(model: nn.Module, role: str) -> list[str]:
+    try:
+        return default_stages(model)
+    except ConfigError as err:
+        raise ConfigError(f"{role}: {err}") from None
+
+
+def resolve_pairs(spec: PairSpec, ctx: SetupContext, term: str, teacher: int = 0) -> list[tuple[str, str]]:
+    """Turn a ``pairs`` param into [(student_path, teacher_path)], using the models' stages (``kd_stages``).
+
+    * ``"auto"`` — every stage pair of equal spatial size, deepest with deepest (``connectors.pair_stages``);
+    * ``"index"`` — stage i with stage i from the shallow end, as far as the shorter list goes (RepDistiller's
+      ``zip(feat_s[1:-1], feat_t[1:-1])``; the published AT runs, including cross-architecture pairs);
+    * ``"last"`` — the deepest stage of each model (SP, IE); ``"stage:K"`` — stage K of each (0-based; FitNets'
+      published hint is stage 1, RepDistiller's ``hint_layer=2``);
+    * an explicit list of ``[student_path, teacher_path]`` (or ``"student_path:teacher_path"`` strings).
+    """
+    if isinstance(spec, str) and (spec in ("auto", "index", "last") or spec.startswith("stage:")):
+        if teacher >= len(ctx.teachers):
+            raise ConfigError(f"loss term '{term}' reads teacher {teacher}'s features, but there is no online teacher "
+                              f"(a soft-label store has logits only)")
+        s_paths = _stage_paths(ctx.student, "student")
+        t_paths = _stage_paths(ctx.teachers[teacher], f"teacher {teacher}")
+        if spec == "auto":
+            return pair_stages(ctx.student_shapes(s_paths), ctx.teacher_shapes(t_paths, teacher))
+        if spec == "index":
+            return list(zip(s_paths, t_paths, strict=False))  # RepDistiller: pairs as far as the shorter goes
+        if spec == "last":
+            return [(s_paths[-1], t_paths[-1])]
+        try:
+            k = int(spec.split(":", 1)[1])
+            return [(s_paths[k], t_paths[k])]
+        except (ValueError, IndexError):
+            raise ConfigError(f"loss term '{term}': pairs '{spec}' needs a stage index below "
+                              f"{min(len(s_paths), len(t_paths))} (student stages {s_paths}, teacher stages "
+                              f"{t_paths})") from None
+    if isinstance(spec, str) and ":" not in spec:
+        raise ConfigError(f"loss term '{term}': pairs '{spec}' is not one of auto, index, last, stage:K or a list of "
+                          f"[student_path, teacher_path]")
+    out = []
+    for item in spec if not isinstance(spec, str) else [spec]:
+        if isinstance(item, str):
+            if ":" not in item:
+                raise ConfigError(f"loss term '{term}': pair '{item}' must be 'student_path:teacher_path'")
+            s, t = item.split(":", 1)
+        elif len(item) == 2:
+            s, t = item
+        else:
+            raise ConfigError(f"loss term '{term}': each pair must be [student_path, teacher_path], got {item!r}")
+        out.append((str(s), str(t)))
+    if not out:
+        raise ConfigError(f"loss term '{term}': pairs is empty")
+    return out
+
+
+class FeatureTerm(LossTerm):
+    """Base of terms that compare tapped student and teacher features, pair by pair."""
+
+    needs_teacher_features = True
+    default_pairs: str = "auto"
+
+    def __init__(self, pairs: PairSpec | None = None, teacher: int = 0) -> None:
+        super().__init__()
+        self.pair_spec = pairs if pairs is not None else self.default_pairs
+        self.teacher_index = int(teacher)
+        self.pairs: list[tuple[str, str]] = []
+
+    def setup(self, ctx: SetupContext) -> None:
+        if not ctx.has_teacher_features:
+            raise ConfigError(f"loss term '{self.name}' compares features, which need an online teacher; a soft-label "
+                              f"store only has logits — add `teachers:` or drop the term")
+        self.pairs = resolve_pairs(self.pair_spec, ctx, self.name, self.teacher_index)
+
+    def student_taps(self) -> list[str]:
+        return [s for s, _ in self.pairs]
+
+    def teacher_taps(self) -> dict[int, list[str]]:
+        return {self.teacher_index: [t for _, t in self.pairs]}
+
+    def features(self, inp: TermInputs) -> list[tuple[Tensor, Tensor]]:
+        t_out = inp.teachers[self.teacher_index] if inp.teachers else inp.teacher
+        return [(inp.student.features[s], t_out.features[t]) for s, t in self.pairs]
+
+
+@register_term("fitnet", description="FitNets hint: MSE between g(student feature) and the teacher's (Romero et al., "
+                                       "ICLR 2015)")
+class FitNetTerm(FeatureTerm):
+    """FitNets hint with a learned regressor g(m) per pair (``connector``: conv_bn_relu, the published ConvReg).
+    Published (RepDistiller): stage 1 of each model (``pairs: stage:1``, its ``hint_layer=2``), weight 100. The
+    paper's two stages are a recipe with ``stop_epoch`` on this term and ``start_epoch`` on the others
+    (recipes/fitnet_two_stage.yaml)."""
+
+    default_pairs = "stage:1"
+
+    def __init__(self, pairs: PairSpec | None = None, teacher: int = 0, connector: str = "conv_bn_relu") -> None:
+        super().__init__(pairs, teacher)
+        self.connector_kind = connector
+        self.connectors = nn.ModuleList()
+
+    def setup(self, ctx: SetupContext) -> None:
+        super().setup(ctx)
+        s_shapes = ctx.student_shapes([s for s, _ in self.pairs])
+        t_shapes = ctx.teacher_shapes([t for _, t in self.pairs], self.teacher_index)
+        for s, t in self.pairs:
+            self.connectors.append(make_connector(self.connector_kind, s_shapes[s], t_shapes[t], s, t))
+
+    def compute(self, inp: TermInputs) -> Tensor:
+        pairs = zip(self.connectors, self.features(inp), strict=True)
+        losses = [features.fitnet_hint(g(fs), ft) for g, (fs, ft) in pairs]
+        return torch.stack(losses).sum()
+
+
+@register_term("at", description="attention transfer: L2-normalised spatial maps Σ_c |f|^p (Zagoruyko & Komodakis, "
+                                   "ICLR 2017)")
+class AttentionTransferTerm(FeatureTerm):
+    """AT over stage i ↔ stage i (``pairs: index``; a larger map is pooled to the smaller), summed over pairs;
+    published weight β = 1000, p = 2."""
+
+    default_pairs = "index"
+
+    def __init__(self, pairs: PairSpec | None = None, teacher: int = 0, p: float = 2.0) -> None:
+        super().__init__(pairs, teacher)
+        self.p = float(p)
+
+    def compute(self, inp: TermInputs) -> Tensor:
+        feats = self.features(inp)
+        return features.attention_transfer([f for f, _ in feats], [g for _, g in feats], self.p)
+
+
+@register_term("sp", description="similarity-preserving KD: match batch similarity matrices (Tung & Mori, ICCV 2019)")
+class SimilarityPreservingTerm(FeatureTerm):
+    """SP on the deepest stage of each model (``pairs: last``; sizes may differ); published weight γ = 3000."""
+
+    default_pairs = "last"
+
+    def compute(self, inp: TermInputs) -> Tensor:
+        return torch.stack([features.similarity_preserving(fs, ft) for fs, ft in self.features(inp)]).sum()
+
+
+class EmbeddingTerm(FeatureTerm):
+    """Terms on the penultimate embeddings ((B, D) output of the ``embed`` module) of student and teacher."""
+
+    def __init__(self, student_layer: str = "embed", teacher_layer: str = "embed", teacher: int = 0) -> None:
+        super().__init__([[student_layer, teacher_layer]], teacher)
+
+    def embeddings(self, inp: TermInputs) -> tuple[Tensor, Tensor]:
+        (fs, ft), = self.features(inp)
+        return fs.flatten(1), ft.flatten(1)
+
+
+@register_term("ie", description="inheritance & exploration KD: student halves pulled to / pushed from the teacher "
+                                   "factor (Huang et al., CVPR 2021)")
+class IETerm(FeatureTerm):
+    """IE-KD on one stage pair (deepest by default). The teacher auto-encoder trains jointly on the detached teacher
+    feature (reconstruction loss, included in this term) — the official code pre-trains it for 30 epochs first; set
+    ``ae_epochs`` to stop its reconstruction loss after that many epochs. Official λ_inh = λ_exp = 1."""
+
+    default_pairs = "last"
+
+    def __init__(self, pairs: PairSpec | None = None, teacher: int = 0, factor_ratio: float = 0.5, inherit: float = 1.0,
+                 explore: float = 1.0, recon: float = 1.0, metric: str = "ft", p: float = 1.0) -> None:
+        super().__init__(pairs, teacher)
+        self.factor_ratio, self.inherit, self.explore, self.recon = factor_ratio, inherit, explore, recon
+        self.metric, self.p = metric, p
+
+    def setup(self, ctx: SetupContext) -> None:
+        super().setup(ctx)
+        if len(self.pairs) != 1:
+            raise ConfigError(f"loss term '{self.name}' uses one stage pair, got {len(self.pairs)}")
+        (s, t), = self.pairs
+        cs = ctx.student_shapes([s])[s]
+        ct = ctx.teacher_shapes([t], self.teacher_index)[t]
+        if len(cs) != 4 or len(ct) != 4:
+            raise ConfigError(f"loss term '{self.name}': needs (B, C, H, W) maps, got student {s} {cs}, "
+                              f"teacher {t} {ct}")
+        cf = max(1, int(ct[1] * self.factor_ratio))
+        self.autoencoder = ie.FactorAutoEncoder(ct[1], cf)
+        self.enc_inh = ie.FactorEncoder(cs[1] // 2, cf)
+        self.enc_exp = ie.FactorEncoder(cs[1] - cs[1] // 2, cf)
+        self.resize = nn.AdaptiveAvgPool2d(tuple(ct[2:])) if tuple(cs[2:]) != tuple(ct[2:]) else nn.Identity()
+
+    def compute(self, inp: TermInputs) -> Tensor:
+        (fs, ft), = self.features(inp)
+        factor_t, recon_t = self.autoencoder(ft.detach())
+        inh, exp = ie.split_channels(self.resize(fs))
+        loss = self.inherit * ie.ie_inheritance_loss(self.enc_inh(inh), factor_t.detach(), self.p, self.metric)
+        loss = loss + self.explore * ie.ie_exploration_loss(self.enc_exp(exp), factor_t.detach(), self.p, self.metric)
+        return loss + self.recon * ie.ie_reconstruction_loss(ft, recon_t, self.p)

