@@ -8,7 +8,6 @@ import pytest
 import torch
 from torch import nn
 
-import kdkit.models  # noqa: F401  (registers the zoo)
 from kdkit.models import create_model, default_stages
 from kdkit.registry import MODELS
 from kdkit.taps import probe_shapes, resolve_module

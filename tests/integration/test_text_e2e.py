@@ -12,9 +12,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import kdkit.text  # noqa: F401
+import kdkit
 from kdkit.api import load_student
 from kdkit.data.run import build_data
+from kdkit.pipeline import run_pipeline
 from kdkit.recipe import recipe_from_dict
 from kdkit.runs import run
 
@@ -115,7 +116,7 @@ def test_two_step_tinybert_pipeline(out, teacher):
         {"name": "intermediate", "teachers": teachers, "terms": TINYBERT[1:4]},
         {"name": "prediction", "teachers": teachers, "terms": [{"name": "tinybert_prediction"}],
          "student": dict(student, checkpoint=str(last1))}]))
-    run(recipe, quiet=True)
+    run_pipeline(recipe, quiet=True)
     h1 = _history(last1.parent)[0]
     assert "train_ce" not in h1 and h1["train_tinybert_attention"] > 0
     h2 = _history(out / "twostep" / "stages" / "prediction")[0]

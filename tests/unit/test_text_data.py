@@ -9,7 +9,6 @@ import pandas as pd
 import pytest
 import torch
 
-import kdkit.text  # noqa: F401
 from kdkit.data.run import build_data
 from kdkit.errors import ConfigError, DataError
 from kdkit.recipe import recipe_from_dict

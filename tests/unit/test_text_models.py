@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-import kdkit.text  # noqa: F401  (registers hf: and textnn:)
 from kdkit.errors import CheckpointError, ConfigError
 from kdkit.models import count_params, create_model, save_weights
 from kdkit.taps import FeatureTap
