@@ -125,3 +125,24 @@ def test_save_load_roundtrip(tmp_path: Path):
         load_split(tmp_path / "y.json")
     with pytest.raises(DataError, match="cannot read"):
         load_split(tmp_path / "missing.json")
+
+
+def test_stratified_subset_is_balanced_and_never_empty():
+    from kdkit.data.split import stratified_subset
+
+    # Where every class has a share, the subset is exactly the per-class shares (what train_limit always took).
+    d = load_source("mnist_5k")
+    keep = stratified_subset(d.targets, d.groups, 256, 1)
+    assert torch.equal(keep, stratified_split(d.targets, d.groups, 256 / 5000, 1)[1])
+    assert torch.bincount(d.targets[keep]).tolist() == [26] * 10  # round(0.0512 × 500) per class
+    # One sample per class among 100 classes: no class has a share of 16/100; topped up, never empty.
+    targets = torch.arange(100)
+    keep = stratified_subset(targets, None, 16, 0)
+    assert len(keep) == 16 and len(set(keep.tolist())) == 16
+    assert torch.equal(keep, stratified_subset(targets, None, 16, 0))  # deterministic
+    assert not torch.equal(keep, stratified_subset(targets, None, 16, 1))  # seed-dependent
+    # Whole duplicate groups move together in the top-up: groups of 3, limit 7 -> 6 (two groups; a third won't fit).
+    groups = torch.arange(30) // 3
+    keep = stratified_subset(torch.arange(30) % 30, groups, 7, 0)
+    assert len(keep) == 6 and all(int(torch.sum(groups[keep] == g)) in (0, 3) for g in range(10))
+    assert len(stratified_subset(targets, None, 500, 0)) == 100

@@ -16,7 +16,7 @@ from kdkit.data.augment import Augment
 from kdkit.data.image_data import dataset_stats
 from kdkit.data.loader import BatchLoader
 from kdkit.data.sources import load_source, resolve_dataset
-from kdkit.data.split import stratified_split
+from kdkit.data.split import stratified_split, stratified_subset
 from kdkit.errors import ConfigError
 from kdkit.recipe import Recipe
 
@@ -64,7 +64,7 @@ def build_image_data(recipe: Recipe, num_shards: int = 1, shard: int = 0) -> Run
                  "train_idx": train_idx.tolist(), "val_idx": val_idx.tolist()}
     if d.train_limit is not None and d.train_limit < len(train.targets):
         # A stratified subset (not the first N: sources are often sorted by class).
-        _, keep = stratified_split(train.targets, train.groups, d.train_limit / len(train.targets), d.split_seed + 1)
+        keep = stratified_subset(train.targets, train.groups, d.train_limit, d.split_seed + 1)
         if d.held_out:  # the complement of the teacher's subset: a transfer set it never saw
             keep = sorted(set(range(len(train.targets))) - set(int(k) for k in keep))
         train = train.subset(torch.as_tensor(keep))

@@ -90,6 +90,43 @@ def stratified_split(
     return train_idx, val_idx
 
 
+def stratified_subset(targets: Tensor | np.ndarray, groups: Tensor | np.ndarray | None, size: int,
+                      seed: int) -> Tensor:
+    """Positions of a class-balanced subset of ``size`` samples (``data.train_limit``), moving whole duplicate groups.
+
+    Each class gives its rounded share first (:func:`stratified_split` with ``fraction = size / N``, so the subset can
+    exceed ``size`` by the per-class rounding, as it always has). Classes too small for a share (one sample each
+    among a hundred classes) give none; when the shares fall short of ``size`` the subset is topped up with whole
+    groups of the remaining samples in a seeded random order (stopping short only when no remaining group fits).
+    So the subset is never empty for ``size >= 1`` and keeps the class proportions where they can be kept.
+
+    Returns:
+        sorted int64 positions.
+    """
+    t = _numpy(targets)
+    n = int(t.shape[0])
+    if size >= n:
+        return torch.arange(n, dtype=torch.int64)
+    if size < 1:
+        raise ConfigError(f"data.train_limit must be at least 1, got {size}")
+    _, picked = stratified_split(targets, groups, size / n, seed)
+    chosen = np.zeros(n, dtype=bool)
+    chosen[picked.numpy()] = True
+    g = np.arange(n, dtype=np.int64) if groups is None else _numpy(groups).astype(np.int64)
+    taken = int(chosen.sum())
+    if taken < size:
+        rest = np.unique(g[~chosen])
+        rng = np.random.default_rng(np.random.SeedSequence([int(seed) % (1 << 64), 0]))
+        for gid in rest[rng.permutation(len(rest))]:
+            members = np.flatnonzero((g == gid) & ~chosen)
+            if taken + len(members) <= size:
+                chosen[members] = True
+                taken += len(members)
+                if taken == size:
+                    break
+    return torch.from_numpy(np.flatnonzero(chosen).astype(np.int64))
+
+
 def evaluation_subset(data: Any, split: str, val_fraction: float, seed: int) -> Any:
     """What ``kdkit eval`` scores: ``split="val"`` re-creates a recipe's stratified validation split of ``data`` (same
     ``val_fraction`` and ``seed`` as ``data.val_fraction`` / ``data.split_seed``), ``"all"`` keeps every sample.
