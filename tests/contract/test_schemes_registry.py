@@ -11,8 +11,8 @@ import torch
 
 from kdkit.builder import build_scheme
 from kdkit.data.run import build_data
-from kdkit.recipe import load_recipe
 from kdkit.data.sources import resolve_dataset
+from kdkit.recipe import load_recipe
 from kdkit.registry import SCHEMES
 from kdkit.types import StepOutput, TrainableScheme, TrainState
 
