@@ -65,7 +65,7 @@ def shard_order(order: Tensor, num_shards: int, shard: int) -> Tensor:
 
 class EpochLoader:
     """Epoch bookkeeping shared by kdkit's loaders (images: :class:`BatchLoader`, text:
-    :class:`kdkit.text.data.TextBatchLoader`).
+    :class:`kdkit.text.batches.TextBatchLoader`).
 
     A split (``indices``, split-local positions 0..M-1), batch size, epoch order (:func:`epoch_order`, a pure function
     of ``seed`` and epoch, sharded like ``DistributedSampler``), the view replayed in each epoch, and resume support:

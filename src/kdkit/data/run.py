@@ -25,7 +25,7 @@ from kdkit.recipe import Recipe
 class RunData:
     """The data side of a run: the split, normalisation and both loaders."""
 
-    train: Any  # kdkit.data.ImageData or kdkit.text.data.TextData (the training subset)
+    train: Any  # kdkit.data.ImageData or kdkit.text.batches.TextData (the training subset)
     val: Any
     train_loader: Any
     val_loader: Any

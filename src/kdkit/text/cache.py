@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from kdkit.errors import CheckpointError, ConfigError
 from kdkit.taps import FeatureTap
-from kdkit.text.data import TextBatchLoader
+from kdkit.text.batches import TextBatchLoader
 
 CACHE_FORMAT = "kdkit-text-feature-cache/1"
 
@@ -44,7 +44,7 @@ def build_feature_cache(model: nn.Module, data: Any, paths: Sequence[str], out: 
 
     Args:
         model: the teacher (``hf:`` or ``textnn:``), with its trained weights.
-        data: a :class:`kdkit.text.data.TextData` (e.g. ``RunData.train``).
+        data: a :class:`kdkit.text.batches.TextData` (e.g. ``RunData.train``).
         paths: module paths to store (see :meth:`HFTextClassifier.text_layout`); outputs must be (B, L, D) or
             (B, H, L, L).
         out: the ``.safetensors`` file to write (atomically).

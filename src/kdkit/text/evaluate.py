@@ -9,7 +9,8 @@ from kdkit.data.split import evaluation_subset
 from kdkit.engine.evaluate import evaluate as run_eval
 from kdkit.errors import ConfigError
 from kdkit.models.factory import load_model
-from kdkit.text.data import TextBatchLoader, load_text
+from kdkit.text.batches import TextBatchLoader
+from kdkit.text.data import load_text
 
 
 def _tokenizer_of(meta: dict[str, Any]) -> str:
