@@ -74,6 +74,7 @@ PLUGINS: list[Plugin] = [
     Plugin("kdkit.report.commands"),
     Plugin("kdkit.deploy.commands", "deploy"),
     Plugin("kdkit.text.models", "text"),
+    Plugin("kdkit.text.textnn", "text"),
     Plugin("kdkit.text.data", "text"),
     Plugin("kdkit.text.terms", "text"),
 ]

@@ -35,7 +35,6 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -45,6 +44,8 @@ from torch import Tensor, nn
 from kdkit.errors import CheckpointError, ConfigError
 from kdkit.registry import MODEL_SOURCES
 from kdkit.text.cache import FeatureCache
+from kdkit.text.layout import TextLayout, text_layout  # noqa: F401  (re-exported)
+from kdkit.text.textnn import TextNN, build_textnn  # noqa: F401  (re-exported)
 from kdkit.text.tokenizers import _quiet_transformers, load_tokenizer, resolve_hf_path  # noqa: F401  (re-exported)
 
 ATTN_IMPLEMENTATION = "kdkit_eager"
@@ -85,45 +86,6 @@ def register_attention() -> None:
 
     AttentionInterface.register(ATTN_IMPLEMENTATION, _kdkit_attention)
     AttentionMaskInterface.register(ATTN_IMPLEMENTATION, eager_mask)
-
-
-# ---------------------------------------------------------------------------------------------------- layout
-
-
-@dataclass(frozen=True)
-class TextLayout:
-    """Where a text model's TinyBERT-style features live (module paths relative to the model).
-
-    Attributes:
-        embedding: path whose output is the embedding-layer output, (B, L, D).
-        hidden: per layer, path whose output is that layer's hidden states, (B, L, D), shallow to deep.
-        attention_scores: per layer, path of the raw attention scores QKᵀ/√d, (B, H, L, L); None if no attention.
-        attention_probs: per layer, path of the attention probabilities, (B, H, L, L); None if no attention.
-        hidden_size: D.
-        num_heads: H (None without attention).
-        pad_token_id: id marking padding in ``input_ids``.
-    """
-
-    embedding: str
-    hidden: list[str]
-    attention_scores: list[str] | None
-    attention_probs: list[str] | None
-    hidden_size: int
-    num_heads: int | None
-    pad_token_id: int
-
-    @property
-    def num_layers(self) -> int:
-        return len(self.hidden)
-
-
-def text_layout(model: nn.Module, role: str = "model") -> TextLayout:
-    """The :class:`TextLayout` of a kdkit text model (``hf:`` or ``textnn:``); a clear error for anything else."""
-    fn = getattr(model, "text_layout", None)
-    if fn is None:
-        raise ConfigError(f"{role} ({type(model).__name__}) is not a kdkit text model; TinyBERT-style terms need an "
-                          f"hf:PATH or textnn:NAME model")
-    return fn()
 
 
 # ---------------------------------------------------------------------------------------------------- hf wrapper
@@ -365,119 +327,7 @@ def build_hf_classifier(name: str, num_classes: int, in_channels: int = 1, image
     return model
 
 
-# ---------------------------------------------------------------------------------------------------- textnn
-
-
-def _masked_pool(h: Tensor, mask: Tensor) -> Tensor:
-    """Mean and max over real tokens: h (B, L, D), mask (B, L) bool -> (B, 2D)."""
-    m = mask.unsqueeze(-1).to(h.dtype)
-    mean = (h * m).sum(1) / m.sum(1).clamp_min(1.0)
-    mx = h.masked_fill(~mask.unsqueeze(-1), torch.finfo(h.dtype).min).amax(1)
-    mx = torch.where(mask.any(1, keepdim=True), mx, torch.zeros_like(mx))
-    return torch.cat([mean, mx], dim=-1)
-
-
-class _BiLSTMLayer(nn.Module):
-    """One bidirectional LSTM layer over padded (B, L, D_in) input -> (B, L, 2H), pads ignored (packed)."""
-
-    def __init__(self, d_in: int, hidden: int) -> None:
-        super().__init__()
-        self.lstm = nn.LSTM(d_in, hidden, batch_first=True, bidirectional=True)
-
-    def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
-        packed = nn.utils.rnn.pack_padded_sequence(x, lengths.clamp_min(1).cpu(), batch_first=True,
-                                                   enforce_sorted=False)
-        out, _ = self.lstm(packed)
-        out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
-        return out
-
-
-class _ConvLayer(nn.Module):
-    """Residual 1-D convolution block over (B, L, D): LayerNorm(x + GELU(conv(x)))."""
-
-    def __init__(self, dim: int, kernel: int) -> None:
-        super().__init__()
-        self.conv = nn.Conv1d(dim, dim, kernel, padding=kernel // 2)
-        self.norm = nn.LayerNorm(dim)
-
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        y = self.conv(x.masked_fill(~mask.unsqueeze(-1), 0.0).transpose(1, 2)).transpose(1, 2)
-        return self.norm(x + F.gelu(y[:, : x.shape[1]]))
-
-
-class TextNN(nn.Module):
-    """Small non-transformer text classifier over token ids: ``bilstm`` or ``cnn``.
-
-    tokens (B, L) -> ``tokens`` embedding (B, L, E) -> ``layers.i`` (B, L, D) -> masked mean+max pooling ->
-    ``embed`` (B, 2D) -> dropout -> ``fc`` (B, K).
-
-    Args:
-        kind: ``bilstm`` (D = 2·hidden) or ``cnn`` (D = embed_dim, residual convolutions of width ``kernel``).
-        vocab_size: number of token ids.
-        pad_token_id: padding id (its embedding is kept at zero and it is masked from pooling).
-        num_classes: K.
-        embed_dim: E.
-        hidden: LSTM hidden size per direction.
-        num_layers: number of layers.
-        kernel: convolution width (cnn).
-        dropout: dropout before ``fc``.
-    """
-
-    def __init__(self, kind: str, vocab_size: int, pad_token_id: int, num_classes: int, embed_dim: int = 128,
-                 hidden: int = 128, num_layers: int = 1, kernel: int = 5, dropout: float = 0.1) -> None:
-        super().__init__()
-        if kind not in ("bilstm", "cnn"):
-            raise ConfigError(f"model 'textnn:{kind}': unknown kind; use textnn:bilstm or textnn:cnn")
-        if num_layers < 1:
-            raise ConfigError(f"model 'textnn:{kind}': num_layers must be >= 1, got {num_layers}")
-        self.kind = kind
-        self.pad_token_id = int(pad_token_id)
-        self.tokens = nn.Embedding(vocab_size, embed_dim, padding_idx=pad_token_id)
-        if kind == "bilstm":
-            dims = [embed_dim] + [2 * hidden] * num_layers
-            self.layers = nn.ModuleList(_BiLSTMLayer(dims[i], hidden) for i in range(num_layers))
-            self.width = 2 * hidden
-        else:
-            self.layers = nn.ModuleList(_ConvLayer(embed_dim, kernel) for _ in range(num_layers))
-            self.width = embed_dim
-        self.embed = nn.Identity()
-        self.drop = nn.Dropout(dropout)
-        self.fc = nn.Linear(2 * self.width, num_classes)
-
-    @property
-    def kd_stages(self) -> list[str]:
-        return [f"layers.{i}" for i in range(len(self.layers))]
-
-    def text_layout(self) -> TextLayout:
-        return TextLayout(embedding="tokens", hidden=self.kd_stages, attention_scores=None, attention_probs=None,
-                          hidden_size=self.width, num_heads=None, pad_token_id=self.pad_token_id)
-
-    def forward(self, input_ids: Tensor) -> Tensor:
-        mask = input_ids != self.pad_token_id
-        h = self.tokens(input_ids)
-        for layer in self.layers:
-            h = layer(h, mask.sum(1)) if self.kind == "bilstm" else layer(h, mask)
-        return self.fc(self.drop(self.embed(_masked_pool(h, mask))))
-
-
-def build_textnn(name: str, num_classes: int, in_channels: int = 1, image_size: int = 64,
-                 tokenizer: str = "hf:minilm", vocab_size: int | None = None, pad_token_id: int | None = None,
-                 **kwargs: Any) -> TextNN:
-    """``textnn:bilstm`` / ``textnn:cnn`` builder; vocabulary and padding id come from ``tokenizer`` unless given."""
-    allowed = {"embed_dim", "hidden", "num_layers", "kernel", "dropout"}
-    unknown = sorted(set(kwargs) - allowed)
-    if unknown:
-        raise ConfigError(f"model 'textnn:{name}' has no parameter {', '.join(repr(k) for k in unknown)}; its "
-                          f"parameters: tokenizer, vocab_size, pad_token_id, {', '.join(sorted(allowed))}")
-    if vocab_size is None or pad_token_id is None:
-        tok = load_tokenizer(tokenizer)
-        vocab_size = len(tok) if vocab_size is None else vocab_size
-        pad_token_id = tok.pad_token_id if pad_token_id is None else pad_token_id
-    return TextNN(name, int(vocab_size), int(pad_token_id), num_classes, **kwargs)
-
-
 MODEL_SOURCES.add("hf", build_hf_classifier, "hf:PATH|NAME, a local Hugging Face sequence classifier (text extra)")
-MODEL_SOURCES.add("textnn", build_textnn, "textnn:bilstm|cnn, small text students over a tokenizer (text extra)")
 
 __all__ = ["HFTextClassifier", "TextNN", "TextLayout", "build_hf_classifier", "build_textnn", "load_tokenizer",
            "resolve_hf_path", "text_layout", "register_attention", "ATTN_IMPLEMENTATION"]

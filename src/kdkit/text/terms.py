@@ -47,7 +47,7 @@ from kdkit.losses.transformer import (
     prediction_soft_ce,
 )
 from kdkit.terms.base import LossTerm, SetupContext, TermInputs, check_temperature, register_term
-from kdkit.text.models import TextLayout, text_layout
+from kdkit.text.layout import TextLayout, text_layout
 
 # ---------------------------------------------------------------------------------------------------- pure math
 
