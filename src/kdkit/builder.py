@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from kdkit.data.run import RunData
+from kdkit.errors import ConfigError
 from kdkit.models.factory import create_model
 from kdkit.recipe import ModelSpec, Recipe
 from kdkit.registry import LOSSES, SCHEMES
@@ -22,20 +23,21 @@ from kdkit.terms.base import build_terms
 from kdkit.weights import resolve_checkpoint
 
 
-def make_model_factory(num_classes: int, in_channels: int, image_size: int) -> Callable[..., nn.Module]:
+def make_model_factory(num_classes: int, in_channels: int, image_size: int,
+                       input_shape: tuple[int, ...] | None = None) -> Callable[..., nn.Module]:
     """``make(spec, field)``: build a recipe's model with its weights (``field`` names it in errors)."""
 
     def make(spec: ModelSpec, field: str = "student") -> nn.Module:
         ckpt = str(resolve_checkpoint(spec.checkpoint, f"{field}.checkpoint")) if spec.checkpoint else None
         return create_model(spec.name, num_classes=num_classes, in_channels=in_channels, image_size=image_size,
-                            checkpoint=ckpt, **spec.params)
+                            checkpoint=ckpt, input_shape=input_shape, **spec.params)
 
     return make
 
 
 def build_context(recipe: Recipe, data: RunData) -> BuildContext:
     """What a scheme is built from: model and term factories, the teachers, the store (when ``soft_labels``)."""
-    make = make_model_factory(data.num_classes, data.in_channels, data.image_size)
+    make = make_model_factory(data.num_classes, data.in_channels, data.image_size, getattr(data, "input_shape", None))
 
     def make_model(spec: ModelSpec) -> nn.Module:
         if spec is recipe.student:
@@ -71,7 +73,11 @@ def store_teacher(recipe: Recipe, data: RunData, ctx: BuildContext) -> StoreTeac
 def build_scheme(recipe: Recipe, data: RunData) -> Scheme:
     """The recipe's scheme, built from :func:`build_context`."""
     ctx = build_context(recipe, data)
-    return SCHEMES.get(recipe.scheme.name).build(ctx, **recipe.scheme.params)
+    cls = SCHEMES.get(recipe.scheme.name)
+    if not (isinstance(cls, type) and issubclass(cls, Scheme)):
+        raise ConfigError(f"scheme.name: '{recipe.scheme.name}' is not a subclass of kdkit.schemes.base.Scheme; see "
+                          f"docs/own-models-and-data.md")
+    return cls.build(ctx, **recipe.scheme.params)
 
 
 def frozen_teacher_models(recipe: Recipe, data: RunData) -> list[nn.Module]:

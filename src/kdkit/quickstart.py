@@ -20,6 +20,7 @@ from kdkit.deploy.measure import count_params, cpu_latency, size_on_disk_mb
 from kdkit.recipe import load_recipe
 from kdkit.report import write_report
 from kdkit.utils import atomic_write_json, atomic_write_text
+from kdkit.weights import input_shape_of
 
 
 def measure_model(model: torch.nn.Module, input_shape: tuple[int, ...]) -> dict[str, float]:
@@ -54,7 +55,7 @@ def run_quickstart(output_dir: Path, teacher_epochs: int = 15, student_epochs: i
         resume = (recipe.run_dir / "checkpoints" / "latest.json").is_file()
         result = fn(recipe, resume=resume, quiet=quiet)
         model, meta = api.load_student(result.best_path)
-        shape = (meta["in_channels"], meta["image_size"], meta["image_size"])
+        shape = input_shape_of(meta)
         row = {"role": role, "model": recipe.student.name, "run": str(result.run_dir),
                "top1": result.best["top1"], "best_epoch": result.best["epoch"],
                "last_top1": result.last.get("val_top1")}

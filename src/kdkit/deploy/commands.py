@@ -30,6 +30,7 @@ from kdkit.models.factory import load_model
 from kdkit.recipe import load_recipe
 from kdkit.registry import COMMANDS
 from kdkit.utils import atomic_write_json
+from kdkit.weights import input_shape_of
 
 __all__ = ["bench_cli", "bench_command", "export_cli", "export_command", "load_run"]
 
@@ -177,8 +178,13 @@ def load_run(target: str | os.PathLike[str], data: str | None = None, calibratio
         d = build_data(recipe)
         train, val = d.train, d.val
     else:
-        src = load_source(data or "mnist_5k")
-        tr, va = stratified_split(src.targets, src.groups, 0.2, 0)
+        trained_on = meta.get("data") or {}
+        if data is None and not trained_on.get("name"):
+            raise KdkitError(f"{target}: the checkpoint does not record its dataset; pass --data NAME")
+        params = trained_on.get("params") or {} if data is None or data == trained_on.get("name") else {}
+        src = load_source(data or trained_on["name"], **params)
+        tr, va = stratified_split(src.targets, src.groups, trained_on.get("val_fraction", 0.2),
+                                  trained_on.get("split_seed", 0))
         train, val = src.subset(torch.as_tensor(tr)), src.subset(torch.as_tensor(va))
     if val.num_classes != meta["num_classes"]:
         raise KdkitError(f"{target}: the model predicts {meta['num_classes']} classes but the data has "
@@ -211,7 +217,7 @@ def export_cli(
     """Export the student to ONNX (verified against PyTorch), optionally int8, and measure int8 accuracy."""
     model, meta, calib, evals = load_run(run, data)
     out_dir = out or ((Path(run) / "export") if Path(run).is_dir() else Path(run).with_suffix("") / "export")
-    shape = (meta["in_channels"], meta["image_size"], meta["image_size"])
+    shape = input_shape_of(meta)
     s = export_command(model, shape, out_dir, format=format, int8=int8, calibration=calibration,  # type: ignore
                        calibration_batches=calib, eval_batches=evals)
     c = Console(soft_wrap=True)
@@ -238,7 +244,7 @@ def bench_cli(
     entries = []
     for target in models:
         model, meta, calib, evals = load_run(target, data)
-        shape = (meta["in_channels"], meta["image_size"], meta["image_size"])
+        shape = input_shape_of(meta)
         fp32 = int8_path = None
         if onnx:
             s = export_command(model, shape, out / "onnx" / _name_of(target), int8=True,

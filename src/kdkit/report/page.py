@@ -40,6 +40,7 @@ from kdkit.report.plots import (
     references_run,
 )
 from kdkit.utils import atomic_write_bytes, atomic_write_text
+from kdkit.weights import input_shape_of
 
 __all__ = ["write_report", "load_run", "infer_roles", "pareto_front", "RunInfo", "Entry", "measure_run",
            "load_case_study"]
@@ -126,7 +127,7 @@ def measure_run(run: RunInfo) -> dict[str, float]:
     import torch
 
     model, meta = load_model(run.run_dir)
-    shape = (int(meta["in_channels"]), int(meta["image_size"]), int(meta["image_size"]))
+    shape = input_shape_of(meta)
     out = {"params": float(count_params(model)), "size_mb": size_on_disk_mb(model)}
     gen = torch.Generator().manual_seed(0)
     for bs in (1, 64):
