@@ -115,8 +115,9 @@ class FeatureTerm(LossTerm):
             layout = feature_layout(model, shape)
             if layout not in self.layouts:
                 takes = ", ".join(LAYOUTS.get(k, k) for k in self.layouts)
-                raise ConfigError(f"loss term '{self.name}': {role} layer '{path}' gives a {LAYOUTS.get(layout, layout)}"
-                                  f" feature {tuple(shape)}; {self.name} takes {takes} -- tap another layer (pairs: "
+                gives = LAYOUTS.get(layout, layout)
+                raise ConfigError(f"loss term '{self.name}': {role} layer '{path}' gives a {gives} feature "
+                                  f"{tuple(shape)}; {self.name} takes {takes} -- tap another layer (pairs: "
                                   f"[[student_path, teacher_path]]) or use another term")
             if role == "student":
                 found = layout
