@@ -242,6 +242,31 @@ def _build_py(ref: str, num_classes: int, in_channels: int, image_size: int, **k
     return model
 
 
+# Models handed to the Python API as objects (``kdkit.distill(student=net, ...)``): a recipe names them
+# ``object:ROLE:module.Class`` and this process-local table gives the very instance back (it trains in place).
+_OBJECTS: dict[str, nn.Module] = {}
+
+
+def object_model_name(model: nn.Module, role: str) -> str:
+    """Register ``model`` for this process under a stable name (same across processes, so ``resume`` matches)."""
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"{role}: expected a torch.nn.Module, got {type(model).__name__}")
+    cls = type(model)
+    name = f"object:{role}:{cls.__module__}.{cls.__qualname__}"
+    _OBJECTS[name[len("object:"):]] = model
+    return name
+
+
+def _build_object(ref: str, num_classes: int, in_channels: int, image_size: int, **kwargs: Any) -> nn.Module:
+    if ref not in _OBJECTS:
+        raise ConfigError(f"model 'object:{ref}' was a Python object of another process; rebuild it yourself and load "
+                          f"its weights with kdkit.weights.load_weights(model, PATH)")
+    if kwargs:
+        raise ConfigError(f"model 'object:{ref}' is an object: it takes no params, got {sorted(kwargs)}")
+    return _OBJECTS[ref]
+
+
+MODEL_SOURCES.add("object", _build_object, "a model passed as a Python object to kdkit.train/distill (API only)")
 MODEL_SOURCES.add("kdkit", _build_zoo, "the kdkit zoo (`kdkit models`); the default when a name has no prefix",
                   input_shape=True)
 MODEL_SOURCES.add("torchvision", _build_torchvision, "torchvision:NAME, torchvision.models.get_model (vision extra)")
