@@ -12,6 +12,7 @@ resumable; the models are handed over as objects (recipe names ``object:ROLE:mod
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,8 +86,6 @@ def _terms(terms: Any, default: str) -> list[dict[str, Any]]:
 
 def _save_npz(data: ImageData, path: Path) -> dict[str, Any]:
     """Write ``data`` as .npz (atomically); returns the ``npz`` source params that read it back identically."""
-    import io
-
     buf = io.BytesIO()
     arrays = {"x": data.images.numpy(), "y": data.targets.numpy(), "classes": np.array(data.classes, dtype=str)}
     np.savez(buf, **arrays)

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
 
 from kdkit.data.image_data import ImageData
 from kdkit.data.sources import _as_path, _check_split, _detect_image
@@ -197,8 +198,6 @@ def as_data(obj: Any, name: str, layout: str = "auto") -> ImageData:
     ``y`` (and ``classes``); a ``torch.utils.data.DataLoader`` (its batches of ``(x, y)`` are read once, in order);
     a map-style ``torch.utils.data.Dataset`` whose items are ``(x, y)`` pairs.
     """
-    from torch.utils.data import DataLoader, Dataset
-
     if isinstance(obj, ImageData):
         return obj
     if isinstance(obj, dict):

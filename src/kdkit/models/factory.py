@@ -28,7 +28,7 @@ from torch import nn
 from kdkit.errors import ConfigError, KdkitError
 from kdkit.models.base import count_params
 from kdkit.models.ccexam_nets import build_ccexam
-from kdkit.registry import MODEL_SOURCES, MODELS, import_object
+from kdkit.registry import MODEL_SOURCES, MODELS, import_object, user_plugin_modules
 from kdkit.weights import load_weights, read_metadata, resolve_checkpoint
 
 # A model source: (name after the prefix, num_classes, in_channels, image_size, **kwargs) -> nn.Module. Sources are
@@ -198,8 +198,6 @@ def check_checkpoint_ref(ref: str, where: str, code_dir: str | None = None) -> N
     """A ``py:`` name read from a checkpoint is rebuilt only if it is an ``nn.Module`` subclass, or a function of
     the user's own code (a module outside the Python installation, or a ``--plugin`` module): a weights file must
     never make kdkit call an arbitrary function (``py:shutil:rmtree``)."""
-    from kdkit.registry import user_plugin_modules
-
     try:
         obj = import_object(ref, where)
     except ConfigError as err:
