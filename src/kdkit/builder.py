@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from kdkit.data.run import RunData
-from kdkit.errors import ConfigError
+from kdkit.errors import ConfigError, ShapeError
 from kdkit.models.factory import create_model
 from kdkit.recipe import ModelSpec, Recipe
 from kdkit.registry import LOSSES, SCHEMES
@@ -20,6 +20,7 @@ from kdkit.schemes.base import BuildContext, Scheme
 from kdkit.teachers.adapters import build_teachers
 from kdkit.teachers.store import StoreTeacher, open_store_teacher
 from kdkit.terms.base import build_terms
+from kdkit.types import logits_of
 from kdkit.weights import resolve_checkpoint
 
 
@@ -35,13 +36,36 @@ def make_model_factory(num_classes: int, in_channels: int, image_size: int,
     return make
 
 
+def check_forward(model: nn.Module, example: torch.Tensor, num_classes: int, what: str) -> None:
+    """Run ``model`` once on a few real inputs (eval mode, no grad): a model that cannot take the data's shape, or
+    returns logits of the wrong width, fails here with one line instead of a traceback from the first step."""
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            out = model.eval()(example)
+        logits = logits_of(out)
+    except Exception as err:  # the user's forward may raise anything
+        first = (str(err).strip().splitlines() or [""])[0][:200]
+        raise ShapeError(f"{what} cannot take the data's input: a batch of shape {tuple(example.shape)} "
+                         f"{str(example.dtype).replace('torch.', '')} raised {type(err).__name__}: {first}; make its "
+                         f"forward accept (B, {', '.join(map(str, example.shape[1:]))})") from None
+    finally:
+        model.train(was_training)
+    if logits.dim() != 2 or logits.shape[1] != num_classes:
+        raise ShapeError(f"{what} returns logits of shape {tuple(logits.shape)} for a batch of {example.shape[0]}; "
+                         f"expected ({example.shape[0]}, {num_classes}): one column per class of the data")
+
+
 def build_context(recipe: Recipe, data: RunData) -> BuildContext:
     """What a scheme is built from: model and term factories, the teachers, the store (when ``soft_labels``)."""
     make = make_model_factory(data.num_classes, data.in_channels, data.image_size, getattr(data, "input_shape", None))
 
     def make_model(spec: ModelSpec) -> nn.Module:
         if spec is recipe.student:
-            return make(spec, "student")
+            model = make(spec, "student")
+            if getattr(data, "input_shape", None) is not None and not spec.name.startswith("qat:"):
+                check_forward(model, example, data.num_classes, f"student '{spec.name}'")
+            return model
         idx = next((i for i, t in enumerate(recipe.teachers) if t is spec), None)
         return make(spec, f"teachers.{idx}" if idx is not None else spec.name)
 

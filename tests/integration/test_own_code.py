@@ -115,6 +115,22 @@ def test_recipe_names_user_model_dataset_term_and_scheme_from_its_own_folder(use
     assert ev["n"] == 60 and abs(ev["top1"] - result.best["top1"]) < 1e-6
 
 
+def test_a_student_that_cannot_take_the_data_fails_before_training_in_one_line(user_dir: Path):
+    from kdkit.errors import ShapeError
+
+    base = {"name": "bad", "output_dir": str(user_dir / "runs"), "epochs": 1,
+            "data": {"name": "py:userkd:signals", "params": {"n": 60}}}
+    sys.path.insert(0, str(user_dir.resolve()))
+    with pytest.raises(ShapeError, match=r"student 'py:torch.nn:Linear' cannot take the data's input: a batch of "
+                                         r"shape \(4, 2, 24\) float32 raised RuntimeError: .*accept \(B, 2, 24\)") as e:
+        kdkit.train(dict(base, student={"name": "py:torch.nn:Linear", "params": {"in_features": 5,
+                                                                                "out_features": 3}}), quiet=True)
+    assert "\n" not in str(e.value)
+    with pytest.raises(ShapeError, match=r"returns logits of shape \(4, 2, 7\) .* expected \(4, 3\)"):
+        kdkit.train(dict(base, name="bad2", student={"name": "py:torch.nn:Linear", "params": {
+            "in_features": 24, "out_features": 7}}), quiet=True)
+
+
 def test_wrong_user_names_give_one_line(user_dir: Path):
     with pytest.raises(ConfigError, match=r"module 'nosuchmod' not found; put its folder on PYTHONPATH"):
         kdkit.registry.LOSSES.get("py:nosuchmod:X")
