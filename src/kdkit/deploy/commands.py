@@ -117,6 +117,7 @@ def bench_command(
     console: Any = None,
     quiet: bool = False,
     progress: Callable[[str], None] | None = None,
+    teacher: str | None = None,
 ) -> list[dict[str, Any]]:
     """Benchmark ``entries`` (:class:`kdkit.deploy.bench.BenchEntry`), print the table, write JSON + Markdown.
 
@@ -129,6 +130,7 @@ def bench_command(
         console: a rich console to print to (default stdout).
         quiet: do not print the table.
         progress: forwarded to :func:`kdkit.deploy.bench.bench_models`.
+        teacher: the entry the ``× teacher`` columns compare with (default: the first).
 
     Returns:
         The rows.
@@ -144,6 +146,7 @@ def bench_command(
         repeats=repeats,
         min_time_s=min_time_s,
         progress=progress,
+        teacher=teacher,
     )
     if out is not None:
         out_dir = Path(out)
@@ -239,6 +242,8 @@ def bench_cli(
     onnx: Annotated[bool, typer.Option("--onnx/--no-onnx", help="also time ONNX Runtime fp32 and int8")] = True,
     out: Annotated[Path, typer.Option(help="where bench.json and bench.md go")] = Path("runs/bench"),
     repeats: Annotated[int, typer.Option(help="timed repeats per measurement")] = 50,
+    teacher: Annotated[str | None, typer.Option(help="name (run directory name) of the model the '× teacher' "
+                                                     "speed-up columns compare with (default: the first)")] = None,
 ) -> None:
     """Parameters, size, latency p50/p90 at batch 1 and 64 (PyTorch eager, ORT fp32, ORT int8) and accuracy."""
     entries = []
@@ -252,4 +257,4 @@ def bench_cli(
             fp32, int8_path = s["onnx"]["path"], s["int8"]["path"]
         entries.append(BenchEntry(name=_name_of(target), model=model, onnx_fp32=fp32, onnx_int8=int8_path,
                                   eval_batches=evals, example_shape=shape))
-    bench_command(entries, out=out, repeats=repeats)
+    bench_command(entries, out=out, repeats=repeats, teacher=teacher)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kdkit.deploy.measure import count_params, cpu_latency, size_on_disk_mb
+from kdkit.deploy.measure import count_params, measure_batch_sizes, size_on_disk_mb
 from kdkit.errors import KdkitError
 from kdkit.models.factory import load_model
 from kdkit.report.html import Page, Plot, Section, Table, render_html, render_markdown
@@ -121,18 +121,22 @@ def _same(a: Path, b: Path) -> bool:
         return False
 
 
-def measure_run(run: RunInfo) -> dict[str, float]:
+def measure_run(run: RunInfo) -> dict[str, Any]:
     """Parameters, size on disk (MB) and CPU latency per image at batch 1 and 64 of a run's best weights, measured
-    exactly as ``kdkit quickstart`` and ``kdkit bench`` measure them (:mod:`kdkit.deploy.measure`)."""
+    exactly as ``kdkit quickstart`` and ``kdkit bench`` measure them (:mod:`kdkit.deploy.measure`). Latencies that
+    stay implausible after a re-measurement are left out and explained under ``timing_flag``."""
     import torch
 
     model, meta = load_model(run.run_dir)
     shape = input_shape_of(meta)
     out = {"params": float(count_params(model)), "size_mb": size_on_disk_mb(model)}
     gen = torch.Generator().manual_seed(0)
-    for bs in (1, 64):
-        stats = cpu_latency(model, torch.randn((bs, *shape), generator=gen))
-        out[f"latency_b{bs}_ms"] = stats.p50_ms / bs
+    stats, flag = measure_batch_sizes(model, lambda bs: torch.randn((bs, *shape), generator=gen), (1, 64))
+    if flag:  # not a result: the latencies stay blank and the page says why
+        out["timing_flag"] = flag  # type: ignore[assignment]
+        return out
+    for bs, st in stats.items():
+        out[f"latency_b{bs}_ms"] = st.per_sample_ms
     return out
 
 
@@ -318,6 +322,9 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, case_study
                 if load_at_measure is None:
                     load_at_measure = os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan
                 r.cost = measure_run(r)
+                flag = r.cost.pop("timing_flag", None)
+                if flag:
+                    notes.append(f"{r.label}: latency left blank, {flag}")
                 r.cost_source = "measured"
                 measured.append(r.label)
             except Exception as err:  # noqa: BLE001 — a report must still be written; say why a cost is missing
