@@ -50,8 +50,10 @@ class DataSpec(_Strict):
     batch_size: int = Field(default=128, ge=1)
     eval_batch_size: int = Field(default=512, ge=1)
     augment: AugmentSpec = Field(default_factory=AugmentSpec)
-    mean: list[float] | None = Field(default=None, description="per-channel mean (0-1 scale); default: train split")
-    std: list[float] | None = Field(default=None, description="per-channel std (0-1 scale); default: train split")
+    mean: list[float] | None = Field(default=None, description="per-channel mean (uint8 images: 0-1 scale; float "
+                                     "data: its own units); default: train split")
+    std: list[float] | None = Field(default=None, description="per-channel std (same scale as mean); default: train "
+                                    "split")
     train_limit: int | None = Field(default=None, ge=1, description="use a stratified subset of N training samples")
     held_out: bool = Field(default=False, description="train on the training samples that `train_limit` leaves out "
                            "(a held-out transfer set the teacher never saw)")
