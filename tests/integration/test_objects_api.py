@@ -69,3 +69,23 @@ def test_object_api_errors_are_one_line(tmp_path: Path):
     with pytest.raises(ConfigError, match="holds a model passed as a Python object"):
         res = kdkit.train(student=net, train=(x, y), epochs=1, output_dir=str(tmp_path), name="t", quiet=True)
         kdkit.load_student(res.run_dir)
+
+
+def test_a_teacher_given_as_a_run_directory_and_uint8_images_stay_images(tmp_path: Path):
+    """teachers=[RUN_DIR] rebuilds the teacher from its checkpoint; uint8 (N, 1, 8, 8) tensors are images (crop
+    augmentation allowed), and a Dataset of (x, y) pairs is read once."""
+    from torch.utils.data import TensorDataset
+
+    from kdkit.data import load_source
+
+    t = kdkit.train({"name": "t", "output_dir": str(tmp_path), "data": {"name": "digits", "batch_size": 256},
+                     "student": {"name": "mlp", "params": {"hidden": [64]}}, "epochs": 3,
+                     "optim": {"name": "adamw", "lr": 0.01}}, quiet=True)
+    d = load_source("digits")
+    student = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    res = kdkit.distill(student=student, teachers=[t.run_dir], train=TensorDataset(d.images[:1400], d.targets[:1400]),
+                        val=(d.images[1400:], d.targets[1400:]), epochs=6, output_dir=str(tmp_path), name="s",
+                        data={"augment": {"crop_padding": 1}}, optim={"name": "adamw", "lr": 0.01}, quiet=True)
+    meta = read_metadata(res.best_path)
+    assert meta["input_dtype"] == "uint8" and meta["input_shape"] == [1, 8, 8]
+    assert res.best["top1"] > 70 and t.best["top1"] > 70, (res.best, t.best)  # real digits (chance 10%)
