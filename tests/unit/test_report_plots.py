@@ -347,3 +347,21 @@ def test_seeds_of_one_recipe_are_grouped_and_the_headline_takes_no_maximum(tmp_p
     assert "96.0%" not in html[:html.index("</h1>") + 2000]  # the best epoch of the best seed is not the headline
     md = (tmp_path / "rep" / "summary.md").read_text()
     assert f"| kd_s ×3 seeds | student (KD) | 3 | {mean:.2f} ± {std:.2f} |" in md
+
+
+def test_two_kd_recipes_get_distinct_shades_of_the_kd_colour(tmp_path):
+    from kdkit.report.plots import ROLE_COLORS, shade
+
+    _run(tmp_path, "t", "cnn_teacher", final=98.0)
+    teachers = [{"name": "cnn_teacher", "checkpoint": str(tmp_path / "t")}]
+    _run(tmp_path, "kd_a", "mlp", teachers=teachers, terms=("ce", "kd"), final=94.0)
+    _run(tmp_path, "kd_b", "mlp", teachers=teachers, terms=("ce", "dkd"), final=95.0)
+    out = tmp_path / "rep"
+    write_report([tmp_path / n for n in ("t", "kd_a", "kd_b")], out, measure=False)
+    img = _check_png((out / "accuracy.png").read_bytes())
+    rgb = (img[..., :3] * 255).round().astype(int).reshape(-1, 3)
+    second = shade(ROLE_COLORS["distilled"], 1)
+    assert second != ROLE_COLORS["distilled"]
+    for hexcol in (ROLE_COLORS["distilled"], second):
+        want = np.array([int(hexcol[i:i + 2], 16) for i in (1, 3, 5)])
+        assert (np.abs(rgb - want).max(axis=1) <= 2).sum() > 500, hexcol  # a bar of each

@@ -27,6 +27,7 @@ from kdkit.errors import KdkitError
 from kdkit.models.factory import load_model
 from kdkit.report.html import Page, Plot, Section, Table, render_html, render_markdown
 from kdkit.report.plots import (
+    ROLE_COLORS,
     ROLE_LABELS,
     ROLES,
     RunInfo,
@@ -38,6 +39,7 @@ from kdkit.report.plots import (
     plot_learning_curves,
     plot_pareto,
     references_run,
+    shade,
 )
 from kdkit.utils import atomic_write_bytes, atomic_write_text
 from kdkit.weights import input_shape_of
@@ -409,6 +411,12 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, case_study
                                  cost={c: float(row[c]) for c in COST_KEYS if _ok(row.get(c))}))
     _link(entries)
     run_entries = entries[: len(runs)]
+    for role in ROLES:  # several recipes of one role: each recipe group gets its own shade of the role's colour
+        role_groups = [g for g in _groups(run_entries) if g.role == role]
+        if len(role_groups) > 1:
+            for k, g in enumerate(role_groups):
+                for e in g.entries:
+                    e.run.color = shade(ROLE_COLORS[role], k)
     accuracies = [e.top1 for e in run_entries]
     headline, glance_role, star = _glance(entries)
 

@@ -35,8 +35,9 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: 
 
 from kdkit.errors import KdkitError  # noqa: E402
 
-__all__ = ["ROLES", "ROLE_COLORS", "ROLE_LABELS", "RunInfo", "load_run", "normalize_role", "infer_roles", "recipe_role",
-           "pareto_front", "term_keys", "plot_learning_curves", "plot_accuracy", "plot_pareto"]
+__all__ = ["ROLES", "ROLE_COLORS", "ROLE_LABELS", "RunInfo", "load_run", "normalize_role", "infer_roles",
+           "recipe_role", "run_color", "shade", "pareto_front", "term_keys", "plot_learning_curves", "plot_accuracy",
+           "plot_pareto"]
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Roles and style
@@ -96,6 +97,7 @@ class RunInfo:
     label: str = ""
     cost: dict[str, float] = field(default_factory=dict)
     cost_source: str = ""
+    color: str = ""  # set by the report when one role has several recipe groups: a shade of the role's colour
 
     def __post_init__(self) -> None:
         self.label = self.label or self.name
@@ -148,6 +150,21 @@ class RunInfo:
         """Median training throughput over epochs (the median ignores a slow first epoch)."""
         vals = [h["images_per_s"] for h in self.history if _finite(h.get("images_per_s"))]
         return float(statistics.median(vals)) if vals else math.nan
+
+
+def run_color(run: RunInfo) -> str:
+    return run.color or ROLE_COLORS.get(run.role, "#333333")
+
+
+def shade(hex_color: str, k: int) -> str:
+    """The k-th distinct shade of a colour (k = 0: the colour itself; then alternately darker and lighter)."""
+    if k == 0:
+        return hex_color
+    amount = min(0.7, 0.3 * ((k + 1) // 2))
+    target = 0 if k % 2 else 255  # odd: towards black, even: towards white
+    rgb = [int(hex_color[i:i + 2], 16) for i in (1, 3, 5)]
+    mixed = [round(c + (target - c) * amount) for c in rgb]
+    return "#" + "".join(f"{c:02X}" for c in mixed)
 
 
 def _finite(x: Any) -> bool:
@@ -379,7 +396,7 @@ def plot_learning_curves(run: RunInfo) -> bytes:
     with matplotlib.rc_context(STYLE):
         fig = _new_figure(12.0, 3.5)
         ax_loss, ax_acc, ax_lr = fig.subplots(1, 3)
-        color = ROLE_COLORS.get(run.role, "#333333")
+        color = run_color(run)
 
         xs, ys = _series(run.history, "train_loss")
         ax_loss.plot(xs, ys, color="#222222", lw=2.4, label="total (weighted)")
@@ -473,7 +490,7 @@ def plot_accuracy(runs: Sequence[RunInfo], accuracies: Sequence[float], notes: S
         floor = axis_floor(lo, hi)
         ypos = list(range(len(order)))[::-1]  # first in order at the top
         for y, i, a in zip(ypos, order, accs, strict=True):
-            c = ROLE_COLORS.get(runs[i].role, "#333333")
+            c = run_color(runs[i])
             if _finite(a):
                 ax_bar.barh(y, a - floor, left=floor, color=c, height=0.62)
                 text = f"{a:.2f}%" + (f"  {notes[i]}" if notes[i] else "")
@@ -492,7 +509,7 @@ def plot_accuracy(runs: Sequence[RunInfo], accuracies: Sequence[float], notes: S
             k = dashes.get(r.role, 0)
             dashes[r.role] = k + 1
             xs, ys = _series(r.history, "val_top1")
-            ax_curve.plot(xs, ys, color=ROLE_COLORS.get(r.role, "#333333"), lw=2.0, ls=_LINESTYLES[k % 4],
+            ax_curve.plot(xs, ys, color=run_color(r), lw=2.0, ls=_LINESTYLES[k % 4],
                           marker=ROLE_MARKERS.get(r.role, "o"), ms=3.5, label=r.label)
         ax_curve.set_title("validation top-1 per epoch")
         ax_curve.set_xlabel("epoch")
@@ -567,7 +584,7 @@ def plot_pareto(runs: Sequence[RunInfo], accuracies: Sequence[float]) -> bytes:
             items = []
             for i in shown:
                 r = runs[i]
-                c = ROLE_COLORS.get(r.role, "#333333")
+                c = run_color(r)
                 ax.scatter([xs[i]], [accuracies[i]], s=150 if flags[i] else 80, color=c,
                            marker=ROLE_MARKERS.get(r.role, "o"), edgecolors="black" if flags[i] else "white",
                            linewidths=1.8 if flags[i] else 0.8, zorder=3)
