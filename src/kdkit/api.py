@@ -24,7 +24,7 @@ from kdkit.pipeline import run_pipeline
 from kdkit.recipe import Recipe, load_recipe, recipe_from_dict
 from kdkit.runs import run
 from kdkit.softlabels.cache import CacheResult, build_cache
-from kdkit.weights import read_metadata, resolve_checkpoint
+from kdkit.weights import check_input_shape, read_metadata, resolve_checkpoint
 
 
 def _as_recipe(recipe: Recipe | str | Path | dict[str, Any], overrides: list[str] | None) -> Recipe:
@@ -155,6 +155,7 @@ def evaluate(checkpoint: str | Path, data: str | None = None, split: str = "val"
     if src.num_classes != meta["num_classes"]:
         raise ConfigError(f"--data '{data}' has {src.num_classes} classes, the checkpoint predicts "
                           f"{meta['num_classes']}")
+    check_input_shape(src, meta, f"--data '{data}'")
     src = evaluation_subset(src, split, val_fraction, split_seed)
     aug = Augment(mean=meta["mean"], std=meta["std"], crop_padding=0, flip=False, seed=0)
     loader = BatchLoader(src, torch.arange(len(src.targets)), batch_size, aug, shuffle=False, seed=0)

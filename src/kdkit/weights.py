@@ -275,6 +275,16 @@ def input_shape_of(meta: dict[str, Any]) -> tuple[int, ...]:
     return int(meta["in_channels"]), int(meta["image_size"]), int(meta["image_size"])
 
 
+def check_input_shape(data: Any, meta: dict[str, Any], what: str) -> None:
+    """``data`` (an ImageData) must hold samples of the shape and dtype the checkpoint was trained on."""
+    want = meta.get("input_shape")
+    if want is None or getattr(data, "input_shape", None) is None:
+        return
+    if tuple(data.input_shape) != tuple(want) or data.input_dtype != meta.get("input_dtype", data.input_dtype):
+        raise ConfigError(f"{what} holds {data.input_dtype} samples of shape {tuple(data.input_shape)}, but the model "
+                          f"was trained on {meta.get('input_dtype')} {tuple(want)}; pass the dataset it was trained on")
+
+
 def model_meta(spec: Any, data: Any, recipe: Any = None) -> dict[str, Any]:
     """What a checkpoint needs to rebuild its model and re-evaluate it (``kdkit eval`` reads ``data``).
 

@@ -110,3 +110,7 @@ def test_non_square_float_images_train_and_export_with_their_real_shape(tmp_path
                        eval_batches=evals)
     assert s["onnx"]["max_abs_diff"] < 1e-4  # float32 ONNX vs PyTorch on a 60-wide MLP
     assert abs(s["accuracy"]["ort-fp32"] - s["accuracy"]["pytorch"]) < 1e-6
+    np.savez(tmp_path / "other.npz", x=x[:, :, :, :8], y=y)  # another shape: one line, not a traceback
+    with pytest.raises(ConfigError, match=r"--data '.*other.npz' holds float32 samples of shape \(1, 6, 8\), but "
+                                          r"the model was trained on float32 \(1, 6, 10\)"):
+        kdkit.evaluate(res.run_dir, data=f"npz:{tmp_path / 'other.npz'}")

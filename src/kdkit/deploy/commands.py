@@ -30,7 +30,7 @@ from kdkit.models.factory import load_model
 from kdkit.recipe import load_recipe
 from kdkit.registry import COMMANDS
 from kdkit.utils import atomic_write_json
-from kdkit.weights import input_shape_of
+from kdkit.weights import check_input_shape, input_shape_of
 
 __all__ = ["bench_cli", "bench_command", "export_cli", "export_command", "load_run"]
 
@@ -189,6 +189,7 @@ def load_run(target: str | os.PathLike[str], data: str | None = None, calibratio
         tr, va = stratified_split(src.targets, src.groups, trained_on.get("val_fraction", 0.2),
                                   trained_on.get("split_seed", 0))
         train, val = src.subset(torch.as_tensor(tr)), src.subset(torch.as_tensor(va))
+    check_input_shape(val, meta, f"{target}: the data")
     if val.num_classes != meta["num_classes"]:
         raise KdkitError(f"{target}: the model predicts {meta['num_classes']} classes but the data has "
                          f"{val.num_classes}; pass --data with the dataset it was trained on")
