@@ -19,11 +19,12 @@ from kdkit.engine.evaluate import evaluate as run_eval
 from kdkit.engine.loop import FitResult
 from kdkit.errors import ConfigError
 from kdkit.models.factory import load_model
+from kdkit.objects import run_objects
 from kdkit.pipeline import run_pipeline
 from kdkit.recipe import Recipe, load_recipe, recipe_from_dict
 from kdkit.runs import run
 from kdkit.softlabels.cache import CacheResult, build_cache
-from kdkit.weights import read_metadata, resolve_checkpoint
+from kdkit.weights import check_input_shape, read_metadata, resolve_checkpoint
 
 
 def _as_recipe(recipe: Recipe | str | Path | dict[str, Any], overrides: list[str] | None) -> Recipe:
@@ -36,9 +37,23 @@ def _as_recipe(recipe: Recipe | str | Path | dict[str, Any], overrides: list[str
     return load_recipe(recipe, overrides)
 
 
-def train(recipe: Recipe | str | Path | dict[str, Any], overrides: list[str] | None = None, resume: bool = False,
-          quiet: bool = False):
-    """Train ``recipe``'s student (supervised when it has no teachers). Returns a :class:`kdkit.engine.FitResult`."""
+def train(recipe: Recipe | str | Path | dict[str, Any] | None = None, overrides: list[str] | None = None,
+          resume: bool = False, quiet: bool = False, *, student: torch.nn.Module | None = None, train: Any = None,
+          val: Any = None, terms: Any = None, epochs: int = 10, output_dir: str | Path = "runs",
+          name: str | None = None, **fields: Any):
+    """Train ``recipe``'s student (supervised when it has no teachers). Returns a :class:`kdkit.engine.FitResult`.
+
+    Without a recipe, with Python objects: ``kdkit.train(student=net, train=data, val=data, epochs=...)`` trains your
+    ``nn.Module`` (terms default to ``"ce"``) and returns a :class:`kdkit.objects.ObjectRun`; see :func:`distill`.
+    """
+    if student is not None or train is not None:
+        if recipe is not None:
+            raise ConfigError("train: give either a recipe or Python objects (student=..., train=...), not both")
+        return run_objects(student=student, teachers=None, train=train, val=val, terms=terms, epochs=epochs,
+                           output_dir=output_dir, name=name, resume=resume, quiet=quiet, default_terms="ce",
+                           **fields)
+    if recipe is None:
+        raise ConfigError("train: pass a recipe (YAML path, bundled name, dict) or student=... and train=...")
     return _run(_as_recipe(recipe, overrides), resume, quiet)
 
 
@@ -48,9 +63,44 @@ def _run(recipe: Recipe, resume: bool, quiet: bool) -> FitResult:
     return run(recipe, resume=resume, quiet=quiet)
 
 
-def distill(recipe: Recipe | str | Path | dict[str, Any], overrides: list[str] | None = None, resume: bool = False,
-            quiet: bool = False):
-    """Distil a student from the recipe's teacher(s) (or soft-label store)."""
+def distill(recipe: Recipe | str | Path | dict[str, Any] | None = None, overrides: list[str] | None = None,
+            resume: bool = False, quiet: bool = False, *, student: torch.nn.Module | None = None,
+            teachers: list[Any] | None = None, train: Any = None, val: Any = None, terms: Any = "kd",
+            epochs: int = 10, output_dir: str | Path = "runs", name: str | None = None, **fields: Any):
+    """Distil a student from the recipe's teacher(s) (or soft-label store).
+
+    Or from Python objects, no YAML::
+
+        result = kdkit.distill(student=small_net, teachers=[big_net], train=loader, val=(x_val, y_val),
+                               terms="kd", epochs=20, output_dir="runs", name="my_kd")
+
+    Args (object form):
+        student: your ``nn.Module``; it is trained in place and ends with its best epoch's weights.
+        teachers: frozen teachers: ``nn.Module`` objects or kdkit run directories / weights files.
+        train, val: a ``Dataset`` or ``DataLoader`` of ``(x, y)``, ``(x, y)`` tensors/arrays, or a dict with ``x``,
+            ``y``; inputs of any shape (float data stays float). Without ``val``, ``data={"val_fraction": ...}`` of
+            ``train`` is held out (stratified).
+        terms: a preset (``"kd"``: 0.5 CE + 0.5 KD at T=4; ``"soft_only"``, ``"dkd"``, ``"ce"``), a term name, or a
+            list of terms (names or ``{name, weight, params}`` dicts, as in a recipe).
+        epochs, output_dir, name: as in a recipe; ``**fields``: any other recipe field (``optim={...}``,
+            ``schedule={...}``, ``seed``, ``data={"batch_size": 64}``, ``scheme={...}``).
+        resume: continue the interrupted run in ``output_dir/name``.
+
+    Returns:
+        a :class:`kdkit.objects.ObjectRun` (``student``, ``run_dir``, ``metrics``, ``best``, ``last``,
+        ``best_path``) for objects; a :class:`kdkit.engine.FitResult` for a recipe.
+    """
+    if student is not None or train is not None:
+        if recipe is not None:
+            raise ConfigError("distill: give either a recipe or Python objects (student=..., train=...), not both")
+        if not teachers and not fields.get("soft_labels"):
+            raise ConfigError("distill: teachers=[...] is empty; pass your teacher module(s), or use kdkit.train")
+        return run_objects(student=student, teachers=teachers, train=train, val=val, terms=terms, epochs=epochs,
+                           output_dir=output_dir, name=name, resume=resume, quiet=quiet, default_terms="kd",
+                           **fields)
+    if recipe is None:
+        raise ConfigError("distill: pass a recipe (YAML path, bundled name, dict) or student=..., teachers=..., "
+                          "train=...")
     r = _as_recipe(recipe, overrides)
     if not r.teachers and not r.soft_labels and not r.stages and r.scheme.name == "offline":
         raise ConfigError("distill: the recipe has no `teachers:` (or `soft_labels:`); use `kdkit train` for "
@@ -105,6 +155,7 @@ def evaluate(checkpoint: str | Path, data: str | None = None, split: str = "val"
     if src.num_classes != meta["num_classes"]:
         raise ConfigError(f"--data '{data}' has {src.num_classes} classes, the checkpoint predicts "
                           f"{meta['num_classes']}")
+    check_input_shape(src, meta, f"--data '{data}'")
     src = evaluation_subset(src, split, val_fraction, split_seed)
     aug = Augment(mean=meta["mean"], std=meta["std"], crop_padding=0, flip=False, seed=0)
     loader = BatchLoader(src, torch.arange(len(src.targets)), batch_size, aug, shuffle=False, seed=0)

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from kdkit.data.run import RunData
+from kdkit.errors import ConfigError, ShapeError
 from kdkit.models.factory import create_model
 from kdkit.recipe import ModelSpec, Recipe
 from kdkit.registry import LOSSES, SCHEMES
@@ -19,27 +20,52 @@ from kdkit.schemes.base import BuildContext, Scheme
 from kdkit.teachers.adapters import build_teachers
 from kdkit.teachers.store import StoreTeacher, open_store_teacher
 from kdkit.terms.base import build_terms
+from kdkit.types import logits_of
 from kdkit.weights import resolve_checkpoint
 
 
-def make_model_factory(num_classes: int, in_channels: int, image_size: int) -> Callable[..., nn.Module]:
+def make_model_factory(num_classes: int, in_channels: int, image_size: int,
+                       input_shape: tuple[int, ...] | None = None) -> Callable[..., nn.Module]:
     """``make(spec, field)``: build a recipe's model with its weights (``field`` names it in errors)."""
 
     def make(spec: ModelSpec, field: str = "student") -> nn.Module:
         ckpt = str(resolve_checkpoint(spec.checkpoint, f"{field}.checkpoint")) if spec.checkpoint else None
         return create_model(spec.name, num_classes=num_classes, in_channels=in_channels, image_size=image_size,
-                            checkpoint=ckpt, **spec.params)
+                            checkpoint=ckpt, input_shape=input_shape, **spec.params)
 
     return make
 
 
+def check_forward(model: nn.Module, example: torch.Tensor, num_classes: int, what: str) -> None:
+    """Run ``model`` once on a few real inputs (eval mode, no grad): a model that cannot take the data's shape, or
+    returns logits of the wrong width, fails here with one line instead of a traceback from the first step."""
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            out = model.eval()(example)
+        logits = logits_of(out)
+    except Exception as err:  # the user's forward may raise anything
+        first = (str(err).strip().splitlines() or [""])[0][:200]
+        raise ShapeError(f"{what} cannot take the data's input: a batch of shape {tuple(example.shape)} "
+                         f"{str(example.dtype).replace('torch.', '')} raised {type(err).__name__}: {first}; make its "
+                         f"forward accept (B, {', '.join(map(str, example.shape[1:]))})") from None
+    finally:
+        model.train(was_training)
+    if logits.dim() != 2 or logits.shape[1] != num_classes:
+        raise ShapeError(f"{what} returns logits of shape {tuple(logits.shape)} for a batch of {example.shape[0]}; "
+                         f"expected ({example.shape[0]}, {num_classes}): one column per class of the data")
+
+
 def build_context(recipe: Recipe, data: RunData) -> BuildContext:
     """What a scheme is built from: model and term factories, the teachers, the store (when ``soft_labels``)."""
-    make = make_model_factory(data.num_classes, data.in_channels, data.image_size)
+    make = make_model_factory(data.num_classes, data.in_channels, data.image_size, getattr(data, "input_shape", None))
 
     def make_model(spec: ModelSpec) -> nn.Module:
         if spec is recipe.student:
-            return make(spec, "student")
+            model = make(spec, "student")
+            if getattr(data, "input_shape", None) is not None and not spec.name.startswith("qat:"):
+                check_forward(model, example, data.num_classes, f"student '{spec.name}'")
+            return model
         idx = next((i for i, t in enumerate(recipe.teachers) if t is spec), None)
         return make(spec, f"teachers.{idx}" if idx is not None else spec.name)
 
@@ -71,7 +97,11 @@ def store_teacher(recipe: Recipe, data: RunData, ctx: BuildContext) -> StoreTeac
 def build_scheme(recipe: Recipe, data: RunData) -> Scheme:
     """The recipe's scheme, built from :func:`build_context`."""
     ctx = build_context(recipe, data)
-    return SCHEMES.get(recipe.scheme.name).build(ctx, **recipe.scheme.params)
+    cls = SCHEMES.get(recipe.scheme.name)
+    if not (isinstance(cls, type) and issubclass(cls, Scheme)):
+        raise ConfigError(f"scheme.name: '{recipe.scheme.name}' is not a subclass of kdkit.schemes.base.Scheme; see "
+                          f"docs/own-models-and-data.md")
+    return cls.build(ctx, **recipe.scheme.params)
 
 
 def frozen_teacher_models(recipe: Recipe, data: RunData) -> list[nn.Module]:

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from kdkit import api
-from kdkit.errors import KdkitError
+from kdkit.errors import ConfigError, KdkitError
 from kdkit.models.factory import create_model
 from kdkit.quickstart import run_quickstart
 from kdkit.recipe import bundled_recipes_dir
@@ -176,22 +176,35 @@ def _add_registered_commands() -> None:
             app.command(entry.name)(entry.obj)
 
 
-def _early_plugins(argv: list[str]) -> None:
-    """``--plugin MODULE`` is imported before the command line is parsed, so a plug-in can add commands too."""
-    for i, arg in enumerate(argv):
-        if arg == "--plugin" and i + 1 < len(argv):
+def _early_plugins(argv: list[str]) -> list[str]:
+    """``--plugin MODULE`` is imported before the command line is parsed, so a plug-in can add commands too; it is
+    accepted anywhere on the line (``kdkit train r.yaml --plugin mypkg.kd``), so every command takes it. Returns
+    the arguments without it."""
+    rest: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--plugin":
+            if i + 1 >= len(argv):
+                raise ConfigError("--plugin needs a module name, e.g. --plugin mypkg.kd")
             add_plugin(argv[i + 1])
-        elif arg.startswith("--plugin="):
+            i += 2
+            continue
+        if arg.startswith("--plugin="):
             add_plugin(arg.split("=", 1)[1])
+        else:
+            rest.append(arg)
+        i += 1
+    return rest
 
 
 def main() -> None:
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # `py:mymodule:Net` and --plugin find modules in the working directory
     try:
-        _early_plugins(sys.argv[1:])
+        args = _early_plugins(sys.argv[1:])
         _add_registered_commands()
-        app()
+        app(args=args)
     except KdkitError as err:
         err_console.print(f"[bold red]error:[/] {err}", highlight=False)
         sys.exit(2)

@@ -5,7 +5,8 @@ A term probes both models once (``SetupContext.student_shapes`` / ``teacher_shap
 with the student. :func:`pair_stages` pairs CNN stages of two models by spatial size for ``pairs: auto``.
 
 Shapes include the batch dimension, as :func:`kdkit.taps.probe_shapes` returns them: (B, C, H, W) feature maps,
-(B, D) vectors, (B, L, D) token sequences.
+(B, C, L) 1-D conv maps, (B, D) vectors, (B, L, D) token sequences. A 3-axis feature is a 1-D conv map ("BCL") in a
+model built of ``Conv1d`` layers, else a token sequence ("BTD"): :func:`feature_layout` tells them apart.
 """
 
 from __future__ import annotations
@@ -17,6 +18,25 @@ from torch import Tensor, nn
 from kdkit.errors import ShapeError
 
 KINDS = ("identity", "linear", "conv1x1", "conv_bn_relu", "auto")
+LAYOUTS = {"BCHW": "(B, C, H, W)", "BCL": "(B, C, L)", "BTD": "(B, T, D)", "BD": "(B, D)"}
+_CONV1D = (nn.Conv1d, nn.ConvTranspose1d, nn.BatchNorm1d, nn.MaxPool1d, nn.AvgPool1d, nn.AdaptiveAvgPool1d)
+_SEQUENCE = (nn.MultiheadAttention, nn.Embedding, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer, nn.RNNBase)
+
+
+def feature_layout(model: nn.Module, shape: Sequence[int]) -> str:
+    """The layout of a feature of ``shape`` (batch axis included) tapped in ``model``: ``BCHW``, ``BD``, and for 3
+    axes ``BCL`` (a model of 1-D convolutions and no attention/embedding/recurrent layer) or ``BTD`` (tokens)."""
+    rank = len(shape)
+    if rank == 4:
+        return "BCHW"
+    if rank == 2:
+        return "BD"
+    if rank == 3:
+        mods = list(model.modules())
+        if any(isinstance(m, _CONV1D) for m in mods) and not any(isinstance(m, _SEQUENCE) for m in mods):
+            return "BCL"
+        return "BTD"
+    return f"rank-{rank}"
 
 
 def _fmt(shape: Sequence[int], name: str | None) -> str:
@@ -46,8 +66,38 @@ def _conv_reg(cs: int, ct: int, hs: int, ws: int, ht: int, wt: int, what: str) -
                      f"size; tap a shallower student layer or a deeper teacher layer")
 
 
+def _conv_reg_1d(cs: int, ct: int, ls: int, lt: int, what: str) -> nn.Module:
+    """The 1-D counterpart of :func:`_conv_reg`: a conv mapping (cs, ls) to (ct, lt)."""
+    if ls == 2 * lt:
+        return nn.Conv1d(cs, ct, kernel_size=3, stride=2, padding=1)
+    if 2 * ls == lt:
+        return nn.ConvTranspose1d(cs, ct, kernel_size=4, stride=2, padding=1)
+    if ls >= lt:
+        return nn.Conv1d(cs, ct, kernel_size=1 + ls - lt)
+    raise ShapeError(f"cannot regress {what}: the student map is shorter than the teacher's and not exactly half its "
+                     f"length; tap a shallower student layer or a deeper teacher layer")
+
+
+def _connector_1d(kind: str, s: tuple[int, ...], t: tuple[int, ...], what: str) -> nn.Module:
+    (cs, ls), (ct, lt) = s[1:], t[1:]
+    if kind == "conv_bn_relu":
+        return nn.Sequential(_conv_reg_1d(cs, ct, ls, lt, what), nn.BatchNorm1d(ct), nn.ReLU(inplace=True))
+    layers: list[nn.Module] = []
+    if ls != lt:
+        if ls < lt:
+            raise ShapeError(f"cannot connect {what}: the student map is shorter than the teacher's; tap a shallower "
+                             f"student layer or a deeper teacher layer, or use connector 'conv_bn_relu' (handles "
+                             f"exactly half the length)")
+        layers.append(nn.AdaptiveAvgPool1d(lt))
+    if kind == "linear":
+        layers.append(nn.Conv1d(cs, ct, kernel_size=1))
+    else:  # conv1x1
+        layers += [nn.Conv1d(cs, ct, kernel_size=1, bias=False), nn.BatchNorm1d(ct)]
+    return layers[0] if len(layers) == 1 else nn.Sequential(*layers)
+
+
 def make_connector(kind: str, s_shape: Sequence[int], t_shape: Sequence[int], s_name: str | None = None,
-                   t_name: str | None = None) -> nn.Module:
+                   t_name: str | None = None, layout: str | None = None) -> nn.Module:
     """Build g(m) mapping a student feature of ``s_shape`` to the teacher's ``t_shape``.
 
     Kinds:
@@ -71,6 +121,8 @@ def make_connector(kind: str, s_shape: Sequence[int], t_shape: Sequence[int], s_
         t_shape: teacher feature shape, batch dim included.
         s_name: student layer path, for error messages.
         t_name: teacher layer path, for error messages.
+        layout: ``BCL`` makes 3-axis features 1-D conv maps (``Conv1d`` connectors, the length fixed like H x W);
+            default / ``BTD``: token sequences (a linear map on the last axis).
     """
     s, t = tuple(int(x) for x in s_shape), tuple(int(x) for x in t_shape)
     what = f"student {_fmt(s, s_name)} to teacher {_fmt(t, t_name)}"
@@ -79,12 +131,15 @@ def make_connector(kind: str, s_shape: Sequence[int], t_shape: Sequence[int], s_
     if len(s) != len(t) or len(s) not in (2, 3, 4):
         raise ShapeError(f"cannot connect {what}: both must be (B, D), (B, L, D) or (B, C, H, W) features of the same "
                          f"rank; tap comparable layers (e.g. both stage outputs or both pooled embeddings)")
+    conv_map = len(s) == 4 or (len(s) == 3 and layout == "BCL")
     if kind == "auto":
-        kind = "identity" if s[1:] == t[1:] else ("conv1x1" if len(s) == 4 else "linear")
+        kind = "identity" if s[1:] == t[1:] else ("conv1x1" if conv_map else "linear")
     if kind == "identity":
         if s[1:] != t[1:]:
             raise ShapeError(f"identity connector cannot map {what}; use connector 'auto', 'linear' or 'conv1x1'")
         return nn.Identity()
+    if len(s) == 3 and layout == "BCL":
+        return _connector_1d(kind, s, t, what)
 
     if len(s) in (2, 3):
         if kind != "linear":
@@ -127,11 +182,12 @@ def pair_stages(s_shapes: Mapping[str, Sequence[int]], t_shapes: Mapping[str, Se
         ShapeError: a stage is not a (B, C, H, W) map, no pair exists, or (strict) some student stage has no partner;
             the message lists every layer with its shape.
     """
+    ranks = {len(shape) for shapes in (s_shapes, t_shapes) for shape in shapes.values()}
     for role, shapes in (("student", s_shapes), ("teacher", t_shapes)):
         for path, shape in shapes.items():
-            if len(shape) != 4:
-                raise ShapeError(f"pair_stages: {role} layer '{path}' has shape {tuple(shape)}, not a (B, C, H, W) "
-                                 f"map; auto-pairing needs stage feature maps")
+            if len(shape) not in (3, 4) or len(ranks) != 1:
+                raise ShapeError(f"pair_stages: {role} layer '{path}' has shape {tuple(shape)}; auto-pairing needs "
+                                 f"stage feature maps, all (B, C, H, W) or all (B, C, L)")
 
     def listing() -> str:
         s_txt = ", ".join(f"{p} {tuple(v)}" for p, v in s_shapes.items()) or "(none)"
@@ -163,4 +219,7 @@ def pair_stages(s_shapes: Mapping[str, Sequence[int]], t_shapes: Mapping[str, Se
 
 
 def _area(shape: Sequence[int]) -> int:
-    return int(shape[2]) * int(shape[3])
+    area = 1
+    for v in shape[2:]:
+        area *= int(v)
+    return area

@@ -16,20 +16,31 @@ from rich.console import Console
 from rich.table import Table
 
 from kdkit import api
-from kdkit.deploy.measure import count_params, cpu_latency, size_on_disk_mb
+from kdkit.deploy.measure import count_params, measure_batch_sizes, size_on_disk_mb
 from kdkit.recipe import load_recipe
 from kdkit.report import write_report
 from kdkit.utils import atomic_write_json, atomic_write_text
+from kdkit.weights import input_shape_of
 
 
 def measure_model(model: torch.nn.Module, input_shape: tuple[int, ...]) -> dict[str, float]:
     """Parameters, safetensors size and CPU latency per image at batch 1 and batch 64."""
     model = model.eval()
-    out: dict[str, float] = {"params": count_params(model), "size_mb": size_on_disk_mb(model)}
-    for bs in (1, 64):
-        stats = cpu_latency(model, torch.randn(bs, *input_shape))
-        out[f"latency_b{bs}_ms"] = stats.p50_ms / bs  # per image
+    out: dict[str, Any] = {"params": count_params(model), "size_mb": size_on_disk_mb(model)}
+    stats, flag = measure_batch_sizes(model, lambda bs: torch.randn(bs, *input_shape), (1, 64))
+    for bs, st in stats.items():  # per image; a measurement that stayed implausible is not a result
+        out[f"latency_b{bs}_ms"] = None if flag else st.per_sample_ms
+    if flag:
+        out["timing_flag"] = flag
     return out
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b is not None and b > 0 else None
+
+
+def _x(v: float | None) -> str:
+    return f"{v:.1f}×" if v is not None else "— (timing flagged)"
 
 
 def run_quickstart(output_dir: Path, teacher_epochs: int = 15, student_epochs: int = 50, seed: int = 0,
@@ -54,7 +65,7 @@ def run_quickstart(output_dir: Path, teacher_epochs: int = 15, student_epochs: i
         resume = (recipe.run_dir / "checkpoints" / "latest.json").is_file()
         result = fn(recipe, resume=resume, quiet=quiet)
         model, meta = api.load_student(result.best_path)
-        shape = (meta["in_channels"], meta["image_size"], meta["image_size"])
+        shape = input_shape_of(meta)
         row = {"role": role, "model": recipe.student.name, "run": str(result.run_dir),
                "top1": result.best["top1"], "best_epoch": result.best["epoch"],
                "last_top1": result.last.get("val_top1")}
@@ -69,8 +80,8 @@ def run_quickstart(output_dir: Path, teacher_epochs: int = 15, student_epochs: i
         "compression_vs_teacher": {
             "params_x": teacher["params"] / kd["params"],
             "size_x": teacher["size_mb"] / kd["size_mb"],
-            "latency_b1_x": teacher["latency_b1_ms"] / kd["latency_b1_ms"],
-            "latency_b64_x": teacher["latency_b64_ms"] / kd["latency_b64_ms"],
+            "latency_b1_x": _ratio(teacher["latency_b1_ms"], kd["latency_b1_ms"]),
+            "latency_b64_x": _ratio(teacher["latency_b64_ms"], kd["latency_b64_ms"]),
         },
         "wall_seconds": time.perf_counter() - t0,
         "threads": torch.get_num_threads(),
@@ -80,7 +91,10 @@ def run_quickstart(output_dir: Path, teacher_epochs: int = 15, student_epochs: i
     console.print(render_table(summary))
     console.print(f"KD gain over scratch: [bold]{summary['kd_gain_over_scratch_points']:+.2f}[/] points · student is "
                   f"{summary['compression_vs_teacher']['params_x']:.1f}× smaller and "
-                  f"{summary['compression_vs_teacher']['latency_b1_x']:.1f}× faster (batch 1) than the teacher")
+                  f"{_x(summary['compression_vs_teacher']['latency_b1_x'])} faster (batch 1) than the teacher")
+    for r in rows:
+        if r.get("timing_flag"):
+            console.print(f"[yellow]{r['role']}:[/] {r['timing_flag']}", highlight=False)
     console.print(f"table: {output_dir / 'table.md'} · {output_dir / 'table.json'} · "
                   f"total {summary['wall_seconds']:.0f} s")
     _maybe_report(output_dir, rows, console)
@@ -103,7 +117,7 @@ def render_table(summary: dict[str, Any]) -> Table:
     for _, head, _ in _COLS:
         t.add_column(head or "")
     for r in summary["rows"]:
-        t.add_row(*[fmt.format(r[k]) for k, _, fmt in _COLS])
+        t.add_row(*[fmt.format(r[k]) if r.get(k) is not None else "—" for k, _, fmt in _COLS])
     return t
 
 
@@ -112,12 +126,14 @@ def to_markdown(summary: dict[str, Any]) -> str:
     sep = "|" + "---|" * len(_COLS)
     lines = [f"# kdkit quickstart — {summary['dataset']}", "", head, sep]
     for r in summary["rows"]:
-        lines.append("| " + " | ".join(fmt.format(r[k]) for k, _, fmt in _COLS) + " |")
+        lines.append("| " + " | ".join(fmt.format(r[k]) if r.get(k) is not None else "—" for k, _, fmt in _COLS)
+                     + " |")
     c = summary["compression_vs_teacher"]
     lines += ["", f"- KD gain over scratch: {summary['kd_gain_over_scratch_points']:+.2f} points",
               f"- teacher − KD student: {summary['teacher_minus_kd_points']:.2f} points",
               f"- compression vs teacher: {c['params_x']:.1f}× params, {c['size_x']:.1f}× size, "
-              f"{c['latency_b1_x']:.1f}× latency at batch 1, {c['latency_b64_x']:.1f}× at batch 64",
+              f"{_x(c['latency_b1_x'])} latency at batch 1, {_x(c['latency_b64_x'])} at batch 64",
               f"- latency: median of repeats, per image, {summary['threads']} CPU thread(s); size: safetensors bytes",
               f"- wall time: {summary['wall_seconds']:.0f} s", ""]
+    lines[-1:-1] = [f"- {r['role']}: {r['timing_flag']}" for r in summary["rows"] if r.get("timing_flag")]
     return "\n".join(lines)

@@ -8,6 +8,7 @@ path and what is allowed, e.g. ``recipe field 'optim.lr': Input should be a vali
 from __future__ import annotations
 
 import copy
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -49,8 +50,10 @@ class DataSpec(_Strict):
     batch_size: int = Field(default=128, ge=1)
     eval_batch_size: int = Field(default=512, ge=1)
     augment: AugmentSpec = Field(default_factory=AugmentSpec)
-    mean: list[float] | None = Field(default=None, description="per-channel mean (0-1 scale); default: train split")
-    std: list[float] | None = Field(default=None, description="per-channel std (0-1 scale); default: train split")
+    mean: list[float] | None = Field(default=None, description="per-channel mean (uint8 images: 0-1 scale; float "
+                                     "data: its own units); default: train split")
+    std: list[float] | None = Field(default=None, description="per-channel std (same scale as mean); default: train "
+                                    "split")
     train_limit: int | None = Field(default=None, ge=1, description="use a stratified subset of N training samples")
     held_out: bool = Field(default=False, description="train on the training samples that `train_limit` leaves out "
                            "(a held-out transfer set the teacher never saw)")
@@ -72,7 +75,9 @@ class TermSpec(_Strict):
 
     @property
     def log_name(self) -> str:
-        return self.key or self.name
+        if self.key:
+            return self.key
+        return self.name.rpartition(":")[2] if self.name.startswith("py:") else self.name  # py:mod:MyTerm -> MyTerm
 
 
 class SchemeSpec(_Strict):
@@ -270,13 +275,23 @@ def recipe_from_dict(data: dict[str, Any], overrides: list[str] | None = None, s
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Read a YAML recipe; ``path`` may also name a bundled recipe (``kdkit recipes`` lists them)."""
     p = resolve_recipe_path(path)
+    text = p.read_text()
+    if "py:" in text or any("py:" in o for o in overrides or []):
+        use_code_folder(p.parent)
     try:
-        data = yaml.safe_load(p.read_text())
+        data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise ConfigError(f"recipe file '{p}'{where}: not valid YAML ({getattr(err, 'problem', err)})") from None
     return recipe_from_dict(data or {}, overrides, source=f"recipe '{p.name}'")
+
+
+def use_code_folder(folder: str | Path) -> None:
+    """Put ``folder`` on ``sys.path`` so that a recipe's ``py:module:attr`` names find the modules beside it."""
+    p = str(Path(folder).resolve())
+    if p not in sys.path:
+        sys.path.insert(0, p)
 
 
 def bundled_recipes_dir() -> Path:

@@ -58,6 +58,7 @@ PLUGINS: list[Plugin] = [
     Plugin("kdkit.models.qat"),
     Plugin("kdkit.models.exits"),
     Plugin("kdkit.data.sources"),
+    Plugin("kdkit.data.arrays"),
     Plugin("kdkit.terms.logits"),
     Plugin("kdkit.terms.regularizers"),
     Plugin("kdkit.terms.features"),
@@ -85,6 +86,15 @@ _loading = False
 _entry_points_read = False
 
 
+_user_plugins: set[str] = set()
+
+
+def user_plugin_modules() -> set[str]:
+    """Modules the user named with ``--plugin`` / :func:`add_plugin` or through the ``kdkit.plugins`` entry points."""
+    _read_entry_points()
+    return set(_user_plugins)
+
+
 def add_plugin(module: str, extra: str | None = None) -> None:
     """Add a user module (``--plugin mypkg.kd``) whose import registers models, datasets, terms, schemes or commands.
 
@@ -92,6 +102,7 @@ def add_plugin(module: str, extra: str | None = None) -> None:
     """
     if not any(p.module == module for p in PLUGINS):
         PLUGINS.append(Plugin(module, extra))
+    _user_plugins.add(module)
     _import(Plugin(module, extra), user=True)
 
 
@@ -105,6 +116,7 @@ def _read_entry_points() -> None:
 
     for ep in entry_points(group="kdkit.plugins"):
         module = ep.value.split(":", 1)[0].strip()
+        _user_plugins.add(module)
         if not any(p.module == module for p in PLUGINS):
             PLUGINS.append(Plugin(module))
 
@@ -155,8 +167,9 @@ class Registry(Generic[T]):
     Lookups and listings are complete: see the module docstring.
     """
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, py_names: bool = False) -> None:
         self.kind = kind
+        self.py_names = py_names  # ``py:package.module:attr`` names user code directly (terms, schemes)
         self._entries: dict[str, Entry[T]] = {}
 
     def register(self, name: str | None = None, *, description: str | None = None, **meta: Any
@@ -180,7 +193,19 @@ class Registry(Generic[T]):
         desc = description or _first_line(getattr(obj, "__doc__", None)) or ""
         self._entries[name] = Entry(name, obj, desc, dict(meta))
 
+    def _user_entry(self, name: str) -> Entry[T] | None:
+        """``py:package.module:attr``: the user's object, imported on first use and kept under that name."""
+        if not (self.py_names and isinstance(name, str) and name.startswith("py:")):
+            return None
+        if name not in self._entries:
+            obj = import_object(name[3:], f"{self.kind} '{name}'")
+            self._entries[name] = Entry(name, obj, _first_line(getattr(obj, "__doc__", None)), {"user": True})
+        return self._entries[name]
+
     def entry(self, name: str) -> Entry[T]:
+        user = self._user_entry(name)
+        if user is not None:
+            return user
         if name not in self._entries:
             load_plugins(until=lambda: name in self._entries)
         try:
@@ -193,6 +218,9 @@ class Registry(Generic[T]):
 
     def find(self, name: str) -> Entry[T] | None:
         """The entry, or None (after searching every plug-in module)."""
+        user = self._user_entry(name)
+        if user is not None:
+            return user
         if name not in self._entries:
             load_plugins(until=lambda: name in self._entries)
         return self._entries.get(name)
@@ -206,11 +234,11 @@ class Registry(Generic[T]):
 
     def entries(self) -> list[Entry[T]]:
         load_plugins()
-        return [self._entries[k] for k in sorted(self._entries)]
+        return [self._entries[k] for k in sorted(self._entries) if not k.startswith("py:")]
 
     def names(self) -> list[str]:
         load_plugins()
-        return sorted(self._entries)
+        return sorted(k for k in self._entries if not k.startswith("py:"))
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and self.find(name) is not None
@@ -260,6 +288,6 @@ def import_object(ref: str, field: str) -> Any:
 MODELS: Registry[Callable] = Registry("model")  # the kdkit zoo: name -> builder(num_classes, in_channels, ...)
 MODEL_SOURCES: Registry[Callable] = Registry("model source")  # 'PREFIX:' -> builder(rest, num_classes, ...)
 DATASETS: Registry[Callable] = Registry("dataset")  # name or 'PREFIX:' -> loader(**params); meta: run_data builder
-LOSSES: Registry[type] = Registry("loss term")
-SCHEMES: Registry[type] = Registry("scheme")
+LOSSES: Registry[type] = Registry("loss term", py_names=True)  # also ``py:module:Class`` (a LossTerm subclass)
+SCHEMES: Registry[type] = Registry("scheme", py_names=True)  # also ``py:module:Class`` (a Scheme subclass)
 COMMANDS: Registry[Callable] = Registry("command")  # CLI commands beyond the core ones: name -> Typer function

@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import pickle
+import sys
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -254,6 +255,36 @@ def resolve_checkpoint(path: str | os.PathLike, field: str) -> Path:
     return p
 
 
+def code_folder(module: str) -> str | None:
+    """The folder an imported user module (``pkg.mod``) was imported from: the folder that must be on the path."""
+    mod = sys.modules.get(module)
+    file = getattr(mod, "__file__", None)
+    if not file:
+        return None
+    p = Path(file).resolve().parent
+    for _ in range(module.count(".") + (1 if Path(file).name == "__init__.py" else 0)):
+        p = p.parent
+    return str(p)
+
+
+def input_shape_of(meta: dict[str, Any]) -> tuple[int, ...]:
+    """One sample's input shape recorded in a checkpoint's metadata: ``input_shape`` (C, H, W) / (C, L) / (D,) ...;
+    checkpoints written before it was recorded hold square images: (in_channels, image_size, image_size)."""
+    if meta.get("input_shape"):
+        return tuple(int(v) for v in meta["input_shape"])
+    return int(meta["in_channels"]), int(meta["image_size"]), int(meta["image_size"])
+
+
+def check_input_shape(data: Any, meta: dict[str, Any], what: str) -> None:
+    """``data`` (an ImageData) must hold samples of the shape and dtype the checkpoint was trained on."""
+    want = meta.get("input_shape")
+    if want is None or getattr(data, "input_shape", None) is None:
+        return
+    if tuple(data.input_shape) != tuple(want) or data.input_dtype != meta.get("input_dtype", data.input_dtype):
+        raise ConfigError(f"{what} holds {data.input_dtype} samples of shape {tuple(data.input_shape)}, but the model "
+                          f"was trained on {meta.get('input_dtype')} {tuple(want)}; pass the dataset it was trained on")
+
+
 def model_meta(spec: Any, data: Any, recipe: Any = None) -> dict[str, Any]:
     """What a checkpoint needs to rebuild its model and re-evaluate it (``kdkit eval`` reads ``data``).
 
@@ -262,9 +293,18 @@ def model_meta(spec: Any, data: Any, recipe: Any = None) -> dict[str, Any]:
         data: the run's :class:`kdkit.data.RunData` (classes, input shape, normalisation).
         recipe: the recipe, to record the dataset and split (optional).
     """
-    meta = {"model": {"name": spec.name, "params": spec.params}, "num_classes": data.num_classes,
+    model = {"name": spec.name, "params": spec.params}
+    if str(spec.name).startswith("py:"):
+        folder = code_folder(str(spec.name)[3:].partition(":")[0])
+        if folder:
+            model["code_dir"] = folder  # said in errors when the module is not importable later; never imported from
+    meta = {"model": model, "num_classes": data.num_classes,
             "in_channels": data.in_channels, "image_size": data.image_size, "mean": data.mean, "std": data.std,
             "classes": data.classes}
+    shape = getattr(data, "input_shape", None)
+    if shape is not None:
+        meta["input_shape"] = [int(v) for v in shape]
+        meta["input_dtype"] = getattr(data, "input_dtype", "uint8")
     if recipe is not None:
         d = recipe.data
         meta["data"] = {"name": d.name, "params": d.params, "val_fraction": d.val_fraction,

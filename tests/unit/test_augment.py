@@ -233,8 +233,10 @@ def test_non_square_images():
 
 def test_errors():
     aug = Augment((0.5,), (0.5,), crop_padding=1)
-    with pytest.raises(DataError, match="uint8"):
-        aug(torch.zeros(2, 1, 4, 4), torch.arange(2), 0)
+    with pytest.raises(DataError, match="uint8 or float32"):
+        aug(torch.zeros(2, 1, 4, 4, dtype=torch.float64), torch.arange(2), 0)
+    with pytest.raises(ConfigError, match=r"data.augment: crop and flip are image augmentations.*\(1, 40\)"):
+        aug(torch.zeros(2, 1, 40), torch.arange(2), 0)
     with pytest.raises(DataError, match="channels"):
         aug(torch.zeros(2, 3, 4, 4, dtype=torch.uint8), torch.arange(2), 0)
     with pytest.raises(DataError, match="index"):
@@ -245,3 +247,22 @@ def test_errors():
         Augment((0.5,), (0.5,), crop_padding=-1)
     with pytest.raises(ConfigError, match="one value per channel"):
         Augment((0.5, 0.5), (0.5,))
+
+
+def test_float_data_of_any_shape_is_normalised_per_channel_in_its_own_units():
+    """(B, D), (B, C, L) and float (B, C, H, W): (x - mean_c) / std_c along axis 1, no /255 (float data keeps its
+    units). Reference in float64; tolerance: two float32 roundings of values of magnitude < 50, 4 * eps32 * 50."""
+    g = torch.Generator().manual_seed(0)
+    for shape in [(5, 3), (5, 3, 7), (5, 3, 4, 6)]:
+        x = torch.randn(shape, generator=g) * 10 + 3
+        mean, std = (1.0, -2.0, 0.5), (2.0, 4.0, 0.25)
+        out = Augment.normalize_only(mean, std)(x, torch.arange(5), 0)
+        bshape = (1, 3) + (1,) * (len(shape) - 2)
+        ref = (x.double() - torch.tensor(mean, dtype=torch.float64).reshape(bshape)) / torch.tensor(
+            std, dtype=torch.float64).reshape(bshape)
+        assert out.dtype == torch.float32 and out.shape == x.shape
+        assert torch.allclose(out.double(), ref, rtol=0, atol=4 * torch.finfo(torch.float32).eps * 50)
+    # float images take the same crop/flip as uint8 ones: the geometric part is dtype-blind
+    u8 = torch.randint(0, 256, (6, 1, 5, 7), generator=g, dtype=torch.uint8)
+    aug = Augment((0.0,), (1.0,), crop_padding=2, flip=True, seed=3)
+    assert torch.equal(aug.geometric(u8.float(), torch.arange(6), 2), aug.geometric(u8, torch.arange(6), 2).float())

@@ -125,8 +125,12 @@ def test_imagedata_subset_fingerprint_and_validation():
     d3 = d.subset(range(20))
     d3.targets[5] = (d3.targets[5] + 1) % 10
     assert d3.fingerprint() != d.fingerprint()
+    with pytest.raises(DataError, match="uint8 tensor .N, C, H, W. or a float32"):
+        ImageData(torch.zeros(2, 1, 4, 4, dtype=torch.float64), torch.zeros(2, dtype=torch.int64), ["a"], "x")
     with pytest.raises(DataError, match="uint8"):
-        ImageData(torch.zeros(2, 1, 4, 4), torch.zeros(2, dtype=torch.int64), ["a"], "x")
+        ImageData(torch.zeros(2, 4, dtype=torch.uint8), torch.zeros(2, dtype=torch.int64), ["a"], "x")
+    with pytest.raises(DataError, match="NaN"):
+        ImageData(torch.tensor([[0.0], [float("nan")]]), torch.zeros(2, dtype=torch.int64), ["a"], "x")
     with pytest.raises(DataError, match="out of range"):
         ImageData(torch.zeros(2, 1, 4, 4, dtype=torch.uint8), torch.tensor([0, 3]), ["a", "b"], "x")
     with pytest.raises(DataError, match="subset indices"):
@@ -320,7 +324,10 @@ def test_npz_layouts_and_dtypes(tmp_path: Path, layout: str):
     for f in ("u8.npz", "f.npz"):
         d = load_source(f"npz:{tmp_path / f}")
         assert d.images.shape == (7, 3, 5, 6)
-        assert np.array_equal(d.images.numpy(), x.transpose(0, 3, 1, 2))
+        # uint8 stays uint8; float stays float in its own units (never quantised to uint8)
+        want = x.transpose(0, 3, 1, 2) if f == "u8.npz" else x.transpose(0, 3, 1, 2).astype(np.float32) / 255
+        assert d.images.dtype == (torch.uint8 if f == "u8.npz" else torch.float32)
+        assert np.array_equal(d.images.numpy(), want)
         assert d.targets.tolist() == y.tolist()
     assert load_source(str(tmp_path / "f.npz")).classes == list("abcd")
 
@@ -338,8 +345,8 @@ def test_npz_variants_and_errors(tmp_path: Path):
     assert m.multi_label and m.targets.shape == (5, 3) and m.num_classes == 3
     np.savez(tmp_path / "u.npz", x=gray)
     assert load_source(f"npz:{tmp_path / 'u.npz'}").targets.tolist() == [-1] * 5
-    np.savez(tmp_path / "bad.npz", x=gray.astype(np.float32) * 3)
-    with pytest.raises(DataError, match=r"\[0, 1\]"):
+    np.savez(tmp_path / "bad.npz", x=np.full((2, 3), np.inf, np.float32))
+    with pytest.raises(DataError, match="NaN or infinite"):
         load_source(f"npz:{tmp_path / 'bad.npz'}")
     np.savez(tmp_path / "obj.npz", x=np.array([{"a": 1}], dtype=object))
     with pytest.raises(DataError, match="without pickle"):

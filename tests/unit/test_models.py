@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
+import math
 import os
 import sys
 from pathlib import Path
@@ -76,6 +77,14 @@ def test_resnet_param_count_closed_form(name: str, depth: int, widths: tuple[int
     assert count_params(create_model(name, num_classes=100)) == _cifar_resnet_params(depth, widths, 100)
 
 
+def test_mlp_takes_any_input_shape() -> None:
+    """(D,), (C, L) and non-square (C, H, W) samples: the input width is the product of input_shape."""
+    for shape in [(40,), (2, 40), (3, 5, 9)]:
+        m = create_model("mlp", num_classes=4, input_shape=shape, hidden=[8])
+        assert m.fc.out_features == 4 and m(torch.rand(2, *shape)).shape == (2, 4)
+        assert m.in_features == math.prod(shape)
+
+
 def test_mlp_784_64_10() -> None:
     m = create_model("mlp", num_classes=10, in_channels=1, image_size=28)
     assert count_params(m) == 784 * 64 + 64 + 64 * 10 + 10
@@ -83,7 +92,7 @@ def test_mlp_784_64_10() -> None:
     assert isinstance(m.embed, nn.Identity) and m.fc.in_features == 64
     assert create_model("mlp", 10, 1, 28, hidden=[32, 16]).kd_stages == ("hidden.1", "hidden.3")
     assert m(torch.rand(3, 1, 28, 28)).shape == (3, 10)
-    with pytest.raises(ShapeError, match="image_size"):
+    with pytest.raises(ShapeError, match="input_shape"):
         m(torch.rand(3, 1, 32, 32))
 
 

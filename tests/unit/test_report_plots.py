@@ -262,7 +262,7 @@ def test_report_without_case_study_or_measurements(tmp_path):
     runs = _three(tmp_path)
     html = write_report([r.run_dir for r in runs], tmp_path / "rep", measure=False).read_text()
     # best val top-1 from the histories: 95 (KD) - 93 (scratch)
-    assert "KD student: 95.0% (+2.0 over scratch)</div>" in html
+    assert "KD student: 95.0% (+2.0 over scratch) (k; last-epoch validation top-1)</div>" in html
     assert "no Pareto view" in html
     assert len(re.findall(r'<img src="data:image/png;base64,', html)) == 1 + 3
 
@@ -305,3 +305,63 @@ def test_cli_report(tmp_path):
     assert (tmp_path / "o" / "report.html").is_file() and (tmp_path / "o" / "summary.md").is_file()
     res = CliRunner().invoke(app, ["report", str(tmp_path / "missing")])
     assert isinstance(res.exception, KdkitError) and "missing' not found" in str(res.exception)
+
+
+def test_a_regularised_run_without_teacher_is_never_the_scratch_baseline(tmp_path):
+    """Label smoothing (a term, or ce's own label_smoothing) is its own role; the KD gain is over the plain-CE run."""
+    t = _info(tmp_path, "a", "cnn_teacher")
+    s = _info(tmp_path, "b", "mlp", final=90.0)
+    ls = _info(tmp_path, "c", "mlp", terms=("label_smoothing",), final=96.0)
+    ls2 = _run(tmp_path, "c2", "mlp", final=97.0)
+    cfg = yaml.safe_load((ls2 / "config.yaml").read_text())
+    cfg["terms"] = [{"name": "ce", "params": {"label_smoothing": 0.1}}]
+    (ls2 / "config.yaml").write_text(yaml.safe_dump(cfg))
+    k = _info(tmp_path, "d", "mlp", teachers=[{"name": "cnn_teacher", "checkpoint": str(tmp_path / "a")}],
+              terms=("ce", "kd"), final=93.0)
+    assert infer_roles([t, s, ls, load_run(ls2), k]) == ["teacher", "scratch", "regularized", "regularized",
+                                                          "distilled"]
+    html = write_report([tmp_path / n for n in "a b c c2 d".split()], tmp_path / "rep", measure=False).read_text()
+    assert "KD student: 93.0% (+3.0 over scratch)" in html  # against b (90), not the label-smoothing runs (96, 97)
+    assert "student (no teacher, regularised)" in html
+
+
+def test_seeds_of_one_recipe_are_grouped_and_the_headline_takes_no_maximum(tmp_path):
+    """Three seeds of one KD recipe: the headline is the mean ± sample std of their *last* epochs, not the best run's
+    best epoch. Runs whose last epoch differs from their best show that the headline never selects on val."""
+    _run(tmp_path, "t", "cnn_teacher", final=98.0)
+    _run(tmp_path, "s", "mlp", final=90.0)
+    for seed, final in ((0, 92.0), (1, 94.0), (2, 96.0)):
+        _run(tmp_path, f"kd_s{seed}", "mlp", teachers=[{"name": "cnn_teacher", "checkpoint": str(tmp_path / "t")}],
+             terms=("ce", "kd"), final=final, seed=seed)
+    # make seed 2's last epoch worse than its best (its best epoch 96 must not become the headline)
+    p = tmp_path / "kd_s2" / "metrics.jsonl"
+    hist = [json.loads(x) for x in p.read_text().splitlines()]
+    hist.append(dict(hist[-1], epoch=5, val_top1=91.0))
+    p.write_text("".join(json.dumps(h) + "\n" for h in hist))
+    runs = ["t", "s", "kd_s0", "kd_s1", "kd_s2"]
+    html = write_report([tmp_path / n for n in runs], tmp_path / "rep", measure=False).read_text()
+    mean = (92.0 + 94.0 + 91.0) / 3
+    std = math.sqrt(sum((v - mean) ** 2 for v in (92.0, 94.0, 91.0)) / 2)
+    assert f"KD student: {mean:.1f}% ± {std:.1f} over 3 seeds (+{mean - 90.0:.1f} over scratch)" in html
+    assert "kd_s ×3 seeds; last-epoch validation top-1" in html
+    assert "96.0%" not in html[:html.index("</h1>") + 2000]  # the best epoch of the best seed is not the headline
+    md = (tmp_path / "rep" / "summary.md").read_text()
+    assert f"| kd_s ×3 seeds | student (KD) | 3 | {mean:.2f} ± {std:.2f} |" in md
+
+
+def test_two_kd_recipes_get_distinct_shades_of_the_kd_colour(tmp_path):
+    from kdkit.report.plots import ROLE_COLORS, shade
+
+    _run(tmp_path, "t", "cnn_teacher", final=98.0)
+    teachers = [{"name": "cnn_teacher", "checkpoint": str(tmp_path / "t")}]
+    _run(tmp_path, "kd_a", "mlp", teachers=teachers, terms=("ce", "kd"), final=94.0)
+    _run(tmp_path, "kd_b", "mlp", teachers=teachers, terms=("ce", "dkd"), final=95.0)
+    out = tmp_path / "rep"
+    write_report([tmp_path / n for n in ("t", "kd_a", "kd_b")], out, measure=False)
+    img = _check_png((out / "accuracy.png").read_bytes())
+    rgb = (img[..., :3] * 255).round().astype(int).reshape(-1, 3)
+    second = shade(ROLE_COLORS["distilled"], 1)
+    assert second != ROLE_COLORS["distilled"]
+    for hexcol in (ROLE_COLORS["distilled"], second):
+        want = np.array([int(hexcol[i:i + 2], 16) for i in (1, 3, 5)])
+        assert (np.abs(rgb - want).max(axis=1) <= 2).sum() > 500, hexcol  # a bar of each

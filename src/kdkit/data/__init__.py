@@ -12,6 +12,7 @@ Typical use::
     val = BatchLoader(data, val_idx, 256, Augment.normalize_only(mean, std), shuffle=False, seed=0)
 """
 
+from kdkit.data.arrays import as_data, from_arrays
 from kdkit.data.augment import Augment
 from kdkit.data.image_data import ImageData, dataset_stats, duplicate_groups
 from kdkit.data.loader import BatchLoader
@@ -22,6 +23,8 @@ from kdkit.data.split import load_split, predefined_split, save_split, split_dat
 
 __all__ = [
     "Augment",
+    "as_data",
+    "from_arrays",
     "BatchLoader",
     "ImageData",
     "RunData",

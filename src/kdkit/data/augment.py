@@ -111,7 +111,7 @@ def _use_numpy(images: Tensor, backend: str) -> bool:
 def _pad(xp: Any, images: Any, p: int, **like: Any) -> Any:
     """Zero padding by one zeroed buffer and a slice copy (cheaper than F.pad / np.pad for uint8)."""
     b, c, h, w = images.shape
-    padded = xp.zeros((b, c, h + 2 * p, w + 2 * p), dtype=xp.uint8, **like)
+    padded = xp.zeros((b, c, h + 2 * p, w + 2 * p), dtype=images.dtype, **like)
     padded[:, :, p : p + h, p : p + w] = images
     return padded
 
@@ -245,7 +245,7 @@ class Augment:
         """Random crop (zero padding) and flip only.
 
         Args:
-            images: (B, C, H, W) uint8.
+            images: (B, C, H, W) uint8 or float32 (other shapes pass through when no augmentation is on).
             index: (B,) int64.
             view: int or (B,) int64.
             backend: ``auto`` (numpy for CPU tensors, torch otherwise), ``numpy`` or ``torch``; all give identical
@@ -254,7 +254,7 @@ class Augment:
                 (DDP processes, a busy machine).
 
         Returns:
-            (B, C, H, W) uint8 on the device of ``images``.
+            the augmented batch, same dtype and device as ``images``.
         """
         b, c, h, w = self._check(images, index, view)
         if not self.is_random or b == 0:
@@ -271,17 +271,20 @@ class Augment:
         return _crop_flip_torch(images, dy, dx, flip, self.crop_padding)
 
     def normalize(self, images: Tensor, *, backend: str = "auto") -> Tensor:
-        """``(x / 255 - mean) / std`` as float32, computed as ``x * (1 / (255 std)) + (-mean / std)``.
+        """``(x / 255 - mean) / std`` (uint8 pixels) or ``(x - mean) / std`` (float data of any shape (B, C, ...),
+        channel = axis 1) as float32, computed as ``x * (1 / (255 std)) + (-mean / std)``.
 
         Two separately rounded element-wise ops (no fused multiply-add), so every element is bit-identical whatever
         the batch, backend or device.
         """
         c = images.shape[1]
         if c != len(self.mean):
-            raise DataError(f"augment: images have {c} channels but mean/std have {len(self.mean)} values")
-        scale = np.array([1.0 / (255.0 * s) for s in self.std], dtype=np.float32).reshape(1, c, 1, 1)
+            raise DataError(f"augment: inputs have {c} channels (axis 1) but mean/std have {len(self.mean)} values")
+        unit = 255.0 if images.dtype == torch.uint8 else 1.0
+        bshape = (1, c) + (1,) * (images.dim() - 2)
+        scale = np.array([1.0 / (unit * s) for s in self.std], dtype=np.float32).reshape(bshape)
         shift = np.array([-m / s for m, s in zip(self.mean, self.std, strict=True)], dtype=np.float32)
-        shift = shift.reshape(1, c, 1, 1)
+        shift = shift.reshape(bshape)
         if _use_numpy(images, backend):
             out = images.numpy().astype(np.float32)
             out *= scale
@@ -296,19 +299,24 @@ class Augment:
         """Augment and normalise a batch.
 
         Args:
-            images: (B, C, H, W) uint8.
+            images: (B, C, H, W) uint8 pixels, or float32 (B, C, ...) data in its own units.
             index: (B,) int64 sample indices (the split-local index of :class:`kdkit.data.BatchLoader` batches).
             view: int or (B,) int64 view numbers (the epoch, or epoch mod V with a soft-label store).
 
         Returns:
-            (B, C, H, W) float32 on the device of ``images``.
+            float32 of the shape of ``images``, on its device.
         """
         return self.normalize(self.geometric(images, index, view))
 
     def _check(self, images: Tensor, index: Tensor, view: int | Tensor) -> tuple[int, int, int, int]:
-        if not isinstance(images, Tensor) or images.dtype != torch.uint8 or images.dim() != 4:
+        if not isinstance(images, Tensor) or images.dtype not in (torch.uint8, torch.float32) or images.dim() < 2:
             got = f"{images.dtype} {tuple(images.shape)}" if isinstance(images, Tensor) else type(images).__name__
-            raise DataError(f"augment: expected a uint8 batch (B, C, H, W), got {got}")
+            raise DataError(f"augment: expected a uint8 or float32 batch (B, C, ...), got {got}")
+        if images.dim() != 4:
+            if self.is_random:
+                raise ConfigError(f"data.augment: crop and flip are image augmentations, but the samples have shape "
+                                  f"{tuple(images.shape[1:])}, not (C, H, W); remove data.augment")
+            images = images.reshape(images.shape[0], images.shape[1], 1, -1)
         b, c, h, w = images.shape
         if c != len(self.mean):
             raise DataError(f"augment: images have {c} channels but mean/std have {len(self.mean)} values")

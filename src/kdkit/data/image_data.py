@@ -57,17 +57,19 @@ def duplicate_groups(images: Tensor) -> Tensor:
 
 @dataclass
 class ImageData:
-    """An image classification dataset held in memory.
+    """A classification dataset held in memory: images, signals or tabular features.
 
     Attributes:
-        images: (N, C, H, W) uint8 pixels, 0-255.
+        images: the inputs: (N, C, H, W) uint8 pixels 0-255 (image sources), or float32 of any sample shape --
+            (N, D) tabular, (N, C, L) signals, (N, C, H, W) float images -- kept in the data's own units.
         targets: (N,) int64 class indices (-1 = unlabelled), or (N, K) float multi-hot for multi-label data.
         classes: class names; ``len(classes)`` is the number of classes K.
         name: where the data came from (``"mnist_5k"``, ``"imagefolder:/data/pets"``, ...), for messages and manifests.
         groups: (N,) int64; samples with byte-identical pixels share a group id, so that a split never puts one copy
             in train and another in val. Computed from the pixels when not given.
-        mean: optional per-channel mean on the 0-1 scale (e.g. published statistics); None = compute from train.
-        std: optional per-channel standard deviation on the 0-1 scale.
+        mean: optional per-channel mean (uint8: on the 0-1 scale; float: in the data's units); None = compute from
+            train.
+        std: optional per-channel standard deviation (same scale as ``mean``).
         test_indices: positions of the samples that form the dataset's own predefined test split (CIFAR
             ``test_batch``) when the source loaded it alongside the training data, else None.
     """
@@ -83,9 +85,14 @@ class ImageData:
 
     def __post_init__(self) -> None:
         imgs, tg = self.images, self.targets
-        if not isinstance(imgs, Tensor) or imgs.dtype != torch.uint8 or imgs.dim() != 4:
+        ok = isinstance(imgs, Tensor) and (
+            (imgs.dtype == torch.uint8 and imgs.dim() == 4) or (imgs.dtype == torch.float32 and imgs.dim() >= 2))
+        if not ok:
             got = f"{imgs.dtype} {tuple(imgs.shape)}" if isinstance(imgs, Tensor) else type(imgs).__name__
-            raise DataError(f"dataset '{self.name}': images must be a uint8 tensor (N, C, H, W), got {got}")
+            raise DataError(f"dataset '{self.name}': inputs must be a uint8 tensor (N, C, H, W) or a float32 tensor "
+                            f"(N, ...) such as (N, D), (N, C, L) or (N, C, H, W), got {got}")
+        if imgs.dtype == torch.float32 and imgs.numel() and not bool(torch.isfinite(imgs).all()):
+            raise DataError(f"dataset '{self.name}': inputs contain NaN or infinity; clean or impute them first")
         n = imgs.shape[0]
         if not isinstance(tg, Tensor) or tg.shape[:1] != (n,) or tg.dim() not in (1, 2):
             got = tuple(tg.shape) if isinstance(tg, Tensor) else type(tg).__name__
@@ -139,14 +146,31 @@ class ImageData:
         return int(self.images.shape[1])
 
     @property
+    def input_shape(self) -> tuple[int, ...]:
+        """One sample's shape: (C, H, W) for images, (C, L) for signals, (D,) for tabular features."""
+        return tuple(int(v) for v in self.images.shape[1:])
+
+    @property
+    def input_dtype(self) -> str:
+        """``uint8`` (pixels 0-255, normalised on the 0-1 scale) or ``float32`` (kept in the data's own units)."""
+        return "uint8" if self.images.dtype == torch.uint8 else "float32"
+
+    @property
+    def is_image(self) -> bool:
+        """Samples are (C, H, W) images (uint8 or float): crop and flip augmentation apply."""
+        return self.images.dim() == 4
+
+    @property
     def hw(self) -> tuple[int, int]:
         """(H, W) of every image."""
+        if not self.is_image:
+            raise DataError(f"dataset '{self.name}' holds samples of shape {self.input_shape}, not (C, H, W) images")
         return int(self.images.shape[2]), int(self.images.shape[3])
 
     @property
     def image_size(self) -> int:
-        """H (images may be non-square; see :attr:`hw`)."""
-        return int(self.images.shape[2])
+        """H for images (which may be non-square; see :attr:`hw`); the last axis' length for other data."""
+        return int(self.images.shape[2]) if self.is_image else int(self.images.shape[-1])
 
     @property
     def multi_label(self) -> bool:
@@ -195,37 +219,44 @@ class ImageData:
 
     def describe(self) -> str:
         """One line: name, size, shape, classes."""
-        c, (hh, ww) = self.in_channels, self.hw
-        return f"{self.name}: {len(self)} images {c}x{hh}x{ww}, {self.num_classes} classes"
+        shape = "x".join(str(v) for v in self.input_shape)
+        what = "images" if self.is_image else "samples"
+        return f"{self.name}: {len(self)} {what} {shape} {self.input_dtype}, {self.num_classes} classes"
 
 
 def dataset_stats(images: Tensor, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and (population) standard deviation of uint8 images, on the 0-1 scale.
+    """Per-channel mean and (population) standard deviation, channel = axis 1.
 
-    Compute it over the training split only, so that validation data does not leak into normalisation.
-    Accumulates in float64 over chunks, so a 150 MB CIFAR-100 tensor is never copied whole to float.
+    uint8 images: on the 0-1 scale (pixels / 255). float32 data of any shape (N, C, ...) or (N, D): in the data's own
+    units, reduced over every axis but axis 1 (so tabular (N, D) data gets one mean/std per feature). Compute it over
+    the training split only, so that validation data does not leak into normalisation. Accumulates in float64 over
+    chunks, so a 150 MB CIFAR-100 tensor is never copied whole to float.
 
     Args:
-        images: (N, C, H, W) uint8.
-        chunk: images per accumulation step.
+        images: (N, C, H, W) uint8, or (N, C, ...) float32.
+        chunk: samples per accumulation step.
 
     Returns:
         (mean, std): two tuples of C floats.
     """
-    if not isinstance(images, Tensor) or images.dtype != torch.uint8 or images.dim() != 4 or images.shape[0] == 0:
+    ok = isinstance(images, Tensor) and images.dim() >= 2 and images.shape[0] > 0 and (
+        (images.dtype == torch.uint8 and images.dim() == 4) or images.dtype == torch.float32)
+    if not ok:
         got = f"{images.dtype} {tuple(images.shape)}" if isinstance(images, Tensor) else type(images).__name__
-        raise DataError(f"dataset_stats needs a non-empty uint8 tensor (N, C, H, W), got {got}")
+        raise DataError(f"dataset_stats needs a non-empty uint8 (N, C, H, W) or float32 (N, C, ...) tensor, got {got}")
     c = images.shape[1]
+    dims = tuple(d for d in range(images.dim()) if d != 1)
     s = torch.zeros(c, dtype=torch.float64)
     s2 = torch.zeros(c, dtype=torch.float64)
     for start in range(0, images.shape[0], chunk):
         x = images[start : start + chunk].to(torch.float64)
-        s += x.sum(dim=(0, 2, 3))
-        s2 += x.square().sum(dim=(0, 2, 3))
-    count = images.shape[0] * images.shape[2] * images.shape[3]
+        s += x.sum(dim=dims)
+        s2 += x.square().sum(dim=dims)
+    count = images.numel() // c
     mean = s / count
     var = (s2 / count - mean.square()).clamp_min(0.0)
-    mean01, std01 = mean / 255.0, var.sqrt() / 255.0
+    scale = 255.0 if images.dtype == torch.uint8 else 1.0
+    mean01, std01 = mean / scale, var.sqrt() / scale
     # A constant channel would give std 0 and a division by zero in normalisation; 1.0 leaves it merely centred.
     std01 = torch.where(std01 > 1e-8, std01, torch.ones_like(std01))
     return tuple(float(v) for v in mean01), tuple(float(v) for v in std01)

@@ -37,6 +37,8 @@ class RunData:
     std: list[float]
     classes: list[str]
     split: dict[str, Any]
+    input_shape: tuple[int, ...] | None = None  # one sample's shape: (C, H, W), (C, L), (D,) ...
+    input_dtype: str = "uint8"  # how the data is held: uint8 pixels (0-1 scale statistics) or float32 (own units)
 
 
 def build_data(recipe: Recipe, num_shards: int = 1, shard: int = 0) -> RunData:
@@ -87,6 +89,12 @@ def build_image_data(recipe: Recipe, num_shards: int = 1, shard: int = 0) -> Run
         mean, std = [float(x) for x in m], [float(x) for x in s]
     if len(mean) != train.in_channels or len(std) != train.in_channels:
         raise ConfigError(f"data.mean/std have {len(mean)}/{len(std)} values for {train.in_channels} channel(s)")
+    if not train.is_image and (d.augment.crop_padding or d.augment.flip):
+        raise ConfigError(f"data.augment: crop and flip are image augmentations, but '{d.name}' holds samples of "
+                          f"shape {train.input_shape}, not (C, H, W) images; remove data.augment")
+    if val.input_shape != train.input_shape or val.input_dtype != train.input_dtype:
+        raise ConfigError(f"data.val '{d.val}' holds {val.input_dtype} samples of shape {val.input_shape}, but "
+                          f"data.name '{d.name}' holds {train.input_dtype} {train.input_shape}; they must match")
     aug = Augment(mean=mean, std=std, crop_padding=d.augment.crop_padding, flip=d.augment.flip, seed=recipe.seed)
     plain = Augment(mean=mean, std=std, crop_padding=0, flip=False, seed=recipe.seed)
     train_loader = BatchLoader(train, torch.arange(len(train.targets)), d.batch_size, aug, shuffle=True,
@@ -94,4 +102,4 @@ def build_image_data(recipe: Recipe, num_shards: int = 1, shard: int = 0) -> Run
     val_loader = BatchLoader(val, torch.arange(len(val.targets)), d.eval_batch_size, plain, shuffle=False,
                              seed=recipe.seed)
     return RunData(train, val, train_loader, val_loader, aug, train.num_classes, train.in_channels,
-                   train.image_size, mean, std, list(train.classes), split)
+                   train.image_size, mean, std, list(train.classes), split, train.input_shape, train.input_dtype)

@@ -5,7 +5,8 @@ Each source is a function ``(**params) -> ImageData`` registered in :data:`kdkit
 
 - a registered name: ``mnist_5k``, ``animal_mnist``, ``digits``, ``foolbox_mnist``, ... (no download: the files ship
   inside pip packages that are read directly, never imported, because their dependencies are not installed);
-- a user format with a path: ``imagefolder:PATH``, ``cifar10:PATH``, ``cifar100:PATH``, ``npz:PATH``;
+- a user format with a path: ``imagefolder:PATH``, ``cifar10:PATH``, ``cifar100:PATH``; arrays of any shape
+  (``npz:PATH``, ``py:module:function``) are read by :mod:`kdkit.data.arrays`;
 - a bare existing path, whose format is detected from its contents.
 
 Every problem raises a one-line :class:`~kdkit.errors.DataError` naming the file and what was expected.
@@ -421,101 +422,6 @@ def cifar100(path: str | os.PathLike[str] | None = None, split: str = "train", l
     default = CIFAR100_CLASSES if labels == "fine" else CIFAR100_COARSE_CLASSES
     classes = _meta_names(root / "meta", f"{labels}_label_names", default)
     return _cifar(root, "cifar100", split, ["train"], ["test"], f"{labels}_labels", classes)
-
-
-# ------------------------------------------------------------------------------------------------------------- npz
-def _to_nchw(x: np.ndarray, layout: str, file: Path) -> np.ndarray:
-    if x.ndim == 3:  # (N, H, W): grayscale
-        return x[:, None]
-    if x.ndim != 4:
-        raise DataError(f"{file}: images must be (N, H, W), (N, H, W, C) or (N, C, H, W), got shape {x.shape}")
-    if layout == "auto":
-        first, last = x.shape[1] in (1, 3, 4), x.shape[3] in (1, 3, 4)
-        if first == last:
-            raise DataError(f"{file}: cannot tell NCHW from NHWC for shape {x.shape}; pass layout='NCHW' or 'NHWC'")
-        layout = "NCHW" if first else "NHWC"
-    return x if layout == "NCHW" else x.transpose(0, 3, 1, 2)
-
-
-@DATASETS.register("npz", takes_path=True, detect=lambda p: _detect_image(p) == "npz",
-                   description="user data: npz:PATH, arrays x/images (NHWC or NCHW) and y/labels")
-def npz(
-    path: str | os.PathLike[str] | None = None,
-    split: str = "train",
-    layout: str = "auto",
-    classes: Sequence[str] | None = None,
-) -> ImageData:
-    """A NumPy ``.npz`` file with images and labels.
-
-    Keys: images in ``x`` or ``images`` (or ``x_train``/``x_test``, as in Keras' ``mnist.npz``, chosen by ``split``),
-    labels in ``y`` or ``labels`` (or ``y_train``/``y_test``); (N,) class indices, or (N, K) multi-hot for multi-label;
-    no labels = unlabelled (-1). Optional ``classes``/``class_names`` array of names. Pixels are uint8 0-255 or float
-    in [0, 1]. Object arrays are refused (they would need pickle).
-
-    Args:
-        path: the .npz file.
-        split: with ``x_train``/``x_test`` keys: ``train``, ``test`` or ``all`` (both, test part marked as in
-            :func:`cifar10`).
-        layout: ``auto``, ``NCHW`` or ``NHWC``.
-        classes: class names, overriding any stored in the file.
-    """
-    file = _as_path(path, "npz")
-    _check_split(split, "npz")
-    if layout not in ("auto", "NCHW", "NHWC"):
-        raise ConfigError(f"npz: layout must be auto, NCHW or NHWC, got '{layout}'")
-    try:
-        with np.load(file, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except Exception as e:  # BadZipFile, ValueError (object arrays), OSError ...
-        raise DataError(f"npz: cannot read {file} as a .npz archive without pickle ({e})") from None
-
-    def pick(*keys: str) -> np.ndarray | None:
-        return next((arrays[k] for k in keys if k in arrays), None)
-
-    if pick("x", "images") is not None:
-        xs, ys = [pick("x", "images")], [pick("y", "labels")]
-    elif "x_train" in arrays or "x_test" in arrays:
-        wanted = {"train": ["train"], "test": ["test"], "all": ["train", "test"]}[split]
-        missing = [f"x_{s}" for s in wanted if f"x_{s}" not in arrays]
-        if missing:
-            raise DataError(f"npz: {file} has no array '{missing[0]}' for split '{split}'")
-        xs, ys = [arrays[f"x_{s}"] for s in wanted], [arrays.get(f"y_{s}") for s in wanted]
-    else:
-        raise DataError(f"npz: {file} needs an image array named x or images (found: {', '.join(arrays) or 'none'})")
-    if any(y is None for y in ys) and not all(y is None for y in ys):
-        raise DataError(f"npz: {file} has labels for some splits but not others")
-    xs = [_to_nchw(x, layout, file) for x in xs]
-    if len({x.shape[1:] for x in xs}) != 1:
-        raise DataError(f"npz: {file}: train and test images differ in shape ({xs[0].shape[1:]} vs {xs[1].shape[1:]})")
-    images = to_uint8(np.concatenate(xs), str(file))
-    n = images.shape[0]
-    n_first = xs[0].shape[0]
-
-    stored = pick("classes", "class_names")
-    names = (
-        list(classes) if classes is not None else ([str(c) for c in stored.tolist()] if stored is not None else None)
-    )
-    if ys[0] is None:
-        targets = torch.full((n,), -1, dtype=torch.int64)
-        names = names or []
-    else:
-        y = np.concatenate(ys)
-        if y.shape[0] != n or y.ndim not in (1, 2):
-            raise DataError(f"npz: {file}: {n} images but labels have shape {y.shape}; expected ({n},) or ({n}, K)")
-        if y.ndim == 2:  # multi-hot
-            targets = _tensor(y.astype(np.float32), torch.float32)
-            names = names or [str(i) for i in range(y.shape[1])]
-        else:
-            if not np.issubdtype(y.dtype, np.integer) and not (
-                np.issubdtype(y.dtype, np.floating) and np.array_equal(y, np.rint(y))
-            ):
-                raise DataError(f"npz: {file}: labels must be integer class indices, got dtype {y.dtype}")
-            targets = _tensor(y.astype(np.int64), torch.int64)
-            names = names or [str(i) for i in range(int(y.max()) + 1 if n else 0)]
-    test_idx = torch.arange(n_first, n) if split == "all" and len(xs) == 2 else None
-    return ImageData(
-        torch.from_numpy(np.ascontiguousarray(images)), targets, names, f"npz:{file}", test_indices=test_idx
-    )
 
 
 # --------------------------------------------------------------------------------------------------- dispatching

@@ -15,6 +15,10 @@ size_mb        safetensors state_dict size for PyTorch, file size for ONNX; MB =
 p50_ms_b{N}    median latency of one call with a batch of N (default N = 1 and 64), milliseconds
 p90_ms_b{N}    90th percentile of the same
 speedup_b1     PyTorch eager p50 at batch 1 ÷ this row's p50 at batch 1 (same entry), when both exist
+vs_teacher_b{N}  the teacher's PyTorch eager time per sample at batch N ÷ this row's: how much faster than the
+               teacher (the teacher is the first entry, or ``teacher=NAME``); None when either timing is flagged
+timing_flag    set when a larger batch stayed slower per sample than batch 1 after a re-measurement (a busy
+               machine): the row's latencies are not a result, the table marks them with "!"
 accuracy       top-1 % on the entry's eval batches (None without them)
 threads        intra-op threads used for every runtime of the row
 =============  ======================================================================================================
@@ -39,7 +43,7 @@ import torch
 from torch import nn
 
 from kdkit.deploy.export import _existing_file, file_size_mb, ort_session
-from kdkit.deploy.measure import count_params, cpu_latency, size_on_disk_mb
+from kdkit.deploy.measure import count_params, measure_batch_sizes, size_on_disk_mb
 from kdkit.deploy.quantize import _input_array, _target_array, onnx_accuracy
 from kdkit.errors import KdkitError
 from kdkit.types import logits_of
@@ -157,6 +161,7 @@ def bench_models(
     repeats: int = 50,
     min_time_s: float = 0.2,
     progress: Callable[[str], None] | None = None,
+    teacher: str | None = None,
 ) -> list[dict[str, Any]]:
     """Measure every (entry, runtime) pair; one row each (columns in the module docstring).
 
@@ -166,6 +171,7 @@ def bench_models(
         threads: intra-op threads for PyTorch and ONNX Runtime alike (default ``torch.get_num_threads()``).
         warmup, repeats, min_time_s: timing protocol, see :func:`kdkit.deploy.measure.cpu_latency`.
         progress: called with a short message before each measurement (e.g. a CLI status line).
+        teacher: the entry the ``vs_teacher_b{N}`` columns compare with (default: the first entry).
 
     Returns:
         Rows as plain dicts (JSON-ready), in entry order, runtimes in the order of :meth:`BenchEntry.runtimes`.
@@ -214,11 +220,13 @@ def bench_models(
                 # The array is prepared outside the timed call: only the session's run is measured.
                 fn = lambda a, s=sess, n=name: s.run(None, {n: a})
                 make = lambda a: a.astype(np.float32) if a.dtype.kind == "f" else a
-            for bs in batch_sizes:
-                x = make(_batch_of(pool, int(bs)))
-                st = cpu_latency(fn, x, warmup=warmup, repeats=repeats, min_time_s=min_time_s, threads=threads)
+            stats, flag = measure_batch_sizes(fn, lambda bs, mk=make, pl=pool: mk(_batch_of(pl, bs)), batch_sizes,
+                                              warmup=warmup, repeats=repeats, min_time_s=min_time_s, threads=threads)
+            for bs, st in stats.items():
                 row[f"p50_ms_b{bs}"] = st.p50_ms
                 row[f"p90_ms_b{bs}"] = st.p90_ms
+            if flag:
+                row["timing_flag"] = flag
             if eval_batches is None:
                 row["accuracy"] = None
             elif path is None:
@@ -236,7 +244,21 @@ def bench_models(
             else:
                 r["speedup_b1"] = None
         rows.extend(entry_rows)
+    _vs_teacher(rows, teacher or entries[0].name, batch_sizes)
     return rows
+
+
+def _vs_teacher(rows: list[dict[str, Any]], teacher: str, batch_sizes: Sequence[int]) -> None:
+    """``vs_teacher_b{N}``: the teacher's PyTorch (else first runtime) time per sample over each row's."""
+    own = [r for r in rows if r["name"] == teacher]
+    if not own:
+        raise KdkitError(f"bench: teacher {teacher!r} is not among the entries {[r['name'] for r in rows]}")
+    ref = next((r for r in own if r["runtime"] == "pytorch"), own[0])
+    for r in rows:
+        for bs in batch_sizes:
+            a, b = ref.get(f"p50_ms_b{bs}"), r.get(f"p50_ms_b{bs}")
+            ok = a is not None and b and not ref.get("timing_flag") and not r.get("timing_flag")
+            r[f"vs_teacher_b{bs}"] = a / b if ok else None
 
 
 def _columns(rows: Sequence[dict[str, Any]]) -> list[str]:
@@ -248,7 +270,8 @@ def _columns(rows: Sequence[dict[str, Any]]) -> list[str]:
             if k.startswith(("p50_ms_b", "p90_ms_b")) and k not in lat:
                 lat.append(k)
     lat.sort(key=lambda k: (int(k.rsplit("_b", 1)[1]), k[:3]))
-    tail = ["speedup_b1", "accuracy"]
+    vs = sorted({k for r in rows for k in r if k.startswith("vs_teacher_b")}, key=lambda k: int(k.rsplit("_b", 1)[1]))
+    tail = [*vs, "accuracy"] if vs else ["speedup_b1", "accuracy"]
     return lead + lat + [c for c in tail if any(c in r for r in rows)]
 
 
@@ -265,6 +288,8 @@ _HEADERS = {
 def _header(col: str) -> str:
     if col in _HEADERS:
         return _HEADERS[col]
+    if col.startswith("vs_teacher_b"):
+        return f"× teacher b{col.rsplit('_b', 1)[1]}"
     stat, _, bs = col.partition("_ms_b")
     return f"{stat} b{bs} (ms)"
 
@@ -278,8 +303,8 @@ def _fmt(col: str, v: Any) -> str:
         return f"{v:.3f}" if v < 10 else f"{v:.1f}"
     if col.startswith(("p50", "p90")):
         return f"{v:.3f}" if v < 10 else f"{v:.1f}"
-    if col == "speedup_b1":
-        return f"{v:.2f}×"
+    if col == "speedup_b1" or col.startswith("vs_teacher_b"):
+        return f"{v:.2f}×" if v < 100 else f"{v:,.0f}×"
     if col == "accuracy":
         return f"{v:.2f}"
     return str(v)
@@ -296,12 +321,18 @@ def to_markdown(rows: Sequence[dict[str, Any]]) -> str:
         "|" + "|".join("---:" if c in right else "---" for c in cols) + "|",
     ]
     for r in rows:
-        lines.append("| " + " | ".join(_fmt(c, r.get(c)).replace("|", "\\|") for c in cols) + " |")
+        lines.append("| " + " | ".join(_cell(c, r).replace("|", "\\|") for c in cols) + " |")
     threads = sorted({r.get("threads") for r in rows if r.get("threads") is not None})
     if threads:
         lines.append("")
         lines.append(f"CPU, intra-op threads: {', '.join(map(str, threads))}; latency per call (one batch), warm.")
+    lines += [f"! {r['name']} · {r['runtime']}: {r['timing_flag']}" for r in rows if r.get("timing_flag")]
     return "\n".join(lines) + "\n"
+
+
+def _cell(col: str, row: dict[str, Any]) -> str:
+    text = _fmt(col, row.get(col))
+    return text + " !" if row.get("timing_flag") and col.startswith(("p50", "p90")) else text
 
 
 def dump_json(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str]) -> Path:
@@ -345,7 +376,9 @@ def print_table(rows: Sequence[dict[str, Any]], console: Any = None, title: str 
         table.add_column(_header(c), justify="right", no_wrap=True)
     for i, r in enumerate(rows):
         cells = [_fmt(c, r.get(c)) for c in lead]
-        cells += [f"{_fmt('p50', r.get(f'p50_ms_b{bs}'))} / {_fmt('p90', r.get(f'p90_ms_b{bs}'))}" for bs in sizes]
+        mark = " !" if r.get("timing_flag") else ""
+        cells += [f"{_fmt('p50', r.get(f'p50_ms_b{bs}'))} / {_fmt('p90', r.get(f'p90_ms_b{bs}'))}{mark}"
+                  for bs in sizes]
         cells += [_fmt(c, r.get(c)) for c in tail]
         last_of_model = i + 1 == len(rows) or rows[i + 1].get("name") != r.get("name")
         table.add_row(*cells, end_section=last_of_model)
@@ -353,6 +386,9 @@ def print_table(rows: Sequence[dict[str, Any]], console: Any = None, title: str 
     threads = sorted({r.get("threads") for r in rows if r.get("threads") is not None})
     if threads:
         console.print(f"CPU, intra-op threads {', '.join(map(str, threads))}; latency per call (one batch), warm.")
+    for r in rows:
+        if r.get("timing_flag"):
+            console.print(f"! {r['name']} · {r['runtime']}: {r['timing_flag']}", highlight=False)
 
 
 def load_json(path: str | os.PathLike[str]) -> list[dict[str, Any]]:

@@ -30,6 +30,7 @@ from kdkit.models.factory import load_model
 from kdkit.recipe import load_recipe
 from kdkit.registry import COMMANDS
 from kdkit.utils import atomic_write_json
+from kdkit.weights import check_input_shape, input_shape_of
 
 __all__ = ["bench_cli", "bench_command", "export_cli", "export_command", "load_run"]
 
@@ -116,6 +117,7 @@ def bench_command(
     console: Any = None,
     quiet: bool = False,
     progress: Callable[[str], None] | None = None,
+    teacher: str | None = None,
 ) -> list[dict[str, Any]]:
     """Benchmark ``entries`` (:class:`kdkit.deploy.bench.BenchEntry`), print the table, write JSON + Markdown.
 
@@ -128,6 +130,7 @@ def bench_command(
         console: a rich console to print to (default stdout).
         quiet: do not print the table.
         progress: forwarded to :func:`kdkit.deploy.bench.bench_models`.
+        teacher: the entry the ``× teacher`` columns compare with (default: the first).
 
     Returns:
         The rows.
@@ -143,6 +146,7 @@ def bench_command(
         repeats=repeats,
         min_time_s=min_time_s,
         progress=progress,
+        teacher=teacher,
     )
     if out is not None:
         out_dir = Path(out)
@@ -177,9 +181,15 @@ def load_run(target: str | os.PathLike[str], data: str | None = None, calibratio
         d = build_data(recipe)
         train, val = d.train, d.val
     else:
-        src = load_source(data or "mnist_5k")
-        tr, va = stratified_split(src.targets, src.groups, 0.2, 0)
+        trained_on = meta.get("data") or {}
+        if data is None and not trained_on.get("name"):
+            raise KdkitError(f"{target}: the checkpoint does not record its dataset; pass --data NAME")
+        params = trained_on.get("params") or {} if data is None or data == trained_on.get("name") else {}
+        src = load_source(data or trained_on["name"], **params)
+        tr, va = stratified_split(src.targets, src.groups, trained_on.get("val_fraction", 0.2),
+                                  trained_on.get("split_seed", 0))
         train, val = src.subset(torch.as_tensor(tr)), src.subset(torch.as_tensor(va))
+    check_input_shape(val, meta, f"{target}: the data")
     if val.num_classes != meta["num_classes"]:
         raise KdkitError(f"{target}: the model predicts {meta['num_classes']} classes but the data has "
                          f"{val.num_classes}; pass --data with the dataset it was trained on")
@@ -211,7 +221,7 @@ def export_cli(
     """Export the student to ONNX (verified against PyTorch), optionally int8, and measure int8 accuracy."""
     model, meta, calib, evals = load_run(run, data)
     out_dir = out or ((Path(run) / "export") if Path(run).is_dir() else Path(run).with_suffix("") / "export")
-    shape = (meta["in_channels"], meta["image_size"], meta["image_size"])
+    shape = input_shape_of(meta)
     s = export_command(model, shape, out_dir, format=format, int8=int8, calibration=calibration,  # type: ignore
                        calibration_batches=calib, eval_batches=evals)
     c = Console(soft_wrap=True)
@@ -233,12 +243,14 @@ def bench_cli(
     onnx: Annotated[bool, typer.Option("--onnx/--no-onnx", help="also time ONNX Runtime fp32 and int8")] = True,
     out: Annotated[Path, typer.Option(help="where bench.json and bench.md go")] = Path("runs/bench"),
     repeats: Annotated[int, typer.Option(help="timed repeats per measurement")] = 50,
+    teacher: Annotated[str | None, typer.Option(help="name (run directory name) of the model the '× teacher' "
+                                                     "speed-up columns compare with (default: the first)")] = None,
 ) -> None:
     """Parameters, size, latency p50/p90 at batch 1 and 64 (PyTorch eager, ORT fp32, ORT int8) and accuracy."""
     entries = []
     for target in models:
         model, meta, calib, evals = load_run(target, data)
-        shape = (meta["in_channels"], meta["image_size"], meta["image_size"])
+        shape = input_shape_of(meta)
         fp32 = int8_path = None
         if onnx:
             s = export_command(model, shape, out / "onnx" / _name_of(target), int8=True,
@@ -246,4 +258,4 @@ def bench_cli(
             fp32, int8_path = s["onnx"]["path"], s["int8"]["path"]
         entries.append(BenchEntry(name=_name_of(target), model=model, onnx_fp32=fp32, onnx_int8=int8_path,
                                   eval_batches=evals, example_shape=shape))
-    bench_command(entries, out=out, repeats=repeats)
+    bench_command(entries, out=out, repeats=repeats, teacher=teacher)

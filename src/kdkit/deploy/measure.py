@@ -163,6 +163,46 @@ def cpu_latency(
     )
 
 
+def implausible_batches(stats: dict[int, LatencyStats]) -> list[int]:
+    """Batch sizes whose per-sample time exceeds that of the smallest batch size measured.
+
+    Batching never makes one sample slower on a CPU (the batch-1 call pays the same per-call overheads and no less
+    compute per sample), so such a pair means a disturbed measurement -- another process took the cores during one of
+    them -- not a property of the model."""
+    if not stats:
+        return []
+    lo = min(stats)
+    return [bs for bs in sorted(stats) if bs > lo and stats[bs].per_sample_ms > stats[lo].per_sample_ms]
+
+
+def measure_batch_sizes(fn_or_model: nn.Module | Callable[[Any], Any], make_batch: Callable[[int], Any],
+                        batch_sizes: Sequence[int] = (1, 64), **latency_kwargs: Any
+                        ) -> tuple[dict[int, LatencyStats], str | None]:
+    """:func:`cpu_latency` at every batch size, checked for plausibility.
+
+    When a larger batch costs more per sample than the smallest (:func:`implausible_batches`), every batch size is
+    measured again once; if the pair is still implausible the figures are returned with a flag -- one sentence to
+    print beside them -- instead of being presented as a result.
+
+    Returns:
+        ``({batch_size: LatencyStats}, flag or None)``.
+    """
+    def run() -> dict[int, LatencyStats]:
+        return {int(bs): cpu_latency(fn_or_model, make_batch(int(bs)), **latency_kwargs) for bs in batch_sizes}
+
+    stats = run()
+    if implausible_batches(stats):
+        stats = run()
+    bad = implausible_batches(stats)
+    flag = None
+    if bad:
+        lo = min(stats)
+        flag = (f"implausible timing: per-sample time at batch {bad[0]} ({stats[bad[0]].per_sample_ms:.3g} ms) above "
+                f"batch {lo} ({stats[lo].per_sample_ms:.3g} ms) after a re-measurement; the machine was busy -- "
+                f"re-run on a quiet machine")
+    return stats, flag
+
+
 def model_card(
     model: nn.Module,
     example_shape: Sequence[int],

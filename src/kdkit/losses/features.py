@@ -50,23 +50,25 @@ def at_map(f: Tensor, p: float = 2.0) -> Tensor:
     channels differs by the constant C, which the normalisation removes. (RepDistiller uses ``A^p`` without the
     absolute value, identical for even p and for post-ReLU features.)
 
+    The same definition applies unchanged to 1-D conv maps (B, C, L): attention over the L positions.
+
     Args:
-        f: (B, C, H, W) feature map.
+        f: (B, C, H, W) or (B, C, L) feature map.
         p: the power p > 0 (the paper uses p = 2).
 
     Returns:
-        (B, H·W) unit-norm rows (a zero map stays zero).
+        (B, H·W) or (B, L) unit-norm rows (a zero map stays zero).
     """
-    if f.ndim != 4:
-        raise ShapeError(f"at_map expects a (B, C, H, W) feature map, got {tuple(f.shape)}")
+    if f.ndim not in (3, 4):
+        raise ShapeError(f"at_map expects a (B, C, H, W) or (B, C, L) feature map, got {tuple(f.shape)}")
     a = f.float().abs().pow(p).mean(dim=1)
     return F.normalize(a.flatten(1), p=2, dim=1)
 
 
 def _match_spatial(fs: Tensor, ft: Tensor, resize: bool, name: str) -> tuple[Tensor, Tensor]:
-    if fs.ndim != 4 or ft.ndim != 4:
-        raise ShapeError(f"{name}: expects (B, C, H, W) maps, got student {tuple(fs.shape)} and teacher "
-                         f"{tuple(ft.shape)}")
+    if fs.ndim != ft.ndim or fs.ndim not in (3, 4):
+        raise ShapeError(f"{name}: expects two (B, C, H, W) or two (B, C, L) maps, got student {tuple(fs.shape)} "
+                         f"and teacher {tuple(ft.shape)}")
     if fs.shape[0] != ft.shape[0]:
         raise ShapeError(f"{name}: batch sizes differ, student {tuple(fs.shape)} vs teacher {tuple(ft.shape)}")
     if fs.shape[2:] == ft.shape[2:]:
@@ -77,11 +79,12 @@ def _match_spatial(fs: Tensor, ft: Tensor, resize: bool, name: str) -> tuple[Ten
             f"equal resolution (see kdkit.connectors.pair_stages) or allow resizing"
         )
     # RepDistiller's rule: average-pool the larger map down to the smaller one (per dimension).
-    size = (min(fs.shape[2], ft.shape[2]), min(fs.shape[3], ft.shape[3]))
-    if fs.shape[2:] != size:
-        fs = F.adaptive_avg_pool2d(fs, size)
-    if ft.shape[2:] != size:
-        ft = F.adaptive_avg_pool2d(ft, size)
+    size = tuple(min(a, b) for a, b in zip(fs.shape[2:], ft.shape[2:], strict=True))
+    pool = F.adaptive_avg_pool2d if fs.ndim == 4 else F.adaptive_avg_pool1d
+    if tuple(fs.shape[2:]) != size:
+        fs = pool(fs, size)
+    if tuple(ft.shape[2:]) != size:
+        ft = pool(ft, size)
     return fs, ft
 
 
@@ -99,8 +102,10 @@ def attention_transfer(s_feats: Tensor | Sequence[Tensor], t_feats: Tensor | Seq
     the larger feature is average-pooled to the smaller (RepDistiller's rule, needed for cross-architecture pairs);
     ``resize=False`` raises :class:`ShapeError` instead.
 
+    1-D conv maps (B, C, L) work the same way (attention over positions; lengths pooled to the shorter).
+
     Args:
-        s_feats: one (B, C_s, H, W) student map or a sequence of them.
+        s_feats: one (B, C_s, H, W) (or (B, C_s, L)) student map or a sequence of them.
         t_feats: the matching teacher map(s) (B, C_t, H', W'); channel counts may differ. No gradient flows into them.
         p: attention power.
         resize: pool mismatched spatial sizes (True) or raise.

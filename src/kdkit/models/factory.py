@@ -19,6 +19,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import os
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -27,7 +28,7 @@ from torch import nn
 from kdkit.errors import ConfigError, KdkitError
 from kdkit.models.base import count_params
 from kdkit.models.ccexam_nets import build_ccexam
-from kdkit.registry import MODEL_SOURCES, MODELS, import_object
+from kdkit.registry import MODEL_SOURCES, MODELS, import_object, user_plugin_modules
 from kdkit.weights import load_weights, read_metadata, resolve_checkpoint
 
 # A model source: (name after the prefix, num_classes, in_channels, image_size, **kwargs) -> nn.Module. Sources are
@@ -40,7 +41,7 @@ def known_prefixes() -> list[str]:
 
 
 def create_model(name: str, num_classes: int, in_channels: int = 3, image_size: int = 32,
-                 checkpoint: str | os.PathLike | None = None, **kwargs: Any) -> nn.Module:
+                 checkpoint: str | os.PathLike | None = None, input_shape: Any = None, **kwargs: Any) -> nn.Module:
     """Build a model by name and optionally load local weights.
 
     Args:
@@ -49,6 +50,8 @@ def create_model(name: str, num_classes: int, in_channels: int = 3, image_size: 
         num_classes: K, width of the logits.
         in_channels: C of the (B, C, H, W) input.
         image_size: H = W of the input (only the MLP's width depends on it).
+        input_shape: one sample's shape, e.g. (C, H, W), (C, L) or (D,); passed to zoo and ``py:`` builders whose
+            signature takes ``input_shape`` (the ``mlp`` takes any shape through it).
         checkpoint: a ``.safetensors`` or ``.pt/.pth/.bin`` state dict loaded strictly with :func:`load_weights`.
         **kwargs: builder keyword arguments (e.g. ``hidden=[128]`` for ``mlp``, ``width_mult=1.0`` for
             ``mobilenetv2``).
@@ -72,6 +75,8 @@ def create_model(name: str, num_classes: int, in_channels: int = 3, image_size: 
     if entry is None:
         raise ConfigError(f"unknown model prefix '{prefix}:' in '{name}'; known prefixes: "
                           f"{', '.join(p + ':' for p in known_prefixes())}")
+    if input_shape is not None and entry.meta.get("input_shape"):
+        kwargs["input_shape"] = tuple(int(v) for v in input_shape)
     model = entry.obj(rest, num_classes=num_classes, in_channels=in_channels, image_size=image_size, **kwargs)
     if checkpoint is not None:
         load_weights(model, checkpoint)
@@ -91,7 +96,7 @@ def _check_kwargs(fn: Callable, kwargs: Mapping[str, Any], name: str) -> None:
     params = inspect.signature(fn).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return
-    allowed = [p for p in params if p not in ("num_classes", "in_channels", "image_size")]
+    allowed = [p for p in params if p not in ("num_classes", "in_channels", "image_size", "input_shape")]
     unknown = sorted(set(kwargs) - set(allowed))
     if unknown:
         hint = _close(unknown[0], allowed)
@@ -104,7 +109,10 @@ def _build_zoo(name: str, num_classes: int, in_channels: int, image_size: int, *
     if name not in MODELS:
         raise ConfigError(MODELS.unknown_message(name) + "; other sources: torchvision:NAME, timm:NAME, ccexam:mnist")
     fn = MODELS.get(name)
+    shape = kwargs.pop("input_shape", None)
     _check_kwargs(fn, kwargs, name)
+    if shape is not None and "input_shape" in inspect.signature(fn).parameters:
+        kwargs["input_shape"] = shape
     try:
         return fn(num_classes=num_classes, in_channels=in_channels, image_size=image_size, **kwargs)
     except KdkitError:
@@ -175,9 +183,39 @@ def replace_first_conv(model: nn.Module, in_channels: int) -> nn.Module:
     raise ConfigError(f"{type(model).__name__} has no Conv2d to adapt to {in_channels} input channels")
 
 
+def _outside_python_installation(obj: Any) -> bool:
+    """True when ``obj`` is defined in a file outside the Python installation (the user's own folder)."""
+    module = sys.modules.get(getattr(obj, "__module__", "") or "")
+    file = getattr(module, "__file__", None)
+    if not file:
+        return False
+    here = os.path.realpath(file)
+    roots = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+    return not any(here.startswith(r + os.sep) for r in roots)
+
+
+def check_checkpoint_ref(ref: str, where: str, code_dir: str | None = None) -> None:
+    """A ``py:`` name read from a checkpoint is rebuilt only if it is an ``nn.Module`` subclass, or a function of
+    the user's own code (a module outside the Python installation, or a ``--plugin`` module): a weights file must
+    never make kdkit call an arbitrary function (``py:shutil:rmtree``)."""
+    try:
+        obj = import_object(ref, where)
+    except ConfigError as err:
+        if code_dir and "not found" in str(err):
+            raise ConfigError(f"{err} (it was imported from '{code_dir}' when the model was trained: run the "
+                              f"command there or add that folder to PYTHONPATH)") from None
+        raise
+    if isinstance(obj, type) and issubclass(obj, nn.Module):
+        return
+    if inspect.isfunction(obj) and (_outside_python_installation(obj) or obj.__module__ in user_plugin_modules()):
+        return
+    raise ConfigError(f"{where}: the checkpoint names 'py:{ref}', which is neither an nn.Module subclass nor a "
+                      f"function of your own code; kdkit will not call it (pass --plugin MODULE to trust its module)")
+
+
 def _build_py(ref: str, num_classes: int, in_channels: int, image_size: int, **kwargs: Any) -> nn.Module:
     """User code: ``py:package.module:Class`` called with the recipe's params, plus ``num_classes`` /
-    ``in_channels`` / ``image_size`` when its signature takes them."""
+    ``in_channels`` / ``image_size`` / ``input_shape`` when its signature takes them."""
     fn = import_object(ref, "model")
     if not callable(fn):
         raise ConfigError(f"model 'py:{ref}' is not a class or function")
@@ -185,7 +223,9 @@ def _build_py(ref: str, num_classes: int, in_channels: int, image_size: int, **k
         params = inspect.signature(fn).parameters
     except (TypeError, ValueError):
         params = {}
-    given = {"num_classes": num_classes, "in_channels": in_channels, "image_size": image_size}
+    given = {"num_classes": num_classes, "in_channels": in_channels, "image_size": image_size,
+             "input_shape": kwargs.pop("input_shape", None)}
+    given = {k: v for k, v in given.items() if v is not None}
     var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     extra = {k: v for k, v in given.items() if (k in params or var_kw) and k not in kwargs}
     _check_kwargs(fn, kwargs, f"py:{ref}")
@@ -200,11 +240,38 @@ def _build_py(ref: str, num_classes: int, in_channels: int, image_size: int, **k
     return model
 
 
-MODEL_SOURCES.add("kdkit", _build_zoo, "the kdkit zoo (`kdkit models`); the default when a name has no prefix")
+# Models handed to the Python API as objects (``kdkit.distill(student=net, ...)``): a recipe names them
+# ``object:ROLE:module.Class`` and this process-local table gives the very instance back (it trains in place).
+_OBJECTS: dict[str, nn.Module] = {}
+
+
+def object_model_name(model: nn.Module, role: str) -> str:
+    """Register ``model`` for this process under a stable name (same across processes, so ``resume`` matches)."""
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"{role}: expected a torch.nn.Module, got {type(model).__name__}")
+    cls = type(model)
+    name = f"object:{role}:{cls.__module__}.{cls.__qualname__}"
+    _OBJECTS[name[len("object:"):]] = model
+    return name
+
+
+def _build_object(ref: str, num_classes: int, in_channels: int, image_size: int, **kwargs: Any) -> nn.Module:
+    if ref not in _OBJECTS:
+        raise ConfigError(f"model 'object:{ref}' was a Python object of another process; rebuild it yourself and load "
+                          f"its weights with kdkit.weights.load_weights(model, PATH)")
+    if kwargs:
+        raise ConfigError(f"model 'object:{ref}' is an object: it takes no params, got {sorted(kwargs)}")
+    return _OBJECTS[ref]
+
+
+MODEL_SOURCES.add("object", _build_object, "a model passed as a Python object to kdkit.train/distill (API only)")
+MODEL_SOURCES.add("kdkit", _build_zoo, "the kdkit zoo (`kdkit models`); the default when a name has no prefix",
+                  input_shape=True)
 MODEL_SOURCES.add("torchvision", _build_torchvision, "torchvision:NAME, torchvision.models.get_model (vision extra)")
 MODEL_SOURCES.add("timm", _build_timm, "timm:NAME, timm.create_model (vision extra)")
 MODEL_SOURCES.add("ccexam", _build_ccexam, "ccexam:mnist|usps|svhn, trained third-party digit CNNs")
-MODEL_SOURCES.add("py", _build_py, "py:package.module:Class, your own nn.Module (called with the recipe's params)")
+MODEL_SOURCES.add("py", _build_py, "py:package.module:Class, your own nn.Module (called with the recipe's params)",
+                  input_shape=True)
 
 
 # --------------------------------------------------------------------------------------------------- introspection
@@ -263,6 +330,13 @@ def load_model(checkpoint: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]
     meta = read_metadata(path)
     if "model" not in meta:
         raise ConfigError(f"checkpoint '{path}' has no kdkit metadata; pass --model NAME (and classes) to evaluate it")
-    model = create_model(meta["model"]["name"], num_classes=meta["num_classes"], in_channels=meta["in_channels"],
-                         image_size=meta["image_size"], checkpoint=str(path), **meta["model"].get("params", {}))
+    name = str(meta["model"]["name"])
+    if name.startswith("object:"):
+        raise ConfigError(f"checkpoint '{path}' holds a model passed as a Python object ({name[7:]}); build that model "
+                          f"yourself and load the weights with kdkit.weights.load_weights(model, '{path}')")
+    if name.startswith("py:"):
+        check_checkpoint_ref(name[3:], f"checkpoint '{path}'", meta["model"].get("code_dir"))
+    model = create_model(name, num_classes=meta["num_classes"], in_channels=meta["in_channels"],
+                         image_size=meta["image_size"], checkpoint=str(path), input_shape=meta.get("input_shape"),
+                         **meta["model"].get("params", {}))
     return model.eval(), meta

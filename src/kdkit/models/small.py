@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from torch import Tensor, nn
@@ -23,7 +24,7 @@ from kdkit.registry import MODELS
 
 
 class MLP(nn.Module):
-    """(B, C, S, S) -> flatten (B, C*S*S) -> hidden ReLU layers -> (B, K)."""
+    """(B, *input_shape) -> flatten (B, D) -> hidden ReLU layers -> (B, K); any sample shape."""
 
     def __init__(self, in_features: int, hidden: Sequence[int], num_classes: int) -> None:
         super().__init__()
@@ -48,8 +49,8 @@ class MLP(nn.Module):
         """(B, C, S, S) or (B, C*S*S) -> (B, D) last hidden activation."""
         f = self.flatten(x)
         if f.shape[1] != self.in_features:
-            raise ShapeError(f"mlp was built for inputs of {self.in_features} values (in_channels x image_size^2), "
-                             f"got a batch of shape {tuple(x.shape)}; set the model's in_channels/image_size to match")
+            raise ShapeError(f"mlp was built for inputs of {self.in_features} values per sample, got a batch of shape "
+                             f"{tuple(x.shape)}; pass the model input_shape (kdkit passes the data's)")
         return self.hidden(f)
 
     def forward_head(self, f: Tensor) -> Tensor:
@@ -107,12 +108,15 @@ class SmallCNN(ClassifierNet):
 
 @MODELS.register("mlp", description="MLP: flatten -> hidden ReLU layers (default [64]) -> linear; image_size sets the "
                                     "input width (784-64-10: 50,890 params)")
-def mlp(num_classes: int = 10, in_channels: int = 3, image_size: int = 32, hidden: Sequence[int] = (64,)
-        ) -> nn.Module:
+def mlp(num_classes: int = 10, in_channels: int = 3, image_size: int = 32, hidden: Sequence[int] = (64,),
+        input_shape: Sequence[int] | None = None) -> nn.Module:
+    """Input width: the product of ``input_shape`` (any sample shape: (D,), (C, L), (C, H, W)) when given (kdkit
+    passes the data's), else ``in_channels * image_size**2``."""
     hidden = [int(h) for h in hidden]
     if any(h <= 0 for h in hidden):
         raise ConfigError(f"mlp: hidden widths must be positive, got {hidden}")
-    return MLP(in_channels * image_size * image_size, hidden, num_classes)
+    width = math.prod(int(v) for v in input_shape) if input_shape else in_channels * image_size * image_size
+    return MLP(width, hidden, num_classes)
 
 
 @MODELS.register("cnn", description="small CNN: `stages` of conv-BN-ReLU (width, 2x, 4x...), max-pool between stages, "

@@ -22,11 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kdkit.deploy.measure import count_params, cpu_latency, size_on_disk_mb
+from kdkit.deploy.measure import count_params, measure_batch_sizes, size_on_disk_mb
 from kdkit.errors import KdkitError
 from kdkit.models.factory import load_model
 from kdkit.report.html import Page, Plot, Section, Table, render_html, render_markdown
 from kdkit.report.plots import (
+    ROLE_COLORS,
     ROLE_LABELS,
     ROLES,
     RunInfo,
@@ -38,8 +39,10 @@ from kdkit.report.plots import (
     plot_learning_curves,
     plot_pareto,
     references_run,
+    shade,
 )
 from kdkit.utils import atomic_write_bytes, atomic_write_text
+from kdkit.weights import input_shape_of
 
 __all__ = ["write_report", "load_run", "infer_roles", "pareto_front", "RunInfo", "Entry", "measure_run",
            "load_case_study"]
@@ -59,6 +62,8 @@ class Entry:
     run: RunInfo | None = None
     teacher: Entry | None = None   # the teacher this student is compared with
     scratch: Entry | None = None   # the same model trained from scratch
+    case_last: float | None = None  # a case-study row's last-epoch top-1 (its "last_top1"), when it gives one
+    from_case: bool = False  # the figures come from a case-study table
 
     @property
     def gain(self) -> float:
@@ -120,18 +125,22 @@ def _same(a: Path, b: Path) -> bool:
         return False
 
 
-def measure_run(run: RunInfo) -> dict[str, float]:
+def measure_run(run: RunInfo) -> dict[str, Any]:
     """Parameters, size on disk (MB) and CPU latency per image at batch 1 and 64 of a run's best weights, measured
-    exactly as ``kdkit quickstart`` and ``kdkit bench`` measure them (:mod:`kdkit.deploy.measure`)."""
+    exactly as ``kdkit quickstart`` and ``kdkit bench`` measure them (:mod:`kdkit.deploy.measure`). Latencies that
+    stay implausible after a re-measurement are left out and explained under ``timing_flag``."""
     import torch
 
     model, meta = load_model(run.run_dir)
-    shape = (int(meta["in_channels"]), int(meta["image_size"]), int(meta["image_size"]))
+    shape = input_shape_of(meta)
     out = {"params": float(count_params(model)), "size_mb": size_on_disk_mb(model)}
     gen = torch.Generator().manual_seed(0)
-    for bs in (1, 64):
-        stats = cpu_latency(model, torch.randn((bs, *shape), generator=gen))
-        out[f"latency_b{bs}_ms"] = stats.p50_ms / bs
+    stats, flag = measure_batch_sizes(model, lambda bs: torch.randn((bs, *shape), generator=gen), (1, 64))
+    if flag:  # not a result: the latencies stay blank and the page says why
+        out["timing_flag"] = flag  # type: ignore[assignment]
+        return out
+    for bs, st in stats.items():
+        out[f"latency_b{bs}_ms"] = st.per_sample_ms
     return out
 
 
@@ -247,7 +256,7 @@ def _link(entries: list[Entry]) -> None:
                    any(references_run(s.get("checkpoint"), t.run.run_dir) for s in e.run.teachers)]
         pool = own or teachers
         e.teacher = max(pool, key=lambda t: t.top1 if _ok(t.top1) else -1.0) if pool else None
-        if e.role == "distilled":
+        if e.role in ("distilled", "regularized"):
             spec = e.run.student if e.run is not None else {}
             same = [s for s in scratch if s.model == e.model and
                     (s.run is None or e.run is None or s.run.student.get("params") == spec.get("params"))]
@@ -255,20 +264,83 @@ def _link(entries: list[Entry]) -> None:
             e.scratch = max(same, key=lambda s: s.top1 if _ok(s.top1) else -1.0) if same else None
 
 
+@dataclass
+class Group:
+    """Runs of one recipe that differ only in seed (and name / output directory): reported as mean ± std."""
+
+    entries: list[Entry]
+
+    @property
+    def role(self) -> str:
+        return self.entries[0].role
+
+    @property
+    def label(self) -> str:
+        labels = [e.label for e in self.entries]
+        if len(labels) == 1:
+            return labels[0]
+        common = os.path.commonprefix(labels).rstrip("_-. ")
+        return f"{common or labels[0]} ×{len(labels)} seeds"
+
+    def stat(self, value: Any) -> tuple[float, float, int]:
+        """(mean, sample std (0 for one run), n) of ``value(entry)`` over the group's finite values."""
+        vals = [v for v in (value(e) for e in self.entries) if _ok(v)]
+        if not vals:
+            return math.nan, math.nan, 0
+        mean = sum(vals) / len(vals)
+        std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
+        return mean, std, len(vals)
+
+
+def _recipe_key(run: RunInfo) -> str:
+    cfg = {k: v for k, v in run.config.items() if k not in ("name", "seed", "output_dir")}
+    return json.dumps(cfg, sort_keys=True, default=str)
+
+
+def _groups(entries: list[Entry]) -> list[Group]:
+    """Entries of runs with the same recipe but for the seed form one group (entries without a run stay alone)."""
+    groups: dict[str, Group] = {}
+    for i, e in enumerate(entries):
+        key = _recipe_key(e.run) if e.run is not None else f"row{i}"
+        groups.setdefault(key, Group([])).entries.append(e)
+    return list(groups.values())
+
+
+def _last(e: Entry) -> float:
+    """The final-epoch validation top-1 (no selection on the validation split): a case study's ``last_top1``, else
+    the run's last epoch; a case-study row without one keeps the figure it printed."""
+    if e.from_case:
+        return e.case_last if _ok(e.case_last) else e.top1
+    return e.run.last_top1 if e.run is not None and _ok(e.run.last_top1) else e.top1
+
+
+def _pm(mean: float, std: float, n: int) -> str:
+    return f"{mean:.1f}% ± {std:.1f} over {n} seeds" if n > 1 else f"{mean:.1f}%"
+
+
 def _glance(entries: list[Entry]) -> tuple[str, str, Entry | None]:
-    """The headline and the role whose colour frames it."""
-    kd = [e for e in entries if e.role == "distilled" and _ok(e.top1)]
+    """The headline and the role whose colour frames it.
+
+    The headline's accuracy is the *last*-epoch validation top-1 -- never a maximum over epochs or seeds chosen on the
+    validation split -- as the mean ± std over the seeds of the KD recipe; the gain is over the mean of the same
+    student's scratch runs. With several KD recipes it names the one with the best mean and says so."""
+    groups = _groups(entries)
+    kd = [g for g in groups if g.role == "distilled" and g.stat(_last)[2]]
     if kd:
-        e = max(kd, key=lambda x: x.top1)
-        parts = [f"{e.top1:.1f}%"]
-        if _ok(e.gain):
-            g = round(e.gain, 1)
-            parts[0] += f" (+{g:.1f} over scratch)" if g >= 0 else f" ({-g:.1f} below scratch)"
+        g = max(kd, key=lambda x: x.stat(_last)[0])
+        e = g.entries[0]
+        mean, std, n = g.stat(_last)
+        parts = [_pm(mean, std, n)]
+        scratch = [s for s in groups if s.role == "scratch" and e.scratch is not None and e.scratch in s.entries]
+        if scratch and scratch[0].stat(_last)[2]:
+            gain = round(mean - scratch[0].stat(_last)[0], 1)
+            parts[0] += f" (+{gain:.1f} over scratch)" if gain >= 0 else f" ({-gain:.1f} below scratch)"
         tail = _ratio_words(e)
+        which = f"{g.label}, the best of {len(kd)} KD recipes by mean" if len(kd) > 1 else g.label
         text = f"KD student: {', '.join(parts + tail)}"
         if tail:
             text += " than the teacher"
-        return text, "distilled", e
+        return text + f" ({which}; last-epoch validation top-1)", "distilled", e
     best = [e for e in entries if _ok(e.top1)]
     if best:
         e = max(best, key=lambda x: x.top1)
@@ -317,6 +389,9 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, case_study
                 if load_at_measure is None:
                     load_at_measure = os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan
                 r.cost = measure_run(r)
+                flag = r.cost.pop("timing_flag", None)
+                if flag:
+                    notes.append(f"{r.label}: latency left blank, {flag}")
                 r.cost_source = "measured"
                 measured.append(r.label)
             except Exception as err:  # noqa: BLE001 — a report must still be written; say why a cost is missing
@@ -324,16 +399,24 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, case_study
                               f"{str(err).splitlines()[0] if str(err) else ''})")
 
     entries = [Entry(label=r.label, role=r.role, model=r.model,
-                     top1=float(rows[row_of[i]]["top1"]) if i in row_of else r.best[0], cost=dict(r.cost), run=r)
+                     top1=float(rows[row_of[i]]["top1"]) if i in row_of else r.best[0], cost=dict(r.cost), run=r,
+                     from_case=i in row_of,
+                     case_last=rows[row_of[i]].get("last_top1") if i in row_of else None)
                for i, r in enumerate(runs)]
     for k, row in enumerate(rows):  # case-study rows whose run was not passed: still in the case-study table
         if k not in row_of.values():
             entries.append(Entry(label=Path(str(row.get("run") or row["role"])).name,
                                  role=normalize_role(str(row["role"])), model=str(row.get("model", "?")),
-                                 top1=float(row["top1"]),
+                                 top1=float(row["top1"]), from_case=True, case_last=row.get("last_top1"),
                                  cost={c: float(row[c]) for c in COST_KEYS if _ok(row.get(c))}))
     _link(entries)
     run_entries = entries[: len(runs)]
+    for role in ROLES:  # several recipes of one role: each recipe group gets its own shade of the role's colour
+        role_groups = [g for g in _groups(run_entries) if g.role == role]
+        if len(role_groups) > 1:
+            for k, g in enumerate(role_groups):
+                for e in g.entries:
+                    e.run.color = shade(ROLE_COLORS[role], k)
     accuracies = [e.top1 for e in run_entries]
     headline, glance_role, star = _glance(entries)
 
@@ -362,9 +445,20 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, case_study
         roles=[e.role for e in ordered],
         numeric=[False, False, False] + [True] * 6 + [False],
     )
+    seed_groups = [g for g in _groups(run_entries) if len(g.entries) > 1]
+    seeds_table = Table(
+        headers=["recipe", "role", "seeds", "last-epoch top-1 % (val)", "best-epoch top-1 % (epoch chosen on val)"],
+        rows=[[g.label, ROLE_LABELS.get(g.role, g.role), str(len(g.entries)),
+               "{:.2f} ± {:.2f}".format(*g.stat(_last)[:2]),
+               "{:.2f} ± {:.2f}".format(*g.stat(lambda e: e.run.best[0] if e.run else math.nan)[:2])]
+              for g in seed_groups],
+        roles=[g.role for g in seed_groups],
+        role_col=1,
+        numeric=[False, False, True, True, True],
+    ) if seed_groups else None
     run_table = Table(
-        headers=["run", "role", "student", "teachers", "loss terms (weight, params)", "epochs", "best top-1 %",
-                 "last top-1 %", "train img/s"],
+        headers=["run", "role", "student", "teachers", "loss terms (weight, params)", "epochs",
+                 "best-epoch top-1 % (val)", "last top-1 %", "train img/s"],
         rows=[[r.label, ROLE_LABELS.get(r.role, r.role), _model_desc(r.student),
                (", ".join(_model_desc(t) for t in r.teachers) or "—")
                + (f" [scheme {r.scheme}]" if r.scheme != "offline" else "")
@@ -407,7 +501,8 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, case_study
     elif len(sizes) == 1:
         tr, va = next(iter(sizes))
         data_line += f" ({tr:,} train / {va:,} validation)"
-    details.append(data_line + "; accuracy is the best validation top-1 of each run")
+    details.append(data_line + "; the headline is the last-epoch validation top-1 (mean over seeds); tables and bars "
+                               "give each run's best-epoch validation top-1, an epoch chosen on that split")
     if len(datasets) > 1:
         notes.append(f"the runs use different datasets ({', '.join(datasets)}): their accuracies are not comparable")
     threads = None
@@ -435,7 +530,12 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, case_study
                 plots=[pareto_plot] if pareto_plot else [],
                 bullets=[] if have_cost else ["No run has a size or latency measurement, so there is no Pareto view."]),
         Section("Runs", anchor="runs", intro="Each run's recipe and result; terms are listed as name ×weight "
-                                             "(parameters).", tables=[run_table]),
+                                             "(parameters). The best epoch is chosen on the validation split, so "
+                                             "its figure is optimistic; the last epoch's is not selected.",
+                tables=[run_table]),
+        *([Section("Seeds", anchor="seeds", intro="Runs of one recipe that differ only in their seed: mean ± sample "
+                                                  "standard deviation.", tables=[seeds_table])]
+          if seeds_table is not None else []),
         Section("Learning curves", anchor="curves", plots=curve_plots,
                 intro="Per run: the training loss and each loss term (terms are logged unweighted, the legend gives "
                       "their weights; the total is the weighted sum that was minimised), top-1 per epoch (the star "

@@ -36,16 +36,20 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: 
 from kdkit.errors import KdkitError  # noqa: E402
 
 __all__ = ["ROLES", "ROLE_COLORS", "ROLE_LABELS", "RunInfo", "load_run", "normalize_role", "infer_roles",
-           "pareto_front", "term_keys", "plot_learning_curves", "plot_accuracy", "plot_pareto"]
+           "recipe_role", "run_color", "shade", "pareto_front", "term_keys", "plot_learning_curves", "plot_accuracy",
+           "plot_pareto"]
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Roles and style
 
-ROLES = ("teacher", "scratch", "distilled")
-ROLE_LABELS = {"teacher": "teacher", "scratch": "student (scratch)", "distilled": "student (KD)"}
-# Okabe–Ito: blue, grey, vermillion — the distilled student is the one the eye should find first.
-ROLE_COLORS = {"teacher": "#0072B2", "scratch": "#8C8C8C", "distilled": "#D55E00"}
-ROLE_MARKERS = {"teacher": "s", "scratch": "o", "distilled": "D"}
+ROLES = ("teacher", "scratch", "regularized", "distilled")
+ROLE_LABELS = {"teacher": "teacher", "scratch": "student (scratch)", "regularized": "student (no teacher, regularised)",
+               "distilled": "student (KD)"}
+# Okabe–Ito: blue, grey, vermillion — the distilled student is the one the eye should find first; a student trained
+# with a regulariser but no teacher (label smoothing, confidence penalty, teacher-free KD) is dark green: it is
+# neither the scratch baseline nor distilled.
+ROLE_COLORS = {"teacher": "#0072B2", "scratch": "#8C8C8C", "regularized": "#117733", "distilled": "#D55E00"}
+ROLE_MARKERS = {"teacher": "s", "scratch": "o", "regularized": "^", "distilled": "D"}
 _LINESTYLES = ("-", "--", ":", "-.")
 # Loss-term colours: distinct from the role colours so a term never reads as a run.
 _TERM_COLORS = ("#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#882255", "#44AA99", "#999933")
@@ -93,6 +97,7 @@ class RunInfo:
     label: str = ""
     cost: dict[str, float] = field(default_factory=dict)
     cost_source: str = ""
+    color: str = ""  # set by the report when one role has several recipe groups: a shade of the role's colour
 
     def __post_init__(self) -> None:
         self.label = self.label or self.name
@@ -145,6 +150,21 @@ class RunInfo:
         """Median training throughput over epochs (the median ignores a slow first epoch)."""
         vals = [h["images_per_s"] for h in self.history if _finite(h.get("images_per_s"))]
         return float(statistics.median(vals)) if vals else math.nan
+
+
+def run_color(run: RunInfo) -> str:
+    return run.color or ROLE_COLORS.get(run.role, "#333333")
+
+
+def shade(hex_color: str, k: int) -> str:
+    """The k-th distinct shade of a colour (k = 0: the colour itself; then alternately darker and lighter)."""
+    if k == 0:
+        return hex_color
+    amount = min(0.7, 0.3 * ((k + 1) // 2))
+    target = 0 if k % 2 else 255  # odd: towards black, even: towards white
+    rgb = [int(hex_color[i:i + 2], 16) for i in (1, 3, 5)]
+    mixed = [round(c + (target - c) * amount) for c in rgb]
+    return "#" + "".join(f"{c:02X}" for c in mixed)
 
 
 def _finite(x: Any) -> bool:
@@ -218,6 +238,8 @@ def normalize_role(text: str) -> str:
     t = text.lower()
     if "teacher" in t and "student" not in t:
         return "teacher"
+    if "regulari" in t or "smoothing" in t:
+        return "regularized"
     if any(w in t for w in ("kd", "distil", "distill")):
         return "distilled"
     if any(w in t for w in ("scratch", "baseline", "supervised", "student")):
@@ -246,8 +268,24 @@ def references_run(checkpoint: str | None, run_dir: Path) -> bool:
     return run_dir.name in c.parts
 
 
+def recipe_role(config: Mapping[str, Any]) -> str | None:
+    """What a run's recipe says it is: ``distilled`` (it learns from a teacher, a soft-label store, or a scheme other
+    than offline), ``regularized`` (no teacher, but a loss beyond plain cross-entropy: label smoothing, a confidence
+    penalty, teacher-free KD ...), or None (plain cross-entropy: a teacher or a scratch baseline, told apart by how
+    other runs use it)."""
+    scheme = str((config.get("scheme") or {}).get("name", "offline"))
+    if config.get("teachers") or config.get("soft_labels") or scheme != "offline":
+        return "distilled"
+    for t in config.get("terms") or [{"name": "ce"}]:
+        if not isinstance(t, Mapping):
+            continue
+        if t.get("name") != "ce" or float((t.get("params") or {}).get("label_smoothing", 0) or 0) > 0:
+            return "regularized"
+    return None
+
+
 def infer_roles(runs: Sequence[RunInfo], given: Mapping[int, str] | None = None) -> list[str]:
-    """Role of each run: ``"teacher"``, ``"scratch"`` or ``"distilled"``.
+    """Role of each run: ``"teacher"``, ``"scratch"``, ``"regularized"`` or ``"distilled"``, from the recipes.
 
     Rules, first match wins:
 
@@ -255,17 +293,19 @@ def infer_roles(runs: Sequence[RunInfo], given: Mapping[int, str] | None = None)
     2. a run that learns from someone — teachers in its recipe, a soft-label store, or a scheme other than the
        offline one (online/mutual/self-distillation) — is ``distilled``;
     3. a run whose weights another run in the set uses as its teacher is ``teacher``;
-    4. the run's name says so (``teacher`` / ``scratch``, ``baseline``);
-    5. a run that trains the same model as a distilled run in the set is that student's ``scratch`` baseline;
-    6. a run that trains the model a distilled run names as its teacher is ``teacher``;
-    7. otherwise ``scratch`` (trained on labels alone).
+    4. a run without a teacher whose loss is more than plain cross-entropy is ``regularized`` (never the scratch
+       baseline a KD gain is measured against);
+    5. the run's name says so (``teacher`` / ``scratch``, ``baseline``);
+    6. a run that trains the same model as a distilled run in the set is that student's ``scratch`` baseline;
+    7. a run that trains the model a distilled run names as its teacher is ``teacher``;
+    8. otherwise ``scratch`` (trained on labels alone).
     """
     given = dict(given or {})
     roles: list[str | None] = [None] * len(runs)
     for i, r in enumerate(runs):
         if i in given:
             roles[i] = normalize_role(given[i])
-        elif r.teachers or r.config.get("soft_labels") or r.scheme != "offline":
+        elif recipe_role(r.config) == "distilled":
             roles[i] = "distilled"
     distilled = [r for r, role in zip(runs, roles, strict=True) if role == "distilled"]
     teacher_names = {str(t.get("name")) for r in distilled for t in r.teachers}
@@ -276,6 +316,8 @@ def infer_roles(runs: Sequence[RunInfo], given: Mapping[int, str] | None = None)
         name = r.name.lower()
         if any(references_run(t.get("checkpoint"), r.run_dir) for d in distilled for t in d.teachers):
             roles[i] = "teacher"
+        elif recipe_role(r.config) == "regularized":
+            roles[i] = "regularized"
         elif "teacher" in name:
             roles[i] = "teacher"
         elif "scratch" in name or "baseline" in name:
@@ -354,7 +396,7 @@ def plot_learning_curves(run: RunInfo) -> bytes:
     with matplotlib.rc_context(STYLE):
         fig = _new_figure(12.0, 3.5)
         ax_loss, ax_acc, ax_lr = fig.subplots(1, 3)
-        color = ROLE_COLORS.get(run.role, "#333333")
+        color = run_color(run)
 
         xs, ys = _series(run.history, "train_loss")
         ax_loss.plot(xs, ys, color="#222222", lw=2.4, label="total (weighted)")
@@ -448,7 +490,7 @@ def plot_accuracy(runs: Sequence[RunInfo], accuracies: Sequence[float], notes: S
         floor = axis_floor(lo, hi)
         ypos = list(range(len(order)))[::-1]  # first in order at the top
         for y, i, a in zip(ypos, order, accs, strict=True):
-            c = ROLE_COLORS.get(runs[i].role, "#333333")
+            c = run_color(runs[i])
             if _finite(a):
                 ax_bar.barh(y, a - floor, left=floor, color=c, height=0.62)
                 text = f"{a:.2f}%" + (f"  {notes[i]}" if notes[i] else "")
@@ -467,7 +509,7 @@ def plot_accuracy(runs: Sequence[RunInfo], accuracies: Sequence[float], notes: S
             k = dashes.get(r.role, 0)
             dashes[r.role] = k + 1
             xs, ys = _series(r.history, "val_top1")
-            ax_curve.plot(xs, ys, color=ROLE_COLORS.get(r.role, "#333333"), lw=2.0, ls=_LINESTYLES[k % 4],
+            ax_curve.plot(xs, ys, color=run_color(r), lw=2.0, ls=_LINESTYLES[k % 4],
                           marker=ROLE_MARKERS.get(r.role, "o"), ms=3.5, label=r.label)
         ax_curve.set_title("validation top-1 per epoch")
         ax_curve.set_xlabel("epoch")
@@ -542,7 +584,7 @@ def plot_pareto(runs: Sequence[RunInfo], accuracies: Sequence[float]) -> bytes:
             items = []
             for i in shown:
                 r = runs[i]
-                c = ROLE_COLORS.get(r.role, "#333333")
+                c = run_color(r)
                 ax.scatter([xs[i]], [accuracies[i]], s=150 if flags[i] else 80, color=c,
                            marker=ROLE_MARKERS.get(r.role, "o"), edgecolors="black" if flags[i] else "white",
                            linewidths=1.8 if flags[i] else 0.8, zorder=3)

@@ -178,6 +178,10 @@ def build_term(spec: Any, where: str = "terms") -> LossTerm:
     """Instantiate a registered term from a :class:`kdkit.recipe.TermSpec` (at recipe position ``where``), with
     one-line errors for bad params and weights."""
     cls = LOSSES.get(spec.name)
+    if not (isinstance(cls, type) and issubclass(cls, LossTerm)):
+        what = getattr(cls, "__name__", repr(cls))
+        raise ConfigError(f"{where}: loss term '{spec.name}' ({what}) is not a subclass of kdkit.terms.base.LossTerm; "
+                          f"see docs/own-models-and-data.md")
     if spec.weight < 0 and not cls.allows_negative_weight:
         raise ConfigError(f"{where}: loss term '{spec.log_name}' has weight {spec.weight}; a negative weight trains "
                           f"the student away from what the term measures -- use a weight >= 0")

@@ -8,11 +8,12 @@ given in each docstring and in docs/methods.md; the recipe's ``weight`` is what 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from kdkit.connectors import make_connector, pair_stages
+from kdkit.connectors import LAYOUTS, feature_layout, make_connector, pair_stages
 from kdkit.errors import ConfigError
 from kdkit.losses import features, ie
 from kdkit.models.factory import default_stages
@@ -77,22 +78,50 @@ def resolve_pairs(spec: PairSpec, ctx: SetupContext, term: str, teacher: int = 0
 
 
 class FeatureTerm(LossTerm):
-    """Base of terms that compare tapped student and teacher features, pair by pair."""
+    """Base of terms that compare tapped student and teacher features, pair by pair.
+
+    ``layouts`` declares the feature layouts the method's math applies to (``BCHW`` conv maps, ``BCL`` 1-D conv
+    maps, ``BTD`` token sequences, ``BD`` vectors; see :func:`kdkit.connectors.feature_layout`); a tapped layer of
+    another layout is refused at setup with one line naming the layer, its shape and what the term takes.
+    """
 
     needs_teacher_features = True
     default_pairs: str = "auto"
+    layouts: ClassVar[tuple[str, ...]] = ("BCHW", "BCL", "BTD", "BD")
 
     def __init__(self, pairs: PairSpec | None = None, teacher: int = 0) -> None:
         super().__init__()
         self.pair_spec = pairs if pairs is not None else self.default_pairs
         self.teacher_index = int(teacher)
         self.pairs: list[tuple[str, str]] = []
+        self.layout = "BCHW"
 
     def setup(self, ctx: SetupContext) -> None:
         if not ctx.has_teacher_features:
             raise ConfigError(f"loss term '{self.name}' compares features, which need an online teacher; a soft-label "
                               f"store only has logits — add `teachers:` or drop the term")
         self.pairs = resolve_pairs(self.pair_spec, ctx, self.name, self.teacher_index)
+        self.layout = self.check_layouts(ctx)
+
+    def check_layouts(self, ctx: SetupContext) -> str:
+        """Probe the paired layers once; every one must have a layout in :attr:`layouts`. Returns the students'."""
+        s_shapes = ctx.student_shapes([s for s, _ in self.pairs])
+        t_shapes = ctx.teacher_shapes([t for _, t in self.pairs], self.teacher_index)
+        found = "BD"
+        checks = [("student", s, s_shapes[s], ctx.student) for s, _ in self.pairs]
+        checks += [(f"teacher {self.teacher_index}", t, t_shapes[t], ctx.teachers[self.teacher_index])
+                   for _, t in self.pairs]
+        for role, path, shape, model in checks:
+            layout = feature_layout(model, shape)
+            if layout not in self.layouts:
+                takes = ", ".join(LAYOUTS.get(k, k) for k in self.layouts)
+                gives = LAYOUTS.get(layout, layout)
+                raise ConfigError(f"loss term '{self.name}': {role} layer '{path}' gives a {gives} feature "
+                                  f"{tuple(shape)}; {self.name} takes {takes} -- tap another layer (pairs: "
+                                  f"[[student_path, teacher_path]]) or use another term")
+            if role == "student":
+                found = layout
+        return found
 
     def student_taps(self) -> list[str]:
         return [s for s, _ in self.pairs]
@@ -125,7 +154,7 @@ class FitNetTerm(FeatureTerm):
         s_shapes = ctx.student_shapes([s for s, _ in self.pairs])
         t_shapes = ctx.teacher_shapes([t for _, t in self.pairs], self.teacher_index)
         for s, t in self.pairs:
-            self.connectors.append(make_connector(self.connector_kind, s_shapes[s], t_shapes[t], s, t))
+            self.connectors.append(make_connector(self.connector_kind, s_shapes[s], t_shapes[t], s, t, self.layout))
 
     def compute(self, inp: TermInputs) -> Tensor:
         pairs = zip(self.connectors, self.features(inp), strict=True)
@@ -140,6 +169,7 @@ class AttentionTransferTerm(FeatureTerm):
     published weight β = 1000, p = 2."""
 
     default_pairs = "index"
+    layouts = ("BCHW", "BCL")
 
     def __init__(self, pairs: PairSpec | None = None, teacher: int = 0, p: float = 2.0) -> None:
         super().__init__(pairs, teacher)
@@ -179,6 +209,7 @@ class IETerm(FeatureTerm):
     ``ae_epochs`` to stop its reconstruction loss after that many epochs. Official λ_inh = λ_exp = 1."""
 
     default_pairs = "last"
+    layouts = ("BCHW",)
 
     def __init__(self, pairs: PairSpec | None = None, teacher: int = 0, factor_ratio: float = 0.5, inherit: float = 1.0,
                  explore: float = 1.0, recon: float = 1.0, metric: str = "ft", p: float = 1.0) -> None:
