@@ -93,22 +93,35 @@ def _text(kind: str) -> Callable[[Path], Path]:
     return write
 
 
-# name -> None (bundled, no path) or a writer of a small file in that format.
+def _py(tmp: Path) -> str:
+    """A module of the user's own (imported from tmp, put on sys.path by the test) returning float tabular data."""
+    mod = f"contract_data_{tmp.name.replace('-', '_')}"
+    (tmp / f"{mod}.py").write_text(
+        "import numpy as np\n\n"
+        "def make(n=24):\n"
+        "    rng = np.random.default_rng(0)\n"
+        "    return rng.normal(size=(n, 5)).astype(np.float32), np.arange(n) % 3\n"
+    )
+    return f"{mod}:make"
+
+
+# name -> None (bundled, no path) or a writer of a small file in that format (returning what follows "name:").
 CASES: dict[str, Callable[[Path], Path] | None] = {
     "mnist_5k": None, "animal_mnist": None, "digits": None, "foolbox_mnist": None, "foolbox_fashion": None,
     "foolbox_cifar10": None, "foolbox_cifar100": None, "rotten_tomatoes": None,
     "imagefolder": _imagefolder, "npz": _npz, "cifar10": lambda t: _cifar(t, False),
-    "cifar100": lambda t: _cifar(t, True),
+    "cifar100": lambda t: _cifar(t, True), "py": _py,
     **{k: _text(k) for k in ("csv", "tsv", "json", "jsonl", "parquet", "hfdisk")},
 }
 NAMES = DATASETS.names()
+NO_BARE_PATH = {"py"}  # names code (module:function), not a file whose format could be detected
 
 
 def test_every_dataset_has_a_description_and_a_contract_case():
     for entry in DATASETS.entries():
         assert entry.description, entry.name
         assert bool(entry.meta.get("takes_path")) == (CASES.get(entry.name) is not None), entry.name
-        if entry.meta.get("takes_path"):
+        if entry.meta.get("takes_path") and entry.name not in NO_BARE_PATH:
             assert callable(entry.meta.get("detect")), f"{entry.name}: a path format must detect its files"
     assert sorted(CASES) == NAMES, "add a case for each new dataset (or drop the case of a removed one)"
 
@@ -123,13 +136,14 @@ def _recipe(tmp: Path, name: str, text: bool) -> dict:
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_dataset_contract(name: str, tmp_path: Path) -> None:
+def test_dataset_contract(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     entry = DATASETS.entry(name)
     text = "run_data" in entry.meta
     names = [name]
+    monkeypatch.syspath_prepend(str(tmp_path))
     if CASES[name] is not None:
         path = CASES[name](tmp_path)
-        names = [f"{name}:{path}", str(path)]
+        names = [f"{name}:{path}"] + ([] if name in NO_BARE_PATH else [str(path)])
     for full in names:
         found, _ = resolve_dataset(full)
         assert found.name == name, f"{full} resolved to {found.name}"
@@ -147,7 +161,7 @@ def test_dataset_contract(name: str, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", [n for n in NAMES if CASES[n] is not None])
 def test_missing_path_is_one_line_naming_it(name: str, tmp_path: Path) -> None:
-    missing = tmp_path / "not-here"
+    missing = "not_here:make" if name in NO_BARE_PATH else tmp_path / "not-here"
     text = "run_data" in DATASETS.entry(name).meta
     with pytest.raises(KdkitError) as err:
         build_data(recipe_from_dict(_recipe(tmp_path, f"{name}:{missing}", text)))
