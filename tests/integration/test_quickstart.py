@@ -19,7 +19,13 @@ def test_quickstart_smoke(tmp_path):
     teacher, scratch, kd = table["rows"]
     for r in table["rows"]:
         assert 10.0 < r["top1"] <= 100.0
-        assert r["params"] > 0 and r["size_mb"] > 0 and r["latency_b1_ms"] > 0 and r["latency_b64_ms"] > 0
+        assert r["params"] > 0 and r["size_mb"] > 0
+        # A timing that stayed implausible after re-measuring (a busy machine: batch 64 slower per image than
+        # batch 1) is left out and flagged, never printed as a result.
+        if r.get("timing_flag"):
+            assert r["latency_b1_ms"] is None and r["latency_b64_ms"] is None
+        else:
+            assert r["latency_b1_ms"] > 0 and r["latency_b64_ms"] > 0
     assert scratch["params"] == kd["params"] < teacher["params"]
     assert table["compression_vs_teacher"]["params_x"] == teacher["params"] / kd["params"]
     assert table["kd_gain_over_scratch_points"] == kd["top1"] - scratch["top1"]
