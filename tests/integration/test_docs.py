@@ -250,7 +250,7 @@ def run_doc_commands(doc: str, cwd: Path, cache: Path) -> list[str]:
 
 def run_python_blocks(doc: str, cwd: Path, cache: Path) -> None:
     blocks, plans = python_blocks(doc), PYTHON[doc]
-    for i, (block, (replace, files, says)) in enumerate(zip(blocks, plans)):
+    for i, (block, (replace, files, says)) in enumerate(zip(blocks, plans, strict=True)):
         code = block.text
         for old, new in replace.items():
             assert old in code, f"{doc}:{block.line}: the shrink replacement {old!r} no longer matches; update PYTHON"
@@ -260,7 +260,8 @@ def run_python_blocks(doc: str, cwd: Path, cache: Path) -> None:
         script.write_text(prelude + code)
         p = subprocess.run([str(BIN / "python"), script.name], cwd=cwd, env=_env(cache), capture_output=True,
                            text=True, timeout=900)
-        assert p.returncode == 0, f"{doc}:{block.line}: the python block failed:\n{p.stdout[-2000:]}\n{p.stderr[-3000:]}"
+        assert p.returncode == 0, f"{doc}:{block.line}: the python block failed:\n{p.stdout[-2000:]}\n" \
+                                  f"{p.stderr[-3000:]}"
         missing = [f for f in files if not (cwd / f).exists()]
         assert not missing, f"{doc}:{block.line}: the python block did not write {missing}"
         for s in says:
