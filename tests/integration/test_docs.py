@@ -67,8 +67,9 @@ BENCH_NOT_RUN = {
 # followed by `.venv/bin/kdkit quickstart`, which is what is run (shrunk).
 TRANSLATE = {"make quickstart": "kdkit quickstart"}
 
-# Which test runs each document's commands and Python blocks; "slow" ones are marked so.
-SCENARIOS = {"README.md": "fast", "docs/report.md": "fast", "docs/softlabels.md": "fast", "docs/text.md": "slow"}
+# The tests that run each document's commands and Python blocks (test_text_doc is `slow`).
+SCENARIOS = {"README.md": ("test_readme_commands", "test_readme_python"), "docs/report.md": ("test_report_doc",),
+             "docs/softlabels.md": ("test_softlabels_doc",), "docs/text.md": ("test_text_doc",)}
 
 # Python blocks, in document order: (textual shrink replacements, files that must exist after, stdout must contain).
 PYTHON: dict[str, list[tuple[dict[str, str], list[str], list[str]]]] = {
@@ -236,8 +237,10 @@ def _env(cache: Path) -> dict[str, str]:
 
 
 def workspace(tmp: Path, doc: str) -> Path:
-    """A fresh directory with ``recipes/`` and the files the document's ``# NAME.yaml`` blocks define."""
-    (tmp / "recipes").symlink_to(ROOT / "recipes", target_is_directory=True)
+    """A fresh directory with ``recipes/``, ``benchmarks/`` and the files the document's ``# NAME.yaml`` blocks
+    define."""
+    for d in ("recipes", "benchmarks"):
+        (tmp / d).symlink_to(ROOT / d, target_is_directory=True)
     for b in doc_blocks(doc):
         m = re.match(r"#\s*(\S+\.ya?ml)\b", b.text)
         if b.lang == "yaml" and m:
@@ -308,6 +311,8 @@ def test_every_block_is_run_or_listed():
         for c in cmds:
             if c.startswith("make ") and (doc, c) not in NOT_RUN and c not in TRANSLATE:
                 problems.append(f"{doc}: `{c}` is neither translated nor listed in NOT_RUN")
+    for doc, tests in SCENARIOS.items():
+        problems += [f"SCENARIOS: no test {t} for {doc}" for t in tests if not callable(globals().get(t))]
     for doc, cmd in NOT_RUN:
         if cmd not in doc_commands(doc):
             problems.append(f"NOT_RUN lists `{cmd}` for {doc}, which no longer has it; remove the entry")
