@@ -52,12 +52,14 @@ BENCH_SHRINK: dict[str, dict[str, list[str]]] = {
     "quickstart_accuracy.py": {"--seeds": ["0"], "--teacher-epochs": ["1"], "--student-epochs": ["1"]},
     "step_speed.py": {"--steps": ["1"], "--warmup": ["0"], "--batch": ["16"]},
     "methods.py": {"--datasets": ["mnist_5k"], "--seeds": ["0"], "--epochs": ["1"], "--teacher-epochs": ["1"],
-                   "--train-limit": ["300"], "--students": ["mlp"]},
+                   "--train-limit": ["300"], "--students": ["mlp"], "--methods": ["scratch", "kd", "dkd"]},
     "schemes.py": {"--seeds": ["0"], "--epochs": ["1"], "--teacher-epochs": ["1"], "--out": ["bench_schemes"]},
     "softlabels.py": {"--steps": ["1"], "--warmup": ["0"], "--batch": ["16"], "--epochs": ["1"], "--seeds": ["0"],
                       "--teacher-epochs": ["1"], "--aug-views": ["2"]},
 }
-BENCH_ADD_ONLY = {"--datasets", "--students"}  # what is measured: shrunk only where the doc leaves the default
+# What is measured, and where: set only where the doc leaves the default (an absolute output path the doc gives is
+# moved into the workspace).
+BENCH_ADD_ONLY = {"--datasets", "--students", "--methods", "--out", "--out-dir"}
 # Benchmark commands that are not run even in the slow suite (their options are still checked).
 BENCH_NOT_RUN = {
     "text_distill.py": "fine-tunes MiniLM on all 10,246 snippets (~35 CPU-minutes a teacher) and has no option to "
@@ -403,6 +405,9 @@ def shrink_bench(cmd: str) -> str:
         else:
             todo.pop(w, None)
             out.append(w)
+            if w in ("--out", "--out-dir") and i < len(words) and words[i].startswith("/"):
+                out.append(words[i].lstrip("/"))  # e.g. /tmp/b15 -> WORKSPACE/tmp/b15
+                i += 1
     positional = words[2] if len(words) > 2 and not words[2].startswith("-") else None
     for k, v in todo.items():  # options the doc leaves at their default; only those of this subcommand
         if positional and not _subcommand_has(script, positional, k):
