@@ -73,17 +73,19 @@ TRANSLATE = {"make quickstart": "kdkit quickstart"}
 SCENARIOS = {"README.md": ("test_readme_commands", "test_readme_python"), "docs/report.md": ("test_report_doc",),
              "docs/softlabels.md": ("test_softlabels_doc",), "docs/text.md": ("test_text_doc",)}
 
+IMAGE_LIMIT, TEXT_LIMIT = 500, 64  # training samples of a shrunk image / text run
+
 # Python blocks, in document order: (textual shrink replacements, files that must exist after, stdout must contain).
 PYTHON: dict[str, list[tuple[dict[str, str], list[str], list[str]]]] = {
-    "README.md": [({}, ["runs/demo/mnist_teacher/checkpoints/best.safetensors",
-                        "runs/demo/mnist_kd/checkpoints/best.safetensors"], ["'top1'", "'epoch'"])],
+    "README.md": [({'"epochs=3"': f'"epochs=1", "data.train_limit={IMAGE_LIMIT}"'},
+                   ["runs/demo/mnist_teacher/checkpoints/best.safetensors",
+                    "runs/demo/mnist_kd/checkpoints/best.safetensors"], ["'top1'", "'epoch'"])],
     "docs/report.md": [({}, ["runs/report/report.html", "runs/report/summary.md"], [])],
     "docs/text.md": [({'kdkit.load_recipe("recipes/text/rt_tinybert.yaml")':
                        'kdkit.load_recipe("recipes/text/rt_tinybert.yaml", TEXT_SHRINK)'},
                       ["teacher.safetensors"], [])],
 }
 
-IMAGE_LIMIT, TEXT_LIMIT = 500, 64
 
 
 # ----------------------------------------------------------------------------------------------------------------------
