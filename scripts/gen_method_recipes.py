@@ -62,7 +62,8 @@ METHODS: dict[str, tuple[str, dict, list[dict]]] = {
 
 def render(name: str) -> str:
     what, student, terms = METHODS[name]
-    r = {"name": f"mnist_{name}", "seed": 0,
+    # `method_` keeps every bundled recipe's run directory unique (recipes/mnist_kd.yaml is the README's mnist_kd)
+    r = {"name": f"mnist_method_{name}", "seed": 0,
          "data": {"name": "mnist_5k", "val_fraction": 0.2, "batch_size": 128},
          "student": student, "teachers": [] if all(t["name"] in ("ce", "label_smoothing", "confidence_penalty",
                                                                    "tf_kd") for t in terms) else [TEACHER],

@@ -21,20 +21,10 @@ from kdkit.errors import ConfigError
 from kdkit.models.factory import load_model
 from kdkit.objects import run_objects
 from kdkit.pipeline import run_pipeline
-from kdkit.recipe import Recipe, load_recipe, recipe_from_dict
+from kdkit.recipe import Recipe, as_recipe
 from kdkit.runs import run
 from kdkit.softlabels.cache import CacheResult, build_cache
 from kdkit.weights import check_input_shape, read_metadata, resolve_checkpoint
-
-
-def _as_recipe(recipe: Recipe | str | Path | dict[str, Any], overrides: list[str] | None) -> Recipe:
-    if isinstance(recipe, Recipe):
-        if overrides:
-            return recipe_from_dict(recipe.model_dump(mode="json"), overrides)
-        return recipe
-    if isinstance(recipe, dict):
-        return recipe_from_dict(recipe, overrides)
-    return load_recipe(recipe, overrides)
 
 
 def train(recipe: Recipe | str | Path | dict[str, Any] | None = None, overrides: list[str] | None = None,
@@ -54,7 +44,7 @@ def train(recipe: Recipe | str | Path | dict[str, Any] | None = None, overrides:
                            **fields)
     if recipe is None:
         raise ConfigError("train: pass a recipe (YAML path, bundled name, dict) or student=... and train=...")
-    return _run(_as_recipe(recipe, overrides), resume, quiet)
+    return _run(as_recipe(recipe, overrides), resume, quiet)
 
 
 def _run(recipe: Recipe, resume: bool, quiet: bool) -> FitResult:
@@ -101,7 +91,7 @@ def distill(recipe: Recipe | str | Path | dict[str, Any] | None = None, override
     if recipe is None:
         raise ConfigError("distill: pass a recipe (YAML path, bundled name, dict) or student=..., teachers=..., "
                           "train=...")
-    r = _as_recipe(recipe, overrides)
+    r = as_recipe(recipe, overrides)
     if not r.teachers and not r.soft_labels and not r.stages and r.scheme.name == "offline":
         raise ConfigError("distill: the recipe has no `teachers:` (or `soft_labels:`); use `kdkit train` for "
                           "supervised training")
@@ -118,7 +108,7 @@ def cache(recipe: Recipe | str | Path | dict[str, Any], overrides: list[str] | N
     """Run the recipe's teacher(s) once and store their top-k logits (``kdkit cache``); returns
     :class:`kdkit.softlabels.cache.CacheResult`. Keyword arguments: those of
     :func:`kdkit.softlabels.cache.build_cache` (``chunk_size``, ``batch_size``, ``overwrite``, ``quiet``)."""
-    return build_cache(_as_recipe(recipe, overrides), views=views, topk=topk, out=out, **kwargs)
+    return build_cache(recipe, views=views, topk=topk, out=out, overrides=overrides, **kwargs)
 
 
 def evaluate(checkpoint: str | Path, data: str | None = None, split: str = "val", val_fraction: float | None = None,

@@ -294,6 +294,20 @@ def use_code_folder(folder: str | Path) -> None:
         sys.path.insert(0, p)
 
 
+def as_recipe(recipe: Recipe | str | Path | dict[str, Any], overrides: list[str] | None = None) -> Recipe:
+    """Any form the API accepts as a recipe -- a :class:`Recipe`, a YAML path (or bundled recipe name), or a dict --
+    as a validated :class:`Recipe`, with ``key.path=value`` ``overrides`` applied."""
+    if isinstance(recipe, Recipe):
+        if overrides:
+            return recipe_from_dict(recipe.model_dump(mode="json"), overrides)
+        return recipe
+    if isinstance(recipe, dict):
+        return recipe_from_dict(recipe, overrides)
+    if isinstance(recipe, (str, Path)):
+        return load_recipe(recipe, overrides)
+    raise ConfigError(f"recipe: expected a Recipe, a YAML path or a dict, got {type(recipe).__name__}")
+
+
 def bundled_recipes_dir() -> Path:
     """Recipes shipped in the repository (``recipes/``) or, when installed, inside the package."""
     repo = Path(__file__).resolve().parents[2] / "recipes"

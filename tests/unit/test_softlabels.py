@@ -391,6 +391,23 @@ def test_augmentation_off_stores_one_view_and_ignores_the_seed(cached):
     assert torch.all(next(iter(data.train_loader))["view"] == 0)
 
 
+def test_cache_takes_a_recipe_path_or_dict_like_the_rest_of_the_api(cached):
+    """docs/softlabels.md: `build_cache(recipe, ...)` with a YAML path, a dict or a Recipe (and `overrides`)."""
+    import yaml
+
+    tmp = cached["tmp"]
+    path = tmp / "sl.yaml"
+    path.write_text(yaml.safe_dump(_recipe(tmp, cached["teacher"])))
+    kw = dict(views=VIEWS, topk=TOPK, out=cached["store"], chunk_size=CHUNK, quiet=True)
+    for recipe in (path, str(path), _recipe(tmp, cached["teacher"])):
+        res = build_cache(recipe, **kw)  # the same recipe: the complete store is recognised, nothing recomputed
+        assert res.chunks_computed == 0 and res.chunks_total == cached["chunks"]
+    with pytest.raises(ConfigError, match="augmentation seed"):  # the overrides are applied
+        build_cache(path, overrides=["seed=5"], **kw)
+    with pytest.raises(ConfigError, match="expected a Recipe, a YAML path or a dict"):
+        build_cache(42, **kw)
+
+
 def test_existing_store_for_something_else_needs_overwrite(cached):
     tmp = cached["tmp"]
     recipe = recipe_from_dict(_recipe(tmp, cached["teacher"]), ["seed=5"])

@@ -27,7 +27,7 @@ from rich.console import Console
 from kdkit.builder import frozen_teacher_models
 from kdkit.data.run import build_data
 from kdkit.errors import ConfigError
-from kdkit.recipe import Recipe
+from kdkit.recipe import Recipe, as_recipe
 from kdkit.registry import SCHEMES
 from kdkit.softlabels.identity import identity_diff, run_identity
 from kdkit.softlabels.store import (
@@ -79,17 +79,20 @@ def _device(recipe: Recipe) -> torch.device:
     return torch.device("cuda" if recipe.device != "cpu" and torch.cuda.is_available() else "cpu")
 
 
-def build_cache(recipe: Recipe, views: int = 1, topk: int = 10, out: str | Path | None = None, *,
+def build_cache(recipe: Recipe | str | Path | dict[str, Any], views: int = 1, topk: int = 10,
+                out: str | Path | None = None, *, overrides: list[str] | None = None,
                 chunk_size: int = 2048, batch_size: int | None = None, overwrite: bool = False, quiet: bool = False,
                 console: Console | None = None, on_chunk: Callable[[int, int], None] | None = None) -> CacheResult:
     """Run the teacher(s) over ``views`` augmented views of every training sample and store the top-``topk`` logits.
 
     Args:
-        recipe: a distillation recipe with ``teachers``.
+        recipe: a distillation recipe with ``teachers``: a :class:`Recipe`, a YAML path (or bundled recipe name) or
+            a dict, as everywhere in the API.
         views: V, the number of augmented views per sample (1 when the recipe's augmentation is off: every view is
             then the same image).
         topk: k, classes kept per (sample, view); clipped to K.
         out: the store directory (default: :func:`default_store_path`).
+        overrides: ``key.path=value`` recipe overrides (as ``--set``).
         chunk_size: samples per resumable chunk.
         batch_size: teacher batch (default ``data.eval_batch_size``).
         overwrite: replace an existing store made for something else.
@@ -101,6 +104,7 @@ def build_cache(recipe: Recipe, views: int = 1, topk: int = 10, out: str | Path 
     Returns:
         :class:`CacheResult`.
     """
+    recipe = as_recipe(recipe, overrides)
     if not recipe.teachers:
         raise ConfigError("kdkit cache: the recipe has no `teachers:`; the store holds teacher outputs")
     if views < 1:
