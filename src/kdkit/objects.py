@@ -128,6 +128,11 @@ def run_objects(*, student: nn.Module, teachers: list[Any] | None, train: Any, v
     checked = recipe_from_dict(dict(recipe, data={"name": "npz:unused"}))  # one-line errors before any file is written
     run_dir = prepare_run_dir(checked, resume)
     train_data = as_data(train, "train")
+    if "mean" not in data_fields and "std" not in data_fields:
+        # Your modules see your data as you gave it: a teacher trained elsewhere on raw inputs must not be fed
+        # normalised ones (uint8 images arrive as /255 floats). data={"mean": [...], "std": [...]} normalises.
+        recipe["data"]["mean"] = [0.0] * train_data.in_channels
+        recipe["data"]["std"] = [1.0] * train_data.in_channels
     recipe["data"]["name"] = str(run_dir / "data" / "train.npz")
     recipe["data"]["params"] = _save_npz(train_data, run_dir / "data" / "train.npz")
     recipe["data"]["name"] = "npz:" + recipe["data"]["name"]

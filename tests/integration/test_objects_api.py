@@ -89,3 +89,30 @@ def test_a_teacher_given_as_a_run_directory_and_uint8_images_stay_images(tmp_pat
     meta = read_metadata(res.best_path)
     assert meta["input_dtype"] == "uint8" and meta["input_shape"] == [1, 8, 8]
     assert res.best["top1"] > 70 and t.best["top1"] > 70, (res.best, t.best)  # real digits (chance 10%)
+
+
+def test_object_teachers_and_students_see_the_data_as_given(tmp_path: Path):
+    """A teacher trained elsewhere on raw inputs must get raw inputs (normalising them would silently corrupt its
+    predictions); data={"mean", "std"} normalises on request."""
+    seen: list[float] = []
+
+    class Spy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(6, 3)
+
+        def forward(self, x):
+            seen.append(float(x.mean()))
+            return self.fc(x)
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(90, 6, generator=g) + 100.0  # raw units far from 0
+    y = torch.arange(90) % 3
+    kdkit.distill(student=nn.Linear(6, 3), teachers=[Spy()], train=(x, y), val=(x[:30], y[:30]), epochs=1,
+                  output_dir=tmp_path, name="raw", quiet=True)
+    assert seen and all(abs(m - 100.0) < 1.0 for m in seen), seen[:5]
+    seen.clear()
+    res = kdkit.distill(student=nn.Linear(6, 3), teachers=[Spy()], train=(x, y), val=(x[:30], y[:30]), epochs=1,
+                        data={"mean": [100.0] * 6, "std": [1.0] * 6}, output_dir=tmp_path, name="norm", quiet=True)
+    assert seen and all(abs(m) < 1.0 for m in seen), seen[:5]
+    assert read_metadata(res.best_path)["mean"] == [100.0] * 6
