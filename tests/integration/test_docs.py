@@ -21,6 +21,7 @@ the text flow (MiniLM, ~2 min) and the benchmarks are ``slow``.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -70,17 +71,31 @@ BENCH_NOT_RUN = {
 TRANSLATE = {"make quickstart": "kdkit quickstart"}
 
 # The tests that run each document's commands and Python blocks (test_text_doc is `slow`).
+# A name "file.py::test" is a test in another file of tests/integration (the check below finds it there).
 SCENARIOS = {"README.md": ("test_readme_commands", "test_readme_python"), "docs/report.md": ("test_report_doc",),
-             "docs/softlabels.md": ("test_softlabels_doc",), "docs/text.md": ("test_text_doc",)}
+             "docs/softlabels.md": ("test_softlabels_doc",), "docs/text.md": ("test_text_doc",),
+             "docs/own-models-and-data.md": (
+                 "test_own_model_and_data.py::test_the_documented_walk_through_runs_outside_the_repository",
+                 "test_own_models_doc_python")}
 
 IMAGE_LIMIT, TEXT_LIMIT = 500, 64  # training samples of a shrunk image / text run
 
 # Python blocks, in document order: (textual shrink replacements, files that must exist after, stdout must contain).
-PYTHON: dict[str, list[tuple[dict[str, str], list[str], list[str]]]] = {
+# A plan that is a string is a block not run, with the reason (a fragment, or run by another test).
+PYTHON: dict[str, list[tuple[dict[str, str], list[str], list[str]] | str]] = {
     "README.md": [({'"epochs=3"': f'"epochs=1", "data.train_limit={IMAGE_LIMIT}"'},
                    ["runs/demo/mnist_teacher/checkpoints/best.safetensors",
-                    "runs/demo/mnist_kd/checkpoints/best.safetensors"], ["'top1'", "'epoch'"])],
+                    "runs/demo/mnist_kd/checkpoints/best.safetensors"], ["'top1'", "'epoch'"]),
+                  ({"epochs=15": "epochs=2"},
+                   ["runs/objects/teacher/checkpoints/best.safetensors",
+                    "runs/objects/kd/checkpoints/best.safetensors"], ["'top1'", "runs/objects/kd"])],
     "docs/report.md": [({}, ["runs/report/report.html", "runs/report/summary.md"], [])],
+    "docs/own-models-and-data.md": [
+        "the walk-through's models module: written to mymodels.py and trained by test_own_model_and_data.py",
+        "a LossTerm subclass, run as a py: term by test_own_models_doc_python",
+        "plug-in registration with `...` bodies: the shape of a module, not a program",
+        "the object API with the reader's own small_net/big_net: README's runnable example is run instead",
+    ],
     "docs/text.md": [({'kdkit.load_recipe("recipes/text/rt_tinybert.yaml")':
                        'kdkit.load_recipe("recipes/text/rt_tinybert.yaml", TEXT_SHRINK)'},
                       ["teacher.safetensors"], [])],
@@ -276,7 +291,10 @@ def run_doc_commands(doc: str, cwd: Path, cache: Path) -> list[str]:
 
 def run_python_blocks(doc: str, cwd: Path, cache: Path) -> None:
     blocks, plans = python_blocks(doc), PYTHON[doc]
-    for i, (block, (replace, files, says)) in enumerate(zip(blocks, plans, strict=True)):
+    for i, (block, plan) in enumerate(zip(blocks, plans, strict=True)):
+        if isinstance(plan, str):  # not run here, for the reason given
+            continue
+        replace, files, says = plan
         code = block.text
         for old, new in replace.items():
             assert old in code, f"{doc}:{block.line}: the shrink replacement {old!r} no longer matches; update PYTHON"
@@ -316,7 +334,14 @@ def test_every_block_is_run_or_listed():
             if c.startswith("make ") and (doc, c) not in NOT_RUN and c not in TRANSLATE:
                 problems.append(f"{doc}: `{c}` is neither translated nor listed in NOT_RUN")
     for doc, tests in SCENARIOS.items():
-        problems += [f"SCENARIOS: no test {t} for {doc}" for t in tests if not callable(globals().get(t))]
+        for t in tests:
+            if "::" in t:
+                file, name = t.split("::")
+                path = Path(__file__).with_name(file)
+                if not path.is_file() or not re.search(rf"^def {re.escape(name)}\(", path.read_text(), re.M):
+                    problems.append(f"SCENARIOS: no test {t} for {doc}")
+            elif not callable(globals().get(t)):
+                problems.append(f"SCENARIOS: no test {t} for {doc}")
     for doc, cmd in NOT_RUN:
         if cmd not in doc_commands(doc):
             problems.append(f"NOT_RUN lists `{cmd}` for {doc}, which no longer has it; remove the entry")
@@ -334,7 +359,7 @@ def test_extraction_sees_the_commands():
     assert shrink("kdkit models; kdkit distill recipes/mnist_kd.yaml --set name=x") == \
         f"kdkit models; kdkit distill recipes/mnist_kd.yaml --set name=x --set epochs=1 " \
         f"--set data.train_limit={IMAGE_LIMIT}"
-    assert len(python_blocks("README.md")) == 1
+    assert len(python_blocks("README.md")) == 2  # the recipe API and the object API
 
 
 def test_yaml_blocks_parse_and_recipes_validate():
@@ -509,3 +534,17 @@ def test_benchmark_commands_run_shrunk(doc, tmp_path, token_cache):
         ran += 1
     assert ran or all(shlex.split(c)[1].removeprefix("benchmarks/") in BENCH_NOT_RUN
                       for d, c in bench_commands() if d == doc)
+
+
+def test_own_models_doc_python(tmp_path, token_cache):
+    """docs/own-models-and-data.md's loss-term block, as written, as a ``py:`` term of a real run beside the recipe."""
+    block = python_blocks("docs/own-models-and-data.md")[1].text
+    assert "class LogitNorm(LossTerm)" in block
+    (tmp_path / "myterms.py").write_text(block)
+    (tmp_path / "r.yaml").write_text(
+        "name: own_term\ndata: {name: digits, batch_size: 64}\nstudent: {name: mlp, params: {hidden: [32]}}\n"
+        "terms: [{name: ce}, {name: 'py:myterms:LogitNorm', weight: 0.01, params: {scale: 2.0}}]\nepochs: 2\n")
+    p = run_shell("kdkit train r.yaml", tmp_path, token_cache, "docs/own-models-and-data.md")
+    assert p.returncode == 0, p.stderr[-2000:]
+    hist = [json.loads(x) for x in (tmp_path / "runs" / "own_term" / "metrics.jsonl").read_text().splitlines()]
+    assert hist and "train_LogitNorm" in hist[0] and hist[0]["train_LogitNorm"] > 0
