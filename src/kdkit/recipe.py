@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from kdkit.errors import ConfigError
 from kdkit.utils import atomic_write_text
+from kdkit.yamlio import load_yaml, read_yaml_file
 
 
 class _Strict(BaseModel):
@@ -167,10 +168,14 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     key = key.strip()
     if not key:
         raise ConfigError(f"override '{item}' has an empty key")
+    if raw.strip() == "":
+        return key.split("."), ""
     try:
-        value = yaml.safe_load(raw) if raw.strip() != "" else ""
-    except yaml.YAMLError:
-        value = raw
+        value = load_yaml(raw, f"override '{item}'")
+    except ConfigError as err:
+        if "refused" in str(err) or "larger than" in str(err):
+            raise
+        value = raw  # not YAML: the plain string
     return key.split("."), value
 
 
@@ -186,10 +191,14 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[s
                 idx = _index(node, part, path, item)
                 node = node[idx]
                 continue
+            if not isinstance(node, dict):
+                raise _not_a_section(item, path[:i])
             if part not in node or node[part] is None:
                 node[part] = [] if nxt_is_index else {}
             node = node[part]
         last = path[-1]
+        if not isinstance(node, (dict, list)):
+            raise _not_a_section(item, path[:-1])
         if isinstance(node, list):
             idx = int(last) if last.isdigit() else -1
             if idx == len(node):
@@ -199,6 +208,12 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[s
         else:
             node[last] = value
     return data
+
+
+def _not_a_section(item: str, parent: list[str]) -> ConfigError:
+    where = ".".join(parent)
+    return ConfigError(f"override '{item}': '{where}' holds a single value, not a section with fields; set it "
+                       f"directly ({where}=VALUE)")
 
 
 def _index(node: list, part: str, path: list[str], item: str) -> int:
@@ -270,12 +285,7 @@ def recipe_from_dict(data: dict[str, Any], overrides: list[str] | None = None, s
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Read a YAML recipe; ``path`` may also name a bundled recipe (``kdkit recipes`` lists them)."""
     p = resolve_recipe_path(path)
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"recipe file '{p}'{where}: not valid YAML ({getattr(err, 'problem', err)})") from None
+    data = read_yaml_file(p, f"recipe file '{p}'")
     return recipe_from_dict(data or {}, overrides, source=f"recipe '{p.name}'")
 
 

@@ -7,28 +7,112 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import torch
+from rich.console import Console
 
 from kdkit.builder import build_scheme
 from kdkit.data.run import build_data
+from kdkit.engine.checkpoint import CheckpointManager
 from kdkit.engine.loop import Engine, FitResult, make_accelerator
-from kdkit.errors import ConfigError
+from kdkit.errors import CheckpointError, ConfigError
 from kdkit.recipe import Recipe, save_recipe
 from kdkit.utils import atomic_write_json, seed_everything
 from kdkit.weights import model_meta
+from kdkit.yamlio import read_yaml_file
+
+LOCK_NAME = ".kdkit.lock"
 
 
-def prepare_run_dir(recipe: Recipe, resume: bool) -> Path:
-    run_dir = recipe.run_dir
-    if run_dir.exists() and any(run_dir.iterdir()) and not resume:
-        if (run_dir / "checkpoints").exists():
-            raise ConfigError(f"run directory '{run_dir}' already holds a run; pass --resume to continue it, or set "
-                              f"name=... / output_dir=... for a new one")
-    run_dir.mkdir(parents=True, exist_ok=True)
+class RunLock:
+    """One writer per run directory: an exclusive ``fcntl.flock`` on ``RUN/.kdkit.lock``, held for the whole run.
+
+    The OS drops the lock when the process ends, however it ends (kill -9 included), so a crashed run never leaves a
+    stale lock behind. A second process gets a one-line :class:`~kdkit.errors.ConfigError` at once instead of two
+    runs overwriting each other's checkpoints. On systems without ``fcntl`` (Windows) the lock is not taken.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / LOCK_NAME
+        self._fd: int | None = None
+
+    def acquire(self) -> RunLock:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not on POSIX
+            return self
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise ConfigError(f"run directory '{self.path.parent}' is in use by another kdkit process (pid {holder}); "
+                              f"wait for it to finish, or set name=... / output_dir=... for a separate run") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def make_run_dir(run_dir: Path) -> Path:
+    """Create ``run_dir`` (and parents); an unwritable place is a one-line error naming ``output_dir``."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"cannot create run directory '{run_dir}' ({err.strerror or err}); set output_dir=... to a "
+                          f"writable place") from None
+    if not os.access(run_dir, os.W_OK | os.X_OK):
+        raise ConfigError(f"run directory '{run_dir}' is not writable; set output_dir=... to a writable place")
     return run_dir
+
+
+def prepare_run_dir(recipe: Recipe, resume: bool, clean: bool = True, console: Any = None) -> bool:
+    """Decide how the run starts; returns whether it resumes from a checkpoint.
+
+    A run directory is always resumable or restartable: a directory with a complete checkpoint resumes with
+    ``--resume`` (and refuses a fresh start, which would overwrite it); one without (a crash during the first
+    checkpoint, before any was complete) starts afresh either way. ``clean`` removes what an interrupted save left
+    (temporary files, incomplete state directories); only the process that holds the run lock cleans.
+    """
+    run_dir = recipe.run_dir
+    ckpt = CheckpointManager(run_dir)
+    if clean:
+        ckpt.clean_stale()
+        for p in run_dir.glob(".*.tmp"):
+            p.unlink(missing_ok=True)
+    has_state = ckpt.latest() is not None
+    if not resume and has_state:
+        raise ConfigError(f"run directory '{run_dir}' already holds a run; pass --resume to continue it, or set "
+                          f"name=... / output_dir=... for a new one")
+    if not resume:
+        if clean:
+            ckpt.reset()  # leftovers of a run that never completed a checkpoint: a fresh start replaces them
+        return False
+    if not has_state:
+        broken = ckpt.broken()
+        if broken:
+            raise CheckpointError(f"--resume: checkpoint '{broken[-1]}' {ckpt.why_incomplete(broken[-1])} and no "
+                                  f"complete one exists; run without --resume to start afresh")
+        if console is not None:
+            console.print(f"[yellow]note:[/] '{run_dir}' holds no complete checkpoint yet (the run stopped before its "
+                          f"first one); starting from the beginning")
+        return False
+    return resume
 
 
 def run(recipe: Recipe, resume: bool = False, quiet: bool = False, console: Any = None) -> FitResult:
@@ -38,10 +122,24 @@ def run(recipe: Recipe, resume: bool = False, quiet: bool = False, console: Any 
                           "train/distill do)")
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
-    run_dir = prepare_run_dir(recipe, resume)
-    if resume and (run_dir / "config.yaml").is_file():
-        _check_same_recipe(recipe, run_dir)
     accelerator = make_accelerator(recipe)
+    run_dir = make_run_dir(recipe.run_dir)
+    lock = RunLock(run_dir) if accelerator.is_main_process else None
+    if lock is not None:
+        lock.acquire()
+    try:
+        note = (console or Console(stderr=True)) if accelerator.is_main_process else None
+        resume = prepare_run_dir(recipe, resume, clean=lock is not None, console=note)
+        if resume and (run_dir / "config.yaml").is_file():
+            _check_same_recipe(recipe, run_dir)
+        return _run_locked(recipe, run_dir, accelerator, resume, quiet, console)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run_locked(recipe: Recipe, run_dir: Path, accelerator: Any, resume: bool, quiet: bool, console: Any
+                ) -> FitResult:
     seed_everything(recipe.seed)
     data = build_data(recipe, accelerator.num_processes, accelerator.process_index)
     scheme = build_scheme(recipe, data)
@@ -58,9 +156,9 @@ def run(recipe: Recipe, resume: bool = False, quiet: bool = False, console: Any 
 
 
 def _check_same_recipe(recipe: Recipe, run_dir: Path) -> None:
-    import yaml
-
-    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    saved = read_yaml_file(run_dir / "config.yaml", f"saved recipe '{run_dir / 'config.yaml'}'")
+    if not isinstance(saved, dict):
+        raise ConfigError(f"--resume: '{run_dir}/config.yaml' is not a recipe; start afresh in a new run directory")
     now = json.loads(json.dumps(recipe.model_dump(mode="json")))
     diff = [k for k in now if saved.get(k) != now[k] and k not in ("epochs", "threads")]
     if diff:
