@@ -8,11 +8,12 @@ path and what is allowed, e.g. ``recipe field 'optim.lr': Input should be a vali
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from kdkit.errors import ConfigError
 from kdkit.utils import atomic_write_text
@@ -140,6 +141,22 @@ class Recipe(_Strict):
                 data = dict(data, student=named[-1])
         return data
 
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _yaml_no(cls, v: Any) -> Any:
+        return "no" if v is False else v  # YAML 1.1 reads a bare `no` as false
+
+    @model_validator(mode="before")
+    @classmethod
+    def _finite_numbers(cls, data: Any) -> Any:
+        # NaN/inf pass many range checks silently (NaN > 0 is False, but so is NaN <= 0) and surface much later as
+        # "loss became nan"; no recipe field means anything by them.
+        bad = _first_non_finite(data, ())
+        if bad is not None:
+            path, value = bad
+            raise ValueError(f"field '{_loc(path)}' is {value}; every number in a recipe must be finite (no NaN/inf)")
+        return data
+
     @model_validator(mode="after")
     def _unique_term_names(self) -> Recipe:
         names = [t.log_name for t in self.terms]
@@ -222,6 +239,17 @@ def _index(node: list, part: str, path: list[str], item: str) -> int:
     return int(part)
 
 
+def _first_non_finite(value: Any, path: tuple) -> tuple[tuple, float] | None:
+    if isinstance(value, float) and not math.isfinite(value):
+        return path, value
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, (list, tuple)) else ()
+    for k, v in items:
+        found = _first_non_finite(v, (*path, k))
+        if found is not None:
+            return found
+    return None
+
+
 def _loc(loc: tuple) -> str:
     return ".".join(str(p) for p in loc)
 
@@ -276,6 +304,10 @@ def recipe_from_dict(data: dict[str, Any], overrides: list[str] | None = None, s
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
     data = apply_overrides(data, overrides)
+    bad = _first_non_finite(data, ())
+    if bad is not None:
+        raise ConfigError(f"{source} field '{_loc(bad[0])}': {bad[1]} is not allowed; every number in a recipe must be "
+                          f"finite (no NaN/inf)")
     try:
         return Recipe.model_validate(data)
     except ValidationError as err:
