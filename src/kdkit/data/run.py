@@ -84,8 +84,8 @@ def build_image_data(recipe: Recipe, num_shards: int = 1, shard: int = 0) -> Run
     if d.train_limit is not None and d.train_limit < len(train.targets):
         n_classes = _distinct_labels(train.targets)
         if d.train_limit < n_classes:
-            raise ConfigError(f"data.train_limit: {d.train_limit} is fewer than the {n_classes} classes of the training "
-                              f"split; a stratified subset keeps at least one sample per class — use "
+            raise ConfigError(f"data.train_limit: {d.train_limit} is fewer than the {n_classes} classes of the "
+                              f"training split; a stratified subset keeps at least one sample per class — use "
                               f"data.train_limit >= {n_classes}")
         # A stratified subset (not the first N: sources are often sorted by class).
         _, keep = stratified_split(train.targets, train.groups, d.train_limit / len(train.targets), d.split_seed + 1)
