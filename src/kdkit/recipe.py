@@ -292,6 +292,11 @@ def format_validation_error(err: ValidationError, source: str = "recipe") -> str
             msg = f"unknown key; allowed: {', '.join(allowed)}" if allowed else "unknown key"
         elif e["type"] == "missing":
             msg = "required field is missing"
+        elif e["type"] == "value_error":  # our own validators: the message already says what and how to fix it
+            msg = str(e["msg"]).removeprefix("Value error, ")
+            if not e["loc"]:
+                parts.append(f"{source}: {msg}")
+                continue
         else:
             got = e.get("input")
             shown = repr(got) if not isinstance(got, (dict, list)) else type(got).__name__

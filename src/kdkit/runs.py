@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +124,7 @@ def run(recipe: Recipe, resume: bool = False, quiet: bool = False, console: Any 
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
     accelerator = make_accelerator(recipe)
+    created = not recipe.run_dir.exists()
     run_dir = make_run_dir(recipe.run_dir)
     lock = RunLock(run_dir) if accelerator.is_main_process else None
     if lock is not None:
@@ -133,9 +135,20 @@ def run(recipe: Recipe, resume: bool = False, quiet: bool = False, console: Any 
         if resume and (run_dir / "config.yaml").is_file():
             _check_same_recipe(recipe, run_dir)
         return _run_locked(recipe, run_dir, accelerator, resume, quiet, console)
+    except BaseException:
+        if lock is not None:
+            _remove_if_untouched(run_dir, created)  # input refused before anything was written: leave no trace
+            lock.release()
+            lock = None
+        raise
     finally:
         if lock is not None:
             lock.release()
+
+
+def _remove_if_untouched(run_dir: Path, created: bool) -> None:
+    if created and run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {LOCK_NAME}:
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def _run_locked(recipe: Recipe, run_dir: Path, accelerator: Any, resume: bool, quiet: bool, console: Any
@@ -160,7 +173,7 @@ def _check_same_recipe(recipe: Recipe, run_dir: Path) -> None:
     if not isinstance(saved, dict):
         raise ConfigError(f"--resume: '{run_dir}/config.yaml' is not a recipe; start afresh in a new run directory")
     now = json.loads(json.dumps(recipe.model_dump(mode="json")))
-    diff = [k for k in now if saved.get(k) != now[k] and k not in ("epochs", "threads")]
+    diff = [k for k in now if saved.get(k) != now[k] and k not in ("epochs", "threads", "output_dir")]
     if diff:
         raise ConfigError(f"--resume: the recipe differs from the one saved in '{run_dir}/config.yaml' in "
-                          f"{', '.join(diff)}; resume with the same recipe (only epochs and threads may change)")
+                          f"{', '.join(diff)}; resume with the same recipe (only epochs, threads and output_dir may change)")

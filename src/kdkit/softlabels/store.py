@@ -263,7 +263,18 @@ class SoftLabelStore:
             done = len(read_progress(p))
             raise ConfigError(f"soft_labels: store '{p}' is incomplete ({done}/{manifest['chunks']} chunks); finish "
                               f"it by re-running the same `kdkit cache` command")
-        return cls(p, manifest, writable=writable)
+        store = cls(p, manifest, writable=writable)
+        if require_complete and not writable:
+            store.validate()
+        return store
+
+    def validate(self) -> None:
+        """Check every view once (class indices in range, finite values) so a damaged store is refused when it is
+        opened, before a run writes anything — not as a NaN loss or an index error in the middle of an epoch."""
+        for view in range(self.views):
+            self._check_view(view, torch.from_numpy(np.asarray(self.arrays["values"][view], dtype=np.float32)),
+                             torch.from_numpy(np.asarray(self.arrays["indices"][view], dtype=np.int64)),
+                             torch.from_numpy(np.asarray(self.arrays["tail"][view], dtype=np.float32)))
 
     # -------------------------------------------------------------------------------------------------- writing
     def write(self, view: int, start: int, values: Tensor, indices: Tensor, tail: Tensor) -> None:
