@@ -176,4 +176,5 @@ def _check_same_recipe(recipe: Recipe, run_dir: Path) -> None:
     diff = [k for k in now if saved.get(k) != now[k] and k not in ("epochs", "threads", "output_dir")]
     if diff:
         raise ConfigError(f"--resume: the recipe differs from the one saved in '{run_dir}/config.yaml' in "
-                          f"{', '.join(diff)}; resume with the same recipe (only epochs, threads and output_dir may change)")
+                          f"{', '.join(diff)}; resume with the same recipe (only epochs, threads and output_dir may "
+                          f"change)")

@@ -154,8 +154,9 @@ class Engine:
                     with acc.autocast():
                         out = scheme.step(model, batch, state)
                     if not torch.isfinite(out.loss):
-                        raise KdkitError(f"loss became {float(out.loss.detach())} at epoch {epoch + 1}, batch {b} (terms: "
-                                         f"{_fmt_terms(out.terms)}): {_nonfinite_cause(scheme, batch, out, lr)}")
+                        raise KdkitError(f"loss became {float(out.loss.detach())} at epoch {epoch + 1}, batch {b} "
+                                         f"(terms: {_fmt_terms(out.terms)}): "
+                                         f"{_nonfinite_cause(scheme, batch, out, lr)}")
                     optimizer.zero_grad(set_to_none=True)
                     acc.backward(out.loss)
                     if r.grad_clip:
