@@ -18,16 +18,16 @@ import sys
 from kdkit import cli
 from kdkit.engine import checkpoint, loop
 
-spec = os.environ.get("KDKIT_KILL_AT")
-if spec:
-    point, n = spec.split(":")
+def install(point: str, n: int, die=lambda: os._exit(137), patch=setattr) -> None:
+    """Call ``die()`` the ``n``-th time the run reaches ``point`` (see the module docstring). ``patch`` sets the hooks
+    (tests pass ``monkeypatch.setattr`` so they are undone)."""
     count = {"n": 0}
 
     def reached(name: str) -> None:
         if name == point:
             count["n"] += 1
-            if count["n"] == int(n):
-                os._exit(137)
+            if count["n"] == n:
+                die()
 
     class _Os:
         """``os`` for the checkpoint module, with the rename observed."""
@@ -44,24 +44,28 @@ if spec:
             else:
                 os.replace(src, dst)
 
-    checkpoint.os = _Os()
-    orig_latest_write = checkpoint.atomic_write_json
+    real_json, real_weights = checkpoint.atomic_write_json, loop.write_weights
 
     def atomic_write_json(path, obj):
-        orig_latest_write(path, obj)
+        real_json(path, obj)
         if str(path).endswith("latest.json"):
             reached("ckpt_latest")
 
-    checkpoint.atomic_write_json = atomic_write_json
-    orig_write_weights = loop.write_weights
-
     def write_weights(model, path, meta=None):
-        out = orig_write_weights(model, path, meta)
+        out = real_weights(model, path, meta)
         if str(path).endswith("best.safetensors"):
             reached("best")
         return out
 
-    loop.write_weights = write_weights
+    patch(checkpoint, "os", _Os())
+    patch(checkpoint, "atomic_write_json", atomic_write_json)
+    patch(loop, "write_weights", write_weights)
 
-sys.argv = ["kdkit", *sys.argv[1:]]
-cli.main()
+
+if __name__ == "__main__":
+    spec = os.environ.get("KDKIT_KILL_AT")
+    if spec:
+        point, n = spec.split(":")
+        install(point, int(n))
+    sys.argv = ["kdkit", *sys.argv[1:]]
+    cli.main()
