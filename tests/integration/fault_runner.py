@@ -18,6 +18,7 @@ import sys
 from kdkit import cli
 from kdkit.engine import checkpoint, loop
 
+
 def install(point: str, n: int, die=lambda: os._exit(137), patch=setattr) -> None:
     """Call ``die()`` the ``n``-th time the run reaches ``point`` (see the module docstring). ``patch`` sets the hooks
     (tests pass ``monkeypatch.setattr`` so they are undone)."""
