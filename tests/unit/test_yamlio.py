@@ -25,7 +25,7 @@ def test_alias_bomb_is_refused_before_expansion():
 
 
 def test_node_limit_is_exact():
-    # a flat list of MAX_NODES - 2 scalars (+ the list + the top-level map ... ) loads; one alias that doubles it does not
+    # MAX_NODES - 3 scalars (+ list, key, map) load; one alias that doubles a large list does not
     ok = "k: [" + ",".join(["1"] * (MAX_NODES - 3)) + "]"
     assert len(load_yaml(ok, "t")["k"]) == MAX_NODES - 3
     with pytest.raises(ConfigError, match="more than"):
