@@ -21,53 +21,26 @@ from kdkit.engine.checkpoint import CheckpointManager
 from kdkit.engine.loop import Engine, FitResult, make_accelerator
 from kdkit.errors import CheckpointError, ConfigError
 from kdkit.recipe import Recipe, save_recipe
-from kdkit.utils import atomic_write_json, seed_everything
+from kdkit.utils import DirLock, atomic_write_json, seed_everything
 from kdkit.weights import model_meta
 from kdkit.yamlio import read_yaml_file
 
 LOCK_NAME = ".kdkit.lock"
 
 
-class RunLock:
+class RunLock(DirLock):
     """One writer per run directory: an exclusive ``fcntl.flock`` on ``RUN/.kdkit.lock``, held for the whole run.
 
-    The OS drops the lock when the process ends, however it ends (kill -9 included), so a crashed run never leaves a
-    stale lock behind. A second process gets a one-line :class:`~kdkit.errors.ConfigError` at once instead of two
-    runs overwriting each other's checkpoints. On systems without ``fcntl`` (Windows) the lock is not taken.
+    A second process gets a one-line :class:`~kdkit.errors.ConfigError` at once instead of two runs overwriting each
+    other's checkpoints; a killed run never leaves a stale lock (the OS drops it with the process).
     """
 
     def __init__(self, run_dir: Path) -> None:
-        self.path = Path(run_dir) / LOCK_NAME
-        self._fd: int | None = None
+        def busy(pid: str) -> ConfigError:
+            return ConfigError(f"run directory '{run_dir}' is in use by another kdkit process (pid {pid}); wait for it "
+                               f"to finish, or set name=... / output_dir=... for a separate run")
 
-    def acquire(self) -> RunLock:
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - not on POSIX
-            return self
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise ConfigError(f"run directory '{self.path.parent}' is in use by another kdkit process (pid {holder}); "
-                              f"wait for it to finish, or set name=... / output_dir=... for a separate run") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd = fd
-        return self
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing the descriptor drops the flock
-            self._fd = None
-
-    def __enter__(self) -> RunLock:
-        return self.acquire()
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
+        super().__init__(Path(run_dir) / LOCK_NAME, busy)
 
 
 def make_run_dir(run_dir: Path) -> Path:

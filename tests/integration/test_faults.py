@@ -285,7 +285,7 @@ def test_store_creation_killed_before_its_manifest_leaves_nothing_in_the_way(tmp
     monkeypatch.setattr(store_mod, "atomic_write_json", real)
     code, err = invoke(["cache", str(_cache_recipe(tmp_path)), "--out", str(out), "--quiet"], monkeypatch, capsys)
     assert code == 0, err
-    assert not list(tmp_path.glob(".store.*"))  # the staging directory was removed
+    assert not list(tmp_path.glob(".store.creating.tmp"))  # the staging directory was removed
 
 
 def test_export_never_leaves_a_new_model_beside_an_old_int8_and_summary(tmp_path, monkeypatch):
@@ -362,33 +362,63 @@ def test_kill_inside_checkpoint_writes_resumes_bitwise(kill_at, tmp_path, refere
     assert_same(outcome(tmp_path / "runs" / "faults"), reference)
 
 
+LONG = "checkpoint_every_steps: 1\n"
+
+
+@pytest.fixture(scope="module")
+def reference_long(tmp_path_factory) -> dict:
+    d = tmp_path_factory.mktemp("reference_long")
+    mp = pytest.MonkeyPatch()
+    try:
+        mp.setattr(sys, "argv", ["kdkit", "train", str(_long_recipe(d)), "-q"])
+        with pytest.raises(SystemExit) as exc:
+            cli.main()
+        assert exc.value.code in (0, None)
+    finally:
+        mp.undo()
+    return outcome(d / "runs" / "faults")
+
+
+def _long_recipe(d: Path) -> Path:
+    p = write_recipe(d, LONG)
+    p.write_text(p.read_text().replace("train_limit: 512", "train_limit: 1024").replace("epochs: 3", "epochs: 4"))
+    return p
+
+
 @pytest.mark.slow
-def test_random_sigkills_resume_bitwise(tmp_path, reference):
-    """SIGKILL a real run at random moments (checkpoints every step, so many land inside checkpoint writes) and resume
-    until it finishes; the result must equal the uninterrupted run bit for bit."""
-    recipe = write_recipe(tmp_path)
+def test_random_sigkills_resume_bitwise(tmp_path, reference_long):
+    """SIGKILL a real run at random moments once it is training (checkpoints every step, so many kills land inside
+    checkpoint writes) and resume until it finishes; the result must equal the uninterrupted run bit for bit."""
+    recipe = _long_recipe(tmp_path)
+    lock = tmp_path / "runs" / "faults" / ".kdkit.lock"
     env = dict(os.environ, PYTHONPATH=f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", OMP_NUM_THREADS="1")
     rng = random.Random(int(os.environ.get("KDKIT_KILL_SEED", "14")))
-    kills = resumes = 0
-    first = True
-    for _ in range(40):
+    kills = 0
+    for attempt in range(60):
         args = [sys.executable, str(HERE / "fault_runner.py"), "train", str(recipe), "-q"]
-        if not first:
+        if attempt:
             args.append("--resume")
         proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        first = False
+        # wait until this process holds the run lock (it writes its pid there): training is under way
+        deadline = time.time() + 120
+        while proc.poll() is None and time.time() < deadline:
+            try:
+                if lock.read_text().strip() == str(proc.pid):
+                    break
+            except OSError:
+                pass
+            time.sleep(0.05)
         try:
-            proc.wait(timeout=rng.uniform(2.5, 6.0))  # ~2.5 s is interpreter start-up; a run takes ~6 s here
+            proc.wait(timeout=rng.uniform(0.0, 1.5))
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
             kills += 1
-            resumes += 1
             continue
         assert proc.returncode == 0, proc.stderr.read()[-2000:]
         break
     else:
         pytest.fail("the run never finished")
-    assert kills >= 3, f"only {kills} kills landed; the timings need adjusting"
-    assert_same(outcome(tmp_path / "runs" / "faults"), reference)
-    print(f"random kills: {kills} kills, {resumes} resumes, bitwise equal")
+    assert kills >= 5, f"only {kills} kills landed; the timings need adjusting"
+    assert_same(outcome(tmp_path / "runs" / "faults"), reference_long)
+    print(f"random SIGKILLs: {kills} kills, {kills} resumes, final result bitwise equal")
