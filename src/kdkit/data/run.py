@@ -53,7 +53,7 @@ def _distinct_labels(targets: torch.Tensor) -> int:
     return int(t.shape[1]) if t.ndim == 2 else int(torch.unique(t[t >= 0]).numel())
 
 
-def _check_labels(targets: torch.Tensor, where: str) -> None:
+def check_labels(targets: torch.Tensor, where: str) -> None:
     """Refuse data that cannot train a classifier: no samples, or labels that are all one class (a wrong label
     column/array; the run would reach 100 % accuracy and learn nothing)."""
     t = torch.as_tensor(targets)
@@ -69,7 +69,7 @@ def _check_labels(targets: torch.Tensor, where: str) -> None:
 def build_image_data(recipe: Recipe, num_shards: int = 1, shard: int = 0) -> RunData:
     d = recipe.data
     full = load_source(d.name, **d.params)
-    _check_labels(full.targets, f"data.name '{d.name}'")
+    check_labels(full.targets, f"data.name '{d.name}'")
     if d.val:
         train, val = full, load_source(d.val, **d.val_params)
         train_idx = torch.arange(len(full.targets))
