@@ -390,26 +390,27 @@ def test_random_sigkills_resume_bitwise(tmp_path, reference_long):
     """SIGKILL a real run at random moments once it is training (checkpoints every step, so many kills land inside
     checkpoint writes) and resume until it finishes; the result must equal the uninterrupted run bit for bit."""
     recipe = _long_recipe(tmp_path)
-    lock = tmp_path / "runs" / "faults" / ".kdkit.lock"
+    config = tmp_path / "runs" / "faults" / "config.yaml"
     env = dict(os.environ, PYTHONPATH=f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", OMP_NUM_THREADS="1")
     rng = random.Random(int(os.environ.get("KDKIT_KILL_SEED", "14")))
     kills = 0
-    for attempt in range(60):
+    for attempt in range(100):
         args = [sys.executable, str(HERE / "fault_runner.py"), "train", str(recipe), "-q"]
         if attempt:
             args.append("--resume")
+        started = time.time()
         proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        # wait until this process holds the run lock (it writes its pid there): training is under way
-        deadline = time.time() + 120
+        # wait until training is under way: the run saves config.yaml right before the engine starts
+        deadline = started + 120
         while proc.poll() is None and time.time() < deadline:
             try:
-                if lock.read_text().strip() == str(proc.pid):
+                if config.stat().st_mtime >= started:
                     break
             except OSError:
                 pass
-            time.sleep(0.05)
+            time.sleep(0.02)
         try:
-            proc.wait(timeout=rng.uniform(0.0, 1.5))
+            proc.wait(timeout=rng.uniform(0.0, 2.0))
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
