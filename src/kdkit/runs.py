@@ -61,7 +61,8 @@ def prepare_run_dir(recipe: Recipe, resume: bool, clean: bool = True, console: A
     A run directory is always resumable or restartable: a directory with a complete checkpoint resumes with
     ``--resume`` (and refuses a fresh start, which would overwrite it); one without (a crash during the first
     checkpoint, before any was complete) starts afresh either way. ``clean`` removes what an interrupted save left
-    (temporary files, incomplete state directories); only the process that holds the run lock cleans.
+    (``*.tmp`` files and directories, a ``latest.json`` pointing nowhere) and, for a fresh start, the leftover
+    checkpoints; only the process that holds the run lock cleans.
     """
     run_dir = recipe.run_dir
     ckpt = CheckpointManager(run_dir)
