@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -206,11 +207,40 @@ def main() -> None:
         _add_registered_commands()
         app(args=args)
     except KdkitError as err:
-        err_console.print(f"[bold red]error:[/] {err}", highlight=False)
+        err_console.print(f"[bold red]error:[/] {_one_line(str(err))}", highlight=False)
+        sys.exit(2)
+    except OSError as err:
+        if err.errno not in _USER_OS_ERRORS:
+            _report_bug()
+            raise
+        where = f" '{err.filename}'" if err.filename else ""
+        err_console.print(f"[bold red]error:[/] cannot write or read{where}: {err.strerror}; free disk space, fix the "
+                          f"permissions or choose another output_dir, then run again (add --resume to continue a "
+                          f"run)", highlight=False)
         sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("interrupted — resume with --resume")
         sys.exit(130)
+    except SystemExit:
+        raise
+    except BaseException:
+        _report_bug()
+        raise
+
+
+# Operating-system failures that are the user's environment, not a kdkit bug: full disk, quota, permissions,
+# read-only file system, missing file.
+_USER_OS_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT}
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _report_bug() -> None:
+    """An exception kdkit did not expect: the traceback follows (Python prints it), plus a line asking for a report."""
+    err_console.print("[bold red]kdkit hit an unexpected error[/] — this is a bug; please report it with the command "
+                      "line, the recipe and the traceback below", highlight=False)
 
 
 _add_registered_commands()

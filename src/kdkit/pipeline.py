@@ -55,6 +55,7 @@ from kdkit.recipe import Recipe, recipe_from_dict, save_recipe
 from kdkit.runs import run
 from kdkit.schemes.mutual import ProbabilityEnsemble
 from kdkit.utils import atomic_write_json
+from kdkit.yamlio import read_yaml_file
 
 _MERGED = ("data", "optim", "schedule")
 _STAGE_KEYS = ("name", "teacher_from", "ensemble")
@@ -164,12 +165,10 @@ def expand_stages(recipe: Recipe) -> list[Stage]:
 
 
 def _saved_matches(stage: Stage) -> bool:
-    import yaml
-
     cfg = stage.run_dir / "config.yaml"
     if not cfg.is_file():
         return False
-    saved = yaml.safe_load(cfg.read_text())
+    saved = read_yaml_file(cfg, f"saved recipe '{cfg}'")
     now = json.loads(json.dumps(stage.recipe.model_dump(mode="json")))
     return saved == now
 

@@ -8,15 +8,17 @@ path and what is allowed, e.g. ``recipe field 'optim.lr': Input should be a vali
 from __future__ import annotations
 
 import copy
+import math
 import sys
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from kdkit.errors import ConfigError
 from kdkit.utils import atomic_write_text
+from kdkit.yamlio import load_yaml, read_yaml_file
 
 
 class _Strict(BaseModel):
@@ -144,6 +146,22 @@ class Recipe(_Strict):
                 data = dict(data, student=named[-1])
         return data
 
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _yaml_no(cls, v: Any) -> Any:
+        return "no" if v is False else v  # YAML 1.1 reads a bare `no` as false
+
+    @model_validator(mode="before")
+    @classmethod
+    def _finite_numbers(cls, data: Any) -> Any:
+        # NaN/inf pass many range checks silently (NaN > 0 is False, but so is NaN <= 0) and surface much later as
+        # "loss became nan"; no recipe field means anything by them.
+        bad = _first_non_finite(data, ())
+        if bad is not None:
+            path, value = bad
+            raise ValueError(f"field '{_loc(path)}' is {value}; every number in a recipe must be finite (no NaN/inf)")
+        return data
+
     @model_validator(mode="after")
     def _unique_term_names(self) -> Recipe:
         names = [t.log_name for t in self.terms]
@@ -172,10 +190,14 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     key = key.strip()
     if not key:
         raise ConfigError(f"override '{item}' has an empty key")
+    if raw.strip() == "":
+        return key.split("."), ""
     try:
-        value = yaml.safe_load(raw) if raw.strip() != "" else ""
-    except yaml.YAMLError:
-        value = raw
+        value = load_yaml(raw, f"override '{item}'")
+    except ConfigError as err:
+        if "refused" in str(err) or "larger than" in str(err):
+            raise
+        value = raw  # not YAML: the plain string
     return key.split("."), value
 
 
@@ -191,10 +213,14 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[s
                 idx = _index(node, part, path, item)
                 node = node[idx]
                 continue
+            if not isinstance(node, dict):
+                raise _not_a_section(item, path[:i])
             if part not in node or node[part] is None:
                 node[part] = [] if nxt_is_index else {}
             node = node[part]
         last = path[-1]
+        if not isinstance(node, (dict, list)):
+            raise _not_a_section(item, path[:-1])
         if isinstance(node, list):
             idx = int(last) if last.isdigit() else -1
             if idx == len(node):
@@ -206,10 +232,27 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[s
     return data
 
 
+def _not_a_section(item: str, parent: list[str]) -> ConfigError:
+    where = ".".join(parent)
+    return ConfigError(f"override '{item}': '{where}' holds a single value, not a section with fields; set it "
+                       f"directly ({where}=VALUE)")
+
+
 def _index(node: list, part: str, path: list[str], item: str) -> int:
     if not part.isdigit() or int(part) >= len(node):
         raise ConfigError(f"override '{item}': '{part}' is not an index of a list of {len(node)} items")
     return int(part)
+
+
+def _first_non_finite(value: Any, path: tuple) -> tuple[tuple, float] | None:
+    if isinstance(value, float) and not math.isfinite(value):
+        return path, value
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, (list, tuple)) else ()
+    for k, v in items:
+        found = _first_non_finite(v, (*path, k))
+        if found is not None:
+            return found
+    return None
 
 
 def _loc(loc: tuple) -> str:
@@ -254,6 +297,11 @@ def format_validation_error(err: ValidationError, source: str = "recipe") -> str
             msg = f"unknown key; allowed: {', '.join(allowed)}" if allowed else "unknown key"
         elif e["type"] == "missing":
             msg = "required field is missing"
+        elif e["type"] == "value_error":  # our own validators: the message already says what and how to fix it
+            msg = str(e["msg"]).removeprefix("Value error, ")
+            if not e["loc"]:
+                parts.append(f"{source}: {msg}")
+                continue
         else:
             got = e.get("input")
             shown = repr(got) if not isinstance(got, (dict, list)) else type(got).__name__
@@ -266,6 +314,10 @@ def recipe_from_dict(data: dict[str, Any], overrides: list[str] | None = None, s
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
     data = apply_overrides(data, overrides)
+    bad = _first_non_finite(data, ())
+    if bad is not None:
+        raise ConfigError(f"{source} field '{_loc(bad[0])}': {bad[1]} is not allowed; every number in a recipe must be "
+                          f"finite (no NaN/inf)")
     try:
         return Recipe.model_validate(data)
     except ValidationError as err:
@@ -278,12 +330,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     text = p.read_text()
     if "py:" in text or any("py:" in o for o in overrides or []):
         use_code_folder(p.parent)
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"recipe file '{p}'{where}: not valid YAML ({getattr(err, 'problem', err)})") from None
+    data = read_yaml_file(p, f"recipe file '{p}'")
     return recipe_from_dict(data or {}, overrides, source=f"recipe '{p.name}'")
 
 

@@ -7,28 +7,87 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
+from rich.console import Console
 
 from kdkit.builder import build_scheme
 from kdkit.data.run import build_data
+from kdkit.engine.checkpoint import CheckpointManager
 from kdkit.engine.loop import Engine, FitResult, make_accelerator
-from kdkit.errors import ConfigError
+from kdkit.errors import CheckpointError, ConfigError
 from kdkit.recipe import Recipe, save_recipe
-from kdkit.utils import atomic_write_json, seed_everything
+from kdkit.utils import DirLock, atomic_write_json, seed_everything
 from kdkit.weights import model_meta
+from kdkit.yamlio import read_yaml_file
+
+LOCK_NAME = ".kdkit.lock"
 
 
-def prepare_run_dir(recipe: Recipe, resume: bool) -> Path:
-    run_dir = recipe.run_dir
-    if run_dir.exists() and any(run_dir.iterdir()) and not resume:
-        if (run_dir / "checkpoints").exists():
-            raise ConfigError(f"run directory '{run_dir}' already holds a run; pass --resume to continue it, or set "
-                              f"name=... / output_dir=... for a new one")
-    run_dir.mkdir(parents=True, exist_ok=True)
+class RunLock(DirLock):
+    """One writer per run directory: an exclusive ``fcntl.flock`` on ``RUN/.kdkit.lock``, held for the whole run.
+
+    A second process gets a one-line :class:`~kdkit.errors.ConfigError` at once instead of two runs overwriting each
+    other's checkpoints; a killed run never leaves a stale lock (the OS drops it with the process).
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        def busy(pid: str) -> ConfigError:
+            return ConfigError(f"run directory '{run_dir}' is in use by another kdkit process (pid {pid}); wait for it "
+                               f"to finish, or set name=... / output_dir=... for a separate run")
+
+        super().__init__(Path(run_dir) / LOCK_NAME, busy)
+
+
+def make_run_dir(run_dir: Path) -> Path:
+    """Create ``run_dir`` (and parents); an unwritable place is a one-line error naming ``output_dir``."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"cannot create run directory '{run_dir}' ({err.strerror or err}); set output_dir=... to a "
+                          f"writable place") from None
+    if not os.access(run_dir, os.W_OK | os.X_OK):
+        raise ConfigError(f"run directory '{run_dir}' is not writable; set output_dir=... to a writable place")
     return run_dir
+
+
+def prepare_run_dir(recipe: Recipe, resume: bool, clean: bool = True, console: Any = None) -> bool:
+    """Decide how the run starts; returns whether it resumes from a checkpoint.
+
+    A run directory is always resumable or restartable: a directory with a complete checkpoint resumes with
+    ``--resume`` (and refuses a fresh start, which would overwrite it); one without (a crash during the first
+    checkpoint, before any was complete) starts afresh either way. ``clean`` removes what an interrupted save left
+    (``*.tmp`` files and directories, a ``latest.json`` pointing nowhere) and, for a fresh start, the leftover
+    checkpoints; only the process that holds the run lock cleans.
+    """
+    run_dir = recipe.run_dir
+    ckpt = CheckpointManager(run_dir)
+    if clean:
+        ckpt.clean_stale()
+        for p in run_dir.glob(".*.tmp"):
+            p.unlink(missing_ok=True)
+    has_state = ckpt.latest() is not None
+    if not resume and has_state:
+        raise ConfigError(f"run directory '{run_dir}' already holds a run; pass --resume to continue it, or set "
+                          f"name=... / output_dir=... for a new one")
+    if not resume:
+        if clean:
+            ckpt.reset()  # leftovers of a run that never completed a checkpoint: a fresh start replaces them
+        return False
+    if not has_state:
+        broken = ckpt.broken()
+        if broken:
+            raise CheckpointError(f"--resume: checkpoint '{broken[-1]}' {ckpt.why_incomplete(broken[-1])} and no "
+                                  f"complete one exists; run without --resume to start afresh")
+        if console is not None:
+            console.print(f"[yellow]note:[/] '{run_dir}' holds no complete checkpoint yet (the run stopped before its "
+                          f"first one); starting from the beginning")
+        return False
+    return resume
 
 
 def run(recipe: Recipe, resume: bool = False, quiet: bool = False, console: Any = None) -> FitResult:
@@ -38,10 +97,36 @@ def run(recipe: Recipe, resume: bool = False, quiet: bool = False, console: Any 
                           "train/distill do)")
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
-    run_dir = prepare_run_dir(recipe, resume)
-    if resume and (run_dir / "config.yaml").is_file():
-        _check_same_recipe(recipe, run_dir)
     accelerator = make_accelerator(recipe)
+    created = not recipe.run_dir.exists()
+    run_dir = make_run_dir(recipe.run_dir)
+    lock = RunLock(run_dir) if accelerator.is_main_process else None
+    if lock is not None:
+        lock.acquire()
+    try:
+        note = (console or Console(stderr=True)) if accelerator.is_main_process else None
+        resume = prepare_run_dir(recipe, resume, clean=lock is not None, console=note)
+        if resume and (run_dir / "config.yaml").is_file():
+            _check_same_recipe(recipe, run_dir)
+        return _run_locked(recipe, run_dir, accelerator, resume, quiet, console)
+    except BaseException:
+        if lock is not None:
+            _remove_if_untouched(run_dir, created)  # input refused before anything was written: leave no trace
+            lock.release()
+            lock = None
+        raise
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _remove_if_untouched(run_dir: Path, created: bool) -> None:
+    if created and run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {LOCK_NAME}:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _run_locked(recipe: Recipe, run_dir: Path, accelerator: Any, resume: bool, quiet: bool, console: Any
+                ) -> FitResult:
     seed_everything(recipe.seed)
     data = build_data(recipe, accelerator.num_processes, accelerator.process_index)
     scheme = build_scheme(recipe, data)
@@ -58,11 +143,12 @@ def run(recipe: Recipe, resume: bool = False, quiet: bool = False, console: Any 
 
 
 def _check_same_recipe(recipe: Recipe, run_dir: Path) -> None:
-    import yaml
-
-    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    saved = read_yaml_file(run_dir / "config.yaml", f"saved recipe '{run_dir / 'config.yaml'}'")
+    if not isinstance(saved, dict):
+        raise ConfigError(f"--resume: '{run_dir}/config.yaml' is not a recipe; start afresh in a new run directory")
     now = json.loads(json.dumps(recipe.model_dump(mode="json")))
-    diff = [k for k in now if saved.get(k) != now[k] and k not in ("epochs", "threads")]
+    diff = [k for k in now if saved.get(k) != now[k] and k not in ("epochs", "threads", "output_dir")]
     if diff:
         raise ConfigError(f"--resume: the recipe differs from the one saved in '{run_dir}/config.yaml' in "
-                          f"{', '.join(diff)}; resume with the same recipe (only epochs and threads may change)")
+                          f"{', '.join(diff)}; resume with the same recipe (only epochs, threads and output_dir may "
+                          f"change)")

@@ -25,9 +25,75 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+class DirLock:
+    """An exclusive, non-blocking ``fcntl.flock`` on ``lock_file`` (created if missing), holding the owner's pid.
+
+    The OS drops the lock when the process ends, however it ends (kill -9 included), so a crash never leaves a stale
+    lock. :meth:`acquire` raises ``busy(pid)`` — an exception the caller builds with a one-line message — when another
+    process holds it. Where ``fcntl`` is missing (Windows) no lock is taken.
+    """
+
+    def __init__(self, lock_file: Path, busy: Any) -> None:
+        self.path = Path(lock_file)
+        self.busy = busy
+        self._fd: int | None = None
+
+    def acquire(self) -> DirLock:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not on POSIX
+            return self
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise self.busy(holder) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
+
+    def __enter__(self) -> DirLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def fsync_file(path: Path) -> None:
+    """Force a written file's data to disk (so a rename that follows never publishes an empty file after a crash)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    """Force a directory's entries (renames, new files) to disk; a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

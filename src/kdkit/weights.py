@@ -24,6 +24,7 @@ from safetensors.torch import save_model
 from torch import Tensor, nn
 
 from kdkit.errors import CheckpointError, ConfigError
+from kdkit.utils import fsync_dir, fsync_file
 
 _NESTED_KEYS = ("state_dict", "model", "model_state_dict")
 _STRIP_PREFIXES = ("module.", "_orig_mod.")  # DataParallel/DDP and torch.compile wrappers
@@ -99,6 +100,12 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
     for pre in _STRIP_PREFIXES:
         if all(k.startswith(pre) for k in state):
             state = {k[len(pre):]: v for k, v in state.items()}
+    for k, v in state.items():
+        # A model with NaN/inf weights only ever produces NaN; say so here rather than as a "loss became nan" later.
+        if v.is_floating_point() and v.numel() and not bool(torch.isfinite(v).all()):
+            bad = int((~torch.isfinite(v)).sum())
+            raise CheckpointError(f"checkpoint '{p}': tensor '{k}' holds {bad} non-finite value(s) (NaN/inf); the "
+                                  f"model is broken — use an earlier checkpoint or retrain it")
     return state
 
 
@@ -226,8 +233,14 @@ def write_weights(model: nn.Module, path: Path, meta: dict[str, Any] | None = No
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     metadata = {META_KEY: json.dumps(meta or {})}
-    save_model(model, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    try:
+        save_model(model, str(tmp), metadata=metadata)
+        fsync_file(tmp)
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 

@@ -127,7 +127,7 @@ def test_every_dataset_has_a_description_and_a_contract_case():
 
 
 def _recipe(tmp: Path, name: str, text: bool) -> dict:
-    data: dict = {"name": name, "val_fraction": 0.25, "batch_size": 4, "train_limit": 16}
+    data: dict = {"name": name, "val_fraction": 0.25, "batch_size": 4}
     student: dict = {"name": "mlp", "params": {"hidden": [8]}}
     if text:
         data["params"] = {"max_length": 16, "cache_dir": str(tmp / "cache")}

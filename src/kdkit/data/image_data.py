@@ -46,6 +46,8 @@ def duplicate_groups(images: Tensor) -> Tensor:
     Returns:
         (N,) int64 group ids.
     """
+    if images.shape[0] == 0:  # an empty source: the builder refuses it with a message naming the data
+        return torch.empty(0, dtype=torch.int64)
     arr = images.detach().cpu().contiguous().numpy().reshape(images.shape[0], -1)
     seen: dict[bytes, int] = {}
     out = np.empty(arr.shape[0], dtype=np.int64)

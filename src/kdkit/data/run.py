@@ -17,7 +17,7 @@ from kdkit.data.image_data import dataset_stats
 from kdkit.data.loader import BatchLoader
 from kdkit.data.sources import load_source, resolve_dataset
 from kdkit.data.split import stratified_split, stratified_subset
-from kdkit.errors import ConfigError
+from kdkit.errors import ConfigError, DataError
 from kdkit.recipe import Recipe
 
 
@@ -50,9 +50,28 @@ def build_data(recipe: Recipe, num_shards: int = 1, shard: int = 0) -> RunData:
     return builder(recipe, num_shards, shard)
 
 
+def _distinct_labels(targets: torch.Tensor) -> int:
+    t = torch.as_tensor(targets)
+    return int(t.shape[1]) if t.ndim == 2 else int(torch.unique(t[t >= 0]).numel())
+
+
+def check_labels(targets: torch.Tensor, where: str) -> None:
+    """Refuse data that cannot train a classifier: no samples, or labels that are all one class (a wrong label
+    column/array; the run would reach 100 % accuracy and learn nothing)."""
+    t = torch.as_tensor(targets)
+    if t.shape[0] == 0:
+        raise DataError(f"{where} holds no samples; check the file or directory")
+    if t.ndim == 1:
+        labels = torch.unique(t[t >= 0])
+        if labels.numel() == 1:
+            raise DataError(f"{where}: every labelled sample has class {int(labels[0])}; a classifier needs at least 2 "
+                            f"classes — check the labels (column, array or folder layout)")
+
+
 def build_image_data(recipe: Recipe, num_shards: int = 1, shard: int = 0) -> RunData:
     d = recipe.data
     full = load_source(d.name, **d.params)
+    check_labels(full.targets, f"data.name '{d.name}'")
     if d.val:
         train, val = full, load_source(d.val, **d.val_params)
         train_idx = torch.arange(len(full.targets))
@@ -65,6 +84,11 @@ def build_image_data(recipe: Recipe, num_shards: int = 1, shard: int = 0) -> Run
         split = {"source": d.name, "val_fraction": d.val_fraction, "split_seed": d.split_seed,
                  "train_idx": train_idx.tolist(), "val_idx": val_idx.tolist()}
     if d.train_limit is not None and d.train_limit < len(train.targets):
+        n_classes = _distinct_labels(train.targets)
+        if d.train_limit < n_classes:
+            raise ConfigError(f"data.train_limit: {d.train_limit} is fewer than the {n_classes} classes of the "
+                              f"training split; a stratified subset keeps at least one sample per class — use "
+                              f"data.train_limit >= {n_classes}")
         # A stratified subset (not the first N: sources are often sorted by class).
         keep = stratified_subset(train.targets, train.groups, d.train_limit, d.split_seed + 1)
         if d.held_out:  # the complement of the teacher's subset: a transfer set it never saw
@@ -74,6 +98,10 @@ def build_image_data(recipe: Recipe, num_shards: int = 1, shard: int = 0) -> Run
         split["train_limit_positions"] = torch.as_tensor(keep).tolist()
     elif d.held_out:
         raise ConfigError("data.held_out needs data.train_limit (the held-out set is what train_limit leaves out)")
+    for part, ds, fix in (("training", train, "data.val_fraction or data.train_limit"),
+                          ("validation", val, "data.val_fraction" if not d.val else "data.val")):
+        if len(ds.targets) == 0:
+            raise ConfigError(f"the {part} split is empty; check {fix}")
     if d.unlabelled:
         if train.targets.ndim != 1:
             raise ConfigError("data.unlabelled works with single-label data; multi-label targets cannot be dropped")

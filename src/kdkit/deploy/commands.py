@@ -10,6 +10,7 @@ This module is imported when the CLI starts, so it imports nothing heavy (onnx, 
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable, Sequence
 from itertools import islice
 from pathlib import Path
@@ -29,7 +30,7 @@ from kdkit.errors import KdkitError
 from kdkit.models.factory import load_model
 from kdkit.recipe import load_recipe
 from kdkit.registry import COMMANDS
-from kdkit.utils import atomic_write_json
+from kdkit.utils import atomic_write_json, fsync_dir, fsync_file
 from kdkit.weights import check_input_shape, input_shape_of
 
 __all__ = ["bench_cli", "bench_command", "export_cli", "export_command", "load_run"]
@@ -83,6 +84,24 @@ def export_command(
     dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
     example = torch.randn(1, *map(int, example_shape), generator=torch.Generator().manual_seed(0), dtype=dtype)
 
+    # Everything is written into a staging directory first and published as a set with export.json last (after the
+    # old export.json and any old file of the set were removed), so a kill never leaves a new model.onnx beside an
+    # old model.int8.onnx and export.json: a directory without export.json holds an interrupted export.
+    stage = out_dir.parent / f".{out_dir.name}.export.tmp"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
+    try:
+        summary = _export_into(model, example, stage, int8, calibration, calibration_batches, eval_batches, opset,
+                               stem)
+        _publish(stage, out_dir, summary, stem)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return summary
+
+
+def _export_into(model: nn.Module, example: torch.Tensor, out_dir: Path, int8: bool, calibration: str,
+                 calibration_batches: Sequence[Any] | None, eval_batches: Sequence[Any] | None, opset: int, stem: str
+                 ) -> dict[str, Any]:
     exported = export_onnx(model, example, out_dir / f"{stem}.onnx", opset=opset, dynamic_batch=True)
     summary: dict[str, Any] = {"onnx": exported.as_dict(), "int8": None, "accuracy": None}
     if int8:
@@ -102,8 +121,24 @@ def export_command(
         if summary["int8"] is not None:
             acc["ort-int8"] = onnx_accuracy(summary["int8"]["path"], batches)
         summary["accuracy"] = acc
-    atomic_write_json(out_dir / "export.json", summary)
     return summary
+
+
+def _publish(stage: Path, out_dir: Path, summary: dict[str, Any], stem: str) -> None:
+    """Move the staged files into ``out_dir``: old export.json and old files of the set go first, export.json last."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "export.json").unlink(missing_ok=True)
+    for name in (f"{stem}.onnx", f"{stem}.int8.onnx"):
+        (out_dir / name).unlink(missing_ok=True)
+    fsync_dir(out_dir)
+    for part in ("onnx", "int8"):
+        if summary[part] is not None:
+            src = Path(summary[part]["path"])
+            fsync_file(src)
+            os.replace(src, out_dir / src.name)
+            summary[part]["path"] = str(out_dir / src.name)
+    fsync_dir(out_dir)
+    atomic_write_json(out_dir / "export.json", summary)
 
 
 def bench_command(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from itertools import islice
@@ -56,6 +57,11 @@ def make_accelerator(recipe: Recipe):
     cpu = recipe.device == "cpu" or (recipe.device == "auto" and not torch.cuda.is_available())
     if recipe.device == "cuda" and not torch.cuda.is_available():
         raise KdkitError("recipe field 'device': cuda requested but no GPU is visible; use device: auto or cpu")
+    if cpu and recipe.precision == "fp16":
+        # Accelerate ignores fp16 on CPU (the run would be plain fp32 while config.yaml says fp16): refuse it.
+        raise KdkitError("recipe field 'precision': fp16 needs a CUDA GPU (on CPU it would silently run in fp32); use "
+                         "precision: bf16 (CPU autocast to bfloat16) or no")
+    _fresh_accelerator_state(recipe.precision)
     handlers = []
     if any(t.start_epoch > 0 or t.stop_epoch is not None for t in recipe.terms):
         # A term outside its epoch window is not computed, so its connector gets no gradient in those epochs: DDP
@@ -64,6 +70,18 @@ def make_accelerator(recipe: Recipe):
 
         handlers.append(DistributedDataParallelKwargs(find_unused_parameters=True))
     return Accelerator(cpu=cpu, mixed_precision=recipe.precision, kwargs_handlers=handlers)
+
+
+def _fresh_accelerator_state(precision: str) -> None:
+    """Accelerate keeps one process-wide state and refuses a second Accelerator with another mixed precision. In a
+    single process (the API, tests, a pipeline whose stages differ in precision) reset it; under torchrun the state
+    belongs to the launcher and is left alone."""
+    from accelerate.state import AcceleratorState
+
+    shared = AcceleratorState._shared_state
+    if shared and shared.get("_mixed_precision", precision) != precision and int(os.environ.get("WORLD_SIZE", "1")) \
+            == 1:
+        AcceleratorState._reset_state()
 
 
 class Engine:
@@ -136,8 +154,9 @@ class Engine:
                     with acc.autocast():
                         out = scheme.step(model, batch, state)
                     if not torch.isfinite(out.loss):
-                        raise KdkitError(f"loss became {float(out.loss)} at epoch {epoch + 1}, batch {b} "
-                                         f"(terms: {_fmt_terms(out.terms)}); lower optim.lr or check term weights")
+                        raise KdkitError(f"loss became {float(out.loss.detach())} at epoch {epoch + 1}, batch {b} "
+                                         f"(terms: {_fmt_terms(out.terms)}): "
+                                         f"{_nonfinite_cause(scheme, batch, out, lr)}")
                     optimizer.zero_grad(set_to_none=True)
                     acc.backward(out.loss)
                     if r.grad_clip:
@@ -264,6 +283,24 @@ def _iter_from(loader: Any, start: int):
     if start and hasattr(loader, "iter_from"):
         return loader.iter_from(start)
     return islice(iter(loader), start, None) if start else iter(loader)
+
+
+def _nonfinite_cause(scheme: TrainableScheme, batch: dict, out: Any, lr: float) -> str:
+    """The likeliest cause of a non-finite loss, checked in order: the data, the teacher, the student, one term."""
+    x = batch.get("input")
+    if isinstance(x, torch.Tensor) and x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        return "the batch's input holds NaN/inf values — check the data (and data.mean/std)"
+    teacher = scheme.explain_nonfinite(batch)
+    if teacher:
+        return teacher
+    if not bool(torch.isfinite(out.logits.detach()).all()):
+        return (f"the student's outputs are NaN/inf, so training diverged — lower optim.lr (now {lr:.3g}), set "
+                f"grad_clip, or lower the term weights")
+    bad = [k for k, v in out.terms.items() if not math.isfinite(float(v))]
+    if bad:
+        return (f"term(s) {', '.join(bad)} are non-finite while the student's outputs are finite — check their "
+                f"params (temperature, eps, ...) and weights")
+    return "check the term weights, then lower optim.lr"
 
 
 def _fmt_terms(terms: dict[str, Any]) -> str:

@@ -133,20 +133,49 @@ def logit_mse(student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
     return F.mse_loss(student_logits.float(), teacher_logits.detach().float())
 
 
+def target_logprobs(logits: Tensor, target: Tensor, temperature: float = 1.0) -> tuple[Tensor, Tensor]:
+    """``log p_y`` and ``log(1 − p_y)`` of ``p = softmax(logits / T)``, both to float32's relative precision.
+
+    With ``S = log Σ_{j≠y} exp((z_j − z_y)/T)``: ``log p_y = −softplus(S)`` and ``log(1 − p_y) = −softplus(−S)``.
+    The textbook form ``logsumexp_{j≠y}(z/T) − logsumexp(z/T)`` subtracts two nearly equal numbers when p_y is small
+    and loses about ``log2(|z|/T / |log(1 − p_y)|)`` bits (relative error ~1e-4 in float32 at ordinary logit scales).
+
+    Args:
+        logits: (B, K) float logits, K ≥ 2.
+        target: (B,) int64 class indices.
+        temperature: T > 0.
+
+    Returns:
+        ``(log_py, log_rest)``, each (B,) in the dtype of ``logits``.
+    """
+    b, k = logits.shape
+    rest = ~F.one_hot(target, k).to(torch.bool)
+    z_y = logits.gather(1, target[:, None])
+    s = torch.logsumexp((logits[rest].view(b, k - 1) - z_y) / temperature, dim=-1)
+    return -F.softplus(s), -F.softplus(-s)
+
+
 def dkd_terms(student_logits: Tensor, teacher_logits: Tensor, target: Tensor, temperature: float = 4.0
               ) -> tuple[Tensor, Tensor]:
     """Per-sample TCKD and NCKD of decoupled KD (Zhao et al., CVPR 2022), both multiplied by T².
 
     * TCKD: binary KL between ``b = [p_y, 1 − p_y]`` of teacher and student, with ``p = softmax(z/T)`` and y the label.
-    * NCKD: KL between teacher and student distributions over the non-target classes, ``p̂ = softmax(z/T − 1000·[k=y])``
-      — the target is removed by subtracting 1000 from its *tempered* logit, exactly as the reference implementation
-      (mdistiller ``dkd_loss``) does, so ``p̂`` is the renormalised distribution among the K−1 other classes.
+    * NCKD: KL between teacher and student distributions over the non-target classes, ``p̂ = softmax`` of the K−1
+      non-target tempered logits — the target class is *removed* (gathered out), which is what the reference
+      implementation (mdistiller ``dkd_loss``) approximates by subtracting 1000 from the target's tempered logit. The
+      approximation fails for large logits (at ×1e3 scale the "removed" target keeps most of the mass); removal is
+      exact at any scale.
+
+    Numerics: with ``S = log Σ_{j≠y} exp((z_j − z_y)/T)`` (differences taken before dividing by T, so no digits are lost
+    to a large common offset), ``log p_y = −softplus(S)`` and ``log(1 − p_y) = −softplus(−S)``: neither is a
+    difference of two nearly equal log-sum-exps, so both keep float32's relative precision whatever p_y is. The
+    non-target log-softmax is likewise taken on logits shifted by their row maximum before dividing by T.
 
     The paper's identity (eq. 4): ``KL(p^T ‖ q^T) = TCKD + (1 − p_y^T) · NCKD`` per sample, with ``p_y^T`` the
     *teacher's* target probability — Hinton KD couples NCKD to the teacher's confidence; DKD decouples them.
 
     Args:
-        student_logits: (B, K).
+        student_logits: (B, K), K ≥ 2.
         teacher_logits: (B, K); no gradient flows into it.
         target: (B,) int64 ground-truth class indices (DKD needs labels).
         temperature: T > 0.
@@ -161,26 +190,25 @@ def dkd_terms(student_logits: Tensor, teacher_logits: Tensor, target: Tensor, te
                          f"got shape {tuple(target.shape)}")
     if bool((target < 0).any()):
         raise ValueError("dkd needs a label for every sample; drop unlabelled samples (target -1) or use `kd`")
-    t = temperature
-    zs = student_logits.float() / t
-    zt = teacher_logits.detach().float() / t
-    gt = F.one_hot(target, zs.shape[-1]).to(torch.bool)
+    b, k = student_logits.shape
+    if k < 2:
+        raise ShapeError(f"dkd: needs at least 2 classes (a target and a non-target part), got {k}")
+    t = float(temperature)
+    rest = ~F.one_hot(target, k).to(torch.bool)  # (B, K) True at the K−1 non-target classes
 
-    def binary_logprobs(z: Tensor) -> tuple[Tensor, Tensor]:
-        # log p_y and log(1 − p_y) computed in log space (the reference takes log of a sum of probabilities).
-        log_all = torch.logsumexp(z, dim=-1)
-        log_py = z.gather(1, target[:, None]).squeeze(1) - log_all
-        log_rest = torch.logsumexp(z.masked_fill(gt, float("-inf")), dim=-1) - log_all
-        return log_py, log_rest
+    def split(z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        # log p_y, log(1 − p_y) and the non-target log-softmax (B, K−1), all without cancellation.
+        z = z.float()
+        z_rest = z[rest].view(b, k - 1)
+        log_py, log_rest = target_logprobs(z, target, t)
+        shifted = (z_rest - z_rest.max(dim=-1, keepdim=True).values.detach()) / t
+        return log_py, log_rest, F.log_softmax(shifted, dim=-1)
 
-    ls_y, ls_rest = binary_logprobs(zs)
-    lt_y, lt_rest = binary_logprobs(zt)
+    ls_y, ls_rest, log_q_nt = split(student_logits)
+    with torch.no_grad():
+        lt_y, lt_rest, log_p_nt = split(teacher_logits.detach())
     tckd = lt_y.exp() * (lt_y - ls_y) + lt_rest.exp() * (lt_rest - ls_rest)
-
-    log_q_nt = F.log_softmax(zs - 1000.0 * gt, dim=-1)
-    log_p_nt = F.log_softmax(zt - 1000.0 * gt, dim=-1)
-    p_nt = log_p_nt.exp()  # exactly 0 at the target in float32, so the masked class contributes nothing
-    nckd = (p_nt * (log_p_nt - log_q_nt)).sum(-1)
+    nckd = (log_p_nt.exp() * (log_p_nt - log_q_nt)).sum(-1)
     return tckd * (t * t), nckd * (t * t)
 
 

@@ -27,13 +27,13 @@ import matplotlib
 
 matplotlib.use("Agg", force=False)  # no display needed; the figures below draw on Agg canvases directly anyway
 
-import yaml  # noqa: E402
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
 from kdkit.errors import KdkitError  # noqa: E402
+from kdkit.yamlio import read_yaml_file  # noqa: E402
 
 __all__ = ["ROLES", "ROLE_COLORS", "ROLE_LABELS", "RunInfo", "load_run", "normalize_role", "infer_roles",
            "recipe_role", "run_color", "shade", "pareto_front", "term_keys", "plot_learning_curves", "plot_accuracy",
@@ -193,10 +193,7 @@ def load_run(run_dir: str | Path) -> RunInfo:
         raise KdkitError(f"report: '{metrics}' is empty; the run has not finished an epoch yet")
     config: dict[str, Any] = {}
     if (d / "config.yaml").is_file():
-        try:
-            config = yaml.safe_load((d / "config.yaml").read_text()) or {}
-        except yaml.YAMLError as err:
-            raise KdkitError(f"report: '{d / 'config.yaml'}' is not valid YAML ({err})") from None
+        config = read_yaml_file(d / "config.yaml", f"report: '{d / 'config.yaml'}'") or {}
     summary: dict[str, Any] = {}
     if (d / "summary.json").is_file():
         try:

@@ -116,5 +116,23 @@ class Scheme:
     def on_epoch_start(self, state: TrainState) -> None:
         """Hook for schemes that change behaviour per epoch (pipelines, schedules)."""
 
+    def explain_nonfinite(self, batch: Batch) -> str | None:
+        """Called by the engine when the loss is NaN/inf: name a cause the scheme can see (e.g. the teacher signal),
+        or None. Schemes with a teacher source use :func:`teacher_nonfinite`."""
+        return None
 
-__all__ = ["BuildContext", "DistillModule", "Scheme"]
+
+def teacher_nonfinite(source: TeacherSource | None, batch: Batch) -> str | None:
+    """'the teacher outputs hold NaN/inf ...' when ``source``'s logits for ``batch`` are not all finite, else None."""
+    if source is None:
+        return None
+    with torch.no_grad():
+        logits = source.outputs(batch).combined.logits
+    if bool(torch.isfinite(logits).all()):
+        return None
+    bad = int((~torch.isfinite(logits)).sum())
+    return (f"the teacher outputs hold {bad} non-finite logit(s) for this batch — check the teacher (its checkpoint "
+            f"or a soft-label store's values), not the learning rate")
+
+
+__all__ = ["BuildContext", "DistillModule", "Scheme", "teacher_nonfinite"]

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from kdkit.errors import ConfigError
 from kdkit.registry import SCHEMES
-from kdkit.schemes.base import BuildContext, DistillModule, Scheme
+from kdkit.schemes.base import BuildContext, DistillModule, Scheme, teacher_nonfinite
 from kdkit.teachers.frozen import COMBINES, FrozenTeachers
 from kdkit.terms.base import LossTerm, SetupContext
 from kdkit.types import Batch, StepOutput, TeacherSource, TrainState
@@ -95,6 +95,9 @@ class OfflineScheme(Scheme):
 
     def eval_models(self) -> dict[str, nn.Module]:
         return {"student": self.module.student}
+
+    def explain_nonfinite(self, batch: Batch) -> str | None:
+        return teacher_nonfinite(self.teachers, batch)
 
 
 __all__ = ["OfflineScheme", "offline_parts"]

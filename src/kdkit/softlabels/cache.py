@@ -41,7 +41,7 @@ from kdkit.softlabels.store import (
     read_progress,
 )
 from kdkit.teachers.frozen import FrozenTeachers
-from kdkit.utils import seed_everything
+from kdkit.utils import DirLock, seed_everything
 
 # ----------------------------------------------------------------------------------------------------------------------
 # The cache run
@@ -158,6 +158,23 @@ def build_cache(recipe: Recipe | str | Path | dict[str, Any], views: int = 1, to
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "torch": torch.__version__,
     }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = DirLock(path.parent / f".{path.name}.lock", lambda pid: ConfigError(
+        f"soft-label store '{path}' is being written by another kdkit process (pid {pid}); wait for it to finish, or "
+        f"choose another --out")).acquire()
+    try:
+        return _fill(store_path=path, manifest=manifest, overwrite=overwrite, views=views, blocks=blocks, n=n, k=k,
+                     num_classes=num_classes, chunk_size=chunk_size, batch_size=batch_size, recipe=recipe, data=data,
+                     source=source, device=device, quiet=quiet, console=console, on_chunk=on_chunk)
+    finally:
+        lock.release()
+
+
+def _fill(*, store_path: Path, manifest: dict[str, Any], overwrite: bool, views: int, blocks: int, n: int, k: int,
+          num_classes: int, chunk_size: int, batch_size: int | None, recipe: Recipe, data: Any, source: Any,
+          device: torch.device, quiet: bool, console: Console, on_chunk: Callable[[int, int], None] | None
+          ) -> CacheResult:
+    path = store_path
     store = _open_for_writing(path, manifest, overwrite)
     done = read_progress(path) if not store.manifest.get("complete") else set(range(views * blocks))
     todo = [c for c in range(views * blocks) if c not in done]

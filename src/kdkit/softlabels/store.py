@@ -28,6 +28,7 @@ the top logits are rounded to fp16. See docs/softlabels.md for measured reconstr
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
@@ -42,7 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from kdkit.errors import ConfigError, KdkitError
-from kdkit.utils import atomic_write_json
+from kdkit.utils import atomic_write_json, fsync_dir, fsync_file
 
 FORMAT = "kdkit-softlabels"
 VERSION = 1
@@ -177,7 +178,11 @@ class SoftLabelStore:
             if not f.is_file():
                 raise ConfigError(f"soft-label store '{self.path}' lacks {f.name}; re-create it with `kdkit cache "
                                   f"RECIPE --overwrite`")
-            arr = np.load(f, mmap_mode=mode)
+            try:
+                arr = np.load(f, mmap_mode=mode)
+            except (ValueError, OSError) as err:  # e.g. "mmap length is greater than file size" (a truncated file)
+                raise ConfigError(f"soft-label store '{self.path}': {f.name} is damaged ({err}); re-create the store "
+                                  f"with `kdkit cache RECIPE --overwrite`") from None
             want = self.expected_shape(name)
             if arr.shape != want:
                 raise ConfigError(f"soft-label store '{self.path}': {f.name} has shape {arr.shape}, the manifest says "
@@ -201,27 +206,44 @@ class SoftLabelStore:
 
     @classmethod
     def create(cls, path: Path, manifest: dict[str, Any], overwrite: bool = False) -> SoftLabelStore:
-        """Create a new, empty (incomplete) store: zero-filled arrays and ``manifest["complete"] = False``."""
+        """Create a new, empty (incomplete) store: zero-filled arrays and ``manifest["complete"] = False``.
+
+        The store is built in a sibling ``.NAME.creating.tmp`` directory and renamed into place once its manifest is
+        written, so a kill during creation leaves either nothing at ``path`` or a whole (resumable) store; the next
+        call removes the temporary directory. A directory that holds only the files of a store whose creation an
+        older kdkit left unfinished (arrays and progress.json, no manifest) is replaced without ``--overwrite``.
+        """
         path = Path(path)
-        if path.exists():
+        if path.exists() and not _interrupted_creation(path):
             if not overwrite:
                 raise ConfigError(f"'{path}' already exists; pass --overwrite to replace it")
             if path.is_dir() and not (path / MANIFEST).is_file() and any(path.iterdir()):
                 raise ConfigError(f"'{path}' is a non-empty directory that is not a soft-label store; choose another "
                                   f"--out")
+        tmp = path.with_name(f".{path.name}.creating.tmp")
+        try:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            manifest = dict(manifest, complete=False)
+            for spec in manifest["arrays"].values():
+                arr = np.lib.format.open_memmap(tmp / spec["file"], mode="w+", dtype=np.dtype(spec["dtype"]),
+                                                shape=tuple(spec["shape"]))
+                arr.flush()
+                del arr
+                _reserve(tmp / spec["file"])
+                fsync_file(tmp / spec["file"])
+            atomic_write_json(tmp / PROGRESS, {"done": []})
+            atomic_write_json(tmp / MANIFEST, manifest)
             if path.is_dir():
                 shutil.rmtree(path)
-            else:
+            elif path.exists():
                 path.unlink()
-        path.mkdir(parents=True)
-        manifest = dict(manifest, complete=False)
-        for spec in manifest["arrays"].values():
-            arr = np.lib.format.open_memmap(path / spec["file"], mode="w+", dtype=np.dtype(spec["dtype"]),
-                                            shape=tuple(spec["shape"]))
-            arr.flush()
-            del arr
-        atomic_write_json(path / PROGRESS, {"done": []})
-        atomic_write_json(path / MANIFEST, manifest)  # last: a directory with a manifest has all its files
+            os.replace(tmp, path)
+            fsync_dir(path.parent)
+        except OSError as err:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise ConfigError(f"cannot create the soft-label store '{path}' ({err.strerror or err}); free disk space "
+                              f"or choose another --out") from None
         return cls(path, manifest, writable=True)
 
     @classmethod
@@ -241,7 +263,18 @@ class SoftLabelStore:
             done = len(read_progress(p))
             raise ConfigError(f"soft_labels: store '{p}' is incomplete ({done}/{manifest['chunks']} chunks); finish "
                               f"it by re-running the same `kdkit cache` command")
-        return cls(p, manifest, writable=writable)
+        store = cls(p, manifest, writable=writable)
+        if require_complete and not writable:
+            store.validate()
+        return store
+
+    def validate(self) -> None:
+        """Check every view once (class indices in range, finite values) so a damaged store is refused when it is
+        opened, before a run writes anything — not as a NaN loss or an index error in the middle of an epoch."""
+        for view in range(self.views):
+            self._check_view(view, torch.from_numpy(np.asarray(self.arrays["values"][view], dtype=np.float32)),
+                             torch.from_numpy(np.asarray(self.arrays["indices"][view], dtype=np.int64)),
+                             torch.from_numpy(np.asarray(self.arrays["tail"][view], dtype=np.float32)))
 
     # -------------------------------------------------------------------------------------------------- writing
     def write(self, view: int, start: int, values: Tensor, indices: Tensor, tail: Tensor) -> None:
@@ -280,12 +313,24 @@ class SoftLabelStore:
             vals = torch.from_numpy(self.arrays["values"][view].astype(np.float32))
             idx = torch.from_numpy(self.arrays["indices"][view].astype(np.int64))
             tail = torch.from_numpy(self.arrays["tail"][view].astype(np.float32))
+            self._check_view(view, vals, idx, tail)
             self._view_cache = (view, vals, idx, tail)
             # When the whole view's rebuilt (N, K) logits are small, rebuild them once: a batch is then one
             # index_select, which matters for tiny students whose whole step is a millisecond.
             self._dense = decode_topk(vals, idx, tail, self.num_classes) if vals.shape[0] * self.num_classes <= \
                 DENSE_LIMIT else None
         return self._view_cache[1:]
+
+    def _check_view(self, view: int, vals: Tensor, idx: Tensor, tail: Tensor) -> None:
+        """Refuse a damaged view once, when it is first read, instead of a NaN loss or an index error mid-step."""
+        fix = "re-create the store with `kdkit cache RECIPE --overwrite`"
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.num_classes):
+            raise KdkitError(f"soft-label store '{self.path}' view {view}: class indices reach "
+                             f"{int(idx.min())}..{int(idx.max())}, outside 0..{self.num_classes - 1}; {fix}")
+        for name, t in (("values", vals), ("tail", tail)):
+            if t.numel() and not bool(torch.isfinite(t).all()):
+                raise KdkitError(f"soft-label store '{self.path}' view {view}: {name}.npy holds "
+                                 f"{int((~torch.isfinite(t)).sum())} non-finite teacher logit(s) (NaN/inf); {fix}")
 
     def lookup(self, index: Tensor, view: int) -> tuple[Tensor, Tensor, Tensor]:
         """Stored rows of samples ``index`` (B,) in ``view``: values (B, k) and tail (B,) as float32 (exactly the stored
@@ -331,12 +376,35 @@ class SoftLabelStore:
         return sum((self.path / self.manifest["arrays"][n]["file"]).stat().st_size for n in ARRAYS)
 
     def disk_bytes(self) -> int:
-        """Blocks actually allocated on disk (may be less than :meth:`file_bytes` for a sparse, unfinished store)."""
+        """Blocks actually allocated on disk (the arrays are reserved when the store is created)."""
         total = 0
         for n in ARRAYS:
             st = (self.path / self.manifest["arrays"][n]["file"]).stat()
             total += getattr(st, "st_blocks", 0) * 512 or st.st_size
         return total
+
+
+def _reserve(file: Path) -> None:
+    """Allocate a (sparse) array file's blocks now: a full disk is then an error here, not a SIGBUS when the memory
+    map is written later."""
+    if hasattr(os, "posix_fallocate"):
+        fd = os.open(file, os.O_RDWR)
+        try:
+            os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+        except OSError as err:
+            if err.errno == errno.ENOSPC:
+                raise
+        finally:
+            os.close(fd)
+
+
+def _interrupted_creation(path: Path) -> bool:
+    """A directory left by a store creation that was killed before its manifest: only store files, no manifest."""
+    if not path.is_dir() or (path / MANIFEST).exists():
+        return False
+    names = {p.name for p in path.iterdir()}
+    store_files = {f"{a}.npy" for a in ARRAYS} | {PROGRESS}
+    return bool(names) and all(n in store_files or n.endswith(".tmp") for n in names)
 
 
 def read_progress(path: Path) -> set[int]:

@@ -187,6 +187,10 @@ def build_term(spec: Any, where: str = "terms") -> LossTerm:
                           f"the student away from what the term measures -- use a weight >= 0")
     if not math.isfinite(spec.weight):
         raise ConfigError(f"{where}: loss term '{spec.log_name}' weight must be finite, got {spec.weight}")
+    for key, value in spec.params.items():
+        if _non_finite(value):
+            raise ConfigError(f"{where}: loss term '{spec.log_name}' param '{key}' is {value!r}; every number must be "
+                              f"finite (no NaN/inf)")
     try:
         term = cls(**spec.params)
     except ConfigError as err:
@@ -198,6 +202,16 @@ def build_term(spec: Any, where: str = "terms") -> LossTerm:
     term.name = spec.log_name
     term.schedule = TermSchedule.from_spec(spec)
     return term
+
+
+def _non_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, (list, tuple)):
+        return any(_non_finite(v) for v in value)
+    if isinstance(value, dict):
+        return any(_non_finite(v) for v in value.values())
+    return False
 
 
 def build_terms(specs: Sequence[Any]) -> list[LossTerm]:

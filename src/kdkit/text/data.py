@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from kdkit.data.run import RunData
+from kdkit.data.run import RunData, check_labels
 from kdkit.data.split import stratified_split
 from kdkit.errors import ConfigError, DataError
 from kdkit.registry import DATASETS
@@ -196,6 +196,7 @@ def build_text_data(recipe: Any, num_shards: int = 1, shard: int = 0) -> Any:
     bucket = params.pop("bucket", 50)
     _check_tokenizers(recipe, tokenizer)
     full = load_text(d.name, tokenizer=tokenizer, max_length=max_length, **_source_params(d.name, params))
+    check_labels(full.targets, f"data.name '{d.name}'")
     if d.val:
         if not is_text_source(d.val):
             raise ConfigError(f"data.val '{d.val}' is not a text source")
