@@ -20,7 +20,6 @@ from kdkit.cli import app  # noqa: E402
 from kdkit.deploy.export import export_onnx  # noqa: E402
 from kdkit.errors import KdkitError  # noqa: E402
 from kdkit.models.factory import create_model, load_model  # noqa: E402
-from kdkit.weights import read_state_dict  # noqa: E402
 
 DATA = {"name": "mnist_5k", "val_fraction": 0.2, "batch_size": 64, "train_limit": 512,
         "augment": {"crop_padding": 2, "flip": False}}
@@ -66,10 +65,10 @@ def test_onnx_teacher_gives_the_pytorch_logits(exported):
 
 
 def test_distilling_from_onnx_equals_distilling_from_pytorch(exported):
-    """Same seed, same data, the same teacher as a .onnx file or as PyTorch weights: every logged figure and the
-    student's weights agree. Tolerance: the teacher logits differ by float32 rounding only (test above); that enters
-    the KD gradient at ~eps32 relative and AdamW's 16 steps keep it there -- 1e-5 relative (~80·eps32) is ample
-    (measured: ~2e-7)."""
+    """Same seed, same data, the same teacher as a .onnx file or as PyTorch weights: every logged figure agrees.
+    Tolerance: the teacher logits differ by float32 rounding only (test above); every figure is a smooth function of
+    them, so 1e-5 relative (~80·eps32) is ample (measured: ~1e-7). Weights are not compared one by one: Adam's
+    normalised update moves a weight whose gradient is near zero by ~lr whichever way rounding tips it."""
     a = kdkit.distill(_kd(exported["out"], "kd_pt", exported["pt"]), quiet=True)
     b = kdkit.distill(_kd(exported["out"], "kd_onnx", exported["onnx_teacher"]), quiet=True)
     ha = [json.loads(x) for x in (a.run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -80,9 +79,6 @@ def test_distilling_from_onnx_equals_distilling_from_pytorch(exported):
             assert rb[key] == pytest.approx(ra[key], rel=1e-5), key
         assert rb["val_top1"] == ra["val_top1"] and rb["train_top1"] == ra["train_top1"]
     assert ha[-1]["train_kd"] > 0  # the KD term was really computed against a teacher
-    sa, sb = read_state_dict(a.run_dir / "last.safetensors"), read_state_dict(b.run_dir / "last.safetensors")
-    scale = max(float(t.abs().max()) for t in sa.values())
-    assert max(float((sa[k] - sb[k]).abs().max()) for k in sa) <= 1e-5 * scale
 
 
 def test_kdkit_cache_runs_an_onnx_teacher(exported):
@@ -99,6 +95,7 @@ def test_kdkit_cache_runs_an_onnx_teacher(exported):
         stores[tag] = {n: np.load(out / f"store_{tag}" / f"{n}.npy") for n in ("values", "indices", "tail")}
     m = json.loads((out / "store_onnx" / "manifest.json").read_text())
     assert m["complete"] and m["identity"]["teachers"][0]["name"].startswith("onnx:")
+    assert np.load(out / "store_onnx" / "samples.npy").shape == (m["num_samples"],)  # row -> dataset sample
     assert (stores["onnx"]["indices"] == stores["pt"]["indices"]).mean() > 0.999  # near-ties may swap order
     for n in ("values", "tail"):
         a, b = stores["pt"][n].astype(np.float32), stores["onnx"][n].astype(np.float32)
