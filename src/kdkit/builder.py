@@ -9,11 +9,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from rich.console import Console
 from torch import nn
 
 from kdkit.data.run import RunData
 from kdkit.errors import ConfigError
 from kdkit.models.factory import create_model
+from kdkit.models.pretrained import load_pretrained
 from kdkit.recipe import ModelSpec, Recipe
 from kdkit.registry import LOSSES, MODEL_SOURCES, SCHEMES
 from kdkit.schemes.base import BuildContext, Scheme
@@ -32,8 +34,12 @@ def make_model_factory(num_classes: int, in_channels: int, image_size: int) -> C
         if source is not None and source.meta.get("weights_in_name"):
             raise ConfigError(f"{field}.checkpoint: model '{spec.name}' carries its own weights; drop `checkpoint`")
         ckpt = str(resolve_checkpoint(spec.checkpoint, f"{field}.checkpoint")) if spec.checkpoint else None
-        return create_model(spec.name, num_classes=num_classes, in_channels=in_channels, image_size=image_size,
-                            checkpoint=ckpt, **spec.params)
+        model = create_model(spec.name, num_classes=num_classes, in_channels=in_channels, image_size=image_size,
+                             checkpoint=ckpt, **spec.params)
+        if spec.pretrained and ckpt is None:  # a checkpoint (e.g. the fine-tuned teacher) replaces every weight anyway
+            report = load_pretrained(model, spec.pretrained, spec.name, num_classes, f"{field}.pretrained")
+            Console(stderr=True, soft_wrap=True).print(report.line(f"{field} ({spec.name})"), markup=False)
+        return model
 
     return make
 
