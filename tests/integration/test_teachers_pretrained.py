@@ -146,3 +146,30 @@ def test_the_bundled_pretrained_recipe_fine_tunes_then_distils(hf_cache, tmp_pat
     teacher_meta = load_model(res.run_dir / "stages" / "teacher")[1]
     assert teacher_meta["model"]["name"] == "timm:resnet10t" and teacher_meta["num_classes"] == 10
     assert create_model("timm:resnet10t", 10, 1, 28).fc.weight.shape == (10, 512)
+
+
+def test_an_hf_classifier_from_the_hf_cache_by_hub_id(hf_cache, capfd):
+    """A Hugging Face sequence classifier saved into the temporary HF cache (with MiniLM's tokenizer) is found by its
+    Hub id, offline; trained with another number of labels, it gets a fresh head of the data's class count."""
+    transformers = pytest.importorskip("transformers")
+    from kdkit.text.tokenizers import load_tokenizer
+
+    tok = load_tokenizer("hf:minilm")
+    cfg = transformers.BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                  intermediate_size=64, num_labels=5, max_position_embeddings=128)
+    torch.manual_seed(0)
+    saved = transformers.BertForSequenceClassification(cfg)
+    snap = hf_cache_put(hf_cache, "kdkit-test/tiny-bert-5way", {}).parent
+    (snap / "model.safetensors").unlink()
+    saved.save_pretrained(snap)
+    tok.save_pretrained(snap)
+    model = create_model("hf:kdkit-test/tiny-bert-5way", num_classes=2, in_channels=1, image_size=64)
+    own = model.hf.state_dict()
+    ref = saved.state_dict()
+    assert own["classifier.weight"].shape == (2, 32)
+    assert all(torch.equal(own[k], v) for k, v in ref.items() if not k.startswith("classifier."))
+    assert "new head (fresh) for 2 classes: classifier.bias (5,) -> (2,), classifier.weight" in capfd.readouterr().err
+    same = create_model("hf:kdkit-test/tiny-bert-5way", num_classes=5, in_channels=1, image_size=64)
+    assert torch.equal(same.hf.classifier.weight, saved.classifier.weight)
+    with pytest.raises(KdkitError, match="Hub id 'kdkit-test/absent' is not in the local Hugging Face cache"):
+        create_model("hf:kdkit-test/absent", num_classes=2, in_channels=1, image_size=64)

@@ -85,6 +85,12 @@ def hf_cached_file(repo_id: str, field: str) -> Path:
                           f"(`huggingface-cli download {repo_id}`) and copy the cache here, or give the file's path")
 
 
+def hf_cached_snapshot(repo_id: str) -> Path | None:
+    """The local snapshot directory of Hub repository ``repo_id`` (the one holding its ``config.json``), or None."""
+    got = try_to_load_from_cache(repo_id, "config.json", cache_dir=str(hf_cache_dir()))
+    return Path(got).parent if isinstance(got, str) and Path(got).is_file() else None
+
+
 def torchvision_default_file(arch: str, field: str) -> Path:
     """The torch hub cache file of torchvision's default weights for ``arch`` (not downloaded)."""
     import torchvision.models as tvm
@@ -215,4 +221,5 @@ def load_pretrained(model: nn.Module, source: str, model_name: str, num_classes:
     return report
 
 
-__all__ = ["PretrainedReport", "head_paths", "hf_cache_dir", "load_pretrained", "resolve_pretrained"]
+__all__ = ["PretrainedReport", "head_paths", "hf_cache_dir", "hf_cached_file", "hf_cached_snapshot", "load_pretrained",
+           "resolve_pretrained"]
