@@ -157,3 +157,33 @@ def test_the_bundled_onnx_recipe_runs(exported):
         f"teachers.0.name=onnx:{exported['onnx']}", "epochs=1", "data.train_limit=512",
         f"output_dir={exported['out']}"])
     assert res.best["top1"] > 25.0
+
+
+def test_an_onnx_teacher_of_another_input_gets_an_adapter(exported, tmp_path):
+    """An ONNX file that takes (B, 3, 32, 32) inputs normalised to [-1, 1] teaches the 1x28x28 student once
+    `teacher_inputs` says so: the grey digits are resized, repeated to RGB and re-normalised before ORT sees them."""
+    model = create_model("cnn", 10, 3, 32, width=8, num_stages=2)
+    rgb = tmp_path / "rgb32.onnx"
+    export_onnx(model, torch.zeros(2, 3, 32, 32), rgb)
+    want = {"image_size": 32, "in_channels": 3, "mean": [0.5] * 3, "std": [0.5] * 3}
+    r = _kd(exported["out"], "kd_rgb", {"name": f"onnx:{rgb}"}, epochs=1,
+            scheme={"name": "offline", "params": {"teacher_inputs": [want]}})
+    res = kdkit.distill(r, quiet=True)
+    assert res.best["top1"] > 0  # it ran end to end; the teacher's own accuracy is not the point here
+    with pytest.raises(KdkitError, match="takes input \\(batch, 3, 32, 32\\), the data gives \\(B, 1, 28, 28\\)"):
+        kdkit.distill(_kd(exported["out"], "kd_rgb_plain", {"name": f"onnx:{rgb}"}, epochs=1), quiet=True)
+
+
+def test_the_cli_prints_an_onnx_refusal_as_one_line(exported, tmp_path):
+    import subprocess
+    import sys
+
+    r = _kd(exported["out"], "kd_cli", exported["onnx_teacher"])
+    r["terms"].append({"name": "at", "weight": 1.0})
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(r))
+    out = subprocess.run([sys.executable, "-m", "kdkit.cli", "distill", str(recipe)], capture_output=True, text=True,
+                         timeout=600)
+    err = out.stderr.strip()
+    assert out.returncode != 0 and "Traceback" not in err and len(err.splitlines()) == 1
+    assert "loss term 'at' reads features of teacher 0" in err and "gives logits only" in err
