@@ -132,6 +132,7 @@ def test_onnx_teacher_refusals_are_one_line(exported, tmp_path):
     onnx = exported["onnx_teacher"]
     cases = [
         (_kd(exported["out"], "kd_online", onnx, scheme={"name": "online"}), "cannot train"),
+        (_kd(exported["out"], "kd_bss", onnx, scheme={"name": "bss"}), "scheme 'bss' .* gives logits only"),
         (_kd(exported["out"], "kd_missing", {"name": f"onnx:{tmp_path / 'nope.onnx'}"}), "file not found"),
         (_kd(exported["out"], "kd_ckpt", dict(onnx, checkpoint=str(exported["run"].run_dir))),
          "teachers.0.checkpoint: model 'onnx:.*' carries its own weights; drop `checkpoint`"),
