@@ -24,6 +24,7 @@ from kdkit.pipeline import run_pipeline
 from kdkit.recipe import Recipe, as_recipe
 from kdkit.runs import run
 from kdkit.softlabels.cache import CacheResult, build_cache
+from kdkit.softlabels.importer import ImportResult, import_logits
 from kdkit.weights import check_input_shape, read_metadata, resolve_checkpoint
 
 
@@ -104,11 +105,23 @@ def load_student(checkpoint: str | Path) -> tuple[torch.nn.Module, dict[str, Any
 
 
 def cache(recipe: Recipe | str | Path | dict[str, Any], overrides: list[str] | None = None, views: int = 1,
-          topk: int = 10, out: str | Path | None = None, **kwargs: Any) -> CacheResult:
+          topk: int = 10, out: str | Path | None = None, from_logits: Any = None, index: Any = None,
+          **kwargs: Any) -> CacheResult | ImportResult:
     """Run the recipe's teacher(s) once and store their top-k logits (``kdkit cache``); returns
     :class:`kdkit.softlabels.cache.CacheResult`. Keyword arguments: those of
-    :func:`kdkit.softlabels.cache.build_cache` (``chunk_size``, ``batch_size``, ``overwrite``, ``quiet``)."""
-    return build_cache(recipe, views=views, topk=topk, out=out, overrides=overrides, **kwargs)
+    :func:`kdkit.softlabels.cache.build_cache` (``chunk_size``, ``batch_size``, ``overwrite``, ``quiet``).
+
+    ``from_logits``: import a teacher that exists only as logits instead (``kdkit cache --from-logits``): a file, or
+    an (N, K) array / tensor in dataset order (or with ``index``, the dataset index of each row); returns
+    :class:`kdkit.softlabels.importer.ImportResult` (see :func:`kdkit.softlabels.importer.import_logits`)."""
+    r = as_recipe(recipe, overrides)
+    if from_logits is not None:
+        if views != 1:
+            raise ConfigError("cache(from_logits=...): imported logits are of the plain samples, one view; drop views")
+        return import_logits(r, from_logits, index=index, topk=topk, out=out, **kwargs)
+    if index is not None:
+        raise ConfigError("cache(index=...) goes with from_logits=...")
+    return build_cache(r, views=views, topk=topk, out=out, **kwargs)
 
 
 def evaluate(checkpoint: str | Path, data: str | None = None, split: str = "val", val_fraction: float | None = None,

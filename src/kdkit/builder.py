@@ -9,13 +9,15 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from rich.console import Console
 from torch import nn
 
 from kdkit.data.run import RunData
 from kdkit.errors import ConfigError, ShapeError
 from kdkit.models.factory import create_model
+from kdkit.models.pretrained import load_pretrained
 from kdkit.recipe import ModelSpec, Recipe
-from kdkit.registry import LOSSES, SCHEMES
+from kdkit.registry import LOSSES, MODEL_SOURCES, SCHEMES
 from kdkit.schemes.base import BuildContext, Scheme
 from kdkit.teachers.adapters import build_teachers
 from kdkit.teachers.store import StoreTeacher, open_store_teacher
@@ -29,9 +31,17 @@ def make_model_factory(num_classes: int, in_channels: int, image_size: int,
     """``make(spec, field)``: build a recipe's model with its weights (``field`` names it in errors)."""
 
     def make(spec: ModelSpec, field: str = "student") -> nn.Module:
+        prefix, sep, _ = spec.name.partition(":")
+        source = MODEL_SOURCES.find(prefix) if sep and spec.checkpoint else None
+        if source is not None and source.meta.get("weights_in_name"):
+            raise ConfigError(f"{field}.checkpoint: model '{spec.name}' carries its own weights; drop `checkpoint`")
         ckpt = str(resolve_checkpoint(spec.checkpoint, f"{field}.checkpoint")) if spec.checkpoint else None
-        return create_model(spec.name, num_classes=num_classes, in_channels=in_channels, image_size=image_size,
-                            checkpoint=ckpt, input_shape=input_shape, **spec.params)
+        model = create_model(spec.name, num_classes=num_classes, in_channels=in_channels, image_size=image_size,
+                             checkpoint=ckpt, input_shape=input_shape, **spec.params)
+        if spec.pretrained and ckpt is None:  # a checkpoint (e.g. the fine-tuned teacher) replaces every weight anyway
+            report = load_pretrained(model, spec.pretrained, spec.name, num_classes, f"{field}.pretrained")
+            Console(stderr=True, soft_wrap=True).print(report.line(f"{field} ({spec.name})"), markup=False)
+        return model
 
     return make
 

@@ -27,11 +27,17 @@ class _Strict(BaseModel):
 
 class ModelSpec(_Strict):
     """A network: a registered name (``resnet8x4``, ``kdkit:mlp``, ``torchvision:resnet18``, ``timm:...``, ``hf:PATH``)
-    plus builder keyword arguments and optional local weights."""
+    plus builder keyword arguments and optional local weights: ``checkpoint`` (loaded strictly, e.g. a trained
+    teacher) or ``pretrained`` (initial weights whose classifier head may differ, e.g. ImageNet weights to
+    fine-tune)."""
 
     name: str = Field(description="model name; `kdkit models` lists them")
     params: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the model builder")
     checkpoint: str | None = Field(default=None, description="local weights (.safetensors, or .pt/.pth)")
+    pretrained: str | None = Field(default=None, description="initial weights to fine-tune from, never downloaded: a "
+                                   "file, 'hf-hub:ORG/NAME' (local Hugging Face cache) or 'default' (the torchvision/"
+                                   "timm default weights in the local cache); a head of another class count is "
+                                   "replaced (docs/teachers.md)")
 
 
 class AugmentSpec(_Strict):

@@ -74,6 +74,7 @@ PLUGINS: list[Plugin] = [
     Plugin("kdkit.softlabels.commands"),
     Plugin("kdkit.report.commands"),
     Plugin("kdkit.deploy.commands", "deploy"),
+    Plugin("kdkit.teachers.onnx", "deploy"),
     Plugin("kdkit.text.models", "text"),
     Plugin("kdkit.text.textnn", "text"),
     Plugin("kdkit.text.data", "text"),

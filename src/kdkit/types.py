@@ -77,6 +77,12 @@ def logits_of(out: Any) -> Tensor:
     raise TypeError(f"cannot find logits in a model output of type {type(out).__name__}")
 
 
+def is_logits_only(model: nn.Module) -> bool:
+    """Whether ``model`` gives logits only: its class sets ``kd_logits_only = True`` (e.g. an ONNX Runtime teacher,
+    :class:`kdkit.teachers.onnx.OnnxModel`), so it has no module to tap and no gradient to differentiate."""
+    return bool(getattr(type(model), "kd_logits_only", False))
+
+
 @dataclass
 class TeacherSignal:
     """What the teacher side says about one batch.
@@ -96,7 +102,7 @@ class TeacherSignal:
 
 @runtime_checkable
 class TeacherSource(Protocol):
-    """Where the teacher signal comes from: frozen models, a soft-label store, specialists, later an ONNX model.
+    """Where the teacher signal comes from: frozen models (PyTorch or ONNX), a soft-label store, specialists.
 
     Schemes receive one and call :meth:`outputs` per batch; they never look for teacher data in the batch.
 

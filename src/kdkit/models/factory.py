@@ -86,8 +86,9 @@ def create_model(name: str, num_classes: int, in_channels: int = 3, image_size: 
 def _reject_download(name: str, kwargs: dict[str, Any]) -> None:
     """Refuse download requests; drop the harmless ``pretrained=False`` / ``weights=None``."""
     if kwargs.get("pretrained") or kwargs.get("weights") is not None:
-        raise ConfigError(f"model '{name}': kdkit never downloads weights; drop pretrained/weights and pass a local "
-                          f"file as `checkpoint` (.safetensors or .pt/.pth state dict)")
+        raise ConfigError(f"model '{name}': kdkit never downloads weights; drop params.pretrained/weights and give "
+                          f"the model spec `pretrained: FILE | hf-hub:ORG/NAME | default` (local files and caches "
+                          f"only) or a trained `checkpoint`")
     kwargs.pop("pretrained", None)
     kwargs.pop("weights", None)
 

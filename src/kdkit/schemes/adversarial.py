@@ -32,7 +32,7 @@ from kdkit.losses.logits import kd_kl
 from kdkit.registry import SCHEMES
 from kdkit.schemes.base import BuildContext, DistillModule, Scheme
 from kdkit.schemes.offline import offline_parts
-from kdkit.types import Batch, StepOutput, TeacherSignal, TeacherSource, TrainState, logits_of
+from kdkit.types import Batch, StepOutput, TeacherSignal, TeacherSource, TrainState, is_logits_only, logits_of
 
 
 def boundary_samples(teacher: nn.Module, x: Tensor, target_class: Tensor, steps: int = 10, step_size: float = 0.3,
@@ -185,6 +185,10 @@ class BSSScheme(Scheme):
         distill, teachers = offline_parts(ctx, teacher_inputs=teacher_inputs)
         if teachers is None or not teachers.models:
             raise ConfigError("scheme 'bss' attacks the teacher network itself; it cannot read a soft-label store")
+        if is_logits_only(teachers.models[0]):
+            raise ConfigError(f"scheme 'bss' differentiates the teacher to find boundary samples, but teacher 0 "
+                              f"('{ctx.recipe.teachers[0].name}') gives logits only (no gradient through ONNX "
+                              f"Runtime); use the PyTorch teacher")
         data = ctx.data
         bounds = None
         if data is not None and data.mean is not None:

@@ -29,16 +29,18 @@ from kdkit.data.run import build_data
 from kdkit.errors import ConfigError
 from kdkit.recipe import Recipe, as_recipe
 from kdkit.registry import SCHEMES
-from kdkit.softlabels.identity import identity_diff, run_identity
+from kdkit.softlabels.identity import identity_diff, run_identity, training_source_index
 from kdkit.softlabels.store import (
     FORMAT,
     MANIFEST,
+    SAMPLES_SPEC,
     VERSION,
     SoftLabelStore,
     bytes_per_row,
     encode_topk,
     human_bytes,
     read_progress,
+    write_samples,
 )
 from kdkit.teachers.frozen import FrozenTeachers
 from kdkit.utils import DirLock, seed_everything
@@ -150,6 +152,7 @@ def build_cache(recipe: Recipe | str | Path | dict[str, Any], views: int = 1, to
         "views": views, "topk": k, "num_classes": num_classes, "num_samples": n,
         "chunk_size": chunk_size, "chunks": views * blocks,
         "arrays": SoftLabelStore.array_specs(views, n, k, num_classes),
+        "samples": SAMPLES_SPEC | {"shape": [n]},
         "bytes_per_sample_view": bytes_per_row(k, num_classes),
         "reconstruction": "logits: stored value for the top-k classes, `tail` (log-mean-exp of the other K-k "
                           "logits) for every other class",
@@ -176,6 +179,7 @@ def _fill(*, store_path: Path, manifest: dict[str, Any], overwrite: bool, views:
           ) -> CacheResult:
     path = store_path
     store = _open_for_writing(path, manifest, overwrite)
+    write_samples(path, training_source_index(data))
     done = read_progress(path) if not store.manifest.get("complete") else set(range(views * blocks))
     todo = [c for c in range(views * blocks) if c not in done]
     if not todo:

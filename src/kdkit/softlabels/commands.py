@@ -7,9 +7,11 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from kdkit.errors import ConfigError
 from kdkit.recipe import load_recipe
 from kdkit.registry import COMMANDS
 from kdkit.softlabels.cache import build_cache
+from kdkit.softlabels.importer import import_logits
 
 
 @COMMANDS.register("cache")
@@ -28,12 +30,21 @@ def cache(
     set_: Annotated[list[str] | None, typer.Option("--set", "-s", help="override a recipe field: "
                                                       "key.path=value (repeatable)")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+    from_logits: Annotated[str | None, typer.Option("--from-logits", help="import a teacher that exists only as "
+                                                    "logits: (N, K) rows in dataset order, or with an 'index' array "
+                                                    "(.npy, .npz, .safetensors, .csv); see docs/teachers.md")] = None,
 ) -> None:
     """Run the teacher(s) once over V augmented views of every training sample and store the top-k logits.
 
     An interrupted run resumes when the same command is given again. Then distil with `soft_labels: PATH` in the
-    recipe: the student trains without any teacher forward.
+    recipe: the student trains without any teacher forward. With --from-logits FILE no teacher runs at all: the
+    file's logits (another framework, an API) are checked against the recipe's dataset and stored.
     """
     r = load_recipe(recipe, set_)
+    if from_logits is not None:
+        if views != 1:
+            raise ConfigError("--from-logits: imported logits are of the plain samples, one view; drop --views")
+        import_logits(r, from_logits, topk=topk, out=out, overwrite=overwrite, quiet=quiet, console=Console())
+        return
     build_cache(r, views=views, topk=topk, out=out, chunk_size=chunk_size, batch_size=batch_size,
                 overwrite=overwrite, quiet=quiet, console=Console())

@@ -7,6 +7,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 from torch import nn
 
 from kdkit.recipe import Recipe
@@ -44,6 +45,24 @@ def run_identity(recipe: Recipe, data: Any, teachers: Sequence[nn.Module] | None
         ident["teachers"] = [{"name": s.name, "params": s.params, "checkpoint": s.checkpoint,
                               "sha256": state_dict_sha256(m)} for s, m in zip(recipe.teachers, teachers, strict=True)]
     return ident
+
+
+def training_source_index(data: Any) -> np.ndarray:
+    """(N_train,) the dataset index (position in ``data.name``) of each training-split position."""
+    split = data.split
+    idx = np.asarray(split["train_idx"], dtype=np.int64) if "train_idx" in split else \
+        np.arange(int(split["n_train"]), dtype=np.int64)
+    if "train_limit_positions" in split:
+        idx = idx[np.asarray(split["train_limit_positions"], dtype=np.int64)]
+    return idx
+
+
+def dataset_size(data: Any) -> int:
+    """Samples in the recipe's dataset (``data.name``) before the train/val split."""
+    split = data.split
+    if "train_idx" in split:
+        return len(split["train_idx"]) + len(split["val_idx"])
+    return int(split["n_train"])
 
 
 def _short(h: Any) -> str:

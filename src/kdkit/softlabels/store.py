@@ -6,6 +6,7 @@ Layout of a store directory::
     values.npy      (V, N, k) float16   the k largest raw teacher logits of view v of sample i, descending
     indices.npy     (V, N, k) uint16    their class indices (int32 when K > 65535)
     tail.npy        (V, N)    float16   log-mean-exp of the K − k other logits (0 when k = K)
+    samples.npy     (N,)      int64     the dataset index of each row (row p = training position p), for other tools
     progress.json   completed chunks while a ``kdkit cache`` run is under way (removed when complete)
 
 The arrays are plain ``.npy`` files (a 128-byte header, then C-order data), so ``np.load(..., mmap_mode="r")`` reads
@@ -51,6 +52,8 @@ MANIFEST = "manifest.json"
 PROGRESS = "progress.json"
 ARRAYS = ("values", "indices", "tail")
 FP16_MAX = 65504.0
+SAMPLES_SPEC = {"file": "samples.npy", "dtype": "int64",
+                "meaning": "dataset index (position in data.name as kdkit reads it) of each row"}
 DENSE_LIMIT = 1 << 25  # rebuild a whole view's (N, K) float32 logits up front when they take at most 128 MB
 
 
@@ -403,8 +406,20 @@ def _interrupted_creation(path: Path) -> bool:
     if not path.is_dir() or (path / MANIFEST).exists():
         return False
     names = {p.name for p in path.iterdir()}
-    store_files = {f"{a}.npy" for a in ARRAYS} | {PROGRESS}
+    store_files = {f"{a}.npy" for a in ARRAYS} | {PROGRESS, SAMPLES_SPEC["file"]}
     return bool(names) and all(n in store_files or n.endswith(".tmp") for n in names)
+
+
+def write_samples(path: Path, source_index: np.ndarray) -> None:
+    """``samples.npy``: (N,) int64, the dataset index of each store row (row p is training position p), so that tools
+    outside kdkit can tell which sample a row belongs to. Written atomically (a kill leaves the old file or none)."""
+    final = Path(path) / SAMPLES_SPEC["file"]
+    tmp = final.with_name(final.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, np.asarray(source_index, dtype=np.int64))
+    fsync_file(tmp)
+    os.replace(tmp, final)
+    fsync_dir(final.parent)
 
 
 def read_progress(path: Path) -> set[int]:

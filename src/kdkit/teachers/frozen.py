@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from kdkit.errors import ConfigError
 from kdkit.taps import FeatureTap
-from kdkit.types import Batch, ModelOutput, TeacherSignal, logits_of
+from kdkit.types import Batch, ModelOutput, TeacherSignal, is_logits_only, logits_of
 
 Combine = Literal["mean_logits", "mean_probs", "weighted", "random"]
 COMBINES = ("mean_logits", "mean_probs", "weighted", "random")
@@ -97,6 +97,7 @@ class FrozenTeachers:
         taps = taps or {}
         self.teachers = [FrozenTeacher(m, taps.get(i, ())) for i, m in enumerate(models)]
         self.models = [t.model for t in self.teachers]
+        self.has_features = not any(is_logits_only(m) for m in self.models)  # an ONNX teacher gives logits only
         self.combine, self.weights = combine, None if weights is None else [float(w) for w in weights]
         self._gen = torch.Generator().manual_seed(seed + 7919)
 

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from kdkit.errors import ConfigError
 from kdkit.registry import LOSSES
 from kdkit.taps import probe_shapes
-from kdkit.types import Batch, ModelOutput, TrainState
+from kdkit.types import Batch, ModelOutput, TrainState, is_logits_only
 
 
 @dataclass
@@ -72,7 +72,15 @@ class SetupContext:
         if i >= len(self.teachers):
             raise ConfigError(f"a term reads features of teacher {i}, but the recipe has {len(self.teachers)} "
                               f"teacher model(s)")
+        if is_logits_only(self.teachers[i]):
+            raise ConfigError(_logits_only_message("a term", i, self.teachers[i]))
         return probe_shapes(self.teachers[i], self.example, list(paths), role=f"teacher {i}")
+
+
+def _logits_only_message(who: str, i: int, teacher: nn.Module) -> str:
+    return (f"{who} reads features of teacher {i} ({teacher.extra_repr() or type(teacher).__name__}), which gives "
+            f"logits only (an ONNX teacher has no module to tap); use logit terms (kd, dkd, ...) with it, or give the "
+            f"PyTorch teacher")
 
 
 @dataclass(frozen=True)
@@ -263,6 +271,17 @@ def setup_terms(terms: Sequence[LossTerm], ctx: SetupContext) -> dict[int, list[
     if needs and not ctx.has_teacher_features:
         raise ConfigError(f"loss terms {needs} compare features, which need an online teacher; a soft-label store only "
                           f"has logits -- add `teachers:` without `soft_labels:`, or drop the terms")
+    # A teacher that gives logits only (ONNX) has nothing to tap or differentiate: refuse before any shape probe.
+    for i, teacher in enumerate(ctx.teachers):
+        if not is_logits_only(teacher):
+            continue
+        for term in terms:
+            if term.needs_teacher_features:
+                raise ConfigError(_logits_only_message(f"loss term '{term.name}'", i, teacher))
+            if term.needs_input_grad and term.needs_teacher:
+                raise ConfigError(f"loss term '{term.name}' differentiates the teacher, but teacher {i} "
+                                  f"({teacher.extra_repr() or type(teacher).__name__}) gives logits only (no gradient "
+                                  f"through an ONNX graph); give the PyTorch teacher or drop the term")
     for term in terms:
         term.setup(ctx)
     taps: dict[int, list[str]] = {}
@@ -271,5 +290,7 @@ def setup_terms(terms: Sequence[LossTerm], ctx: SetupContext) -> dict[int, list[
             if i >= len(ctx.teachers):
                 raise ConfigError(f"loss term '{term.name}' reads teacher {i}, but the recipe has "
                                   f"{len(ctx.teachers)} teacher model(s)")
+            if paths and is_logits_only(ctx.teachers[i]):
+                raise ConfigError(_logits_only_message(f"loss term '{term.name}'", i, ctx.teachers[i]))
             taps.setdefault(i, []).extend(p for p in paths if p not in taps.get(i, []))
     return taps

