@@ -24,6 +24,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from kdkit.deploy.measure import cpu_info  # noqa: E402
+
 LOGIT = ["scratch", "label_smoothing", "kd", "soft_ce", "logit_mse", "dkd", "noisy_kd", "tf_kd", "confidence_penalty",
          "sobolev"]
 FEATURE = ["fitnet", "fitnet_two_stage", "at", "sp", "rkd", "crd", "ie", "kd_at"]
@@ -169,7 +171,7 @@ def main() -> None:
                              "peak_rss_mb": max(r["peak_rss_mb"] for r in results), "seeds": len(results),
                              "teacher_signal": signal})
     res = {"benchmark": "methods", "epochs": args.epochs, "teacher_epochs": args.teacher_epochs, "seeds": args.seeds,
-           "threads": args.threads, "train_limit": args.train_limit, "rows": rows}
+           "threads": args.threads, "train_limit": args.train_limit, "cpu": cpu_info(), "rows": rows}
     print(json.dumps(res, indent=1))
     if args.markdown:
         print(markdown(res))

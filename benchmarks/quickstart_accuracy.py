@@ -19,6 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import kdkit  # noqa: E402
+from kdkit.deploy.measure import cpu_info  # noqa: E402
 
 VARIANTS = {
     "scratch": ("mnist_scratch", []),
@@ -68,7 +69,7 @@ def main() -> None:
             "best": best, "last": last, "seconds_per_run": statistics.mean(secs),
             "images_per_s": statistics.median(ips),
         }
-    print(json.dumps({"benchmark": "quickstart_accuracy", "seeds": args.seeds, "results": results,
+    print(json.dumps({"benchmark": "quickstart_accuracy", "seeds": args.seeds, "cpu": cpu_info(), "results": results,
                       "wall_seconds": time.perf_counter() - t0}, indent=2))
 
 

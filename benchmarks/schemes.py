@@ -193,10 +193,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(f"{name} seed {seed}: top1 {rows[-1]['top1']:.2f} ({rows[-1]['images_per_s']:.0f} img/s)",
                   file=sys.stderr, flush=True)
         results[name] = summarise(rows)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+    from kdkit.deploy.measure import cpu_info
+
     doc = {"benchmark": "schemes", "data": "mnist_5k (4000 train / 1000 val)", "epochs": args.epochs,
            "seeds": args.seeds, "teacher_epochs": args.teacher_epochs, "teachers_val_top1": teacher_acc,
            "torch_threads": torch.get_num_threads(), "uptime_start": started, "uptime_end": _uptime(),
-           "results": results}
+           "cpu": cpu_info(), "results": results}
     (out / "schemes.json").write_text(json.dumps(doc, indent=1))
     print(json.dumps(doc, indent=1))
     return doc

@@ -37,6 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from kdkit.deploy.measure import cpu_info  # noqa: E402
 from kdkit.recipe import OptimSpec, TermSpec, load_recipe  # noqa: E402
 from kdkit.softlabels import SoftLabelStore, bytes_per_row, encode_topk  # noqa: E402
 
@@ -416,7 +417,8 @@ def main() -> None:
     res = {"speed": cmd_speed, "speed-loader": cmd_speed_loader, "accuracy": cmd_accuracy,
            "storage": cmd_storage}[args.cmd](args)
     res.update({"torch": torch.__version__, "threads": torch.get_num_threads(),
-                "machine": platform.processor() or platform.machine(), "load_at_end": _uptime()})
+                "machine": platform.processor() or platform.machine(), "cpu": cpu_info(),
+                "load_at_end": _uptime()})
     text = json.dumps(res, indent=2)
     print(text)
     if args.json_out:

@@ -31,6 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from kdkit.deploy.measure import cpu_info  # noqa: E402
 from kdkit.engine.loop import build_optimizer  # noqa: E402
 from kdkit.models import create_model  # noqa: E402
 from kdkit.recipe import OptimSpec, TermSpec  # noqa: E402
@@ -181,7 +182,7 @@ def main() -> None:
         rows.append(plain_floor(args.batch, max(args.steps, 300)))
     load = os.getloadavg()
     print(json.dumps({"benchmark": "step_speed", "torch": torch.__version__, "threads": torch.get_num_threads(),
-                      "machine": platform.processor() or platform.machine(),
+                      "machine": platform.processor() or platform.machine(), "cpu": cpu_info(),
                       "load_average": [round(v, 2) for v in load], "rows": rows}, indent=2))
 
 

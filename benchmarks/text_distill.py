@@ -363,11 +363,15 @@ def main() -> None:
     if args.step in ("runs", "all"):
         run_many(args)
     if args.step in ("measure", "all"):
-        m = measure(args)
+        from kdkit.deploy.measure import cpu_info
+
+        m = dict(measure(args), cpu=cpu_info())
         (Path(args.out) / "measure.json").write_text(json.dumps(m, indent=2))
         print(json.dumps(m))
     if args.step in ("speed", "all"):
-        sp = speed(args)
+        from kdkit.deploy.measure import cpu_info
+
+        sp = dict(speed(args), cpu=cpu_info())
         (Path(args.out) / "speed.json").write_text(json.dumps(sp, indent=2))
         print(json.dumps(sp))
     if args.step in ("table", "all"):

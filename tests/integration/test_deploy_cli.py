@@ -45,6 +45,8 @@ def test_bench_table_from_run_dir(run_dir, tmp_path):
     runtimes = {r["runtime"] for r in rows}
     assert {"pytorch", "ort-fp32", "ort-int8"} <= runtimes
     assert all(r["params"] > 0 for r in rows)
+    # every row says which CPU measured it (the kernels, hence the timings, depend on AVX2 / AVX-512 / VNNI / AMX)
+    assert all(r["cpu"]["model"] and isinstance(r["cpu"]["simd"], list) for r in rows)
     assert (tmp_path / "bench.md").read_text().count("|") > 10
 
 

@@ -25,6 +25,7 @@ from kdkit.data import Augment, BatchLoader, load_source, stratified_split
 from kdkit.data.run import build_data
 from kdkit.deploy.bench import BenchEntry, bench_models, dump_json, dump_markdown, print_table, torch_accuracy
 from kdkit.deploy.export import export_onnx
+from kdkit.deploy.measure import cpu_info
 from kdkit.deploy.quantize import onnx_accuracy, quantize_dynamic_onnx, quantize_static_onnx
 from kdkit.errors import KdkitError
 from kdkit.models.factory import load_model
@@ -187,6 +188,8 @@ def bench_command(
         out_dir = Path(out)
         if out_dir.exists() and not out_dir.is_dir():
             raise KdkitError(f"bench output {out_dir} is a file; give a directory")
+        machine = cpu_info()  # timings depend on the CPU (model, AVX2/AVX-512/VNNI/AMX) and on the load
+        rows = [dict(r, cpu=machine) for r in rows]
         dump_json(rows, out_dir / "bench.json")
         dump_markdown(rows, out_dir / "bench.md")
     if not quiet:
