@@ -126,7 +126,8 @@ def run_objects(*, student: nn.Module, teachers: list[Any] | None, train: Any, v
     recipe.update(fields)
     recipe["data"] = data_fields
     checked = recipe_from_dict(dict(recipe, data={"name": "npz:unused"}))  # one-line errors before any file is written
-    run_dir = prepare_run_dir(checked, resume)
+    prepare_run_dir(checked, resume, clean=False)  # refuses (one line) before any data file is written; run() cleans
+    run_dir = checked.run_dir
     train_data = as_data(train, "train")
     if "mean" not in data_fields and "std" not in data_fields:
         # Your modules see your data as you gave it: a teacher trained elsewhere on raw inputs must not be fed

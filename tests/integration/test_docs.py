@@ -45,6 +45,14 @@ OTHER_LANGS = {"yaml", "text"}  # yaml: parsed (and validated when it is a recip
 # Commands that are not run, with the reason. Keys are (document, command as written, comment stripped).
 NOT_RUN: dict[tuple[str, str], str] = {
     ("README.md", "make test"): "runs this very test suite (and installs Chromium as root)",
+    ("docs/faults.md", "kdkit train RECIPE --resume"): "RECIPE is a placeholder; resuming after a kill is what "
+                                                       "tests/integration/test_faults.py does, with real kills",
+    ("docs/faults.md", "kdkit train RECIPE"): "RECIPE is a placeholder; restarting a run that never completed a "
+                                              "checkpoint is tested by tests/integration/test_faults.py",
+    ("docs/teachers.md", "huggingface-cli download timm/resnet10t.c3_in1k"): "downloads (no network here)",
+    ("docs/teachers.md", "kdkit train recipes/teachers/mnist_pretrained_timm.yaml"):
+        "needs the downloaded timm weights in the HF cache; test_teachers_pretrained.py runs the same pipeline from a "
+        "locally built HF cache",
 }
 # Benchmark commands (`.venv/bin/python benchmarks/...`) are measurements of minutes to hours: the default suite checks
 # that every documented option exists; the slow suite runs each one shrunk by BENCH_SHRINK (option -> the values
@@ -74,6 +82,7 @@ TRANSLATE = {"make quickstart": "kdkit quickstart"}
 # A name "file.py::test" is a test in another file of tests/integration (the check below finds it there).
 SCENARIOS = {"README.md": ("test_readme_commands", "test_readme_python"), "docs/report.md": ("test_report_doc",),
              "docs/softlabels.md": ("test_softlabels_doc",), "docs/text.md": ("test_text_doc",),
+             "docs/teachers.md": ("test_teachers_doc", "test_teachers_docs.py::test_the_onnx_python_example_runs"),
              "docs/own-models-and-data.md": (
                  "test_own_model_and_data.py::test_the_documented_walk_through_runs_outside_the_repository",
                  "test_own_models_doc_python")}
@@ -90,6 +99,10 @@ PYTHON: dict[str, list[tuple[dict[str, str], list[str], list[str]] | str]] = {
                    ["runs/objects/teacher/checkpoints/best.safetensors",
                     "runs/objects/kd/checkpoints/best.safetensors"], ["'top1'", "runs/objects/kd"])],
     "docs/report.md": [({}, ["runs/report/report.html", "runs/report/summary.md"], [])],
+    "docs/teachers.md": [
+        ({}, [], []),  # the ONNX module from Python: run after the commands (it needs their export)
+        ({}, ["teacher_logits.npy"], []),  # the logits table: run before the commands (the import reads it)
+    ],
     "docs/own-models-and-data.md": [
         "the walk-through's models module: written to mymodels.py and trained by test_own_model_and_data.py",
         "a LossTerm subclass, run as a py: term by test_own_models_doc_python",
@@ -548,3 +561,25 @@ def test_own_models_doc_python(tmp_path, token_cache):
     assert p.returncode == 0, p.stderr[-2000:]
     hist = [json.loads(x) for x in (tmp_path / "runs" / "own_term" / "metrics.jsonl").read_text().splitlines()]
     assert hist and "train_LogitNorm" in hist[0] and hist[0]["train_LogitNorm"] > 0
+
+
+@pytest.mark.slow
+def test_teachers_doc(tmp_path, token_cache):
+    """docs/teachers.md in a fresh directory: the logits-table block first (the import command reads its file), the
+    commands in order, then the ONNX block (it reads the export the commands made)."""
+    doc = "docs/teachers.md"
+    cwd = workspace(tmp_path, doc)
+    blocks, plans = python_blocks(doc), PYTHON[doc]
+    order = [1, None, 0]  # python block 1, the commands, python block 0
+    for step in order:
+        if step is None:
+            done = run_doc_commands(doc, cwd, token_cache)
+            assert "kdkit export runs/mnist_teacher" in done and any("--from-logits" in c for c in done)
+            assert (cwd / "runs" / "mnist_kd_onnx" / "checkpoints" / "best.safetensors").is_file()
+            continue
+        script = cwd / f"_block_{step}.py"
+        script.write_text(blocks[step].text)
+        p = subprocess.run([str(BIN / "python"), script.name], cwd=cwd, env=_env(token_cache), capture_output=True,
+                           text=True, timeout=900)
+        assert p.returncode == 0, f"{doc}:{blocks[step].line}: {p.stderr[-3000:]}"
+        assert all((cwd / f).exists() for f in plans[step][1]), plans[step][1]
