@@ -23,7 +23,7 @@ from matplotlib.image import imread
 
 import kdkit
 from kdkit.report import write_report
-from kdkit.report.plots import ROLE_COLORS
+from kdkit.report.runs import ROLE_COLORS
 
 DATA = {"name": "mnist_5k", "val_fraction": 0.2, "batch_size": 64, "train_limit": 512}
 COMMON = {"data": DATA, "optim": {"name": "adamw", "lr": 0.003}, "schedule": {"name": "onecycle"}, "epochs": 2,

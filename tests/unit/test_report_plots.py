@@ -15,19 +15,8 @@ from matplotlib.image import imread
 
 from kdkit.errors import KdkitError
 from kdkit.report import load_case_study, write_report
-from kdkit.report.plots import (
-    RunInfo,
-    axis_floor,
-    infer_roles,
-    load_run,
-    normalize_role,
-    pareto_front,
-    plot_accuracy,
-    plot_learning_curves,
-    plot_pareto,
-    references_run,
-    term_keys,
-)
+from kdkit.report.plots import axis_floor, plot_accuracy, plot_learning_curves, plot_pareto
+from kdkit.report.runs import RunInfo, infer_roles, load_run, normalize_role, pareto_front, references_run, term_keys
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Pareto front
@@ -350,7 +339,7 @@ def test_seeds_of_one_recipe_are_grouped_and_the_headline_takes_no_maximum(tmp_p
 
 
 def test_two_kd_recipes_get_distinct_shades_of_the_kd_colour(tmp_path):
-    from kdkit.report.plots import ROLE_COLORS, shade
+    from kdkit.report.runs import ROLE_COLORS, shade
 
     _run(tmp_path, "t", "cnn_teacher", final=98.0)
     teachers = [{"name": "cnn_teacher", "checkpoint": str(tmp_path / "t")}]

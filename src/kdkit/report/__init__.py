@@ -5,7 +5,7 @@
 """
 
 from kdkit.report.page import Entry, load_case_study, measure_run, write_report
-from kdkit.report.plots import RunInfo, infer_roles, load_run, pareto_front
+from kdkit.report.runs import RunInfo, infer_roles, load_run, pareto_front
 
 __all__ = ["write_report", "load_run", "infer_roles", "pareto_front", "RunInfo", "Entry", "measure_run",
            "load_case_study"]

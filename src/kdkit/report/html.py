@@ -11,7 +11,7 @@ import base64
 import html
 from dataclasses import dataclass, field
 
-from kdkit.report.plots import ROLE_COLORS, ROLE_LABELS
+from kdkit.report.runs import ROLE_COLORS, ROLE_LABELS
 
 __all__ = ["Table", "Plot", "Section", "Page", "render_html", "render_markdown"]
 

@@ -26,7 +26,8 @@ from kdkit.deploy.measure import count_params, measure_batch_sizes, size_on_disk
 from kdkit.errors import KdkitError
 from kdkit.models.factory import load_model
 from kdkit.report.html import Page, Plot, Section, Table, render_html, render_markdown
-from kdkit.report.plots import (
+from kdkit.report.plots import plot_accuracy, plot_learning_curves, plot_pareto
+from kdkit.report.runs import (
     ROLE_COLORS,
     ROLE_LABELS,
     ROLES,
@@ -35,9 +36,6 @@ from kdkit.report.plots import (
     load_run,
     normalize_role,
     pareto_front,
-    plot_accuracy,
-    plot_learning_curves,
-    plot_pareto,
     references_run,
     shade,
 )
