@@ -16,7 +16,6 @@ import datetime as _dt
 import json
 import math
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,17 @@ from typing import Any
 from kdkit.deploy.measure import count_params, measure_batch_sizes, size_on_disk_mb
 from kdkit.errors import KdkitError
 from kdkit.models.factory import load_model
+from kdkit.report.fmt import (
+    fmt_g,
+    fmt_params,
+    fmt_pct,
+    fmt_pts,
+    is_number,
+    model_desc,
+    slug,
+    terms_desc,
+    times,
+)
 from kdkit.report.html import Page, Plot, Section, Table, render_html, render_markdown
 from kdkit.report.plots import plot_accuracy, plot_learning_curves, plot_pareto
 from kdkit.report.runs import (
@@ -76,8 +86,7 @@ class Entry:
         return a / b if _ok(a) and _ok(b) and b > 0 else math.nan
 
 
-def _ok(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+_ok = is_number
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -146,82 +155,18 @@ def measure_run(run: RunInfo) -> dict[str, Any]:
 # Formatting
 
 
-def _fmt_params(n: float) -> str:
-    if not _ok(n):
-        return "—"
-    if n < 1e3:
-        return f"{n:.0f}"
-    if n < 1e6:
-        return f"{n / 1e3:.1f} K"
-    return f"{n / 1e6:.2f} M"
-
-
-def _fmt_g(x: float, digits: int = 3) -> str:
-    return f"{x:.{digits}g}" if _ok(x) else "—"
-
-
-def _fmt_pct(x: float) -> str:
-    return f"{x:.2f}" if _ok(x) else "—"
-
-
-def _fmt_pts(x: float) -> str:
-    return f"{x:+.2f}" if _ok(x) else "—"
-
-
-def _fmt_value(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:g}"
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_fmt_value(x) for x in v) + "]"
-    return str(v)
-
-
-def _fmt_params_dict(params: dict[str, Any] | None) -> str:
-    return ", ".join(f"{k}={_fmt_value(v)}" for k, v in (params or {}).items())
-
-
-def _model_desc(spec: dict[str, Any]) -> str:
-    p = _fmt_params_dict(spec.get("params"))
-    return f"{spec.get('name', '?')}({p})" if p else str(spec.get("name", "?"))
-
-
-def _terms_desc(config: dict[str, Any]) -> str:
-    parts = []
-    for t in config.get("terms") or []:
-        if not isinstance(t, dict):
-            continue
-        s = f"{t.get('key') or t.get('name')} ×{_fmt_value(float(t.get('weight', 1.0)))}"
-        extra = _fmt_params_dict(t.get("params"))
-        if t.get("key") and t.get("key") != t.get("name"):
-            extra = ", ".join(x for x in (f"term={t.get('name')}", extra) if x)
-        if t.get("warmup_epochs"):
-            extra = ", ".join(x for x in (extra, f"warm-up {_fmt_value(t['warmup_epochs'])} ep") if x)
-        parts.append(f"{s} ({extra})" if extra else s)
-    return " + ".join(parts) or "—"
-
-
-def _times(x: float, more: str, less: str) -> str:
-    """``4.2× faster`` for a ratio of 4.2, ``2.0× slower`` for 0.5: a ratio below 1 reads wrong as "0.5× faster"."""
-    r, word = (x, more) if x >= 1 else (1 / x, less)
-    return f"{r:.1f}× {word}" if r < 100 else f"{r:,.0f}× {word}"  # "3,968× faster", not "3967.8×"
-
-
 def _ratio_words(e: Entry, latency_key: str = "latency_b1_ms") -> list[str]:
     size_x, lat_x = e.ratio("size_mb"), e.ratio(latency_key)
     bits = []
     if _ok(size_x):
-        bits.append(_times(size_x, "smaller", "larger"))
+        bits.append(times(size_x, "smaller", "larger"))
     if _ok(lat_x):
-        bits.append(_times(lat_x, "faster", "slower"))
+        bits.append(times(lat_x, "faster", "slower"))
     return bits
 
 
 def _vs_teacher(e: Entry) -> str:
     return "" if e.role == "teacher" else (" · ".join(_ratio_words(e)) or "—")
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "run"
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -428,7 +373,7 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, case_study
         "pareto.png", plot_pareto(runs, accuracies), "accuracy against latency and size",
         "Up and to the left is better. Ringed points are Pareto-optimal: no other run is both cheaper "
         "and at least as accurate. Latency is the median CPU time per image at batch 1.")
-    curve_plots = [Plot(f"curves_{i + 1:02d}_{_slug(r.label)}.png", plot_learning_curves(r),
+    curve_plots = [Plot(f"curves_{i + 1:02d}_{slug(r.label)}.png", plot_learning_curves(r),
                         f"learning curves of {r.label}") for i, r in enumerate(runs)]
 
     # --- tables ---------------------------------------------------------------------------------------------------
@@ -436,9 +381,9 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, case_study
     cmp_table = Table(
         headers=["role", "run", "model", "top-1 %", "vs scratch", "params", "size MB", "ms/img b1", "ms/img b64",
                  "vs teacher (size, latency b1)"],
-        rows=[[ROLE_LABELS.get(e.role, e.role), e.label, e.model, _fmt_pct(e.top1), _fmt_pts(e.gain),
-               _fmt_params(e.cost.get("params", math.nan)), _fmt_g(e.cost.get("size_mb", math.nan)),
-               _fmt_g(e.cost.get("latency_b1_ms", math.nan)), _fmt_g(e.cost.get("latency_b64_ms", math.nan)),
+        rows=[[ROLE_LABELS.get(e.role, e.role), e.label, e.model, fmt_pct(e.top1), fmt_pts(e.gain),
+               fmt_params(e.cost.get("params", math.nan)), fmt_g(e.cost.get("size_mb", math.nan)),
+               fmt_g(e.cost.get("latency_b1_ms", math.nan)), fmt_g(e.cost.get("latency_b64_ms", math.nan)),
                _vs_teacher(e)] for e in ordered],
         roles=[e.role for e in ordered],
         numeric=[False, False, False] + [True] * 6 + [False],
@@ -457,15 +402,15 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, case_study
     run_table = Table(
         headers=["run", "role", "student", "teachers", "loss terms (weight, params)", "epochs",
                  "best-epoch top-1 % (val)", "last top-1 %", "train img/s"],
-        rows=[[r.label, ROLE_LABELS.get(r.role, r.role), _model_desc(r.student),
-               (", ".join(_model_desc(t) for t in r.teachers) or "—")
+        rows=[[r.label, ROLE_LABELS.get(r.role, r.role), model_desc(r.student),
+               (", ".join(model_desc(t) for t in r.teachers) or "—")
                + (f" [scheme {r.scheme}]" if r.scheme != "offline" else "")
                + (f" [soft labels {Path(str(r.config['soft_labels'])).name}]" if r.config.get("soft_labels") else ""),
-               _terms_desc(r.config),
+               terms_desc(r.config),
                f"{len(r.history)}" + (f"/{r.epochs_planned}" if r.epochs_planned and r.epochs_planned != len(r.history)
                                       else ""),
-               f"{_fmt_pct(r.best[0])} (ep {r.best[1]})" if r.best[1] is not None else _fmt_pct(r.best[0]),
-               _fmt_pct(r.last_top1), f"{r.images_per_s:,.0f}" if _ok(r.images_per_s) else "—"] for r in runs],
+               f"{fmt_pct(r.best[0])} (ep {r.best[1]})" if r.best[1] is not None else fmt_pct(r.best[0]),
+               fmt_pct(r.last_top1), f"{r.images_per_s:,.0f}" if _ok(r.images_per_s) else "—"] for r in runs],
         roles=[r.role for r in runs],
         role_col=1,
         numeric=[False] * 5 + [True] * 4,
@@ -487,10 +432,10 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, case_study
             line += f" — {abs(gap):.2f} points {'below' if gap >= 0 else 'above'} the teacher"
         details.append(line)
         if _ok(star.ratio("params")):
-            line = (f"{_times(star.ratio('params'), 'fewer', 'more')} parameters than the teacher "
-                    f"({_fmt_params(star.cost['params'])} vs {_fmt_params(star.teacher.cost['params'])})")
+            line = (f"{times(star.ratio('params'), 'fewer', 'more')} parameters than the teacher "
+                    f"({fmt_params(star.cost['params'])} vs {fmt_params(star.teacher.cost['params'])})")
             if _ok(star.ratio("latency_b64_ms")):
-                line += f"; {_times(star.ratio('latency_b64_ms'), 'faster', 'slower')} per image at batch 64"
+                line += f"; {times(star.ratio('latency_b64_ms'), 'faster', 'slower')} per image at batch 64"
             details.append(line)
     sizes = {r.split_sizes for r in runs if r.split_sizes}
     data_line = f"data: {', '.join(datasets)}"
