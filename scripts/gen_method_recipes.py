@@ -57,6 +57,12 @@ METHODS: dict[str, tuple[str, dict, list[dict]]] = {
                          [{"name": "fitnet", "weight": 100.0, "stop_epoch": 5},
                           {"name": "ce", "weight": 0.5, "start_epoch": 5},
                           {"name": "kd", "weight": 0.5, "start_epoch": 5, "params": {"temperature": 8.0}}]),
+    # issue 17
+    "dist": ("DIST: inter- and intra-class Pearson relations (beta 2, gamma 2, T 4) plus CE", MLP,
+             [CE, {"name": "dist", "weight": 1.0, "params": {"beta": 2.0, "gamma": 2.0, "temperature": 4.0}}]),
+    "kd_standardized": ("KD on z-scored logits (logit standardisation, base T 2, KD weight 9, CE 0.1)", MLP,
+                        [{"name": "ce", "weight": 0.1},
+                         {"name": "kd", "weight": 9.0, "params": {"temperature": 2.0, "standardize": True}}]),
 }
 
 
