@@ -63,6 +63,10 @@ METHODS: dict[str, tuple[str, dict, list[dict]]] = {
     "kd_standardized": ("KD on z-scored logits (logit standardisation, base T 2, KD weight 9, CE 0.1)", MLP,
                         [{"name": "ce", "weight": 0.1},
                          {"name": "kd", "weight": 9.0, "params": {"temperature": 2.0, "standardize": True}}]),
+    "pkt": ("probabilistic knowledge transfer on embeddings (weight 30000) plus CE", CNN,
+            [CE, {"name": "pkt", "weight": 30000.0}]),
+    "cc": ("correlation congruence on embeddings (gamma 0.4, Taylor order 2, weight 100) plus CE", CNN,
+           [CE, {"name": "cc", "weight": 100.0, "params": {"gamma": 0.4, "order": 2}}]),
 }
 
 
