@@ -67,6 +67,10 @@ METHODS: dict[str, tuple[str, dict, list[dict]]] = {
             [CE, {"name": "pkt", "weight": 30000.0}]),
     "cc": ("correlation congruence on embeddings (gamma 0.4, Taylor order 2, weight 100) plus CE", CNN,
            [CE, {"name": "cc", "weight": 100.0, "params": {"gamma": 0.4, "order": 2}}]),
+    "nst": ("neuron selectivity transfer on every stage pair (weight 50) plus CE", CNN,
+            [CE, {"name": "nst", "weight": 50.0}]),
+    "vid": ("variational information distillation on every stage pair (weight 1) plus CE", CNN,
+            [CE, {"name": "vid", "weight": 1.0}]),
 }
 
 

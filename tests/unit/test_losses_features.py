@@ -6,7 +6,15 @@ import torch
 import torch.nn.functional as F
 
 from kdkit.errors import ShapeError
-from kdkit.losses.features import at_map, attention_transfer, fitnet_hint, similarity_preserving
+from kdkit.losses.features import (
+    at_map,
+    attention_transfer,
+    fitnet_hint,
+    nst_loss,
+    similarity_preserving,
+    vid_log_scale_init,
+    vid_nll,
+)
 
 
 def _maps(*shapes, seed=0):
@@ -122,3 +130,63 @@ def test_similarity_preserving_scale_invariance_zero_and_grads():
     assert s.grad is not None and t.grad is None
     with pytest.raises(ShapeError, match="batch"):
         similarity_preserving(torch.randn(3, 4), torch.randn(4, 4))
+
+
+# -- NST and VID (issue 17) -------------------------------------------------------------------------------------------
+# Tolerances: float32 functions vs float64 loops over small maps (C <= 6, H·W <= 16): a few float32 eps (1.2e-7) of
+# relative error per entry; rel=1e-5 (~100 eps) is far below a formula error.
+
+def _np_nst(fs, ft):
+    def unit(f):
+        f = f.reshape(f.shape[0], f.shape[1], -1)
+        return f / np.linalg.norm(f, axis=2, keepdims=True)
+
+    s, t = unit(fs), unit(ft)
+    b = s.shape[0]
+    total = 0.0
+    for n in range(b):  # squared MMD per sample with k(x, y) = (x·y)², then the batch mean
+        k_tt = np.mean([(x @ y) ** 2 for x in t[n] for y in t[n]])
+        k_ss = np.mean([(x @ y) ** 2 for x in s[n] for y in s[n]])
+        k_st = np.mean([(x @ y) ** 2 for x in s[n] for y in t[n]])
+        total += k_tt + k_ss - 2 * k_st
+    return total / b
+
+
+def test_nst_matches_numpy_mmd_and_identities():
+    g = torch.Generator().manual_seed(0)
+    fs, ft = torch.randn(3, 4, 4, 4, generator=g), torch.randn(3, 6, 4, 4, generator=g)
+    assert float(nst_loss(fs, ft)) == pytest.approx(_np_nst(fs.double().numpy(), ft.double().numpy()), rel=1e-5)
+    # a larger student map is average-pooled to the teacher's size first (RepDistiller's rule)
+    big = torch.randn(3, 4, 8, 8, generator=g)
+    pooled = torch.nn.functional.adaptive_avg_pool2d(big, (4, 4)).double().numpy()
+    assert float(nst_loss(big, ft)) == pytest.approx(_np_nst(pooled, ft.double().numpy()), rel=1e-5)
+    # identical channel sets up to order and positive scale -> 0 (MMD of equal distributions)
+    perm = ft[:, torch.randperm(6, generator=g)] * 2.5
+    assert float(nst_loss(perm, ft)) == pytest.approx(0.0, abs=1e-6)  # cancellation of O(1) means: ~10 float32 eps
+    assert float(nst_loss(fs, ft)) > 1e-3
+    s = fs.clone().requires_grad_(True)
+    t = ft.clone().requires_grad_(True)
+    nst_loss(s, t).backward()
+    assert s.grad is not None and t.grad is None
+
+
+def test_vid_matches_gaussian_nll_and_its_minimum():
+    g = torch.Generator().manual_seed(1)
+    mu, t = torch.randn(2, 3, 4, 4, generator=g), torch.randn(2, 3, 4, 4, generator=g)
+    alpha = torch.tensor([0.3, -1.0, 2.0])
+    var = np.log1p(np.exp(alpha.double().numpy())) + 1e-5
+    m, tt = mu.double().numpy(), t.double().numpy()
+    ref = np.mean([0.5 * ((m[b, c, i, j] - tt[b, c, i, j]) ** 2 / var[c] + np.log(var[c]))
+                   for b in range(2) for c in range(3) for i in range(4) for j in range(4)])
+    assert float(vid_nll(mu, t, alpha)) == pytest.approx(ref, rel=1e-5)
+    # at μ = t the loss is ½·mean(log σ²); the reference's initial variance is 5
+    assert float(vid_nll(t, t, alpha)) == pytest.approx(0.5 * np.mean(np.log(var)), rel=1e-5)
+    a0 = vid_log_scale_init(5.0)
+    assert float(torch.nn.functional.softplus(torch.tensor(a0, dtype=torch.float64)) + 1e-5) == pytest.approx(5.0)
+    # the optimal variance is the mean squared error per channel: the gradient in α vanishes there
+    err2 = ((mu - t) ** 2).mean(dim=(0, 2, 3)).double()
+    a_opt = torch.log(torch.expm1(err2 - 1e-5)).float().requires_grad_(True)
+    vid_nll(mu, t, a_opt).backward()
+    assert float(a_opt.grad.abs().max()) < 1e-6
+    with pytest.raises(ShapeError):
+        vid_nll(mu, t, torch.zeros(4))

@@ -1,11 +1,13 @@
 """Relational KD (distance- and angle-wise): naive-loop references and the invariances the paper relies on."""
 
+from math import exp, factorial
+
 import numpy as np
 import pytest
 import torch
 
 from kdkit.errors import ShapeError
-from kdkit.losses.relational import pairwise_distances, rkd_angle, rkd_distance
+from kdkit.losses.relational import cc_correlation, cc_loss, pairwise_distances, pkt_loss, rkd_angle, rkd_distance
 
 
 def _huber(x):
@@ -109,11 +111,6 @@ def test_rkd_errors():
 # -- PKT and CC (issue 17) ------------------------------------------------------------------------------------------
 # Tolerances: float32 functions vs float64 loops over B <= 10 samples and D <= 12 dims: each entry carries a few
 # float32 eps (1.2e-7) of relative error; rel=1e-5 (~100 eps) is far below what a formula error would show.
-
-from math import exp, factorial  # noqa: E402
-
-from kdkit.losses.relational import cc_correlation, cc_loss, pkt_loss  # noqa: E402
-
 
 def _np_pkt(s, t, eps=1e-7):
     def cond(e):

@@ -157,3 +157,79 @@ def similarity_preserving(s_feat: Tensor, t_feat: Tensor) -> Tensor:
     b = s_feat.shape[0]
     diff = similarity_matrix(s_feat) - similarity_matrix(t_feat.detach())
     return diff.pow(2).sum() / (b * b)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Issue 17: neuron selectivity transfer (NST) and variational information distillation (VID).
+
+
+def _spatial_pair(name: str, fs: Tensor, ft: Tensor) -> tuple[Tensor, Tensor]:
+    """Both maps at the smaller spatial size (RepDistiller's rule), flattened to (B, C, H·W); the teacher detached."""
+    fs, ft = _match_spatial(fs, ft.detach(), True, name)
+    return fs.float().flatten(2), ft.float().flatten(2)
+
+
+def _poly2_mean(a: Tensor, b: Tensor) -> Tensor:
+    """``mean_{n,i,j} ⟨a_ni, b_nj⟩²`` over (B, C_a, M) and (B, C_b, M): the mean of the degree-2 polynomial kernel."""
+    return torch.bmm(a, b.transpose(1, 2)).pow(2).mean()
+
+
+def nst_loss(s_feat: Tensor, t_feat: Tensor) -> Tensor:
+    """Neuron selectivity transfer (Huang & Wang, "Like What You Like: Knowledge Distill via Neuron Selectivity
+    Transfer", arXiv:1707.01219, 2017, eqs. 3-6) with the polynomial kernel k(x, y) = (xᵀy)² (their best, d = 2, c = 0).
+
+    Each channel's spatial map, flattened and L2-normalised (``f_i ∈ R^{HW}``, ‖f_i‖ = 1), is one sample of the
+    layer's distribution of neuron selectivity; the student's and the teacher's are compared by the squared MMD,
+    per sample and averaged over the batch:
+    ``L = mean_{i,i'} k(t_i, t_i') + mean_{j,j'} k(s_j, s_j') − 2·mean_{i,j} k(s_j, t_i)``.
+
+    Channel counts may differ (MMD compares distributions); a larger map is average-pooled to the smaller one.
+
+    Convention: RepDistiller's (its published weight 50 assumes it): the three means over (B, C, C') entries, the
+    teacher-only term detached (a constant), pairs summed by the term; the paper's β/2 is in the weight.
+
+    Args:
+        s_feat: (B, C_s, H, W) or (B, C_s, L) student map.
+        t_feat: (B, C_t, H', W') or (B, C_t, L') teacher map; no gradient flows into it.
+
+    Returns:
+        Scalar >= 0 (an MMD²); 0 when the normalised channel sets coincide (e.g. the student's channels are a
+        permutation or positive rescaling of the teacher's).
+    """
+    fs, ft = _spatial_pair("nst_loss", s_feat, t_feat)
+    fs, ft = F.normalize(fs, p=2, dim=2), F.normalize(ft, p=2, dim=2)
+    return _poly2_mean(ft, ft).detach() + _poly2_mean(fs, fs) - 2.0 * _poly2_mean(fs, ft)
+
+
+def vid_nll(pred_mean: Tensor, t_feat: Tensor, log_scale: Tensor, eps: float = 1e-5) -> Tensor:
+    """Variational information distillation (Ahn, Hu, Damianou, Lawrence & Dai, "Variational Information Distillation
+    for Knowledge Transfer", CVPR 2019, eqs. 2-5): the negative log-likelihood of the teacher's feature under a
+    Gaussian predicted from the student's, with a learned per-channel variance.
+
+    ``σ_c² = softplus(α_c) + eps``, ``L = mean_{b,c,h,w} ½·((t − μ)² / σ_c² + log σ_c²)`` — the mean of
+    ``−log N(t; μ, σ²)`` without its constant ½·log 2π. Minimising it over μ (the regressor on the student's feature)
+    and α maximises a variational lower bound on the mutual information between the two features.
+
+    Convention: RepDistiller's (published weight 1 per pair assumes it): the mean over all elements (the paper sums
+    over channels and positions), the constant dropped, eps = 1e-5, σ² initialised to 5 by the term.
+
+    Args:
+        pred_mean: (B, C, ...) μ, the regressor's output on the student feature (same shape as ``t_feat``).
+        t_feat: (B, C, ...) teacher feature; no gradient flows into it.
+        log_scale: (C,) α, the variance parameters.
+        eps: lower bound of the variance.
+
+    Returns:
+        Scalar; its minimum over μ for fixed σ is ½·mean(log σ²) (at μ = t).
+    """
+    if pred_mean.shape != t_feat.shape or log_scale.shape != (t_feat.shape[1],):
+        raise ShapeError(f"vid_nll: prediction {tuple(pred_mean.shape)}, teacher feature {tuple(t_feat.shape)} and "
+                         f"log_scale {tuple(log_scale.shape)} must be (B, C, ...), (B, C, ...) and (C,)")
+    var = F.softplus(log_scale.float()) + eps
+    var = var.view(1, -1, *([1] * (t_feat.ndim - 2)))
+    return (0.5 * ((pred_mean.float() - t_feat.detach().float()).pow(2) / var + torch.log(var))).mean()
+
+
+def vid_log_scale_init(init_var: float = 5.0, eps: float = 1e-5) -> float:
+    """α such that softplus(α) + eps = ``init_var`` (the reference's initial variance 5)."""
+    return float(torch.log(torch.expm1(torch.tensor(init_var - eps, dtype=torch.float64))))

@@ -240,3 +240,72 @@ class IETerm(FeatureTerm):
         loss = self.inherit * ie.ie_inheritance_loss(self.enc_inh(inh), factor_t.detach(), self.p, self.metric)
         loss = loss + self.explore * ie.ie_exploration_loss(self.enc_exp(exp), factor_t.detach(), self.p, self.metric)
         return loss + self.recon * ie.ie_reconstruction_loss(ft, recon_t, self.p)
+
+
+@register_term("nst", description="neuron selectivity transfer: MMD of normalised channel maps, polynomial kernel "
+                                    "(Huang & Wang, 2017)")
+class NSTTerm(FeatureTerm):
+    """NST over stage i ↔ stage i (``pairs: index``, RepDistiller's ``feat[1:-1]``; a larger map is pooled to the
+    smaller; channel counts may differ), summed over pairs; published (RepDistiller CIFAR-100) weight 50, CE 1."""
+
+    default_pairs = "index"
+    layouts = ("BCHW", "BCL")
+
+    def compute(self, inp: TermInputs) -> Tensor:
+        return torch.stack([features.nst_loss(fs, ft) for fs, ft in self.features(inp)]).sum()
+
+
+class VIDRegressor(nn.Module):
+    """VID's mean predictor μ(s): 1×1 conv → ReLU → 1×1 conv → ReLU → 1×1 conv, no biases (the reference's), from
+    the student's channels to the teacher's through the teacher's width; a larger student map is average-pooled to
+    the teacher's size first."""
+
+    def __init__(self, c_in: int, c_mid: int, c_out: int, size: tuple[int, ...]) -> None:
+        super().__init__()
+        conv = nn.Conv2d if len(size) == 2 else nn.Conv1d
+        self.size = size
+        self.net = nn.Sequential(conv(c_in, c_mid, 1, bias=False), nn.ReLU(), conv(c_mid, c_mid, 1, bias=False),
+                                 nn.ReLU(), conv(c_mid, c_out, 1, bias=False))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if tuple(x.shape[2:]) != self.size:
+            pool = nn.functional.adaptive_avg_pool2d if x.ndim == 4 else nn.functional.adaptive_avg_pool1d
+            x = pool(x, self.size)
+        return self.net(x)
+
+
+@register_term("vid", description="variational information distillation: Gaussian likelihood of the teacher's "
+                                    "features given the student's (Ahn et al., CVPR 2019)")
+class VIDTerm(FeatureTerm):
+    """VID over stage i ↔ stage i (``pairs: index``), summed over pairs: per pair a regressor μ (1×1 convs) and a
+    learned per-channel variance (initial ``init_var`` = 5); published (RepDistiller CIFAR-100) weight 1, CE 1.
+    The student map must be at least the teacher's size (a larger one is pooled); otherwise tap other layers."""
+
+    default_pairs = "index"
+    layouts = ("BCHW", "BCL")
+
+    def __init__(self, pairs: PairSpec | None = None, teacher: int = 0, init_var: float = 5.0, eps: float = 1e-5
+                 ) -> None:
+        super().__init__(pairs, teacher)
+        if not (init_var > eps > 0):
+            raise ConfigError(f"need init_var > eps > 0, got init_var={init_var}, eps={eps}")
+        self.init_var, self.eps = float(init_var), float(eps)
+        self.regressors = nn.ModuleList()
+        self.log_scales = nn.ParameterList()
+
+    def setup(self, ctx: SetupContext) -> None:
+        super().setup(ctx)
+        s_shapes = ctx.student_shapes([s for s, _ in self.pairs])
+        t_shapes = ctx.teacher_shapes([t for _, t in self.pairs], self.teacher_index)
+        for s, t in self.pairs:
+            cs, ct = s_shapes[s], t_shapes[t]
+            if len(cs) != len(ct) or any(a < b for a, b in zip(cs[2:], ct[2:], strict=True)):
+                raise ConfigError(f"loss term '{self.name}': student layer '{s}' {tuple(cs)} must be at least the size "
+                                  f"of teacher layer '{t}' {tuple(ct)} (a larger map is pooled); pair other layers")
+            self.regressors.append(VIDRegressor(cs[1], ct[1], ct[1], tuple(ct[2:])))
+            self.log_scales.append(nn.Parameter(torch.full((ct[1],), features.vid_log_scale_init(self.init_var,
+                                                                                                  self.eps))))
+
+    def compute(self, inp: TermInputs) -> Tensor:
+        parts = zip(self.regressors, self.log_scales, self.features(inp), strict=True)
+        return torch.stack([features.vid_nll(g(fs), ft, a, self.eps) for g, a, (fs, ft) in parts]).sum()
