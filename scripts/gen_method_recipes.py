@@ -71,6 +71,9 @@ METHODS: dict[str, tuple[str, dict, list[dict]]] = {
             [CE, {"name": "nst", "weight": 50.0}]),
     "vid": ("variational information distillation on every stage pair (weight 1) plus CE", CNN,
             [CE, {"name": "vid", "weight": 1.0}]),
+    "ctkd": ("curriculum temperature KD: learnable temperature in [1, 21], adversarial strength ramped over 10 epochs",
+             MLP, [{"name": "ce", "weight": 0.1},
+                   {"name": "ctkd", "weight": 0.9, "params": {"t_start": 1.0, "t_range": 20.0, "ramp_epochs": 10.0}}]),
 }
 
 

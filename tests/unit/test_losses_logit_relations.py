@@ -11,7 +11,17 @@ import pytest
 import torch
 
 from kdkit.errors import ConfigError, ShapeError
-from kdkit.losses.logit_relations import dist_loss, dist_terms, pearson_rows, standardize_logits
+from kdkit.losses.logit_relations import (
+    ctkd_lambda,
+    ctkd_loss,
+    ctkd_temperature,
+    dist_loss,
+    dist_terms,
+    gradient_reversal,
+    kd_kl_tensor_t,
+    pearson_rows,
+    standardize_logits,
+)
 from kdkit.losses.logits import dkd, kd_kl
 from kdkit.recipe import TermSpec
 from kdkit.terms.base import TermInputs, build_term
@@ -125,13 +135,17 @@ def _inputs(s, t, y=None):
     return TermInputs(student=ModelOutput(s), teacher=ModelOutput(t), batch={"target": y}, state=TrainState())
 
 
-@pytest.mark.parametrize("name", ["kd", "soft_ce", "dkd", "dist", "noisy_kd"])
+@pytest.mark.parametrize("name", ["kd", "soft_ce", "dkd", "dist", "noisy_kd", "ctkd"])
 def test_standardize_is_an_option_on_every_logit_term(name):
     s, t = _logits(b=16, k=10, seed=7)
     y = torch.arange(16) % 10
-    extra = {"sigma": 0.0} if name == "noisy_kd" else {}  # without noise it is KD on the (z-scored) logits
-    plain = build_term(TermSpec(name=name, params={"temperature": 2.0, **extra}))
-    std = build_term(TermSpec(name=name, params={"temperature": 2.0, "standardize": True, **extra}))
+    params = {"temperature": 2.0}
+    if name == "noisy_kd":  # without noise it is KD on the (z-scored) logits
+        params["sigma"] = 0.0
+    if name == "ctkd":  # a temperature pinned at 2 (range 0)
+        params = {"t_start": 2.0, "t_range": 0.0}
+    plain = build_term(TermSpec(name=name, params=params))
+    std = build_term(TermSpec(name=name, params={**params, "standardize": True}))
     zs, zt = standardize_logits(s), standardize_logits(t)
     # The standardised term equals the plain term on z-scored logits ...
     assert float(std(_inputs(s, t, y))) == pytest.approx(float(plain(_inputs(zs, zt, y))), rel=1e-5)
@@ -161,3 +175,65 @@ def test_standardize_param_errors_name_the_term():
         build_term(TermSpec(name="kd", params={"standardize": "yes"}))
     with pytest.raises(ConfigError, match="allowed params"):
         build_term(TermSpec(name="logit_mse", params={"standardize": True}))
+
+
+# -- CTKD ---------------------------------------------------------------------------------------------------------------
+
+def test_ctkd_lambda_curriculum():
+    assert ctkd_lambda(0.0, 10.0) == 0.0
+    assert ctkd_lambda(10.0, 10.0) == pytest.approx(1.0)
+    assert ctkd_lambda(25.0, 10.0, lam_max=0.5) == pytest.approx(0.5)  # constant after the ramp
+    assert ctkd_lambda(5.0, 10.0) == pytest.approx(0.5)  # cosine: halfway at half the ramp
+    vals = [ctkd_lambda(e / 4, 10.0) for e in range(41)]
+    assert all(b >= a for a, b in zip(vals, vals[1:], strict=False))
+    assert ctkd_lambda(2.5, 10.0) == pytest.approx(0.5 * (1 + np.cos(np.pi * 1.25)))  # paper eq. 9
+    assert ctkd_lambda(3.0, 0.0) == 1.0
+
+
+def test_ctkd_value_is_kd_at_the_learned_temperature():
+    s, t = _logits(seed=4)
+    theta = torch.tensor([0.3])
+    tau = 1.0 + 20.0 / (1.0 + np.exp(-0.3))
+    ps, pt = _softmax(s.double().numpy() / tau), _softmax(t.double().numpy() / tau)
+    ref = tau * tau * np.mean(np.sum(pt * (np.log(pt) - np.log(ps)), axis=1))
+    assert float(ctkd_loss(s, t, theta, 0.7)) == pytest.approx(ref, rel=1e-5)
+    assert float(kd_kl_tensor_t(s, t, torch.tensor(tau))) == pytest.approx(float(kd_kl(s, t, tau)), rel=1e-5)
+
+
+def test_ctkd_gradient_reversal_student_minimises_temperature_maximises():
+    s, t = _logits(seed=5)
+    lam = 0.6
+    # reference gradients without reversal (float64, so the comparison is exact to ~1e-12)
+    s64, th64 = s.double().requires_grad_(True), torch.tensor([0.2], dtype=torch.float64, requires_grad=True)
+    kd_kl_tensor_t(s64, t.double(), ctkd_temperature(th64)).backward()
+    s_r, th_r = s.double().requires_grad_(True), torch.tensor([0.2], dtype=torch.float64, requires_grad=True)
+    ctkd_loss(s_r, t.double(), th_r, lam).backward()
+    assert torch.allclose(s_r.grad, s64.grad, rtol=1e-12, atol=0)  # the student sees plain KD at τ
+    assert float(th_r.grad) == pytest.approx(-lam * float(th64.grad), rel=1e-12)  # θ's gradient reversed, × λ
+    # one SGD step on θ raises the loss (the adversary), a step on the student lowers it
+    before = float(ctkd_loss(s.double(), t.double(), th_r.detach(), lam))
+    after = float(ctkd_loss(s.double(), t.double(), th_r.detach() - 0.5 * th_r.grad, lam))
+    assert after > before
+    assert gradient_reversal(torch.ones(3), 2.0).equal(torch.ones(3))
+
+
+def test_ctkd_term_trains_its_temperature_against_the_loss():
+    s, t = _logits(seed=6)
+    term = build_term(TermSpec(name="ctkd", params={"ramp_epochs": 2.0}))
+    assert term.temperature() == pytest.approx(1 + 20 / (1 + np.exp(-1.0)))  # the authors' init: θ = 1
+    late = TrainState(step=10, steps_per_epoch=1)  # past the ramp: λ = 1
+    opt = torch.optim.SGD(term.parameters(), lr=0.5)
+    values = []
+    for _ in range(5):
+        loss = term(TermInputs(student=ModelOutput(s), teacher=ModelOutput(t), batch={}, state=late))
+        values.append(float(loss))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert values[-1] > values[0]  # the temperature moved to make distillation harder
+    early = TermInputs(student=ModelOutput(s), teacher=ModelOutput(t), batch={}, state=TrainState())
+    term.zero_grad()
+    term(early).backward()
+    assert float(term.theta.grad.abs()) == 0.0  # λ = 0 at the start of the curriculum
+    with pytest.raises(ConfigError, match="ctkd"):
+        build_term(TermSpec(name="ctkd", params={"t_start": 0.0}))

@@ -6,6 +6,8 @@ terms are multiplied by T².
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -98,3 +100,92 @@ def dist_loss(student_logits: Tensor, teacher_logits: Tensor, beta: float = 2.0,
     """
     inter, intra = dist_terms(student_logits, teacher_logits, temperature)
     return beta * inter + gamma * intra
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# CTKD: curriculum temperature (Li, Li, Yang, Cheng & Yang, "Curriculum Temperature for Knowledge Distillation",
+# AAAI 2023).
+
+
+class _GradientReversal(torch.autograd.Function):
+    """Identity forward; backward multiplies the incoming gradient by −λ (Ganin & Lempitsky, ICML 2015)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, lam: float) -> Tensor:  # type: ignore[override]
+        ctx.lam = float(lam)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        return grad * (-ctx.lam), None
+
+
+def gradient_reversal(x: Tensor, lam: float) -> Tensor:
+    """``x`` unchanged in the forward pass; its gradient multiplied by ``−lam`` in the backward pass, so whatever
+    produced ``x`` is trained to *increase* the loss (for lam > 0) while everything after it still decreases it."""
+    return _GradientReversal.apply(x, lam)
+
+
+def ctkd_lambda(progress: float, ramp_epochs: float = 10.0, lam_max: float = 1.0, lam_min: float = 0.0) -> float:
+    """CTKD's curriculum on the adversarial strength (paper eq. 9): a cosine ramp from ``lam_min`` to ``lam_max``,
+
+    ``λ(n) = λ_min + ½(λ_max − λ_min)(1 + cos(π·(1 + min(n, E)/E)))``, n the (fractional) epoch, E = ``ramp_epochs``,
+    constant at ``lam_max`` afterwards; E <= 0 gives ``lam_max`` at once.
+    """
+    if ramp_epochs <= 0:
+        return float(lam_max)
+    r = min(max(progress, 0.0), ramp_epochs) / ramp_epochs
+    return float(lam_min + 0.5 * (lam_max - lam_min) * (1.0 + math.cos(math.pi * (1.0 + r))))
+
+
+def ctkd_temperature(theta: Tensor, t_start: float = 1.0, t_range: float = 20.0) -> Tensor:
+    """The learnable global temperature, bounded: ``τ = t_start + t_range · sigmoid(θ)`` ∈ (t_start, t_start +
+    t_range) (the authors' code: 1 + 20·σ(θ))."""
+    return t_start + t_range * torch.sigmoid(theta)
+
+
+def kd_kl_tensor_t(student_logits: Tensor, teacher_logits: Tensor, temperature: Tensor) -> Tensor:
+    """Hinton KD, ``τ²·(1/B) Σ_i KL(softmax(t_i/τ) ‖ softmax(s_i/τ))``, with τ a scalar *tensor* that receives a
+    gradient through both the softmaxes and the τ² factor (CTKD trains it). Same value as
+    :func:`kdkit.losses.logits.kd_kl` at ``float(τ)``.
+
+    Args:
+        student_logits: (B, K).
+        teacher_logits: (B, K); no gradient flows into it.
+        temperature: a one-element tensor τ > 0 (may require grad).
+
+    Returns:
+        Scalar.
+    """
+    if student_logits.ndim != 2 or student_logits.shape != teacher_logits.shape:
+        raise ShapeError(f"kd_kl_tensor_t: student logits {tuple(student_logits.shape)} and teacher logits "
+                         f"{tuple(teacher_logits.shape)} must both be (B, K)")
+    tau = temperature.reshape(())
+    tau = tau.to(torch.float64) if student_logits.dtype == torch.float64 else tau.float()
+    log_q = torch.log_softmax(_float(student_logits) / tau, dim=1)
+    log_p = torch.log_softmax(_float(teacher_logits.detach()) / tau, dim=1)
+    kl = (log_p.exp() * (log_p - log_q)).sum(1).mean()
+    return kl * tau * tau
+
+
+def ctkd_loss(student_logits: Tensor, teacher_logits: Tensor, theta: Tensor, lam: float, t_start: float = 1.0,
+              t_range: float = 20.0) -> Tensor:
+    """CTKD's distillation loss (Li et al., AAAI 2023, eqs. 5-8, global temperature): Hinton KD at a learnable
+    temperature ``τ = t_start + t_range·σ(θ)`` reached through a gradient-reversal layer of strength λ:
+
+    ``L = τ²·KL(softmax(t/τ) ‖ softmax(s/τ))`` (batchmean); ∂/∂s as KD at τ, ∂/∂θ = −λ·∂L/∂θ — the student minimises
+    the loss while the temperature maximises it (min over the student, max over τ), λ following the curriculum
+    :func:`ctkd_lambda` so the task starts easy and gets harder.
+
+    Args:
+        student_logits: (B, K).
+        teacher_logits: (B, K); no gradient flows into it.
+        theta: (1,) the temperature parameter θ.
+        lam: the adversarial strength λ >= 0 now.
+        t_start, t_range: τ's bounds.
+
+    Returns:
+        Scalar, the KD value at the current τ.
+    """
+    tau = ctkd_temperature(gradient_reversal(theta, lam), t_start, t_range)
+    return kd_kl_tensor_t(student_logits, teacher_logits, tau)

@@ -178,3 +178,31 @@ class DISTTerm(LogitTerm):
         if s.shape[0] < 2:  # one sample has no intra-class relation (a last batch of one)
             return s.sum() * 0.0
         return logit_relations.dist_loss(s, t, self.beta, self.gamma, self.temperature)
+
+
+@register_term("ctkd", description="curriculum temperature KD: a learnable temperature trained adversarially through "
+                                     "gradient reversal (Li et al., AAAI 2023)")
+class CTKDTerm(LogitTerm):
+    """KD at a learnable global temperature τ = ``t_start`` + ``t_range``·σ(θ) (θ starts at ``init`` = 1, τ ≈ 15.6,
+    the authors' initialisation), which *maximises* the KD loss through a gradient-reversal layer whose strength λ
+    ramps from 0 to ``lam_max`` over ``ramp_epochs`` epochs (cosine). Published (CIFAR-100, on top of KD): KD weight
+    0.9, CE weight 0.1, t_start 1, t_range 20, ramp 10 epochs. θ is trained and checkpointed with the student."""
+
+    def __init__(self, t_start: float = 1.0, t_range: float = 20.0, ramp_epochs: float = 10.0, lam_max: float = 1.0,
+                 init: float = 1.0, standardize: bool = False) -> None:
+        super().__init__(standardize)
+        if not (t_start > 0 and t_range >= 0 and ramp_epochs >= 0 and lam_max >= 0):
+            raise ConfigError(f"need t_start > 0, t_range >= 0, ramp_epochs >= 0 and lam_max >= 0, got {t_start}, "
+                              f"{t_range}, {ramp_epochs}, {lam_max}")
+        self.t_start, self.t_range = float(t_start), float(t_range)
+        self.ramp_epochs, self.lam_max = float(ramp_epochs), float(lam_max)
+        self.theta = torch.nn.Parameter(torch.full((1,), float(init)))
+
+    def temperature(self) -> float:
+        """The current τ."""
+        return float(logit_relations.ctkd_temperature(self.theta.detach(), self.t_start, self.t_range))
+
+    def compute(self, inp: TermInputs) -> Tensor:
+        lam = logit_relations.ctkd_lambda(inp.state.progress, self.ramp_epochs, self.lam_max)
+        s, t = self.logit_pair(inp)
+        return logit_relations.ctkd_loss(s, t, self.theta, lam, self.t_start, self.t_range)
