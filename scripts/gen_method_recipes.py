@@ -74,6 +74,12 @@ METHODS: dict[str, tuple[str, dict, list[dict]]] = {
     "ctkd": ("curriculum temperature KD: learnable temperature in [1, 21], adversarial strength ramped over 10 epochs",
              MLP, [{"name": "ce", "weight": 0.1},
                    {"name": "ctkd", "weight": 0.9, "params": {"t_start": 1.0, "t_range": 20.0, "ramp_epochs": 10.0}}]),
+    "fsp": ("FSP matrices between consecutive stages (weight 50; the student's stages mapped to the teacher's widths) "
+            "plus CE", CNN, [CE, {"name": "fsp", "weight": 50.0, "params": {"connector": "conv1x1"}}]),
+    "ab": ("activation boundaries alone for 5 epochs (the paper's initialisation), then CE + KD", CNN,
+           [{"name": "ab", "weight": 1.0, "stop_epoch": 5},
+            {"name": "ce", "weight": 0.5, "start_epoch": 5},
+            {"name": "kd", "weight": 0.5, "start_epoch": 5, "params": {"temperature": 8.0}}]),
 }
 
 

@@ -7,9 +7,13 @@ import torch.nn.functional as F
 
 from kdkit.errors import ShapeError
 from kdkit.losses.features import (
+    ab_loss,
+    ab_margin_loss,
     at_map,
     attention_transfer,
     fitnet_hint,
+    fsp_loss,
+    fsp_matrix,
     nst_loss,
     similarity_preserving,
     vid_log_scale_init,
@@ -190,3 +194,59 @@ def test_vid_matches_gaussian_nll_and_its_minimum():
     assert float(a_opt.grad.abs().max()) < 1e-6
     with pytest.raises(ShapeError):
         vid_nll(mu, t, torch.zeros(4))
+
+
+# -- FSP and AB (issue 17) --------------------------------------------------------------------------------------------
+
+def _np_fsp(lo, up):
+    b, cl = lo.shape[:2]
+    cu = up.shape[1]
+    lo, up = lo.reshape(b, cl, -1), up.reshape(b, cu, -1)
+    g = np.zeros((b, cu, cl))
+    for n in range(b):
+        for i in range(cu):
+            for j in range(cl):
+                g[n, i, j] = np.mean(up[n, i] * lo[n, j])
+    return g
+
+
+def test_fsp_matches_numpy_and_identities():
+    g = torch.Generator().manual_seed(3)
+    s = [torch.randn(2, 3, 8, 8, generator=g), torch.randn(2, 4, 4, 4, generator=g), torch.randn(2, 5, 4, 4, generator=g)]
+    t = [torch.randn(2, 3, 8, 8, generator=g), torch.randn(2, 4, 4, 4, generator=g), torch.randn(2, 5, 4, 4, generator=g)]
+    # the 8x8 map is pooled to 4x4 before it meets the 4x4 one (RepDistiller's rule)
+    pool = lambda x: F.adaptive_avg_pool2d(x, (4, 4)).double().numpy()  # noqa: E731
+    assert np.allclose(fsp_matrix(s[0], s[1]).double().numpy(), _np_fsp(pool(s[0]), s[1].double().numpy()),
+                       rtol=1e-5, atol=1e-6)
+    ref = sum(np.mean((_np_fsp(a, b) - _np_fsp(c, d)) ** 2) for a, b, c, d in [
+        (pool(s[0]), s[1].double().numpy(), pool(t[0]), t[1].double().numpy()),
+        (s[1].double().numpy(), s[2].double().numpy(), t[1].double().numpy(), t[2].double().numpy())])
+    assert float(fsp_loss(s, t)) == pytest.approx(ref, rel=1e-5)
+    assert float(fsp_loss(t, t)) == 0.0
+    # an orthogonal mixing of positions leaves every FSP matrix unchanged (it is a Gram over positions)
+    q, _ = torch.linalg.qr(torch.randn(16, 16, generator=g))
+    mixed = [(f.flatten(2) @ q).reshape(f.shape) for f in t[1:]]
+    assert float(fsp_loss(mixed, t[1:])) == pytest.approx(0.0, abs=1e-10)  # float32 entries O(1): ~1e-13 squared
+    with pytest.raises(ShapeError, match="channel"):
+        fsp_loss(s[1:], [torch.randn(2, 6, 4, 4), t[2]])
+
+
+def test_ab_matches_the_papers_piecewise_loss():
+    g = torch.Generator().manual_seed(4)
+    r, t = torch.randn(3, 2, 4, 4, generator=g) * 2, torch.randn(3, 2, 4, 4, generator=g)
+    rn, tn = r.double().numpy(), t.double().numpy()
+    ref = np.where(tn > 0, np.maximum(1 - rn, 0) ** 2, np.maximum(1 + rn, 0) ** 2).sum() / 3
+    assert float(ab_margin_loss(r, t, 1.0)) == pytest.approx(ref, rel=1e-5)
+    # on the teacher's side with the margin: 0; the teacher's sign is the same before or after its ReLU
+    right = torch.where(t > 0, 1.5, -1.5)
+    assert float(ab_margin_loss(right, t)) == 0.0
+    assert float(ab_margin_loss(r, F.relu(t))) == float(ab_margin_loss(r, t))
+    # layers weighted 2^(i-n+1), scaled 3/1000 (RepDistiller / the authors)
+    r2 = torch.randn(3, 2, 4, 4, generator=g)
+    t2 = torch.randn(3, 2, 4, 4, generator=g)
+    want = 3e-3 * (0.5 * float(ab_margin_loss(r, t)) + float(ab_margin_loss(r2, t2)))
+    assert float(ab_loss([r, r2], [t, t2])) == pytest.approx(want, rel=1e-6)
+    rr = r.clone().requires_grad_(True)
+    tt = t.clone().requires_grad_(True)
+    ab_loss([rr], [tt]).backward()
+    assert rr.grad is not None and tt.grad is None

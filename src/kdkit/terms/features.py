@@ -13,7 +13,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from kdkit.connectors import LAYOUTS, feature_layout, make_connector, pair_stages
+from kdkit.connectors import KINDS, LAYOUTS, feature_layout, make_connector, pair_stages
 from kdkit.errors import ConfigError
 from kdkit.losses import features, ie
 from kdkit.models.factory import default_stages
@@ -309,3 +309,77 @@ class VIDTerm(FeatureTerm):
     def compute(self, inp: TermInputs) -> Tensor:
         parts = zip(self.regressors, self.log_scales, self.features(inp), strict=True)
         return torch.stack([features.vid_nll(g(fs), ft, a, self.eps) for g, a, (fs, ft) in parts]).sum()
+
+
+@register_term("fsp", description="flow of solution procedure: match Gram matrices between consecutive layers (Yim et "
+                                    "al., CVPR 2017)")
+class FSPTerm(FeatureTerm):
+    """FSP between consecutive tapped stages (``pairs: index``: stage i of each model, at least two pairs), summed
+    over the consecutive pairs; published (RepDistiller CIFAR-100) weight 50, as an initialisation stage. Paired
+    stages must have equal channel counts (the paper's premise, e.g. resnet56 → resnet20); ``connector: conv1x1``
+    (or ``linear``) maps each student stage to its teacher's channels first — a kdkit extension for pairs of other
+    widths."""
+
+    default_pairs = "index"
+    layouts = ("BCHW", "BCL")
+
+    def __init__(self, pairs: PairSpec | None = None, teacher: int = 0, connector: str = "none") -> None:
+        super().__init__(pairs, teacher)
+        if connector not in ("none", *KINDS):
+            raise ConfigError(f"connector must be one of none, {', '.join(KINDS)}; got '{connector}'")
+        self.connector_kind = connector
+        self.connectors = nn.ModuleList()
+
+    def setup(self, ctx: SetupContext) -> None:
+        super().setup(ctx)
+        if len(self.pairs) < 2:
+            raise ConfigError(f"loss term '{self.name}': FSP relates consecutive layers and needs at least two pairs, "
+                              f"got {self.pairs}")
+        s_shapes = ctx.student_shapes([s for s, _ in self.pairs])
+        t_shapes = ctx.teacher_shapes([t for _, t in self.pairs], self.teacher_index)
+        for s, t in self.pairs:
+            if self.connector_kind == "none":
+                if s_shapes[s][1] != t_shapes[t][1]:
+                    raise ConfigError(f"loss term '{self.name}': student layer '{s}' has {s_shapes[s][1]} channels, "
+                                      f"teacher layer '{t}' {t_shapes[t][1]}; FSP compares equal widths -- pair other "
+                                      f"layers or set params: {{connector: conv1x1}}")
+                self.connectors.append(nn.Identity())
+            else:
+                self.connectors.append(make_connector(self.connector_kind, s_shapes[s], t_shapes[t], s, t, self.layout))
+
+    def compute(self, inp: TermInputs) -> Tensor:
+        feats = self.features(inp)
+        return features.fsp_loss([g(fs) for g, (fs, _) in zip(self.connectors, feats, strict=True)],
+                                 [ft for _, ft in feats])
+
+
+@register_term("ab", description="activation boundaries: the student's mapped neurons on the teacher's side of zero, "
+                                   "with a margin (Heo et al., AAAI 2019)")
+class ABTerm(FeatureTerm):
+    """AB over stage i ↔ stage i (``pairs: index``) with a 1×1 conv + BatchNorm connector per pair (RepDistiller's
+    ``Connector``), margin μ = 1, deeper layers weighted more (2^{i−n+1}). The paper and RepDistiller use AB alone as
+    an initialisation (30 epochs) before training with CE (+KD): give the term a ``stop_epoch`` and the others a
+    ``start_epoch`` (recipes/methods/ab.yaml)."""
+
+    default_pairs = "index"
+    layouts = ("BCHW", "BCL")
+
+    def __init__(self, pairs: PairSpec | None = None, teacher: int = 0, margin: float = 1.0,
+                 connector: str = "conv1x1") -> None:
+        super().__init__(pairs, teacher)
+        if margin < 0:
+            raise ConfigError(f"margin must be >= 0, got {margin}")
+        self.margin, self.connector_kind = float(margin), connector
+        self.connectors = nn.ModuleList()
+
+    def setup(self, ctx: SetupContext) -> None:
+        super().setup(ctx)
+        s_shapes = ctx.student_shapes([s for s, _ in self.pairs])
+        t_shapes = ctx.teacher_shapes([t for _, t in self.pairs], self.teacher_index)
+        for s, t in self.pairs:
+            self.connectors.append(make_connector(self.connector_kind, s_shapes[s], t_shapes[t], s, t, self.layout))
+
+    def compute(self, inp: TermInputs) -> Tensor:
+        feats = self.features(inp)
+        return features.ab_loss([g(fs) for g, (fs, _) in zip(self.connectors, feats, strict=True)],
+                                [ft for _, ft in feats], self.margin)
