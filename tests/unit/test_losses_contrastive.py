@@ -161,7 +161,8 @@ def test_crd_aligns_student_with_teacher(one_thread):
 def test_negatives_never_share_the_anchors_class_exactly():
     # Three unbalanced classes: a redraw loop would leave clashes with probability (n_same/n)^rounds; the exact sampler
     # leaves none, for every anchor, over many draws.
-    labels = torch.tensor([0] * 70 + [1] * 25 + [2] * 5)[torch.randperm(100, generator=torch.Generator().manual_seed(0))]
+    order = torch.randperm(100, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0] * 70 + [1] * 25 + [2] * 5)[order]
     bank = MemoryBank(100, 8, labels=labels)
     index = torch.arange(100)
     idx = bank.sample_indices(index, 2000, torch.Generator().manual_seed(1))

@@ -212,8 +212,9 @@ def _np_fsp(lo, up):
 
 def test_fsp_matches_numpy_and_identities():
     g = torch.Generator().manual_seed(3)
-    s = [torch.randn(2, 3, 8, 8, generator=g), torch.randn(2, 4, 4, 4, generator=g), torch.randn(2, 5, 4, 4, generator=g)]
-    t = [torch.randn(2, 3, 8, 8, generator=g), torch.randn(2, 4, 4, 4, generator=g), torch.randn(2, 5, 4, 4, generator=g)]
+    shapes = [(2, 3, 8, 8), (2, 4, 4, 4), (2, 5, 4, 4)]
+    s = [torch.randn(*sh, generator=g) for sh in shapes]
+    t = [torch.randn(*sh, generator=g) for sh in shapes]
     # the 8x8 map is pooled to 4x4 before it meets the 4x4 one (RepDistiller's rule)
     pool = lambda x: F.adaptive_avg_pool2d(x, (4, 4)).double().numpy()  # noqa: E731
     assert np.allclose(fsp_matrix(s[0], s[1]).double().numpy(), _np_fsp(pool(s[0]), s[1].double().numpy()),

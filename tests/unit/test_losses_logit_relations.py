@@ -55,7 +55,7 @@ def _logits(b=16, k=10, seed=0, scale=3.0):
     return torch.randn(b, k, generator=g) * scale, torch.randn(b, k, generator=g) * scale
 
 
-# -- DIST ---------------------------------------------------------------------------------------------------------------
+# -- DIST --------------------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("beta", "gamma", "T"), [(2.0, 2.0, 4.0), (1.0, 1.0, 1.0), (1.0, 3.0, 2.0)])
 def test_dist_matches_numpy(beta, gamma, T):
@@ -115,7 +115,7 @@ def test_dist_gradients_and_errors():
         dist_loss(torch.randn(4, 10), torch.randn(4, 10), temperature=0.0)
 
 
-# -- logit standardisation ----------------------------------------------------------------------------------------------
+# -- logit standardisation ---------------------------------------------------------------------------------------------
 
 def test_standardize_matches_numpy_and_invariances():
     s, _ = _logits(b=12, k=7)
@@ -177,7 +177,7 @@ def test_standardize_param_errors_name_the_term():
         build_term(TermSpec(name="logit_mse", params={"standardize": True}))
 
 
-# -- CTKD ---------------------------------------------------------------------------------------------------------------
+# -- CTKD --------------------------------------------------------------------------------------------------------------
 
 def test_ctkd_lambda_curriculum():
     assert ctkd_lambda(0.0, 10.0) == 0.0

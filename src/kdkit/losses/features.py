@@ -279,7 +279,8 @@ def fsp_loss(s_feats: Sequence[Tensor], t_feats: Sequence[Tensor]) -> Tensor:
         with torch.no_grad():
             g_t = fsp_matrix(t_feats[k].detach(), t_feats[k + 1].detach())
         if g_s.shape != g_t.shape:
-            raise ShapeError(f"fsp_loss: FSP matrices of maps {k}-{k + 1} differ, student {tuple(g_s.shape)} vs teacher "
+            raise ShapeError(f"fsp_loss: FSP matrices of maps {k}-{k + 1} differ, student {tuple(g_s.shape)} vs "
+                             f"teacher "
                              f"{tuple(g_t.shape)}; FSP needs equal channel counts (map the student's with a connector)")
         losses.append((g_s - g_t).pow(2).mean())
     return torch.stack(losses).sum()

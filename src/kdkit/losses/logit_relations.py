@@ -42,7 +42,8 @@ def standardize_logits(logits: Tensor, eps: float = STANDARDIZE_EPS) -> Tensor:
         flows through mean and std.
     """
     if logits.shape[-1] < 2:
-        raise ShapeError(f"standardize_logits needs at least 2 classes in the last dimension, got {tuple(logits.shape)}")
+        raise ShapeError(f"standardize_logits needs at least 2 classes in the last dimension, got "
+                         f"{tuple(logits.shape)}")
     z = _float(logits)
     std, mean = torch.std_mean(z, dim=-1, keepdim=True)
     return (z - mean) / (std + eps)

@@ -99,7 +99,8 @@ def rkd_angle(s_emb: Tensor, t_emb: Tensor) -> Tensor:
 
 
 def _cosine_affinity(e: Tensor, eps: float) -> Tensor:
-    """Rows of ``(1 + cos(e_i, e_j)) / 2`` normalised to sum 1: each sample's conditional distribution over the batch."""
+    """Rows of ``(1 + cos(e_i, e_j)) / 2`` normalised to sum 1: each sample's conditional distribution over the
+    batch."""
     unit = e / (e.norm(dim=1, keepdim=True) + eps)
     k = (unit @ unit.t() + 1.0) / 2.0
     return k / k.sum(dim=1, keepdim=True)
