@@ -57,6 +57,29 @@ METHODS: dict[str, tuple[str, dict, list[dict]]] = {
                          [{"name": "fitnet", "weight": 100.0, "stop_epoch": 5},
                           {"name": "ce", "weight": 0.5, "start_epoch": 5},
                           {"name": "kd", "weight": 0.5, "start_epoch": 5, "params": {"temperature": 8.0}}]),
+    # issue 17
+    "dist": ("DIST: inter- and intra-class Pearson relations (beta 2, gamma 2, T 4) plus CE", MLP,
+             [CE, {"name": "dist", "weight": 1.0, "params": {"beta": 2.0, "gamma": 2.0, "temperature": 4.0}}]),
+    "kd_standardized": ("KD on z-scored logits (logit standardisation, base T 2, KD weight 9, CE 0.1)", MLP,
+                        [{"name": "ce", "weight": 0.1},
+                         {"name": "kd", "weight": 9.0, "params": {"temperature": 2.0, "standardize": True}}]),
+    "pkt": ("probabilistic knowledge transfer on embeddings (weight 30000) plus CE", CNN,
+            [CE, {"name": "pkt", "weight": 30000.0}]),
+    "cc": ("correlation congruence on embeddings (gamma 0.4, Taylor order 2, weight 100) plus CE", CNN,
+           [CE, {"name": "cc", "weight": 100.0, "params": {"gamma": 0.4, "order": 2}}]),
+    "nst": ("neuron selectivity transfer on every stage pair (weight 50) plus CE", CNN,
+            [CE, {"name": "nst", "weight": 50.0}]),
+    "vid": ("variational information distillation on every stage pair (weight 1) plus CE", CNN,
+            [CE, {"name": "vid", "weight": 1.0}]),
+    "ctkd": ("curriculum temperature KD: learnable temperature in [1, 21], adversarial strength ramped over 10 epochs",
+             MLP, [{"name": "ce", "weight": 0.1},
+                   {"name": "ctkd", "weight": 0.9, "params": {"t_start": 1.0, "t_range": 20.0, "ramp_epochs": 10.0}}]),
+    "fsp": ("FSP matrices between consecutive stages (weight 50; the student's stages mapped to the teacher's widths) "
+            "plus CE", CNN, [CE, {"name": "fsp", "weight": 50.0, "params": {"connector": "conv1x1"}}]),
+    "ab": ("activation boundaries alone for 5 epochs (the paper's initialisation), then CE + KD", CNN,
+           [{"name": "ab", "weight": 1.0, "stop_epoch": 5},
+            {"name": "ce", "weight": 0.5, "start_epoch": 5},
+            {"name": "kd", "weight": 0.5, "start_epoch": 5, "params": {"temperature": 8.0}}]),
 }
 
 

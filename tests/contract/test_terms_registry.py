@@ -25,7 +25,8 @@ from kdkit.types import TrainState
 # (tests/unit/test_text_terms.py).
 IMAGE_TERMS = [n for n in LOSSES.names() if not getattr(LOSSES.get(n), "__module__", "").startswith("kdkit.text")]
 MULTILABEL = {"bce", "multilabel_kd"}
-PARAMS = {"crd": {"n_neg": 63}, "tf_kd": {"temperature": 4.0}}
+PARAMS = {"crd": {"n_neg": 63}, "tf_kd": {"temperature": 4.0},
+          "fsp": {"connector": "conv1x1"}}  # FSP compares equal widths; these two CNNs differ
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +96,7 @@ def test_feature_term_without_teacher_features_is_refused(batch):
 
     ctx = SetupContext(student=student, teachers=[], example=batch["input"][:2], num_classes=10, num_train=64,
                        has_teacher_features=False)
-    for name in ("fitnet", "at", "sp", "rkd", "crd", "ie"):
+    for name in ("fitnet", "at", "sp", "rkd", "crd", "ie", "pkt", "cc", "nst", "vid", "fsp", "ab"):
         with pytest.raises(ConfigError, match="online teacher"):
             build_term(TermSpec(name=name)).setup(ctx)
 
@@ -139,3 +140,15 @@ def test_active_window_and_warmup():
         st.step = step
         weights.append(t.weight_at(st))
     assert weights == [0.0, 0.0, 0.0, 1.0, 2.0, 2.0, 0.0]
+
+
+def test_fsp_refuses_unequal_widths_in_one_line(batch):
+    from kdkit.errors import ConfigError
+    from kdkit.terms.base import SetupContext
+
+    student, teacher = _models()
+    ctx = SetupContext(student=student, teachers=[teacher], example=batch["input"][:2], num_classes=10, num_train=64)
+    with pytest.raises(ConfigError, match=r"fsp.*stage1.*channels.*connector: conv1x1"):
+        build_term(TermSpec(name="fsp")).setup(ctx)
+    with pytest.raises(ConfigError, match="connector must be one of"):
+        build_term(TermSpec(name="fsp", params={"connector": "magic"}))

@@ -15,6 +15,8 @@ from kdkit.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parents[2]
 NAMES = sorted(p.name for p in (ROOT / "recipes" / "methods").glob("*.yaml"))
+# recipes whose first term trains alone before the others start (term 0 stop_epoch, terms 1-2 start_epoch)
+TWO_STAGE = {"fitnet_two_stage.yaml": "fitnet", "ab.yaml": "ab"}
 
 
 def test_method_recipes_match_generator():
@@ -45,7 +47,7 @@ def test_every_registered_term_has_a_recipe():
 @pytest.mark.parametrize("name", NAMES)
 def test_method_recipe_trains(name, tmp_path):
     overrides = [f"output_dir={tmp_path}", "epochs=2", "data.train_limit=256"]
-    if name == "fitnet_two_stage.yaml":  # compress the two stages into the two epochs
+    if name in TWO_STAGE:  # compress the two stages into the two epochs
         overrides += ["terms.0.stop_epoch=1", "terms.1.start_epoch=1", "terms.2.start_epoch=1"]
     r = load_recipe(ROOT / "recipes" / "methods" / name, overrides)
     if r.teachers:
@@ -53,9 +55,10 @@ def test_method_recipe_trains(name, tmp_path):
     res = (kdkit.distill if r.teachers else kdkit.train)(r, quiet=True)
     hist = [json.loads(x) for x in (res.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert len(hist) == 2 and all(np.isfinite(h["train_loss"]) for h in hist)
-    if name == "fitnet_two_stage.yaml":  # epoch 1 logs only the hint, epoch 2 only CE and KD
-        assert "train_fitnet" in hist[0] and "train_kd" not in hist[0]
-        assert "train_fitnet" not in hist[1] and "train_kd" in hist[1]
+    if name in TWO_STAGE:  # epoch 1 logs only the hint (or AB), epoch 2 only CE and KD
+        first = f"train_{TWO_STAGE[name]}"
+        assert first in hist[0] and "train_kd" not in hist[0]
+        assert first not in hist[1] and "train_kd" in hist[1]
     # A smoke test: the recipe builds, trains and logs every term. Two epochs of 256 digits from a random teacher say
     # nothing about accuracy (a heavy feature weight, SP 3000 or RKD 25/50, holds the student at chance that long);
     # test_method_recipe_learns_from_a_trained_teacher (slow) checks that each method really teaches.
@@ -81,7 +84,7 @@ def test_method_recipe_learns_from_a_trained_teacher(name, tmp_path, trained_tea
     Measured (Intel Xeon, 2026-12-03): CRD 86.5%, RKD 92.4%; at 16 steps the feature methods were still at chance,
     which is why this is slow and the smoke test above makes no accuracy claim."""
     overrides = [f"output_dir={tmp_path}", "epochs=5", "data.train_limit=2048", "data.batch_size=64"]
-    if name == "fitnet_two_stage.yaml":
+    if name in TWO_STAGE:
         overrides += ["terms.0.stop_epoch=2", "terms.1.start_epoch=2", "terms.2.start_epoch=2"]
     r = load_recipe(ROOT / "recipes" / "methods" / name, overrides)
     if r.teachers:

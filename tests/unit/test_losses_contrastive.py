@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdkit.errors import ShapeError
+from kdkit.errors import ConfigError, ShapeError
 from kdkit.losses.contrastive import CRDHead, MemoryBank, crd_loss, crd_nce_loss
 
 
@@ -154,3 +154,66 @@ def test_crd_aligns_student_with_teacher(one_thread):
         opt.step()
     sim = F.normalize(student.detach(), dim=1) @ teacher.t()
     assert float((sim.argmax(1) == torch.arange(n)).float().mean()) > 0.9
+
+
+# -- negatives: other classes only, never the anchor (issue 17) -------------------------------------------------------
+
+def test_negatives_never_share_the_anchors_class_exactly():
+    # Three unbalanced classes: a redraw loop would leave clashes with probability (n_same/n)^rounds; the exact sampler
+    # leaves none, for every anchor, over many draws.
+    order = torch.randperm(100, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0] * 70 + [1] * 25 + [2] * 5)[order]
+    bank = MemoryBank(100, 8, labels=labels)
+    index = torch.arange(100)
+    idx = bank.sample_indices(index, 2000, torch.Generator().manual_seed(1))
+    neg = idx[:, 1:]
+    assert torch.equal(idx[:, 0], index)
+    assert not bool((labels[neg] == labels[index][:, None]).any())
+    assert not bool((neg == index[:, None]).any())
+    # uniform over the allowed pool: every other-class sample is drawn, at about the same rate (2000 draws over a
+    # pool of 30 for class 0: each ~67 times; 5 sigma of a binomial is ~40)
+    row = neg[labels[index] == 0][0]
+    counts = torch.bincount(row, minlength=100)[labels != 0]
+    assert int((counts == 0).sum()) == 0 and int(counts.max() - counts.min()) < 80
+    assert int(torch.bincount(row, minlength=100)[labels == 0].sum()) == 0
+
+
+def test_negatives_with_unlabelled_samples_and_without_labels():
+    labels = torch.tensor([-1, -1, 0, 0, 1, 1, 2, 2])
+    bank = MemoryBank(8, 4, labels=labels)
+    idx = bank.sample_indices(torch.arange(8), 500, torch.Generator().manual_seed(2))
+    for i in range(8):
+        drawn = set(idx[i, 1:].tolist())
+        if labels[i] < 0:  # class unknown: anything but itself
+            assert drawn == set(range(8)) - {i}
+        else:  # labelled samples of the other classes only; an unlabelled one might share the class
+            assert drawn == {j for j in range(8) if labels[j] >= 0 and labels[j] != labels[i]}
+    plain = MemoryBank(6, 4)
+    idx = plain.sample_indices(torch.arange(6), 300, torch.Generator().manual_seed(3))
+    for i in range(6):
+        assert set(idx[i, 1:].tolist()) == set(range(6)) - {i}  # without labels: never the anchor itself
+    with pytest.raises(ValueError, match="at least two classes"):
+        MemoryBank(4, 4, labels=torch.tensor([3, 3, -1, 3]))
+    with pytest.raises(ShapeError, match="labels"):
+        MemoryBank(4, 4, labels=torch.zeros(4, 2, dtype=torch.long))
+
+
+def test_crd_term_passes_the_training_labels_to_its_bank():
+    from kdkit.models import create_model
+    from kdkit.recipe import TermSpec
+    from kdkit.terms.base import SetupContext, build_term
+
+    torch.manual_seed(0)
+    student = create_model("cnn", num_classes=10, in_channels=1, image_size=28, width=8)
+    teacher = create_model("cnn_student", num_classes=10, in_channels=1, image_size=28)
+    targets = torch.arange(50) % 10
+    term = build_term(TermSpec(name="crd", params={"n_neg": 40}))
+    term.setup(SetupContext(student=student, teachers=[teacher], example=torch.rand(4, 1, 28, 28), num_classes=10,
+                            num_train=50, targets=targets))
+    assert torch.equal(term.bank.labels, targets)
+    idx = term.bank.sample_indices(torch.arange(50), 40, torch.Generator().manual_seed(0))
+    assert not bool((targets[idx[:, 1:]] == targets[:, None]).any())
+    one_class = build_term(TermSpec(name="crd"))
+    with pytest.raises(ConfigError, match="crd.*at least two"):
+        one_class.setup(SetupContext(student=student, teachers=[teacher], example=torch.rand(4, 1, 28, 28),
+                                     num_classes=10, num_train=50, targets=torch.zeros(50, dtype=torch.long)))

@@ -6,7 +6,19 @@ import torch
 import torch.nn.functional as F
 
 from kdkit.errors import ShapeError
-from kdkit.losses.features import at_map, attention_transfer, fitnet_hint, similarity_preserving
+from kdkit.losses.features import (
+    ab_loss,
+    ab_margin_loss,
+    at_map,
+    attention_transfer,
+    fitnet_hint,
+    fsp_loss,
+    fsp_matrix,
+    nst_loss,
+    similarity_preserving,
+    vid_log_scale_init,
+    vid_nll,
+)
 
 
 def _maps(*shapes, seed=0):
@@ -122,3 +134,120 @@ def test_similarity_preserving_scale_invariance_zero_and_grads():
     assert s.grad is not None and t.grad is None
     with pytest.raises(ShapeError, match="batch"):
         similarity_preserving(torch.randn(3, 4), torch.randn(4, 4))
+
+
+# -- NST and VID (issue 17) -------------------------------------------------------------------------------------------
+# Tolerances: float32 functions vs float64 loops over small maps (C <= 6, H·W <= 16): a few float32 eps (1.2e-7) of
+# relative error per entry; rel=1e-5 (~100 eps) is far below a formula error.
+
+def _np_nst(fs, ft):
+    def unit(f):
+        f = f.reshape(f.shape[0], f.shape[1], -1)
+        return f / np.linalg.norm(f, axis=2, keepdims=True)
+
+    s, t = unit(fs), unit(ft)
+    b = s.shape[0]
+    total = 0.0
+    for n in range(b):  # squared MMD per sample with k(x, y) = (x·y)², then the batch mean
+        k_tt = np.mean([(x @ y) ** 2 for x in t[n] for y in t[n]])
+        k_ss = np.mean([(x @ y) ** 2 for x in s[n] for y in s[n]])
+        k_st = np.mean([(x @ y) ** 2 for x in s[n] for y in t[n]])
+        total += k_tt + k_ss - 2 * k_st
+    return total / b
+
+
+def test_nst_matches_numpy_mmd_and_identities():
+    g = torch.Generator().manual_seed(0)
+    fs, ft = torch.randn(3, 4, 4, 4, generator=g), torch.randn(3, 6, 4, 4, generator=g)
+    assert float(nst_loss(fs, ft)) == pytest.approx(_np_nst(fs.double().numpy(), ft.double().numpy()), rel=1e-5)
+    # a larger student map is average-pooled to the teacher's size first (RepDistiller's rule)
+    big = torch.randn(3, 4, 8, 8, generator=g)
+    pooled = torch.nn.functional.adaptive_avg_pool2d(big, (4, 4)).double().numpy()
+    assert float(nst_loss(big, ft)) == pytest.approx(_np_nst(pooled, ft.double().numpy()), rel=1e-5)
+    # identical channel sets up to order and positive scale -> 0 (MMD of equal distributions)
+    perm = ft[:, torch.randperm(6, generator=g)] * 2.5
+    assert float(nst_loss(perm, ft)) == pytest.approx(0.0, abs=1e-6)  # cancellation of O(1) means: ~10 float32 eps
+    assert float(nst_loss(fs, ft)) > 1e-3
+    s = fs.clone().requires_grad_(True)
+    t = ft.clone().requires_grad_(True)
+    nst_loss(s, t).backward()
+    assert s.grad is not None and t.grad is None
+
+
+def test_vid_matches_gaussian_nll_and_its_minimum():
+    g = torch.Generator().manual_seed(1)
+    mu, t = torch.randn(2, 3, 4, 4, generator=g), torch.randn(2, 3, 4, 4, generator=g)
+    alpha = torch.tensor([0.3, -1.0, 2.0])
+    var = np.log1p(np.exp(alpha.double().numpy())) + 1e-5
+    m, tt = mu.double().numpy(), t.double().numpy()
+    ref = np.mean([0.5 * ((m[b, c, i, j] - tt[b, c, i, j]) ** 2 / var[c] + np.log(var[c]))
+                   for b in range(2) for c in range(3) for i in range(4) for j in range(4)])
+    assert float(vid_nll(mu, t, alpha)) == pytest.approx(ref, rel=1e-5)
+    # at μ = t the loss is ½·mean(log σ²); the reference's initial variance is 5
+    assert float(vid_nll(t, t, alpha)) == pytest.approx(0.5 * np.mean(np.log(var)), rel=1e-5)
+    a0 = vid_log_scale_init(5.0)
+    assert float(torch.nn.functional.softplus(torch.tensor(a0, dtype=torch.float64)) + 1e-5) == pytest.approx(5.0)
+    # the optimal variance is the mean squared error per channel: the gradient in α vanishes there
+    err2 = ((mu - t) ** 2).mean(dim=(0, 2, 3)).double()
+    a_opt = torch.log(torch.expm1(err2 - 1e-5)).float().requires_grad_(True)
+    vid_nll(mu, t, a_opt).backward()
+    assert float(a_opt.grad.abs().max()) < 1e-6
+    with pytest.raises(ShapeError):
+        vid_nll(mu, t, torch.zeros(4))
+
+
+# -- FSP and AB (issue 17) --------------------------------------------------------------------------------------------
+
+def _np_fsp(lo, up):
+    b, cl = lo.shape[:2]
+    cu = up.shape[1]
+    lo, up = lo.reshape(b, cl, -1), up.reshape(b, cu, -1)
+    g = np.zeros((b, cu, cl))
+    for n in range(b):
+        for i in range(cu):
+            for j in range(cl):
+                g[n, i, j] = np.mean(up[n, i] * lo[n, j])
+    return g
+
+
+def test_fsp_matches_numpy_and_identities():
+    g = torch.Generator().manual_seed(3)
+    shapes = [(2, 3, 8, 8), (2, 4, 4, 4), (2, 5, 4, 4)]
+    s = [torch.randn(*sh, generator=g) for sh in shapes]
+    t = [torch.randn(*sh, generator=g) for sh in shapes]
+    # the 8x8 map is pooled to 4x4 before it meets the 4x4 one (RepDistiller's rule)
+    pool = lambda x: F.adaptive_avg_pool2d(x, (4, 4)).double().numpy()  # noqa: E731
+    assert np.allclose(fsp_matrix(s[0], s[1]).double().numpy(), _np_fsp(pool(s[0]), s[1].double().numpy()),
+                       rtol=1e-5, atol=1e-6)
+    ref = sum(np.mean((_np_fsp(a, b) - _np_fsp(c, d)) ** 2) for a, b, c, d in [
+        (pool(s[0]), s[1].double().numpy(), pool(t[0]), t[1].double().numpy()),
+        (s[1].double().numpy(), s[2].double().numpy(), t[1].double().numpy(), t[2].double().numpy())])
+    assert float(fsp_loss(s, t)) == pytest.approx(ref, rel=1e-5)
+    assert float(fsp_loss(t, t)) == 0.0
+    # an orthogonal mixing of positions leaves every FSP matrix unchanged (it is a Gram over positions)
+    q, _ = torch.linalg.qr(torch.randn(16, 16, generator=g))
+    mixed = [(f.flatten(2) @ q).reshape(f.shape) for f in t[1:]]
+    assert float(fsp_loss(mixed, t[1:])) == pytest.approx(0.0, abs=1e-10)  # float32 entries O(1): ~1e-13 squared
+    with pytest.raises(ShapeError, match="channel"):
+        fsp_loss(s[1:], [torch.randn(2, 6, 4, 4), t[2]])
+
+
+def test_ab_matches_the_papers_piecewise_loss():
+    g = torch.Generator().manual_seed(4)
+    r, t = torch.randn(3, 2, 4, 4, generator=g) * 2, torch.randn(3, 2, 4, 4, generator=g)
+    rn, tn = r.double().numpy(), t.double().numpy()
+    ref = np.where(tn > 0, np.maximum(1 - rn, 0) ** 2, np.maximum(1 + rn, 0) ** 2).sum() / 3
+    assert float(ab_margin_loss(r, t, 1.0)) == pytest.approx(ref, rel=1e-5)
+    # on the teacher's side with the margin: 0; the teacher's sign is the same before or after its ReLU
+    right = torch.where(t > 0, 1.5, -1.5)
+    assert float(ab_margin_loss(right, t)) == 0.0
+    assert float(ab_margin_loss(r, F.relu(t))) == float(ab_margin_loss(r, t))
+    # layers weighted 2^(i-n+1), scaled 3/1000 (RepDistiller / the authors)
+    r2 = torch.randn(3, 2, 4, 4, generator=g)
+    t2 = torch.randn(3, 2, 4, 4, generator=g)
+    want = 3e-3 * (0.5 * float(ab_margin_loss(r, t)) + float(ab_margin_loss(r2, t2)))
+    assert float(ab_loss([r, r2], [t, t2])) == pytest.approx(want, rel=1e-6)
+    rr = r.clone().requires_grad_(True)
+    tt = t.clone().requires_grad_(True)
+    ab_loss([rr], [tt]).backward()
+    assert rr.grad is not None and tt.grad is None

@@ -108,8 +108,9 @@ class MemoryBank(nn.Module):
         feat_dim: embedding width.
         momentum: m.
         temperature: τ.
-        labels: optional (n_data,) int64 training labels. With them, negatives are drawn from other classes
-            (RepDistiller's default "exact" mode); without, uniformly from all samples ("relax"-like).
+        labels: optional (n_data,) int64 training labels (−1 = unlabelled). With them, a labelled anchor's negatives
+            are drawn from the other classes only (RepDistiller's default "exact" mode); an unlabelled anchor's, or
+            any anchor's without labels, from every sample but itself.
         generator: optional generator for the initial memory.
 
     Under data parallelism every process updates its bank with the rows of *all* processes' shards (gathered in
@@ -140,32 +141,64 @@ class MemoryBank(nn.Module):
         self.register_buffer("z_s", torch.tensor(-1.0))
         self.register_buffer("z_t", torch.tensor(-1.0))
         if labels is not None:
-            labels = torch.as_tensor(labels, dtype=torch.long).flatten()
-            if labels.shape[0] != n_data:
-                raise ShapeError(f"MemoryBank: labels has {labels.shape[0]} entries, expected n_data={n_data}")
-            self.register_buffer("labels", labels, persistent=False)
+            labels = torch.as_tensor(labels, dtype=torch.long)
+            if labels.ndim != 1 or labels.shape[0] != n_data:
+                raise ShapeError(f"MemoryBank: labels must be (n_data,) = ({n_data},) class indices, got "
+                                 f"{tuple(labels.shape)}")
         else:
-            self.register_buffer("labels", torch.empty(0, dtype=torch.long), persistent=False)
+            labels = torch.empty(0, dtype=torch.long)
+        self.register_buffer("labels", labels, persistent=False)
+        # The negative sampler's tables (rebuilt from the labels, not checkpointed): sample ids sorted by label
+        # (unlabelled -1 first), and per sample the start and size of its class's block in that order.
+        order = torch.argsort(labels, stable=True) if labels.numel() else torch.empty(0, dtype=torch.long)
+        start = torch.empty(0, dtype=torch.long)
+        count = torch.empty(0, dtype=torch.long)
+        n_unlabelled = int((labels < 0).sum())
+        if labels.numel():
+            classes, counts = torch.unique(labels[order], return_counts=True)
+            starts = torch.cumsum(counts, 0) - counts
+            pos = torch.searchsorted(classes, labels)
+            start, count = starts[pos], counts[pos]
+            n_labelled = n_data - n_unlabelled
+            lonely = (labels >= 0) & (count >= n_labelled)
+            if bool(lonely.any()):
+                raise ValueError(f"MemoryBank: negatives are drawn from other classes, but every labelled training "
+                                 f"sample has class {int(labels[lonely][0])}; CRD needs at least two classes")
+        self.register_buffer("neg_order", order, persistent=False)
+        self.register_buffer("neg_start", start, persistent=False)
+        self.register_buffer("neg_count", count, persistent=False)
+        self.n_unlabelled = n_unlabelled
 
     def sample_indices(self, index: Tensor, n_neg: int, generator: torch.Generator | None = None) -> Tensor:
-        """(B, 1+N) memory rows to score: column 0 = the sample itself, columns 1..N = negatives (with replacement).
+        """(B, 1+N) memory rows to score: column 0 = the sample itself, columns 1..N = its negatives.
 
-        With labels, a negative of the anchor's own class is redrawn (up to 20 rounds; the chance that one survives
-        is ``(n_same/n_data)^20``), as in RepDistiller's "exact" sampling.
+        Negatives are drawn uniformly with replacement from the samples that are certainly *not* the anchor's
+        class, exactly (no redraw loop that may leave a clash):
+
+        * with labels and a labelled anchor (class c): from the labelled samples of every class but c
+          (RepDistiller's and mdistiller's default "exact" mode, ``cls_negative[c]``); unlabelled samples are not
+          drawn, their class being unknown;
+        * with an unlabelled anchor (label −1), or without labels: from every sample but the anchor itself.
+
+        One uniform number per negative is mapped onto the allowed pool: a position in the label-sorted order
+        that skips the anchor's own block (or the anchor itself).
         """
         if n_neg < 1:
             raise ValueError(f"MemoryBank: n_neg must be >= 1, got {n_neg}")
         dev = self.memory_s.device
         index = index.to(dev).long()
-        neg = torch.randint(0, self.n_data, (index.shape[0], n_neg), generator=generator, device=dev)
+        u = torch.rand((index.shape[0], n_neg), generator=generator, device=dev, dtype=torch.float64)
+        # every sample but the anchor: a uniform position among n_data − 1, shifted past the anchor
+        other = (u * (self.n_data - 1)).long().clamp_(max=self.n_data - 2)
+        neg = other + (other >= index[:, None]).long()
         if self.labels.numel():
-            anchor = self.labels[index][:, None]
-            for _ in range(20):
-                clash = self.labels[neg] == anchor
-                if not bool(clash.any()):
-                    break
-                redraw = torch.randint(0, self.n_data, neg.shape, generator=generator, device=dev)
-                neg = torch.where(clash, redraw, neg)
+            labelled = self.labels[index] >= 0
+            start = self.neg_start[index][:, None]
+            count = self.neg_count[index][:, None]
+            pool = self.n_data - self.n_unlabelled - count  # labelled samples of the other classes
+            pos = (u * pool).long().clamp_(max=pool - 1).clamp_(min=0) + self.n_unlabelled
+            pos = torch.where(pos >= start, pos + count, pos)  # skip the anchor's class block
+            neg = torch.where(labelled[:, None], self.neg_order[pos.clamp_(max=self.n_data - 1)], neg)
         return torch.cat([index[:, None], neg], dim=1)
 
     def scores(self, anchor: Tensor, memory: Tensor, idx: Tensor) -> Tensor:

@@ -157,3 +157,172 @@ def similarity_preserving(s_feat: Tensor, t_feat: Tensor) -> Tensor:
     b = s_feat.shape[0]
     diff = similarity_matrix(s_feat) - similarity_matrix(t_feat.detach())
     return diff.pow(2).sum() / (b * b)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Issue 17: neuron selectivity transfer (NST) and variational information distillation (VID).
+
+
+def _spatial_pair(name: str, fs: Tensor, ft: Tensor) -> tuple[Tensor, Tensor]:
+    """Both maps at the smaller spatial size (RepDistiller's rule), flattened to (B, C, H·W); the teacher detached."""
+    fs, ft = _match_spatial(fs, ft.detach(), True, name)
+    return fs.float().flatten(2), ft.float().flatten(2)
+
+
+def _poly2_mean(a: Tensor, b: Tensor) -> Tensor:
+    """``mean_{n,i,j} ⟨a_ni, b_nj⟩²`` over (B, C_a, M) and (B, C_b, M): the mean of the degree-2 polynomial kernel."""
+    return torch.bmm(a, b.transpose(1, 2)).pow(2).mean()
+
+
+def nst_loss(s_feat: Tensor, t_feat: Tensor) -> Tensor:
+    """Neuron selectivity transfer (Huang & Wang, "Like What You Like: Knowledge Distill via Neuron Selectivity
+    Transfer", arXiv:1707.01219, 2017, eqs. 3-6) with the polynomial kernel k(x, y) = (xᵀy)² (their best, d = 2, c = 0).
+
+    Each channel's spatial map, flattened and L2-normalised (``f_i ∈ R^{HW}``, ‖f_i‖ = 1), is one sample of the
+    layer's distribution of neuron selectivity; the student's and the teacher's are compared by the squared MMD,
+    per sample and averaged over the batch:
+    ``L = mean_{i,i'} k(t_i, t_i') + mean_{j,j'} k(s_j, s_j') − 2·mean_{i,j} k(s_j, t_i)``.
+
+    Channel counts may differ (MMD compares distributions); a larger map is average-pooled to the smaller one.
+
+    Convention: RepDistiller's (its published weight 50 assumes it): the three means over (B, C, C') entries, the
+    teacher-only term detached (a constant), pairs summed by the term; the paper's β/2 is in the weight.
+
+    Args:
+        s_feat: (B, C_s, H, W) or (B, C_s, L) student map.
+        t_feat: (B, C_t, H', W') or (B, C_t, L') teacher map; no gradient flows into it.
+
+    Returns:
+        Scalar >= 0 (an MMD²); 0 when the normalised channel sets coincide (e.g. the student's channels are a
+        permutation or positive rescaling of the teacher's).
+    """
+    fs, ft = _spatial_pair("nst_loss", s_feat, t_feat)
+    fs, ft = F.normalize(fs, p=2, dim=2), F.normalize(ft, p=2, dim=2)
+    return _poly2_mean(ft, ft).detach() + _poly2_mean(fs, fs) - 2.0 * _poly2_mean(fs, ft)
+
+
+def vid_nll(pred_mean: Tensor, t_feat: Tensor, log_scale: Tensor, eps: float = 1e-5) -> Tensor:
+    """Variational information distillation (Ahn, Hu, Damianou, Lawrence & Dai, "Variational Information Distillation
+    for Knowledge Transfer", CVPR 2019, eqs. 2-5): the negative log-likelihood of the teacher's feature under a
+    Gaussian predicted from the student's, with a learned per-channel variance.
+
+    ``σ_c² = softplus(α_c) + eps``, ``L = mean_{b,c,h,w} ½·((t − μ)² / σ_c² + log σ_c²)`` — the mean of
+    ``−log N(t; μ, σ²)`` without its constant ½·log 2π. Minimising it over μ (the regressor on the student's feature)
+    and α maximises a variational lower bound on the mutual information between the two features.
+
+    Convention: RepDistiller's (published weight 1 per pair assumes it): the mean over all elements (the paper sums
+    over channels and positions), the constant dropped, eps = 1e-5, σ² initialised to 5 by the term.
+
+    Args:
+        pred_mean: (B, C, ...) μ, the regressor's output on the student feature (same shape as ``t_feat``).
+        t_feat: (B, C, ...) teacher feature; no gradient flows into it.
+        log_scale: (C,) α, the variance parameters.
+        eps: lower bound of the variance.
+
+    Returns:
+        Scalar; its minimum over μ for fixed σ is ½·mean(log σ²) (at μ = t).
+    """
+    if pred_mean.shape != t_feat.shape or log_scale.shape != (t_feat.shape[1],):
+        raise ShapeError(f"vid_nll: prediction {tuple(pred_mean.shape)}, teacher feature {tuple(t_feat.shape)} and "
+                         f"log_scale {tuple(log_scale.shape)} must be (B, C, ...), (B, C, ...) and (C,)")
+    var = F.softplus(log_scale.float()) + eps
+    var = var.view(1, -1, *([1] * (t_feat.ndim - 2)))
+    return (0.5 * ((pred_mean.float() - t_feat.detach().float()).pow(2) / var + torch.log(var))).mean()
+
+
+def vid_log_scale_init(init_var: float = 5.0, eps: float = 1e-5) -> float:
+    """α such that softplus(α) + eps = ``init_var`` (the reference's initial variance 5)."""
+    return float(torch.log(torch.expm1(torch.tensor(init_var - eps, dtype=torch.float64))))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Issue 17: flow of solution procedure (FSP) and activation boundaries (AB).
+
+
+def fsp_matrix(lower: Tensor, upper: Tensor) -> Tensor:
+    """The FSP ("flow of solution procedure") matrix of two maps of one network:
+    ``G_{ij} = (1/(H·W)) Σ_{h,w} upper_{i,h,w} · lower_{j,h,w}``, (B, C_l, H, W) × (B, C_u, H', W') -> (B, C_u, C_l).
+
+    The larger map is average-pooled to the smaller one's size first (RepDistiller's rule; the paper pairs maps of
+    equal size). Works for (B, C, L) maps as well.
+    """
+    lower, upper = _match_spatial(lower, upper, True, "fsp_matrix")
+    lo, up = lower.float().flatten(2), upper.float().flatten(2)
+    return torch.bmm(up, lo.transpose(1, 2)) / lo.shape[2]
+
+
+def fsp_loss(s_feats: Sequence[Tensor], t_feats: Sequence[Tensor]) -> Tensor:
+    """FSP distillation (Yim, Joo, Bae & Kim, "A Gift from Knowledge Distillation: Fast Optimization, Network
+    Minimization and Transfer Learning", CVPR 2017, eqs. 1-2).
+
+    For consecutive tapped maps ``f_0, f_1, ... f_n`` of each network, ``G_k = fsp_matrix(f_k, f_{k+1})``, and
+    ``L = Σ_k mean_{b,i,j} (G^s_k − G^t_k)²``.
+
+    Convention: RepDistiller's (its weight 50 assumes it): a mean over the (B, C_u, C_l) entries per layer pair (the
+    paper sums over entries with λ_k = 1 and averages over the batch), summed over the pairs. The student's and the
+    teacher's maps must have equal channel counts pair by pair (the paper's premise; the ``fsp`` term can map the
+    student's first with a connector).
+
+    Args:
+        s_feats: n + 1 >= 2 student maps (B, C_k, H_k, W_k), shallow to deep.
+        t_feats: the teacher's n + 1 maps with the same channel counts; no gradient flows into them.
+
+    Returns:
+        Scalar, 0 when the FSP matrices coincide.
+    """
+    if len(s_feats) != len(t_feats) or len(s_feats) < 2:
+        raise ShapeError(f"fsp_loss: needs the same number (>= 2) of student and teacher maps, got {len(s_feats)} and "
+                         f"{len(t_feats)}")
+    losses = []
+    for k in range(len(s_feats) - 1):
+        g_s = fsp_matrix(s_feats[k], s_feats[k + 1])
+        with torch.no_grad():
+            g_t = fsp_matrix(t_feats[k].detach(), t_feats[k + 1].detach())
+        if g_s.shape != g_t.shape:
+            raise ShapeError(f"fsp_loss: FSP matrices of maps {k}-{k + 1} differ, student {tuple(g_s.shape)} vs "
+                             f"teacher "
+                             f"{tuple(g_t.shape)}; FSP needs equal channel counts (map the student's with a connector)")
+        losses.append((g_s - g_t).pow(2).mean())
+    return torch.stack(losses).sum()
+
+
+def ab_margin_loss(s_mapped: Tensor, t_feat: Tensor, margin: float = 1.0) -> Tensor:
+    """Activation-boundary loss of one layer, summed over its elements and averaged over the batch (Heo, Lee, Yun &
+    Choi, "Knowledge Transfer via Distillation of Activation Boundaries Formed by Hidden Neurons", AAAI 2019, eq. 6):
+
+    ``(1/B) Σ [ 1(t > 0) · ReLU(μ − r)² + 1(t ≤ 0) · ReLU(μ + r)² ]`` — the student's mapped pre-activation ``r``
+    is pushed above +μ where the teacher's neuron is active and below −μ where it is not: only *which side of the
+    boundary* counts, not the value. The teacher's sign is the same before or after its ReLU.
+
+    Args:
+        s_mapped: (B, C, ...) the student's feature mapped by the connector r(·) (no ReLU after it).
+        t_feat: (B, C, ...) the teacher's feature (pre- or post-ReLU); no gradient flows into it.
+        margin: μ >= 0.
+
+    Returns:
+        Scalar, 0 when every mapped student neuron is on the teacher's side with margin μ.
+    """
+    if s_mapped.shape != t_feat.shape:
+        raise ShapeError(f"ab_margin_loss: mapped student feature {tuple(s_mapped.shape)} and teacher feature "
+                         f"{tuple(t_feat.shape)} differ; map the student's with a connector")
+    s = s_mapped.float()
+    on = t_feat.detach() > 0
+    loss = torch.where(on, F.relu(margin - s).pow(2), F.relu(margin + s).pow(2))
+    return loss.sum() / s.shape[0]
+
+
+def ab_loss(s_mapped: Sequence[Tensor], t_feats: Sequence[Tensor], margin: float = 1.0) -> Tensor:
+    """AB over layers, shallow to deep: ``(3/1000) · Σ_i 2^{i−n+1} · ab_margin_loss(r_i(s_i), t_i)``.
+
+    Convention: RepDistiller's / the authors' (their loss scale assumes it): layer i of n weighted 2^{i−n+1} (the
+    deepest 1, each shallower one half the next), the sum over elements divided by the batch size and scaled by
+    3/1000, margin μ = 1. The paper trains AB alone as an initialisation before the classification loss; in kdkit that
+    is the term's ``stop_epoch`` (``recipes/methods/ab.yaml``).
+    """
+    if len(s_mapped) != len(t_feats) or not s_mapped:
+        raise ShapeError(f"ab_loss: needs as many student as teacher layers (>= 1), got {len(s_mapped)} and "
+                         f"{len(t_feats)}")
+    n = len(s_mapped)
+    parts = [2.0 ** (i - n + 1) * ab_margin_loss(s, t, margin) for i, (s, t) in enumerate(zip(s_mapped, t_feats,
+                                                                                            strict=True))]
+    return torch.stack(parts).sum() * (3.0 / 1000.0)

@@ -9,6 +9,8 @@ are 0 on both sides). Published CIFAR-100 weights: 25 (distance) and 50 (angle) 
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -89,3 +91,87 @@ def rkd_angle(s_emb: Tensor, t_emb: Tensor) -> Tensor:
     with torch.no_grad():
         t_a = _angles(t)
     return F.smooth_l1_loss(_angles(s), t_a)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Issue 17: probabilistic knowledge transfer (PKT) and correlation congruence (CC). Both compare (B, B) relation
+# matrices of a batch, so student and teacher embeddings may have different widths.
+
+
+def _cosine_affinity(e: Tensor, eps: float) -> Tensor:
+    """Rows of ``(1 + cos(e_i, e_j)) / 2`` normalised to sum 1: each sample's conditional distribution over the
+    batch."""
+    unit = e / (e.norm(dim=1, keepdim=True) + eps)
+    k = (unit @ unit.t() + 1.0) / 2.0
+    return k / k.sum(dim=1, keepdim=True)
+
+
+def pkt_loss(s_emb: Tensor, t_emb: Tensor, eps: float = 1e-7) -> Tensor:
+    """Probabilistic knowledge transfer (Passalis & Tefas, "Learning Deep Representations with Probabilistic
+    Knowledge Transfer", ECCV 2018, eqs. 7-10, with the cosine kernel of eq. 13).
+
+    For each side, ``K_ij = (1 + cos(e_i, e_j)) / 2`` and the conditional ``P_{j|i} = K_ij / Σ_j K_ij`` (rows sum to
+    1; the diagonal, K_ii = 1, is kept). The student mimics the teacher's distributions:
+    ``L = (1/B²) Σ_i Σ_j P^t_{j|i} · log((P^t_{j|i} + eps) / (P^s_{j|i} + eps))``.
+
+    Convention: the authors' code (and RepDistiller's, whose published weight 30000 assumes it): the KL summed over
+    j is *averaged* over all B² entries (the paper sums), the diagonal is included, eps = 1e-7 inside the log and in
+    the norm. A zero embedding row has cosine 0 with everything.
+
+    Args:
+        s_emb: (B, ...) student embeddings, flattened to (B, D_s), B >= 2.
+        t_emb: (B, ...) teacher embeddings (B, D_t); no gradient flows into them.
+        eps: numerical guard.
+
+    Returns:
+        Scalar >= 0 up to eps; 0 when the two embeddings have equal cosine structure (e.g. the student's is the
+        teacher's rotated or scaled).
+    """
+    s, t = _flat_pair("pkt_loss", s_emb, t_emb)
+    p_s = _cosine_affinity(s, eps)
+    with torch.no_grad():
+        p_t = _cosine_affinity(t, eps)
+    return (p_t * torch.log((p_t + eps) / (p_s + eps))).mean()
+
+
+def cc_correlation(e: Tensor, gamma: float = 0.4, order: int = 2) -> Tensor:
+    """CC's correlation matrix: a P-order Taylor expansion of the Gaussian RBF kernel on L2-normalised embeddings.
+
+    For unit vectors ``exp(−γ‖x − y‖²) = exp(−2γ) · exp(2γ⟨x, y⟩) ≈ Σ_{p=0}^{P} exp(−2γ) (2γ)^p / p! · ⟨x, y⟩^p``.
+    (B, D) -> (B, B).
+    """
+    unit = F.normalize(e, p=2, dim=1)
+    sim = unit @ unit.t()
+    out = torch.zeros_like(sim)
+    coef = math.exp(-2.0 * gamma)
+    for p in range(order + 1):
+        out = out + coef * (2.0 * gamma) ** p / math.factorial(p) * sim.pow(p)
+    return out
+
+
+def cc_loss(s_emb: Tensor, t_emb: Tensor, gamma: float = 0.4, order: int = 2) -> Tensor:
+    """Correlation congruence (Peng, Jin, Liu, Li, Wu, Liu, Zhou & Zhang, "Correlation Congruence for Knowledge
+    Distillation", ICCV 2019, eqs. 4-10).
+
+    ``C = cc_correlation(e)`` for each side ((B, B), Gaussian RBF of the normalised embeddings by its P-order Taylor
+    expansion, γ = 0.4, P = 2 — the paper's choice) and ``L = (1/B²) Σ_ij (C^s_ij − C^t_ij)²``.
+
+    Convention: the paper's formula with the mean over the B² entries (its ``1/n²``); the embeddings are the
+    penultimate features, L2-normalised, no extra head. RepDistiller's "CC" is a different expression (a product of
+    absolute differences of consecutive samples' 128-d embeddings, weight 0.02) and is not followed here.
+
+    Args:
+        s_emb: (B, ...) student embeddings, flattened to (B, D_s), B >= 2.
+        t_emb: (B, ...) teacher embeddings (B, D_t); no gradient flows into them.
+        gamma: RBF scale γ > 0.
+        order: Taylor order P >= 0.
+
+    Returns:
+        Scalar >= 0; 0 when the normalised embeddings have the same Gram matrix.
+    """
+    if gamma <= 0 or order < 0:
+        raise ValueError(f"cc_loss: need gamma > 0 and order >= 0, got {gamma}, {order}")
+    s, t = _flat_pair("cc_loss", s_emb, t_emb)
+    with torch.no_grad():
+        c_t = cc_correlation(t, gamma, order)
+    return (cc_correlation(s, gamma, order) - c_t).pow(2).mean()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from kdkit.errors import ConfigError
 from kdkit.losses import contrastive
 from kdkit.terms.base import SetupContext, TermInputs, register_term
 from kdkit.terms.features import EmbeddingTerm
@@ -14,7 +15,9 @@ from kdkit.terms.features import EmbeddingTerm
                                     "ICLR 2020)")
 class CRDTerm(EmbeddingTerm):
     """CRD with the paper's constants: embedding heads to 128-d, τ = 0.07, N = 16384 negatives, memory momentum 0.5.
-    Needs ``batch["index"]`` (the data pipeline provides it); the memory bank is sized to the training split.
+    Needs ``batch["index"]`` (the data pipeline provides it); the memory bank is sized to the training split, and
+    negatives are drawn from the other classes of the training labels (never the anchor's class, never the anchor;
+    an unlabelled anchor's from every sample but itself).
     Published: weight β = 0.8 with CE weight 1 (and KD 0)."""
 
     def __init__(self, feat_dim: int = 128,
@@ -33,8 +36,24 @@ class CRDTerm(EmbeddingTerm):
         self.head_s = contrastive.CRDHead(int(torch.tensor(ds[1:]).prod()), self.feat_dim)
         self.head_t = contrastive.CRDHead(int(torch.tensor(dt[1:]).prod()), self.feat_dim)
         self.bank = contrastive.MemoryBank(ctx.num_train, self.feat_dim, self.momentum, self.tau,
+                                           labels=self.negative_labels(ctx),
                                            generator=torch.Generator().manual_seed(self.seed))
         self.n_neg = min(self.n_neg, ctx.num_train - 1)
+
+    def negative_labels(self, ctx: SetupContext) -> torch.Tensor | None:
+        """The training labels that steer negative sampling (other classes only), or None -- then negatives are
+        every sample but the anchor. Multi-label targets have no single class to avoid."""
+        y = ctx.targets
+        if y is None or y.ndim != 1 or y.dtype.is_floating_point:
+            return None
+        if y.shape[0] != ctx.num_train:
+            raise ConfigError(f"loss term '{self.name}': {y.shape[0]} training labels for a memory bank of "
+                              f"{ctx.num_train} samples")
+        labelled = y[y >= 0]
+        if labelled.numel() and int(torch.unique(labelled).numel()) < 2:
+            raise ConfigError(f"loss term '{self.name}': every labelled training sample has class "
+                              f"{int(labelled[0])}; CRD draws negatives from other classes and needs at least two")
+        return y.detach().cpu().long()
 
     def compute(self, inp: TermInputs) -> Tensor:
         s, t = self.embeddings(inp)

@@ -13,7 +13,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from kdkit.connectors import LAYOUTS, feature_layout, make_connector, pair_stages
+from kdkit.connectors import KINDS, LAYOUTS, feature_layout, make_connector, pair_stages
 from kdkit.errors import ConfigError
 from kdkit.losses import features, ie
 from kdkit.models.factory import default_stages
@@ -240,3 +240,146 @@ class IETerm(FeatureTerm):
         loss = self.inherit * ie.ie_inheritance_loss(self.enc_inh(inh), factor_t.detach(), self.p, self.metric)
         loss = loss + self.explore * ie.ie_exploration_loss(self.enc_exp(exp), factor_t.detach(), self.p, self.metric)
         return loss + self.recon * ie.ie_reconstruction_loss(ft, recon_t, self.p)
+
+
+@register_term("nst", description="neuron selectivity transfer: MMD of normalised channel maps, polynomial kernel "
+                                    "(Huang & Wang, 2017)")
+class NSTTerm(FeatureTerm):
+    """NST over stage i ↔ stage i (``pairs: index``, RepDistiller's ``feat[1:-1]``; a larger map is pooled to the
+    smaller; channel counts may differ), summed over pairs; published (RepDistiller CIFAR-100) weight 50, CE 1."""
+
+    default_pairs = "index"
+    layouts = ("BCHW", "BCL")
+
+    def compute(self, inp: TermInputs) -> Tensor:
+        return torch.stack([features.nst_loss(fs, ft) for fs, ft in self.features(inp)]).sum()
+
+
+class VIDRegressor(nn.Module):
+    """VID's mean predictor μ(s): 1×1 conv → ReLU → 1×1 conv → ReLU → 1×1 conv, no biases (the reference's), from
+    the student's channels to the teacher's through the teacher's width; a larger student map is average-pooled to
+    the teacher's size first."""
+
+    def __init__(self, c_in: int, c_mid: int, c_out: int, size: tuple[int, ...]) -> None:
+        super().__init__()
+        conv = nn.Conv2d if len(size) == 2 else nn.Conv1d
+        self.size = size
+        self.net = nn.Sequential(conv(c_in, c_mid, 1, bias=False), nn.ReLU(), conv(c_mid, c_mid, 1, bias=False),
+                                 nn.ReLU(), conv(c_mid, c_out, 1, bias=False))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if tuple(x.shape[2:]) != self.size:
+            pool = nn.functional.adaptive_avg_pool2d if x.ndim == 4 else nn.functional.adaptive_avg_pool1d
+            x = pool(x, self.size)
+        return self.net(x)
+
+
+@register_term("vid", description="variational information distillation: Gaussian likelihood of the teacher's "
+                                    "features given the student's (Ahn et al., CVPR 2019)")
+class VIDTerm(FeatureTerm):
+    """VID over stage i ↔ stage i (``pairs: index``), summed over pairs: per pair a regressor μ (1×1 convs) and a
+    learned per-channel variance (initial ``init_var`` = 5); published (RepDistiller CIFAR-100) weight 1, CE 1.
+    The student map must be at least the teacher's size (a larger one is pooled); otherwise tap other layers."""
+
+    default_pairs = "index"
+    layouts = ("BCHW", "BCL")
+
+    def __init__(self, pairs: PairSpec | None = None, teacher: int = 0, init_var: float = 5.0, eps: float = 1e-5
+                 ) -> None:
+        super().__init__(pairs, teacher)
+        if not (init_var > eps > 0):
+            raise ConfigError(f"need init_var > eps > 0, got init_var={init_var}, eps={eps}")
+        self.init_var, self.eps = float(init_var), float(eps)
+        self.regressors = nn.ModuleList()
+        self.log_scales = nn.ParameterList()
+
+    def setup(self, ctx: SetupContext) -> None:
+        super().setup(ctx)
+        s_shapes = ctx.student_shapes([s for s, _ in self.pairs])
+        t_shapes = ctx.teacher_shapes([t for _, t in self.pairs], self.teacher_index)
+        for s, t in self.pairs:
+            cs, ct = s_shapes[s], t_shapes[t]
+            if len(cs) != len(ct) or any(a < b for a, b in zip(cs[2:], ct[2:], strict=True)):
+                raise ConfigError(f"loss term '{self.name}': student layer '{s}' {tuple(cs)} must be at least the size "
+                                  f"of teacher layer '{t}' {tuple(ct)} (a larger map is pooled); pair other layers")
+            self.regressors.append(VIDRegressor(cs[1], ct[1], ct[1], tuple(ct[2:])))
+            self.log_scales.append(nn.Parameter(torch.full((ct[1],), features.vid_log_scale_init(self.init_var,
+                                                                                                  self.eps))))
+
+    def compute(self, inp: TermInputs) -> Tensor:
+        parts = zip(self.regressors, self.log_scales, self.features(inp), strict=True)
+        return torch.stack([features.vid_nll(g(fs), ft, a, self.eps) for g, a, (fs, ft) in parts]).sum()
+
+
+@register_term("fsp", description="flow of solution procedure: match Gram matrices between consecutive layers (Yim et "
+                                    "al., CVPR 2017)")
+class FSPTerm(FeatureTerm):
+    """FSP between consecutive tapped stages (``pairs: index``: stage i of each model, at least two pairs), summed
+    over the consecutive pairs; published (RepDistiller CIFAR-100) weight 50, as an initialisation stage. Paired
+    stages must have equal channel counts (the paper's premise, e.g. resnet56 → resnet20); ``connector: conv1x1``
+    (or ``linear``) maps each student stage to its teacher's channels first — a kdkit extension for pairs of other
+    widths."""
+
+    default_pairs = "index"
+    layouts = ("BCHW", "BCL")
+
+    def __init__(self, pairs: PairSpec | None = None, teacher: int = 0, connector: str = "none") -> None:
+        super().__init__(pairs, teacher)
+        if connector not in ("none", *KINDS):
+            raise ConfigError(f"connector must be one of none, {', '.join(KINDS)}; got '{connector}'")
+        self.connector_kind = connector
+        self.connectors = nn.ModuleList()
+
+    def setup(self, ctx: SetupContext) -> None:
+        super().setup(ctx)
+        if len(self.pairs) < 2:
+            raise ConfigError(f"loss term '{self.name}': FSP relates consecutive layers and needs at least two pairs, "
+                              f"got {self.pairs}")
+        s_shapes = ctx.student_shapes([s for s, _ in self.pairs])
+        t_shapes = ctx.teacher_shapes([t for _, t in self.pairs], self.teacher_index)
+        for s, t in self.pairs:
+            if self.connector_kind == "none":
+                if s_shapes[s][1] != t_shapes[t][1]:
+                    raise ConfigError(f"loss term '{self.name}': student layer '{s}' has {s_shapes[s][1]} channels, "
+                                      f"teacher layer '{t}' {t_shapes[t][1]}; FSP compares equal widths -- pair other "
+                                      f"layers or set params: {{connector: conv1x1}}")
+                self.connectors.append(nn.Identity())
+            else:
+                self.connectors.append(make_connector(self.connector_kind, s_shapes[s], t_shapes[t], s, t, self.layout))
+
+    def compute(self, inp: TermInputs) -> Tensor:
+        feats = self.features(inp)
+        return features.fsp_loss([g(fs) for g, (fs, _) in zip(self.connectors, feats, strict=True)],
+                                 [ft for _, ft in feats])
+
+
+@register_term("ab", description="activation boundaries: the student's mapped neurons on the teacher's side of zero, "
+                                   "with a margin (Heo et al., AAAI 2019)")
+class ABTerm(FeatureTerm):
+    """AB over stage i ↔ stage i (``pairs: index``) with a 1×1 conv + BatchNorm connector per pair (RepDistiller's
+    ``Connector``), margin μ = 1, deeper layers weighted more (2^{i−n+1}). The paper and RepDistiller use AB alone as
+    an initialisation (30 epochs) before training with CE (+KD): give the term a ``stop_epoch`` and the others a
+    ``start_epoch`` (recipes/methods/ab.yaml)."""
+
+    default_pairs = "index"
+    layouts = ("BCHW", "BCL")
+
+    def __init__(self, pairs: PairSpec | None = None, teacher: int = 0, margin: float = 1.0,
+                 connector: str = "conv1x1") -> None:
+        super().__init__(pairs, teacher)
+        if margin < 0:
+            raise ConfigError(f"margin must be >= 0, got {margin}")
+        self.margin, self.connector_kind = float(margin), connector
+        self.connectors = nn.ModuleList()
+
+    def setup(self, ctx: SetupContext) -> None:
+        super().setup(ctx)
+        s_shapes = ctx.student_shapes([s for s, _ in self.pairs])
+        t_shapes = ctx.teacher_shapes([t for _, t in self.pairs], self.teacher_index)
+        for s, t in self.pairs:
+            self.connectors.append(make_connector(self.connector_kind, s_shapes[s], t_shapes[t], s, t, self.layout))
+
+    def compute(self, inp: TermInputs) -> Tensor:
+        feats = self.features(inp)
+        return features.ab_loss([g(fs) for g, (fs, _) in zip(self.connectors, feats, strict=True)],
+                                [ft for _, ft in feats], self.margin)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from kdkit.errors import ConfigError
 from kdkit.losses import relational
 from kdkit.terms.base import TermInputs, register_term
 from kdkit.terms.features import EmbeddingTerm
@@ -28,3 +29,30 @@ class RKDTerm(EmbeddingTerm):
         if self.w_a:
             loss = loss + self.w_a * relational.rkd_angle(s, t)
         return loss
+
+
+@register_term("pkt", description="probabilistic knowledge transfer: match the batch's cosine-affinity distributions "
+                                    "(Passalis & Tefas, ECCV 2018)")
+class PKTTerm(EmbeddingTerm):
+    """PKT on the penultimate embeddings (widths may differ); published (RepDistiller CIFAR-100) weight 30000 with
+    CE weight 1."""
+
+    def compute(self, inp: TermInputs) -> Tensor:
+        return relational.pkt_loss(*self.embeddings(inp))
+
+
+@register_term("cc", description="correlation congruence: match the batch's Gaussian-RBF correlation matrices "
+                                   "(Peng et al., ICCV 2019)")
+class CCTerm(EmbeddingTerm):
+    """CC on the penultimate embeddings with the paper's kernel (Taylor order ``order`` = 2 of exp(−γ‖x−y‖²),
+    γ = ``gamma`` = 0.4). No published weight exists for this form (RepDistiller's 0.02 is for its different CC)."""
+
+    def __init__(self, gamma: float = 0.4, order: int = 2, student_layer: str = "embed", teacher_layer: str = "embed",
+                 teacher: int = 0) -> None:
+        super().__init__(student_layer, teacher_layer, teacher)
+        if not gamma > 0 or int(order) != order or order < 0:
+            raise ConfigError(f"gamma must be > 0 and order an integer >= 0, got {gamma}, {order}")
+        self.gamma, self.order = float(gamma), int(order)
+
+    def compute(self, inp: TermInputs) -> Tensor:
+        return relational.cc_loss(*self.embeddings(inp), self.gamma, self.order)
