@@ -23,7 +23,7 @@ from matplotlib.image import imread
 
 import kdkit
 from kdkit.report import write_report
-from kdkit.report.runs import ROLE_COLORS
+from kdkit.report.runs import ROLE_COLORS, infer_roles, load_run
 
 DATA = {"name": "mnist_5k", "val_fraction": 0.2, "batch_size": 64, "train_limit": 512}
 COMMON = {"data": DATA, "optim": {"name": "adamw", "lr": 0.003}, "schedule": {"name": "onecycle"}, "epochs": 2,
@@ -127,7 +127,7 @@ def _screenshot(page: Path, tmp: Path, name: str) -> np.ndarray:
 
 
 @needs_chromium
-def test_page_renders_with_plots_in_chromium(report, tmp_path):
+def test_page_renders_with_plots_in_chromium(report, runs, tmp_path):
     rgb = _screenshot(report, tmp_path, "page")
     assert rgb.shape[0] >= 4000 and rgb.shape[1] >= 1280
     assert rgb.reshape(-1, 3).std(axis=0).max() > 20, "the screenshot is blank"
@@ -137,7 +137,11 @@ def test_page_renders_with_plots_in_chromium(report, tmp_path):
     bare.parent.mkdir()
     bare.write_text(re.sub(r'src="data:image/png;base64,[^"]+"', 'src=""', report.read_text()))
     control = _screenshot(bare, tmp_path, "bare")
+    present = set(infer_roles([load_run(r) for r in runs]))  # teacher, scratch, distilled: no regularised run here
+    assert present == {"teacher", "scratch", "distilled"}
     for role, col in ROLE_COLORS.items():
+        if role not in present:
+            continue
         added = _pixels_near(rgb, col) - _pixels_near(control, col)
         assert added > 5000, f"{role} colour {col}: only {added} more pixels with the plots: they did not render"
 
