@@ -134,6 +134,17 @@ def _preview(keys: list[str], n: int = 4) -> str:
     return ", ".join(keys[:n]) + more
 
 
+def read_state_for(model: nn.Module, path: str | Path) -> dict[str, Tensor]:
+    """The state dict in ``path`` (safetensors, or ``torch.load(weights_only=True)``), with the key names older kdkit
+    versions used renamed to ``model``'s (each module's ``legacy_key_aliases``)."""
+    state = read_state_dict(path)
+    for mod_path, module in model.named_modules():
+        aliases = getattr(module, "legacy_key_aliases", None)
+        if aliases:
+            state = rename_legacy_keys(state, aliases, f"{mod_path}." if mod_path else "")
+    return state
+
+
 def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True) -> LoadReport:
     """Load a local state dict into ``model`` (see :func:`read_state_dict` for the formats).
 
@@ -153,11 +164,7 @@ def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True)
     Raises:
         CheckpointError: one line naming the file and the first few missing / unexpected / mismatched keys.
     """
-    state = read_state_dict(path)
-    for mod_path, module in model.named_modules():
-        aliases = getattr(module, "legacy_key_aliases", None)
-        if aliases:
-            state = rename_legacy_keys(state, aliases, f"{mod_path}." if mod_path else "")
+    state = read_state_for(model, path)
     own = model.state_dict()
     _fill_shared(own, state)
     for k in own:

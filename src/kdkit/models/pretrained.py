@@ -31,7 +31,7 @@ from huggingface_hub import try_to_load_from_cache  # installed with accelerate 
 from torch import Tensor, nn
 
 from kdkit.errors import CheckpointError, ConfigError
-from kdkit.weights import read_state_dict, rename_legacy_keys
+from kdkit.weights import read_state_for
 
 HF_FILES = ("model.safetensors", "pytorch_model.bin")
 
@@ -175,11 +175,7 @@ def load_pretrained(model: nn.Module, source: str, model_name: str, num_classes:
         CheckpointError: the file is missing, unreadable, or does not fit the model beyond its head.
     """
     path = resolve_pretrained(source, model_name, model, field)
-    state = read_state_dict(path)
-    for mod_path, module in model.named_modules():
-        aliases = getattr(module, "legacy_key_aliases", None)
-        if aliases:
-            state = rename_legacy_keys(state, aliases, f"{mod_path}." if mod_path else "")
+    state = read_state_for(model, path)
     own = model.state_dict()
     heads = head_paths(model, num_classes)
     report = PretrainedReport(source=source, path=path)

@@ -133,6 +133,16 @@ class FeatureTerm(LossTerm):
         t_out = inp.teachers[self.teacher_index] if inp.teachers else inp.teacher
         return [(inp.student.features[s], t_out.features[t]) for s, t in self.pairs]
 
+    def build_connectors(self, ctx: SetupContext, kind: str) -> nn.ModuleList:
+        """One learnt map g (a ``kind`` connector) per pair, from the student layer's shape to the teacher's."""
+        s_shapes = ctx.student_shapes([s for s, _ in self.pairs])
+        t_shapes = ctx.teacher_shapes([t for _, t in self.pairs], self.teacher_index)
+        return nn.ModuleList(make_connector(kind, s_shapes[s], t_shapes[t], s, t, self.layout) for s, t in self.pairs)
+
+    def mapped_features(self, inp: TermInputs, connectors: nn.ModuleList) -> list[tuple[Tensor, Tensor]]:
+        """``(g(student feature), teacher feature)`` per pair."""
+        return [(g(fs), ft) for g, (fs, ft) in zip(connectors, self.features(inp), strict=True)]
+
 
 @register_term("fitnet", description="FitNets hint: MSE between g(student feature) and the teacher's (Romero et al., "
                                        "ICLR 2015)")
@@ -151,14 +161,10 @@ class FitNetTerm(FeatureTerm):
 
     def setup(self, ctx: SetupContext) -> None:
         super().setup(ctx)
-        s_shapes = ctx.student_shapes([s for s, _ in self.pairs])
-        t_shapes = ctx.teacher_shapes([t for _, t in self.pairs], self.teacher_index)
-        for s, t in self.pairs:
-            self.connectors.append(make_connector(self.connector_kind, s_shapes[s], t_shapes[t], s, t, self.layout))
+        self.connectors = self.build_connectors(ctx, self.connector_kind)
 
     def compute(self, inp: TermInputs) -> Tensor:
-        pairs = zip(self.connectors, self.features(inp), strict=True)
-        losses = [features.fitnet_hint(g(fs), ft) for g, (fs, ft) in pairs]
+        losses = [features.fitnet_hint(gs, ft) for gs, ft in self.mapped_features(inp, self.connectors)]
         return torch.stack(losses).sum()
 
 
@@ -335,22 +341,21 @@ class FSPTerm(FeatureTerm):
         if len(self.pairs) < 2:
             raise ConfigError(f"loss term '{self.name}': FSP relates consecutive layers and needs at least two pairs, "
                               f"got {self.pairs}")
+        if self.connector_kind != "none":
+            self.connectors = self.build_connectors(ctx, self.connector_kind)
+            return
         s_shapes = ctx.student_shapes([s for s, _ in self.pairs])
         t_shapes = ctx.teacher_shapes([t for _, t in self.pairs], self.teacher_index)
         for s, t in self.pairs:
-            if self.connector_kind == "none":
-                if s_shapes[s][1] != t_shapes[t][1]:
-                    raise ConfigError(f"loss term '{self.name}': student layer '{s}' has {s_shapes[s][1]} channels, "
-                                      f"teacher layer '{t}' {t_shapes[t][1]}; FSP compares equal widths -- pair other "
-                                      f"layers or set params: {{connector: conv1x1}}")
-                self.connectors.append(nn.Identity())
-            else:
-                self.connectors.append(make_connector(self.connector_kind, s_shapes[s], t_shapes[t], s, t, self.layout))
+            if s_shapes[s][1] != t_shapes[t][1]:
+                raise ConfigError(f"loss term '{self.name}': student layer '{s}' has {s_shapes[s][1]} channels, "
+                                  f"teacher layer '{t}' {t_shapes[t][1]}; FSP compares equal widths -- pair other "
+                                  f"layers or set params: {{connector: conv1x1}}")
+        self.connectors = nn.ModuleList(nn.Identity() for _ in self.pairs)
 
     def compute(self, inp: TermInputs) -> Tensor:
-        feats = self.features(inp)
-        return features.fsp_loss([g(fs) for g, (fs, _) in zip(self.connectors, feats, strict=True)],
-                                 [ft for _, ft in feats])
+        mapped = self.mapped_features(inp, self.connectors)
+        return features.fsp_loss([gs for gs, _ in mapped], [ft for _, ft in mapped])
 
 
 @register_term("ab", description="activation boundaries: the student's mapped neurons on the teacher's side of zero, "
@@ -374,12 +379,8 @@ class ABTerm(FeatureTerm):
 
     def setup(self, ctx: SetupContext) -> None:
         super().setup(ctx)
-        s_shapes = ctx.student_shapes([s for s, _ in self.pairs])
-        t_shapes = ctx.teacher_shapes([t for _, t in self.pairs], self.teacher_index)
-        for s, t in self.pairs:
-            self.connectors.append(make_connector(self.connector_kind, s_shapes[s], t_shapes[t], s, t, self.layout))
+        self.connectors = self.build_connectors(ctx, self.connector_kind)
 
     def compute(self, inp: TermInputs) -> Tensor:
-        feats = self.features(inp)
-        return features.ab_loss([g(fs) for g, (fs, _) in zip(self.connectors, feats, strict=True)],
-                                [ft for _, ft in feats], self.margin)
+        mapped = self.mapped_features(inp, self.connectors)
+        return features.ab_loss([gs for gs, _ in mapped], [ft for _, ft in mapped], self.margin)
