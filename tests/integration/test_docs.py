@@ -81,7 +81,7 @@ TRANSLATE = {"make quickstart": "kdkit quickstart"}
 # The tests that run each document's commands and Python blocks (test_text_doc is `slow`).
 # A name "file.py::test" is a test in another file of tests/integration (the check below finds it there).
 SCENARIOS = {"README.md": ("test_readme_commands", "test_readme_python"), "docs/report.md": ("test_report_doc",),
-             "docs/softlabels.md": ("test_softlabels_doc",), "docs/text.md": ("test_text_doc",),
+             "docs/softlabels.md": ("test_softlabels_doc",), "docs/tuning.md": ("test_tuning_doc",), "docs/text.md": ("test_text_doc",),
              "docs/teachers.md": ("test_teachers_doc", "test_teachers_docs.py::test_the_onnx_python_example_runs"),
              "docs/own-models-and-data.md": (
                  "test_own_model_and_data.py::test_the_documented_walk_through_runs_outside_the_repository",
@@ -109,6 +109,8 @@ PYTHON: dict[str, list[tuple[dict[str, str], list[str], list[str]] | str]] = {
         "plug-in registration with `...` bodies: the shape of a module, not a program",
         "the object API with the reader's own small_net/big_net: README's runnable example is run instead",
     ],
+    "docs/tuning.md": [({'overrides=["epochs=50"]': f'overrides=["epochs=1", "data.train_limit={IMAGE_LIMIT}"]'},
+                        ["runs/seeds/seeds.json", "runs/seeds/seeds.md"], ["0 trained, 6 read"])],
     "docs/text.md": [({'kdkit.load_recipe("recipes/text/rt_tinybert.yaml")':
                        'kdkit.load_recipe("recipes/text/rt_tinybert.yaml", TEXT_SHRINK)'},
                       ["teacher.safetensors"], [])],
@@ -189,7 +191,7 @@ def shrink_one(cmd: str) -> str:
     words = shlex.split(cmd)
     if words[:1] != ["kdkit"] or len(words) < 2:
         return cmd
-    if words[1] in ("train", "distill", "cache"):
+    if words[1] in ("train", "distill", "cache", "seeds"):
         extra = ["epochs=1", f"data.train_limit={TEXT_LIMIT if _is_text(words) else IMAGE_LIMIT}"]
         if _is_text(words):
             extra.append("data.val_fraction=0.02")  # 256 validation snippets instead of 2,562
@@ -234,6 +236,14 @@ def artefacts(ran: str, cwd: Path) -> list[Path]:
                 out.append(Path(store) / "manifest.json")
             else:
                 out += [run / "checkpoints" / "best.safetensors", run / "metrics.jsonl", run / "summary.json"]
+        elif sub == "seeds":
+            table = Path(_option(words, "--out", "-o") or "runs/seeds")
+            out += [table / "seeds.json", table / "seeds.md"]
+            recipes = [w for w in words[2:words.index("--seeds")] if w.endswith(".yaml")]
+            seeds = [w for w in words[words.index("--seeds") + 1:] if w.isdigit()]
+            for r in recipes:
+                name = load_recipe(cwd / r, _sets(words)).name
+                out += [Path("runs") / f"{name}-seed{k}" / "summary.json" for k in seeds]
         elif sub == "quickstart":
             q = Path(_option(words, "--output-dir") or "runs/quickstart")
             out += [q / "table.md", q / "table.json", q / "report" / "report.html"]
@@ -518,6 +528,16 @@ def test_softlabels_doc(tmp_path, token_cache):
     assert [c.split()[1] for c in done] == ["train", "cache", "distill"]
     saved = yaml.safe_load((cwd / "runs" / "my_kd" / "config.yaml").read_text())
     assert saved["soft_labels"] == "runs/my_kd_store"
+
+
+def test_tuning_doc(tmp_path, token_cache):
+    cwd = workspace(tmp_path, "docs/tuning.md")
+    done = run_doc_commands("docs/tuning.md", cwd, token_cache)
+    assert [c.split()[1] for c in done] == ["train", "seeds", "seeds"]
+    table = json.loads((cwd / "runs" / "seeds" / "seeds.json").read_text())
+    assert table["seeds"] == [0, 1, 2, 3, 4] and table["baseline"] == "mnist_scratch"
+    assert len(table["recipes"]["mnist_kd"]["gain_best_top1"]["values"]) == 5
+    run_python_blocks("docs/tuning.md", cwd, token_cache)  # seeds 0-2 of both recipes exist: read, not retrained
 
 
 @pytest.mark.slow
