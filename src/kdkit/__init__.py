@@ -13,5 +13,5 @@ from kdkit.errors import KdkitError
 from kdkit.recipe import Recipe, load_recipe, recipe_from_dict
 
 __version__ = "0.1.0"
-__all__ = ["train", "distill", "cache", "evaluate", "load_student", "seeds", "Recipe", "load_recipe", "recipe_from_dict",
-           "KdkitError"]
+__all__ = ["train", "distill", "cache", "evaluate", "load_student", "seeds", "Recipe", "load_recipe",
+           "recipe_from_dict", "KdkitError"]

@@ -1,4 +1,5 @@
-"""``kdkit seeds RECIPE... --seeds 0 1 2 [--baseline RECIPE]`` (in :data:`kdkit.registry.COMMANDS`)."""
+"""``kdkit seeds RECIPE... --seeds 0 1 2 [--baseline RECIPE]`` and ``kdkit tune RECIPE --trials N`` / ``--show`` (in
+:data:`kdkit.registry.COMMANDS`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from rich.console import Console
 
 from kdkit.registry import COMMANDS
 from kdkit.study.seeds import run_seeds, table_markdown
+from kdkit.study.tune import load_study, run_tune, show_markdown
 
 
 @COMMANDS.register("seeds")
@@ -35,3 +37,29 @@ def seeds(
     typer.echo(table_markdown(result.table))
     Console(soft_wrap=True).print(f"[bold green]seeds[/] {result.json_path} · {result.md_path} "
                                   f"({len(result.trained)} run(s) trained, {len(result.reused)} finished already)")
+
+
+@COMMANDS.register("tune")
+def tune(
+    recipe: Annotated[str, typer.Argument(help="recipe YAML path (with a `search:` block) or bundled recipe name")],
+    trials: Annotated[int, typer.Option("--trials", "-n", help="trials this worker adds to the study")] = 10,
+    show: Annotated[bool, typer.Option("--show", help="print the best trials of the study and exit")] = False,
+    top: Annotated[int, typer.Option("--top", help="with --show: how many trials")] = 5,
+    storage: Annotated[str | None, typer.Option("--storage", help="Optuna RDB URL (e.g. postgresql://...) for "
+                                                                  "workers on several machines (default: the "
+                                                                  "journal file in <output_dir>/<name>-tune)")] = None,
+    sampler: Annotated[str, typer.Option("--sampler", help="tpe or random")] = "tpe",
+    pruner: Annotated[str, typer.Option("--pruner", help="median or none")] = "median",
+    sampler_seed: Annotated[int | None, typer.Option("--sampler-seed", help="seed of the sampler")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", "-s", help="override a recipe field: key.path=value "
+                                                                       "(repeatable)")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
+) -> None:
+    """Search the recipe's `search:` space with Optuna (TPE, median pruning on per-epoch validation top-1); each
+    trial is a run directory <output_dir>/<name>-tune/trial-<k>. Run it again (or on several workers) to add trials."""
+    if not show:
+        result = run_tune(recipe, trials, overrides=set_, storage=storage, sampler=sampler, pruner=pruner,
+                          seed=sampler_seed, quiet=quiet)
+        Console(soft_wrap=True).print(f"[bold green]tune[/] {result.ran} trial(s) run; study '{result.study_name}' "
+                                      f"in {result.storage}")
+    typer.echo(show_markdown(load_study(recipe, set_, storage), top))
