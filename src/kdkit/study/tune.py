@@ -127,7 +127,10 @@ def run_tune(recipe: Recipe | str | Path | dict[str, Any], trials: int, override
     atomic_write_json(sdir / "study.json", {"study_name": r.name, "storage": where, "objective": OBJECTIVE,
                                             "search": r.search, "recipe": r.model_dump(mode="json")})
 
+    started = []
+
     def objective(trial: Any) -> float:
+        started.append(trial.number)
         values = sample(trial, r.search)
         tr = trial_recipe(r, values, trial.number, sdir)
         trial.set_user_attr("run_dir", str(tr.run_dir))
@@ -150,9 +153,8 @@ def run_tune(recipe: Recipe | str | Path | dict[str, Any], trials: int, override
                               f"validation split (data.val_fraction > 0)")
         return float(value)
 
-    before = len(study.trials)
     study.optimize(objective, n_trials=trials, catch=())
-    return _result(study, sdir, where, ran=len(study.trials) - before)
+    return _result(study, sdir, where, ran=len(started))
 
 
 def _short(v: Any) -> str:
