@@ -50,6 +50,8 @@ NOT_RUN: dict[tuple[str, str], str] = {
     ("docs/faults.md", "kdkit train RECIPE"): "RECIPE is a placeholder; restarting a run that never completed a "
                                               "checkpoint is tested by tests/integration/test_faults.py",
     ("docs/teachers.md", "huggingface-cli download timm/resnet10t.c3_in1k"): "downloads (no network here)",
+    ("docs/tuning.md", "kdkit tune kd_search.yaml --trials 10 --storage postgresql://kdkit@dbhost/kdkit"):
+        "needs a PostgreSQL server; two workers on one study are run by tests/integration/test_tune.py (journal)",
     ("docs/teachers.md", "kdkit train recipes/teachers/mnist_pretrained_timm.yaml"):
         "needs the downloaded timm weights in the HF cache; test_teachers_pretrained.py runs the same pipeline from a "
         "locally built HF cache",
@@ -196,6 +198,9 @@ def shrink_one(cmd: str) -> str:
         if _is_text(words):
             extra.append("data.val_fraction=0.02")  # 256 validation snippets instead of 2,562
         return cmd + "".join(f" --set {e}" for e in extra)
+    if words[1] == "tune":  # 2 trials of 1 epoch on 500 digits
+        cmd = re.sub(r"--trials \d+", "--trials 2", cmd)
+        return cmd + f" --set epochs=1 --set data.train_limit={IMAGE_LIMIT}"
     if words[1] == "quickstart":
         return cmd + f" --teacher-epochs 1 --student-epochs 1 --train-limit {IMAGE_LIMIT}"
     return cmd
@@ -244,6 +249,9 @@ def artefacts(ran: str, cwd: Path) -> list[Path]:
             for r in recipes:
                 name = load_recipe(cwd / r, _sets(words)).name
                 out += [Path("runs") / f"{name}-seed{k}" / "summary.json" for k in seeds]
+        elif sub == "tune":
+            recipe = load_recipe(cwd / words[2], _sets(words))
+            out += [Path(recipe.output_dir) / f"{recipe.name}-tune" / f for f in ("journal.log", "study.json")]
         elif sub == "quickstart":
             q = Path(_option(words, "--output-dir") or "runs/quickstart")
             out += [q / "table.md", q / "table.json", q / "report" / "report.html"]
@@ -533,11 +541,15 @@ def test_softlabels_doc(tmp_path, token_cache):
 def test_tuning_doc(tmp_path, token_cache):
     cwd = workspace(tmp_path, "docs/tuning.md")
     done = run_doc_commands("docs/tuning.md", cwd, token_cache)
-    assert [c.split()[1] for c in done] == ["train", "seeds", "seeds"]
+    assert [c.split()[1] for c in done] == ["train", "seeds", "seeds", "tune", "tune", "tune"]
     table = json.loads((cwd / "runs" / "seeds" / "seeds.json").read_text())
     assert table["seeds"] == [0, 1, 2, 3, 4] and table["baseline"] == "mnist_scratch"
     assert len(table["recipes"]["mnist_kd"]["gain_best_top1"]["values"]) == 5
     run_python_blocks("docs/tuning.md", cwd, token_cache)  # seeds 0-2 of both recipes exist: read, not retrained
+    from kdkit.study.tune import load_study
+
+    study = load_study(str(cwd / "kd_search.yaml"), [f"output_dir={cwd / 'runs'}"])
+    assert len(study.trials) == 4  # two calls of 2 trials (shrunk from 20 and 10), one study
 
 
 @pytest.mark.slow
