@@ -26,6 +26,8 @@ from kdkit.weights import model_meta
 from kdkit.yamlio import read_yaml_file
 
 LOCK_NAME = ".kdkit.lock"
+# Fields added to the recipe after runs were saved: a saved recipe without them had them empty.
+ADDED_FIELDS: dict[str, object] = {"search": {}}
 
 
 class RunLock(DirLock):
@@ -150,7 +152,8 @@ def _check_same_recipe(recipe: Recipe, run_dir: Path) -> None:
     if not isinstance(saved, dict):
         raise ConfigError(f"--resume: '{run_dir}/config.yaml' is not a recipe; start afresh in a new run directory")
     now = json.loads(json.dumps(recipe.model_dump(mode="json")))
-    diff = [k for k in now if saved.get(k) != now[k] and k not in ("epochs", "threads", "output_dir")]
+    diff = [k for k in now if saved.get(k, ADDED_FIELDS.get(k)) != now[k]
+            and k not in ("epochs", "threads", "output_dir")]
     if diff:
         raise ConfigError(f"--resume: the recipe differs from the one saved in '{run_dir}/config.yaml' in "
                           f"{', '.join(diff)}; resume with the same recipe (only epochs, threads and output_dir may "

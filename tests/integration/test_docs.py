@@ -83,7 +83,8 @@ TRANSLATE = {"make quickstart": "kdkit quickstart"}
 # The tests that run each document's commands and Python blocks (test_text_doc is `slow`).
 # A name "file.py::test" is a test in another file of tests/integration (the check below finds it there).
 SCENARIOS = {"README.md": ("test_readme_commands", "test_readme_python"), "docs/report.md": ("test_report_doc",),
-             "docs/softlabels.md": ("test_softlabels_doc",), "docs/tuning.md": ("test_tuning_doc",), "docs/text.md": ("test_text_doc",),
+             "docs/softlabels.md": ("test_softlabels_doc",), "docs/tuning.md": ("test_tuning_doc",),
+             "docs/text.md": ("test_text_doc",),
              "docs/teachers.md": ("test_teachers_doc", "test_teachers_docs.py::test_the_onnx_python_example_runs"),
              "docs/own-models-and-data.md": (
                  "test_own_model_and_data.py::test_the_documented_walk_through_runs_outside_the_repository",

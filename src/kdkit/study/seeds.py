@@ -29,7 +29,7 @@ from rich.console import Console
 
 from kdkit.errors import ConfigError
 from kdkit.recipe import Recipe, as_recipe
-from kdkit.runs import run
+from kdkit.runs import ADDED_FIELDS, run
 from kdkit.utils import atomic_write_json, atomic_write_text
 from kdkit.yamlio import read_yaml_file
 
@@ -70,7 +70,8 @@ def is_complete(recipe: Recipe) -> bool:
         if (run_dir / "config.yaml").is_file() else None
     now = json.loads(json.dumps(recipe.model_dump(mode="json")))
     if isinstance(saved, dict):
-        diff = [k for k in now if saved.get(k) != now[k] and k not in ("threads", "output_dir", "epochs")]
+        diff = [k for k in now if saved.get(k, ADDED_FIELDS.get(k)) != now[k]
+            and k not in ("threads", "output_dir", "epochs")]
         if diff:
             raise ConfigError(f"seeds: '{run_dir}' holds a finished run of a different recipe (differs in "
                               f"{', '.join(diff)}); delete it, or give the recipe another name")
