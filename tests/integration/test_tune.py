@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+import kdkit
+
 optuna = pytest.importorskip("optuna")
 
 from kdkit.errors import ConfigError  # noqa: E402
@@ -73,7 +75,7 @@ def test_resume_adds_trials_and_a_trailing_trial_is_pruned(tiny):
     # a learning rate far too small to learn anything in one epoch: chance level (~10%) at epoch 1, far below the
     # median of the finished trials there, so the median pruner stops it after its first epoch
     study.enqueue_trial({"optim.lr": 1e-9, "terms.0.params.label_smoothing": 0.0}, skip_if_exists=False)
-    again = run_tune(recipe, trials=2, seed=1, quiet=True)
+    again = kdkit.tune(recipe, trials=2, sampler_seed=1, quiet=True)  # the Python API, the same study
     study = load_study(recipe)
     assert again.ran == 2 and len(study.trials) == 5  # the same study, two more trials
     pruned = study.trials[3]
@@ -87,8 +89,9 @@ def test_two_worker_processes_share_one_journal(tmp_path):
     path.write_text(yaml.safe_dump(_recipe(tmp_path / "runs", "two")))
     kdkit_bin = Path(sys.executable).parent / "kdkit"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    procs = [subprocess.Popen([str(kdkit_bin), "tune", str(path), "--trials", "2", "-q"], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    cmd = [str(kdkit_bin), "tune", str(path), "--trials", "2", "-q", "--pruner", "none"]  # all 4 trials must finish
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for _ in range(2)]
     outs = [p.communicate(timeout=600) for p in procs]
     assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
     study = load_study(str(path))
