@@ -101,6 +101,11 @@ def test_two_worker_processes_share_one_journal(tmp_path):
     shown = subprocess.run([str(kdkit_bin), "tune", str(path), "--show"], capture_output=True, text=True, timeout=120)
     assert shown.returncode == 0 and "4 trials (4 complete)" in shown.stdout
     assert f"| {best_trials(study, 1)[0]['trial']} | " in shown.stdout
+    from matplotlib.image import imread
+
+    for name in ("history.png", "slices.png"):  # real pictures, not empty files
+        img = imread(tmp_path / "runs" / "two-tune" / "plots" / name)
+        assert img.shape[0] > 200 and img.shape[1] > 300 and img[..., :3].std() > 0.05
 
 
 def test_search_block_is_validated_in_one_line(tmp_path):

@@ -10,9 +10,10 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from kdkit.recipe import as_recipe
 from kdkit.registry import COMMANDS
 from kdkit.study.seeds import run_seeds, table_markdown
-from kdkit.study.tune import load_study, run_tune, show_markdown
+from kdkit.study.tune import load_study, run_tune, show_markdown, study_dir_of, write_plots
 
 
 @COMMANDS.register("seeds")
@@ -43,7 +44,8 @@ def seeds(
 def tune(
     recipe: Annotated[str, typer.Argument(help="recipe YAML path (with a `search:` block) or bundled recipe name")],
     trials: Annotated[int, typer.Option("--trials", "-n", help="trials this worker adds to the study")] = 10,
-    show: Annotated[bool, typer.Option("--show", help="print the best trials of the study and exit")] = False,
+    show: Annotated[bool, typer.Option("--show", help="print the best trials of the study, write its plots "
+                                                      "(<study>/plots/history.png, slices.png) and exit")] = False,
     top: Annotated[int, typer.Option("--top", help="with --show: how many trials")] = 5,
     storage: Annotated[str | None, typer.Option("--storage", help="Optuna RDB URL (e.g. postgresql://...) for "
                                                                   "workers on several machines (default: the "
@@ -62,4 +64,9 @@ def tune(
                           seed=sampler_seed, quiet=quiet)
         Console(soft_wrap=True).print(f"[bold green]tune[/] {result.ran} trial(s) run; study '{result.study_name}' "
                                       f"in {result.storage}")
-    typer.echo(show_markdown(load_study(recipe, set_, storage), top))
+    study = load_study(recipe, set_, storage)
+    typer.echo(show_markdown(study, top))
+    if show:
+        plots = write_plots(study, study_dir_of(as_recipe(recipe, set_)) / "plots")
+        if plots:
+            typer.echo("plots: " + " · ".join(str(p) for p in plots))

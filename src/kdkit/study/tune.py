@@ -204,3 +204,47 @@ def show_markdown(study: Any, top: int = 5) -> str:
         vals = ", ".join(f"{k}={_short(v)}" for k, v in row["values"].items())
         lines.append(f"| {row['trial']} | {row['value']:.2f} | {vals} | {row['run_dir']} |")
     return "\n".join(lines) + "\n"
+
+
+def write_plots(study: Any, out_dir: Path) -> list[Path]:
+    """Two figures of the study as PNG files in ``out_dir``: ``history.png`` (each finished trial's value and the best
+    so far, by trial number) and ``slices.png`` (value against each numeric searched field, log axis for
+    ``log_uniform``; one panel per field). Returns the files written (none before the first finished trial)."""
+    from matplotlib.figure import Figure
+
+    done = [t for t in study.trials if t.state.name == "COMPLETE" and t.value is not None]
+    if not done:
+        return []
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fig = Figure(figsize=(6, 3.6), dpi=110)
+    ax = fig.add_subplot()
+    xs = [t.number for t in done]
+    ys = [t.value for t in done]
+    best = [max(ys[: i + 1]) for i in range(len(ys))]
+    ax.scatter(xs, ys, s=14, label="trial")
+    ax.step(xs, best, where="post", color="C3", label="best so far")
+    ax.set_xlabel("trial")
+    ax.set_ylabel("best-epoch val top-1 (%)")
+    ax.set_title(f"study '{study.study_name}': optimisation history")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    paths = [out_dir / "history.png"]
+    fig.savefig(paths[0])
+    search = study.user_attrs.get("search", {})
+    numeric = [p for p, d in search.items() if isinstance(d, dict) and next(iter(d), None) != "choice"]
+    if numeric:
+        fig = Figure(figsize=(3.2 * len(numeric), 3.2), dpi=110)
+        for i, path in enumerate(numeric):
+            ax = fig.add_subplot(1, len(numeric), i + 1)
+            pts = [(t.params[path], t.value) for t in done if path in t.params]
+            ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=14)
+            if next(iter(search[path])) == "log_uniform":
+                ax.set_xscale("log")
+            ax.set_xlabel(path, fontsize=8)
+            if i == 0:
+                ax.set_ylabel("best-epoch val top-1 (%)")
+        fig.tight_layout()
+        paths.append(out_dir / "slices.png")
+        fig.savefig(paths[-1])
+    return paths
