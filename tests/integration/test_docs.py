@@ -253,6 +253,8 @@ def artefacts(ran: str, cwd: Path) -> list[Path]:
         elif sub == "tune":
             recipe = load_recipe(cwd / words[2], _sets(words))
             out += [Path(recipe.output_dir) / f"{recipe.name}-tune" / f for f in ("journal.log", "study.json")]
+            if "--show" in words:
+                out += [Path(recipe.output_dir) / f"{recipe.name}-tune" / "plots" / "history.png"]
         elif sub == "quickstart":
             q = Path(_option(words, "--output-dir") or "runs/quickstart")
             out += [q / "table.md", q / "table.json", q / "report" / "report.html"]
