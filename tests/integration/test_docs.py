@@ -15,8 +15,9 @@ every documented option exists in the script, the slow suite runs each shrunk (`
 says which cannot be and why). YAML blocks must parse, and recipe-shaped ones validate; the README's recipe is the
 bundled ``recipes/mnist_kd.yaml``.
 
-Cost in the default suite: under three minutes on two cores (README, report and soft-label flows on MNIST digits);
-the text flow (MiniLM, ~2 min) and the benchmarks are ``slow``.
+Cost in the default suite: under three minutes on two cores (README, report and soft-label flows on MNIST digits),
+plus ~35 s for docs/tuning.md (seeds: 2 recipes x 5 seeds of one epoch; tune: 4 trials of one epoch); the text flow
+(MiniLM, ~2 min) and the benchmarks are ``slow``.
 """
 
 from __future__ import annotations
