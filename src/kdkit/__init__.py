@@ -8,10 +8,10 @@ Quick use::
     print(result.best)
 """
 
-from kdkit.api import cache, distill, evaluate, load_student, train
+from kdkit.api import cache, distill, evaluate, load_student, seeds, train, tune
 from kdkit.errors import KdkitError
 from kdkit.recipe import Recipe, load_recipe, recipe_from_dict
 
 __version__ = "0.1.0"
-__all__ = ["train", "distill", "cache", "evaluate", "load_student", "Recipe", "load_recipe", "recipe_from_dict",
-           "KdkitError"]
+__all__ = ["train", "distill", "cache", "evaluate", "load_student", "seeds", "tune", "Recipe", "load_recipe",
+           "recipe_from_dict", "KdkitError"]

@@ -25,6 +25,8 @@ from kdkit.recipe import Recipe, as_recipe
 from kdkit.runs import run
 from kdkit.softlabels.cache import CacheResult, build_cache
 from kdkit.softlabels.importer import ImportResult, import_logits
+from kdkit.study.seeds import SeedsResult, run_seeds
+from kdkit.study.tune import TuneResult, run_tune
 from kdkit.weights import check_input_shape, read_metadata, resolve_checkpoint
 
 
@@ -97,6 +99,31 @@ def distill(recipe: Recipe | str | Path | dict[str, Any] | None = None, override
         raise ConfigError("distill: the recipe has no `teachers:` (or `soft_labels:`); use `kdkit train` for "
                           "supervised training")
     return _run(r, resume, quiet)
+
+
+def seeds(recipes: list[Recipe | str | Path | dict[str, Any]] | Recipe | str | Path | dict[str, Any],
+          seeds: list[int] = (0, 1, 2), baseline: Recipe | str | Path | dict[str, Any] | None = None,
+          overrides: list[str] | None = None, out: str | Path | None = None, quiet: bool = False) -> SeedsResult:
+    """The seeds protocol (``kdkit seeds``): each recipe run once per seed as ``<output_dir>/<name>-seed<k>``
+    (finished seeds are read, not rerun), then mean ± sample std of best- and last-epoch validation top-1, the
+    paired gain against ``baseline``, images/s and training time, written to ``seeds.json`` and ``seeds.md``.
+
+    Returns a :class:`kdkit.study.seeds.SeedsResult`: ``table`` (the JSON), ``json_path``, ``md_path``, ``trained``
+    and ``reused`` run directories."""
+    if not isinstance(recipes, (list, tuple)):
+        recipes = [recipes]
+    return run_seeds(list(recipes), list(seeds), baseline=baseline, overrides=overrides, out=out, quiet=quiet)
+
+
+def tune(recipe: Recipe | str | Path | dict[str, Any], trials: int = 10, overrides: list[str] | None = None,
+         storage: str | None = None, sampler: str = "tpe", pruner: str = "median", sampler_seed: int | None = None,
+         quiet: bool = False) -> TuneResult:
+    """``kdkit tune``: ``trials`` more Optuna trials over the recipe's ``search:`` block (the ``tune`` extra); each
+    trial a run directory ``<output_dir>/<name>-tune/trial-<k>``, objective its best-epoch validation top-1. Returns
+    a :class:`kdkit.study.tune.TuneResult` (``best_value``, ``best_params``, ``best_run_dir``, ``n_trials``);
+    :func:`kdkit.study.tune.load_study` gives the ``optuna.Study``."""
+    return run_tune(recipe, trials, overrides=overrides, storage=storage, sampler=sampler, pruner=pruner,
+                    seed=sampler_seed, quiet=quiet)
 
 
 def load_student(checkpoint: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:

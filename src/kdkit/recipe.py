@@ -134,6 +134,9 @@ class Recipe(_Strict):
     soft_labels: str | None = Field(default=None, description="teacher soft-label store to read instead of teachers")
     stages: list[dict[str, Any]] = Field(default_factory=list, description="a pipeline: each stage is a partial recipe "
                                          "(plus name, teacher_from, ensemble) run in order; see docs/schemes.md")
+    search: dict[str, dict[str, Any]] = Field(default_factory=dict, description="`kdkit tune`'s search space: a field "
+                                              "path (terms.1.params.temperature) -> {uniform|log_uniform|int: [a, b]} "
+                                              "or {choice: [...]}; see docs/tuning.md")
 
     @model_validator(mode="before")
     @classmethod
@@ -174,6 +177,23 @@ class Recipe(_Strict):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"terms {dup} appear twice; give each a distinct 'key'")
+        return self
+
+    @model_validator(mode="after")
+    def _valid_search(self) -> Recipe:
+        if not self.search:
+            return self
+        data = self.model_dump(mode="json")
+        data["search"] = {}
+        for path, dist in self.search.items():
+            check_search_path(data, path)
+            kind, arg = parse_distribution(path, dist)
+            first = arg[0]
+            try:
+                Recipe(**set_path(data, path, first))
+            except ValidationError as err:
+                raise ValueError(f"search '{path}': the value {first!r} does not fit the field: "
+                                 f"{format_validation_error(err, 'recipe')}") from None
         return self
 
     @property
@@ -236,6 +256,77 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[s
         else:
             node[last] = value
     return data
+
+
+DISTRIBUTIONS = ("uniform", "log_uniform", "int", "choice")
+
+
+def parse_distribution(path: str, dist: dict[str, Any]) -> tuple[str, list[Any]]:
+    """A ``search:`` entry's distribution: ``{uniform: [a, b]}``, ``{log_uniform: [a, b]}`` (0 < a), ``{int: [a, b]}``
+    (integers, both ends included) or ``{choice: [v1, v2, ...]}`` (any values, e.g. whole term lists)."""
+    if not isinstance(dist, dict) or len(dist) != 1 or next(iter(dist)) not in DISTRIBUTIONS:
+        raise ValueError(f"search '{path}': give one distribution, one of {{uniform: [a, b]}}, "
+                         f"{{log_uniform: [a, b]}}, {{int: [a, b]}}, {{choice: [...]}}; got {dist!r}")
+    kind, arg = next(iter(dist.items()))
+    if kind == "choice":
+        if not isinstance(arg, list) or not arg:
+            raise ValueError(f"search '{path}': choice needs a non-empty list of values, got {arg!r}")
+        return kind, arg
+    ok = isinstance(arg, list) and len(arg) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                         for v in arg)
+    if not ok:
+        raise ValueError(f"search '{path}': {kind} needs two numbers [low, high], got {arg!r}")
+    low, high = arg
+    if kind == "int" and not all(isinstance(v, int) for v in arg):
+        raise ValueError(f"search '{path}': int needs two integers [low, high], got {arg!r}")
+    if not low < high:
+        raise ValueError(f"search '{path}': {kind} needs low < high, got [{low}, {high}]")
+    if kind == "log_uniform" and low <= 0:
+        raise ValueError(f"search '{path}': log_uniform needs 0 < low, got [{low}, {high}]")
+    return kind, arg
+
+
+def check_search_path(data: dict[str, Any], path: str) -> None:
+    """A ``search:`` field path must name a field of the recipe: every part but the last must exist, and the last
+    too, unless it is a key of a ``params`` mapping (a loss term's or model's free keyword arguments)."""
+    node: Any = data
+    parts = path.split(".")
+    for i, part in enumerate(parts):
+        where = ".".join(parts[:i]) or "the recipe"
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ValueError(f"search '{path}': '{part}' is not an index of {where} ({len(node)} items)")
+            node = node[int(part)]
+        elif isinstance(node, dict):
+            if part not in node:
+                if last and parts[i - 1:i] == ["params"]:
+                    return
+                known = ", ".join(sorted(node)) or "none"
+                raise ValueError(f"search '{path}': {where} has no field '{part}' (it has: {known})")
+            node = node[part]
+        else:
+            raise ValueError(f"search '{path}': {where} is a single value, not a section")
+
+
+def set_path(data: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    """A copy of ``data`` with the field at ``path`` (``terms.1.params.temperature``) set to ``value``."""
+    out = copy.deepcopy(data)
+    node: Any = out
+    parts = path.split(".")
+    for part in parts[:-1]:
+        if isinstance(node, list):
+            node = node[int(part)]
+        else:
+            if node.get(part) is None:
+                node[part] = {}
+            node = node[part]
+    last = parts[-1]
+    if isinstance(node, list):
+        node[int(last)] = copy.deepcopy(value)
+    else:
+        node[last] = copy.deepcopy(value)
+    return out
 
 
 def _not_a_section(item: str, parent: list[str]) -> ConfigError:

@@ -73,6 +73,7 @@ PLUGINS: list[Plugin] = [
     Plugin("kdkit.schemes.adversarial"),
     Plugin("kdkit.softlabels.commands"),
     Plugin("kdkit.report.commands"),
+    Plugin("kdkit.study.commands"),
     Plugin("kdkit.deploy.commands", "deploy"),
     Plugin("kdkit.teachers.onnx", "deploy"),
     Plugin("kdkit.text.models", "text"),

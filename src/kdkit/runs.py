@@ -26,6 +26,8 @@ from kdkit.weights import model_meta
 from kdkit.yamlio import read_yaml_file
 
 LOCK_NAME = ".kdkit.lock"
+# Fields added to the recipe after runs were saved: a saved recipe without them had them empty.
+ADDED_FIELDS: dict[str, object] = {"search": {}}
 
 
 class RunLock(DirLock):
@@ -90,8 +92,11 @@ def prepare_run_dir(recipe: Recipe, resume: bool, clean: bool = True, console: A
     return resume
 
 
-def run(recipe: Recipe, resume: bool = False, quiet: bool = False, console: Any = None) -> FitResult:
-    """Train or distil as the recipe says; returns :class:`kdkit.engine.FitResult`."""
+def run(recipe: Recipe, resume: bool = False, quiet: bool = False, console: Any = None,
+        epoch_callbacks: list[Any] | None = None) -> FitResult:
+    """Train or distil as the recipe says; returns :class:`kdkit.engine.FitResult`.
+
+    ``epoch_callbacks``: passed to :class:`~kdkit.engine.loop.Engine` (each gets every epoch's metrics record)."""
     if recipe.stages:
         raise ConfigError("a recipe with `stages:` is a pipeline; run it with kdkit.pipeline.run_pipeline (kdkit "
                           "train/distill do)")
@@ -108,7 +113,7 @@ def run(recipe: Recipe, resume: bool = False, quiet: bool = False, console: Any 
         resume = prepare_run_dir(recipe, resume, clean=lock is not None, console=note)
         if resume and (run_dir / "config.yaml").is_file():
             _check_same_recipe(recipe, run_dir)
-        return _run_locked(recipe, run_dir, accelerator, resume, quiet, console)
+        return _run_locked(recipe, run_dir, accelerator, resume, quiet, console, epoch_callbacks)
     except BaseException:
         if lock is not None:
             _remove_if_untouched(run_dir, created)  # input refused before anything was written: leave no trace
@@ -125,8 +130,8 @@ def _remove_if_untouched(run_dir: Path, created: bool) -> None:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def _run_locked(recipe: Recipe, run_dir: Path, accelerator: Any, resume: bool, quiet: bool, console: Any
-                ) -> FitResult:
+def _run_locked(recipe: Recipe, run_dir: Path, accelerator: Any, resume: bool, quiet: bool, console: Any,
+                epoch_callbacks: list[Any] | None = None) -> FitResult:
     seed_everything(recipe.seed)
     data = build_data(recipe, accelerator.num_processes, accelerator.process_index)
     scheme = build_scheme(recipe, data)
@@ -134,7 +139,7 @@ def _run_locked(recipe: Recipe, run_dir: Path, accelerator: Any, resume: bool, q
         save_recipe(recipe, run_dir / "config.yaml")
         atomic_write_json(run_dir / "split.json", data.split)
     engine = Engine(recipe, run_dir, model_meta(recipe.student, data, recipe), console=console, quiet=quiet,
-                    accelerator=accelerator)
+                    accelerator=accelerator, epoch_callbacks=epoch_callbacks)
     result = engine.fit(scheme, data.train_loader, data.val_loader, resume=resume)
     if accelerator.is_main_process:
         atomic_write_json(run_dir / "summary.json", {"best": result.best, "last": result.last,
@@ -147,7 +152,8 @@ def _check_same_recipe(recipe: Recipe, run_dir: Path) -> None:
     if not isinstance(saved, dict):
         raise ConfigError(f"--resume: '{run_dir}/config.yaml' is not a recipe; start afresh in a new run directory")
     now = json.loads(json.dumps(recipe.model_dump(mode="json")))
-    diff = [k for k in now if saved.get(k) != now[k] and k not in ("epochs", "threads", "output_dir")]
+    diff = [k for k in now if saved.get(k, ADDED_FIELDS.get(k)) != now[k]
+            and k not in ("epochs", "threads", "output_dir")]
     if diff:
         raise ConfigError(f"--resume: the recipe differs from the one saved in '{run_dir}/config.yaml' in "
                           f"{', '.join(diff)}; resume with the same recipe (only epochs, threads and output_dir may "

@@ -15,8 +15,9 @@ every documented option exists in the script, the slow suite runs each shrunk (`
 says which cannot be and why). YAML blocks must parse, and recipe-shaped ones validate; the README's recipe is the
 bundled ``recipes/mnist_kd.yaml``.
 
-Cost in the default suite: under three minutes on two cores (README, report and soft-label flows on MNIST digits);
-the text flow (MiniLM, ~2 min) and the benchmarks are ``slow``.
+Cost in the default suite: under three minutes on two cores (README, report and soft-label flows on MNIST digits),
+plus ~35 s for docs/tuning.md (seeds: 2 recipes x 5 seeds of one epoch; tune: 4 trials of one epoch); the text flow
+(MiniLM, ~2 min) and the benchmarks are ``slow``.
 """
 
 from __future__ import annotations
@@ -44,12 +45,16 @@ OTHER_LANGS = {"yaml", "text"}  # yaml: parsed (and validated when it is a recip
 
 # Commands that are not run, with the reason. Keys are (document, command as written, comment stripped).
 NOT_RUN: dict[tuple[str, str], str] = {
+    ("README.md", "kdkit cache RECIPE --from-logits logits.npy"): "RECIPE and logits.npy are placeholders; the "
+                                                                  "teachers doc runs --from-logits for real",
     ("README.md", "make test"): "runs this very test suite (and installs Chromium as root)",
     ("docs/faults.md", "kdkit train RECIPE --resume"): "RECIPE is a placeholder; resuming after a kill is what "
                                                        "tests/integration/test_faults.py does, with real kills",
     ("docs/faults.md", "kdkit train RECIPE"): "RECIPE is a placeholder; restarting a run that never completed a "
                                               "checkpoint is tested by tests/integration/test_faults.py",
     ("docs/teachers.md", "huggingface-cli download timm/resnet10t.c3_in1k"): "downloads (no network here)",
+    ("docs/tuning.md", "kdkit tune kd_search.yaml --trials 10 --storage postgresql://kdkit@dbhost/kdkit"):
+        "needs a PostgreSQL server; two workers on one study are run by tests/integration/test_tune.py (journal)",
     ("docs/teachers.md", "kdkit train recipes/teachers/mnist_pretrained_timm.yaml"):
         "needs the downloaded timm weights in the HF cache; test_teachers_pretrained.py runs the same pipeline from a "
         "locally built HF cache",
@@ -81,7 +86,8 @@ TRANSLATE = {"make quickstart": "kdkit quickstart"}
 # The tests that run each document's commands and Python blocks (test_text_doc is `slow`).
 # A name "file.py::test" is a test in another file of tests/integration (the check below finds it there).
 SCENARIOS = {"README.md": ("test_readme_commands", "test_readme_python"), "docs/report.md": ("test_report_doc",),
-             "docs/softlabels.md": ("test_softlabels_doc",), "docs/text.md": ("test_text_doc",),
+             "docs/softlabels.md": ("test_softlabels_doc",), "docs/tuning.md": ("test_tuning_doc",),
+             "docs/text.md": ("test_text_doc",),
              "docs/teachers.md": ("test_teachers_doc", "test_teachers_docs.py::test_the_onnx_python_example_runs"),
              "docs/own-models-and-data.md": (
                  "test_own_model_and_data.py::test_the_documented_walk_through_runs_outside_the_repository",
@@ -109,6 +115,8 @@ PYTHON: dict[str, list[tuple[dict[str, str], list[str], list[str]] | str]] = {
         "plug-in registration with `...` bodies: the shape of a module, not a program",
         "the object API with the reader's own small_net/big_net: README's runnable example is run instead",
     ],
+    "docs/tuning.md": [({'overrides=["epochs=50"]': f'overrides=["epochs=1", "data.train_limit={IMAGE_LIMIT}"]'},
+                        ["runs/seeds/seeds.json", "runs/seeds/seeds.md"], ["0 trained, 6 read"])],
     "docs/text.md": [({'kdkit.load_recipe("recipes/text/rt_tinybert.yaml")':
                        'kdkit.load_recipe("recipes/text/rt_tinybert.yaml", TEXT_SHRINK)'},
                       ["teacher.safetensors"], [])],
@@ -189,11 +197,14 @@ def shrink_one(cmd: str) -> str:
     words = shlex.split(cmd)
     if words[:1] != ["kdkit"] or len(words) < 2:
         return cmd
-    if words[1] in ("train", "distill", "cache"):
+    if words[1] in ("train", "distill", "cache", "seeds"):
         extra = ["epochs=1", f"data.train_limit={TEXT_LIMIT if _is_text(words) else IMAGE_LIMIT}"]
         if _is_text(words):
             extra.append("data.val_fraction=0.02")  # 256 validation snippets instead of 2,562
         return cmd + "".join(f" --set {e}" for e in extra)
+    if words[1] == "tune":  # 2 trials of 1 epoch on 500 digits
+        cmd = re.sub(r"--trials \d+", "--trials 2", cmd)
+        return cmd + f" --set epochs=1 --set data.train_limit={IMAGE_LIMIT}"
     if words[1] == "quickstart":
         return cmd + f" --teacher-epochs 1 --student-epochs 1 --train-limit {IMAGE_LIMIT}"
     return cmd
@@ -234,6 +245,19 @@ def artefacts(ran: str, cwd: Path) -> list[Path]:
                 out.append(Path(store) / "manifest.json")
             else:
                 out += [run / "checkpoints" / "best.safetensors", run / "metrics.jsonl", run / "summary.json"]
+        elif sub == "seeds":
+            table = Path(_option(words, "--out", "-o") or "runs/seeds")
+            out += [table / "seeds.json", table / "seeds.md"]
+            recipes = [w for w in words[2:words.index("--seeds")] if w.endswith(".yaml")]
+            seeds = [w for w in words[words.index("--seeds") + 1:] if w.isdigit()]
+            for r in recipes:
+                name = load_recipe(cwd / r, _sets(words)).name
+                out += [Path("runs") / f"{name}-seed{k}" / "summary.json" for k in seeds]
+        elif sub == "tune":
+            recipe = load_recipe(cwd / words[2], _sets(words))
+            out += [Path(recipe.output_dir) / f"{recipe.name}-tune" / f for f in ("journal.log", "study.json")]
+            if "--show" in words:
+                out += [Path(recipe.output_dir) / f"{recipe.name}-tune" / "plots" / "history.png"]
         elif sub == "quickstart":
             q = Path(_option(words, "--output-dir") or "runs/quickstart")
             out += [q / "table.md", q / "table.json", q / "report" / "report.html"]
@@ -518,6 +542,20 @@ def test_softlabels_doc(tmp_path, token_cache):
     assert [c.split()[1] for c in done] == ["train", "cache", "distill"]
     saved = yaml.safe_load((cwd / "runs" / "my_kd" / "config.yaml").read_text())
     assert saved["soft_labels"] == "runs/my_kd_store"
+
+
+def test_tuning_doc(tmp_path, token_cache):
+    cwd = workspace(tmp_path, "docs/tuning.md")
+    done = run_doc_commands("docs/tuning.md", cwd, token_cache)
+    assert [c.split()[1] for c in done] == ["train", "seeds", "seeds", "tune", "tune", "tune"]
+    table = json.loads((cwd / "runs" / "seeds" / "seeds.json").read_text())
+    assert table["seeds"] == [0, 1, 2, 3, 4] and table["baseline"] == "mnist_scratch"
+    assert len(table["recipes"]["mnist_kd"]["gain_best_top1"]["values"]) == 5
+    run_python_blocks("docs/tuning.md", cwd, token_cache)  # seeds 0-2 of both recipes exist: read, not retrained
+    from kdkit.study.tune import load_study
+
+    study = load_study(str(cwd / "kd_search.yaml"), [f"output_dir={cwd / 'runs'}"])
+    assert len(study.trials) == 4  # two calls of 2 trials (shrunk from 20 and 10), one study
 
 
 @pytest.mark.slow

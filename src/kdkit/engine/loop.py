@@ -12,6 +12,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -92,10 +93,14 @@ class Engine:
         run_dir: where metrics.jsonl, checkpoints/ and best.safetensors go.
         model_meta: metadata stored with the best weights (model spec, classes, normalisation) for ``kdkit eval``.
         quiet: no progress bar (metrics are still written).
+        epoch_callbacks: called with each epoch's record (the line written to ``metrics.jsonl``, with ``val_top1``
+            when the epoch was evaluated) after the epoch is checkpointed; an exception they raise stops the run there
+            (``kdkit tune`` prunes a trial this way). They see figures only, never the scheme.
     """
 
     def __init__(self, recipe: Recipe, run_dir: Path, model_meta: dict[str, Any] | None = None,
-                 console: Console | None = None, quiet: bool = False, accelerator: Any = None) -> None:
+                 console: Console | None = None, quiet: bool = False, accelerator: Any = None,
+                 epoch_callbacks: list[Callable[[dict[str, Any]], None]] | None = None) -> None:
         self.recipe = recipe
         self.run_dir = Path(run_dir)
         self.model_meta = model_meta or {}
@@ -103,6 +108,7 @@ class Engine:
         self.quiet = quiet
         self.accelerator = accelerator or make_accelerator(recipe)
         self.ckpt = CheckpointManager(self.run_dir)
+        self.epoch_callbacks = list(epoch_callbacks or [])
 
     # ------------------------------------------------------------------------------------------------------------
     def fit(self, scheme: TrainableScheme, train_loader: Any, val_loader: Any, resume: bool = False) -> FitResult:
@@ -191,6 +197,8 @@ class Engine:
             self._write_metrics(history)
             if not self.quiet:
                 self.console.print(_epoch_line(record, r.epochs))
+            for callback in self.epoch_callbacks:
+                callback(dict(record))
         acc.wait_for_everyone()
         last = history[-1] if history else {}
         if acc.is_main_process:

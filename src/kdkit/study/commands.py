@@ -1,0 +1,72 @@
+"""``kdkit seeds RECIPE... --seeds 0 1 2 [--baseline RECIPE]`` and ``kdkit tune RECIPE --trials N`` / ``--show`` (in
+:data:`kdkit.registry.COMMANDS`)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from kdkit.recipe import as_recipe
+from kdkit.registry import COMMANDS
+from kdkit.study.seeds import run_seeds, table_markdown
+from kdkit.study.tune import load_study, run_tune, show_markdown, study_dir_of, write_plots
+
+
+@COMMANDS.register("seeds")
+def seeds(
+    recipes: Annotated[list[str], typer.Argument(help="recipe YAML paths or bundled recipe names")],
+    seed: Annotated[list[str], typer.Option("--seeds", help="the seeds: --seeds 0 1 2 (or 0,1,2)")],
+    baseline: Annotated[str | None, typer.Option("--baseline", help="recipe the paired gains are against (one of "
+                                                                     "RECIPE or another)")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", "-s", help="override a field of every recipe: "
+                                                                       "key.path=value (repeatable)")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="where seeds.json and seeds.md go (default: "
+                                                                  "<output_dir>/seeds)")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
+) -> None:
+    """Run each recipe over several seeds (each a run directory <output_dir>/<name>-seed<k>; finished ones are not
+    rerun) and print mean ± sample std of best- and last-epoch validation top-1, the paired gain against --baseline,
+    images/s and training time."""
+    # `--seeds 0 1 2`: the option takes one value, so the further integers arrive among the positional arguments.
+    extra = [r for r in recipes if re.fullmatch(r"-?\d+(,-?\d+)*", r) and not Path(r).exists()]
+    recipes = [r for r in recipes if r not in extra]
+    result = run_seeds(recipes, list(seed) + extra, baseline=baseline, overrides=set_, out=out, quiet=quiet)
+    typer.echo(table_markdown(result.table))
+    Console(soft_wrap=True).print(f"[bold green]seeds[/] {result.json_path} · {result.md_path} "
+                                  f"({len(result.trained)} run(s) trained, {len(result.reused)} finished already)")
+
+
+@COMMANDS.register("tune")
+def tune(
+    recipe: Annotated[str, typer.Argument(help="recipe YAML path (with a `search:` block) or bundled recipe name")],
+    trials: Annotated[int, typer.Option("--trials", "-n", help="trials this worker adds to the study")] = 10,
+    show: Annotated[bool, typer.Option("--show", help="print the best trials of the study, write its plots "
+                                                      "(<study>/plots/history.png, slices.png) and exit")] = False,
+    top: Annotated[int, typer.Option("--top", help="with --show: how many trials")] = 5,
+    storage: Annotated[str | None, typer.Option("--storage", help="Optuna RDB URL (e.g. postgresql://...) for "
+                                                                  "workers on several machines (default: the "
+                                                                  "journal file in <output_dir>/<name>-tune)")] = None,
+    sampler: Annotated[str, typer.Option("--sampler", help="tpe or random")] = "tpe",
+    pruner: Annotated[str, typer.Option("--pruner", help="median or none")] = "median",
+    sampler_seed: Annotated[int | None, typer.Option("--sampler-seed", help="seed of the sampler")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", "-s", help="override a recipe field: key.path=value "
+                                                                       "(repeatable)")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
+) -> None:
+    """Search the recipe's `search:` space with Optuna (TPE, median pruning on per-epoch validation top-1); each
+    trial is a run directory <output_dir>/<name>-tune/trial-<k>. Run it again (or on several workers) to add trials."""
+    if not show:
+        result = run_tune(recipe, trials, overrides=set_, storage=storage, sampler=sampler, pruner=pruner,
+                          seed=sampler_seed, quiet=quiet)
+        Console(soft_wrap=True).print(f"[bold green]tune[/] {result.ran} trial(s) run; study '{result.study_name}' "
+                                      f"in {result.storage}")
+    study = load_study(recipe, set_, storage)
+    typer.echo(show_markdown(study, top))
+    if show:
+        plots = write_plots(study, study_dir_of(as_recipe(recipe, set_)) / "plots")
+        if plots:
+            typer.echo("plots: " + " · ".join(str(p) for p in plots))

@@ -1,0 +1,250 @@
+"""``kdkit tune``: a hyperparameter search over a recipe's ``search:`` block, on Optuna (the ``tune`` extra).
+
+Each trial is a normal run directory, ``<output_dir>/<name>-tune/trial-<number>``, of the recipe with the sampled
+values set at their field paths. The objective is the trial's **best validation top-1** (the highest ``val_top1`` over
+its epochs, on the recipe's validation split ``data.val_fraction``, held out of training; never a test split),
+maximised. Every evaluated epoch is reported to Optuna through an engine epoch callback, so the pruner (median by
+default) stops trials that trail the others at the same epoch.
+
+Storage: by default an Optuna journal file, ``<output_dir>/<name>-tune/journal.log``; it survives a kill (the next
+``kdkit tune`` adds trials to the same study) and several worker processes on one machine may share it (file locks).
+``--storage URL`` (e.g. ``postgresql://...``) uses a relational database instead, for workers on several machines.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from kdkit.errors import ConfigError
+from kdkit.recipe import Recipe, as_recipe, parse_distribution, recipe_from_dict, set_path
+from kdkit.runs import run
+from kdkit.utils import atomic_write_json
+
+OBJECTIVE = "best-epoch validation top-1 (%) on the recipe's validation split (data.val_fraction), maximised"
+
+
+def _optuna():
+    try:
+        import optuna  # the `tune` extra
+    except ModuleNotFoundError:
+        raise ConfigError("kdkit tune needs Optuna: pip install 'kdkit[tune]'") from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna
+
+
+@dataclass
+class TuneResult:
+    """A study after ``kdkit tune``: its directory, name, storage, and the best trial so far."""
+
+    study_dir: Path
+    study_name: str
+    storage: str
+    best_value: float | None
+    best_params: dict[str, Any]
+    best_run_dir: str | None
+    n_trials: int  # trials in the study (all workers, all states)
+    ran: int  # trials started by this call
+
+
+def study_dir_of(recipe: Recipe) -> Path:
+    return Path(recipe.output_dir) / f"{recipe.name}-tune"
+
+
+def _storage(optuna: Any, study_dir: Path, url: str | None) -> tuple[Any, str]:
+    if url:
+        return url, url
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    study_dir.mkdir(parents=True, exist_ok=True)
+    path = study_dir / "journal.log"
+    return JournalStorage(JournalFileBackend(str(path))), str(path)
+
+
+def sample(trial: Any, search: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """One value per ``search:`` path from ``trial`` (an ``optuna.Trial``); ``choice`` values are suggested by index
+    (any YAML value, e.g. a whole term list, can be a choice) and stored as the value in the trial's user attrs."""
+    values: dict[str, Any] = {}
+    for path, dist in search.items():
+        kind, arg = parse_distribution(path, dist)
+        if kind == "uniform":
+            values[path] = trial.suggest_float(path, float(arg[0]), float(arg[1]))
+        elif kind == "log_uniform":
+            values[path] = trial.suggest_float(path, float(arg[0]), float(arg[1]), log=True)
+        elif kind == "int":
+            values[path] = trial.suggest_int(path, int(arg[0]), int(arg[1]))
+        else:
+            values[path] = arg[trial.suggest_categorical(path, list(range(len(arg))))]
+    return values
+
+
+def trial_recipe(recipe: Recipe, values: dict[str, Any], number: int, study_dir: Path) -> Recipe:
+    """``recipe`` with ``values`` set, no ``search:``, run in ``study_dir/trial-<number>``."""
+    data = recipe.model_dump(mode="json")
+    data["search"] = {}
+    for path, value in values.items():
+        data = set_path(data, path, value)
+    data.update(name=f"trial-{number}", output_dir=str(study_dir))
+    return recipe_from_dict(data, source=f"trial {number}")
+
+
+def run_tune(recipe: Recipe | str | Path | dict[str, Any], trials: int, overrides: list[str] | None = None,
+             storage: str | None = None, sampler: str = "tpe", pruner: str = "median", seed: int | None = None,
+             quiet: bool = False, console: Console | None = None) -> TuneResult:
+    """Run ``trials`` more trials of the recipe's search (adding to the study if it exists); see the module doc."""
+    optuna = _optuna()
+    r = as_recipe(recipe, overrides)
+    if not r.search:
+        raise ConfigError(f"recipe '{r.name}' has no `search:` block; add one (docs/tuning.md), e.g. "
+                          f"search: {{optim.lr: {{log_uniform: [0.0003, 0.03]}}}}")
+    if r.stages:
+        raise ConfigError("kdkit tune: a recipe with `stages:` (a pipeline) cannot be tuned; tune its last stage")
+    if trials < 1:
+        raise ConfigError(f"--trials must be at least 1, got {trials}")
+    console = console or Console(stderr=True)
+    sdir = study_dir_of(r)
+    store, where = _storage(optuna, sdir, storage)
+    samplers = {"tpe": lambda: optuna.samplers.TPESampler(seed=seed),
+                "random": lambda: optuna.samplers.RandomSampler(seed=seed)}
+    pruners = {"median": lambda: optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0),
+               "none": lambda: optuna.pruners.NopPruner()}
+    if sampler not in samplers or pruner not in pruners:
+        raise ConfigError(f"--sampler must be one of {sorted(samplers)} and --pruner one of {sorted(pruners)}")
+    study = optuna.create_study(study_name=r.name, storage=store, direction="maximize", sampler=samplers[sampler](),
+                                pruner=pruners[pruner](), load_if_exists=True)
+    if "objective" not in study.user_attrs:
+        study.set_user_attr("objective", OBJECTIVE)
+        study.set_user_attr("split", f"validation: {r.data.val_fraction:g} of {r.data.name} held out of training "
+                                     f"(split_seed {r.data.split_seed})")
+        study.set_user_attr("search", r.search)
+    sdir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(sdir / "study.json", {"study_name": r.name, "storage": where, "objective": OBJECTIVE,
+                                            "search": r.search, "recipe": r.model_dump(mode="json")})
+
+    started = []
+
+    def objective(trial: Any) -> float:
+        started.append(trial.number)
+        values = sample(trial, r.search)
+        tr = trial_recipe(r, values, trial.number, sdir)
+        trial.set_user_attr("run_dir", str(tr.run_dir))
+        trial.set_user_attr("values", json.loads(json.dumps(values)))
+        if not quiet:
+            shown = ", ".join(f"{k}={_short(v)}" for k, v in values.items())
+            console.print(f"[bold]trial {trial.number}[/] {shown} → {tr.run_dir}")
+
+        def report(record: dict[str, Any]) -> None:
+            if record.get("val_top1") is None:
+                return
+            trial.report(float(record["val_top1"]), step=int(record["epoch"]))
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at epoch {record['epoch']} (val top-1 {record['val_top1']:.2f}%)")
+
+        result = run(tr, quiet=quiet, epoch_callbacks=[report])
+        value = result.best.get("top1")
+        if value is None or not math.isfinite(value):
+            raise ConfigError(f"trial {trial.number}: no validation top-1 was measured; the objective needs a "
+                              f"validation split (data.val_fraction > 0)")
+        return float(value)
+
+    study.optimize(objective, n_trials=trials, catch=())
+    return _result(study, sdir, where, ran=len(started))
+
+
+def _short(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else json.dumps(v) if not isinstance(v, str) else v
+
+
+def _result(study: Any, sdir: Path, where: str, ran: int) -> TuneResult:
+    done = [t for t in study.trials if t.value is not None and t.state.name == "COMPLETE"]
+    best = max(done, key=lambda t: t.value) if done else None
+    return TuneResult(sdir, study.study_name, where, best.value if best else None,
+                      best.user_attrs.get("values", {}) if best else {},
+                      best.user_attrs.get("run_dir") if best else None, len(study.trials), ran)
+
+
+def load_study(recipe: Recipe | str | Path | dict[str, Any], overrides: list[str] | None = None,
+               storage: str | None = None) -> Any:
+    """The recipe's Optuna study (as ``kdkit tune`` left it)."""
+    optuna = _optuna()
+    r = as_recipe(recipe, overrides)
+    sdir = study_dir_of(r)
+    if storage is None and not (sdir / "journal.log").is_file():
+        raise ConfigError(f"no study for '{r.name}' in '{sdir}' yet; run kdkit tune first (or pass --storage URL)")
+    store, _ = _storage(optuna, sdir, storage)
+    try:
+        return optuna.load_study(study_name=r.name, storage=store)
+    except KeyError:
+        raise ConfigError(f"storage has no study named '{r.name}'; run kdkit tune first") from None
+
+
+def best_trials(study: Any, top: int = 5) -> list[dict[str, Any]]:
+    """The ``top`` completed trials, best first: number, value, sampled values, run directory, epochs run."""
+    done = sorted((t for t in study.trials if t.state.name == "COMPLETE" and t.value is not None),
+                  key=lambda t: -t.value)
+    return [{"trial": t.number, "value": t.value, "values": t.user_attrs.get("values", {}),
+             "run_dir": t.user_attrs.get("run_dir")} for t in done[:top]]
+
+
+def show_markdown(study: Any, top: int = 5) -> str:
+    states: dict[str, int] = {}
+    for t in study.trials:
+        states[t.state.name.lower()] = states.get(t.state.name.lower(), 0) + 1
+    lines = [f"study '{study.study_name}': {len(study.trials)} trials "
+             f"({', '.join(f'{n} {k}' for k, n in sorted(states.items()))})",
+             f"objective: {study.user_attrs.get('objective', OBJECTIVE)}", "",
+             "| trial | best val top-1 (%) | values | run directory |", "|---|---|---|---|"]
+    for row in best_trials(study, top):
+        vals = ", ".join(f"{k}={_short(v)}" for k, v in row["values"].items())
+        lines.append(f"| {row['trial']} | {row['value']:.2f} | {vals} | {row['run_dir']} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_plots(study: Any, out_dir: Path) -> list[Path]:
+    """Two figures of the study as PNG files in ``out_dir``: ``history.png`` (each finished trial's value and the best
+    so far, by trial number) and ``slices.png`` (value against each numeric searched field, log axis for
+    ``log_uniform``; one panel per field). Returns the files written (none before the first finished trial)."""
+    from matplotlib.figure import Figure
+
+    done = [t for t in study.trials if t.state.name == "COMPLETE" and t.value is not None]
+    if not done:
+        return []
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fig = Figure(figsize=(6, 3.6), dpi=110)
+    ax = fig.add_subplot()
+    xs = [t.number for t in done]
+    ys = [t.value for t in done]
+    best = [max(ys[: i + 1]) for i in range(len(ys))]
+    ax.scatter(xs, ys, s=14, label="trial")
+    ax.step(xs, best, where="post", color="C3", label="best so far")
+    ax.set_xlabel("trial")
+    ax.set_ylabel("best-epoch val top-1 (%)")
+    ax.set_title(f"study '{study.study_name}': optimisation history")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    paths = [out_dir / "history.png"]
+    fig.savefig(paths[0])
+    search = study.user_attrs.get("search", {})
+    numeric = [p for p, d in search.items() if isinstance(d, dict) and next(iter(d), None) != "choice"]
+    if numeric:
+        fig = Figure(figsize=(3.2 * len(numeric), 3.2), dpi=110)
+        for i, path in enumerate(numeric):
+            ax = fig.add_subplot(1, len(numeric), i + 1)
+            pts = [(t.params[path], t.value) for t in done if path in t.params]
+            ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=14)
+            if next(iter(search[path])) == "log_uniform":
+                ax.set_xscale("log")
+            ax.set_xlabel(path, fontsize=8)
+            if i == 0:
+                ax.set_ylabel("best-epoch val top-1 (%)")
+        fig.tight_layout()
+        paths.append(out_dir / "slices.png")
+        fig.savefig(paths[-1])
+    return paths
