@@ -45,8 +45,6 @@ OTHER_LANGS = {"yaml", "text"}  # yaml: parsed (and validated when it is a recip
 
 # Commands that are not run, with the reason. Keys are (document, command as written, comment stripped).
 NOT_RUN: dict[tuple[str, str], str] = {
-    ("README.md", "kdkit cache RECIPE --from-logits logits.npy"): "RECIPE and logits.npy are placeholders; the "
-                                                                  "teachers doc runs --from-logits for real",
     ("README.md", "make test"): "runs this very test suite (and installs Chromium as root)",
     ("docs/faults.md", "kdkit train RECIPE --resume"): "RECIPE is a placeholder; resuming after a kill is what "
                                                        "tests/integration/test_faults.py does, with real kills",
