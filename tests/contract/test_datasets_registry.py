@@ -108,7 +108,7 @@ def _py(tmp: Path) -> str:
 # name -> None (bundled, no path) or a writer of a small file in that format (returning what follows "name:").
 CASES: dict[str, Callable[[Path], Path] | None] = {
     "mnist_5k": None, "animal_mnist": None, "digits": None, "foolbox_mnist": None, "foolbox_fashion": None,
-    "foolbox_cifar10": None, "foolbox_cifar100": None, "rotten_tomatoes": None,
+    "foolbox_cifar10": None, "foolbox_cifar100": None, "rotten_tomatoes": None, "fashion_mnist": None,
     "imagefolder": _imagefolder, "npz": _npz, "cifar10": lambda t: _cifar(t, False),
     "cifar100": lambda t: _cifar(t, True), "py": _py,
     **{k: _text(k) for k in ("csv", "tsv", "json", "jsonl", "parquet", "hfdisk")},

@@ -18,6 +18,7 @@ import functools
 import gzip
 import importlib.util
 import inspect
+import math
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -234,6 +235,80 @@ _register_foolbox("foolbox_mnist", "mnist", DIGIT_CLASSES, "MNIST 1x28x28")
 _register_foolbox("foolbox_fashion", "fashionMNIST", FASHION_MNIST_CLASSES, "Fashion-MNIST 1x28x28")
 _register_foolbox("foolbox_cifar10", "cifar10", CIFAR10_CLASSES, "CIFAR-10 3x32x32")
 _register_foolbox("foolbox_cifar100", "cifar100", CIFAR100_CLASSES, "CIFAR-100 3x32x32")
+
+
+# ------------------------------------------------------------------------------------------- Debian Fashion-MNIST
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+_FASHION_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", 60_000),
+                  "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz", 10_000)}
+_IDX_IMAGES_MAGIC = 0x00000803  # idx format: 0x00 0x00, dtype 0x08 (unsigned byte), 3 dimensions
+_IDX_LABELS_MAGIC = 0x00000801  # ... 1 dimension
+
+
+def read_idx(path: str | os.PathLike[str], expect_dims: int) -> np.ndarray:
+    """Read an idx file (LeCun's MNIST format, optionally gzipped) of unsigned bytes with ``expect_dims`` dimensions.
+
+    Layout: a big-endian 32-bit magic ``0x0000 08 D`` (08 = unsigned byte, D = number of dimensions), D big-endian
+    32-bit sizes, then the data in row-major order. The magic, the sizes and the data length are all checked.
+    """
+    p = Path(path)
+    try:
+        opener = gzip.open if p.suffix == ".gz" else open
+        with opener(p, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:  # gzip raises BadGzipFile (an OSError) or EOFError on a truncated file
+        raise DataError(f"{p}: cannot read the idx file ({e}); reinstall it") from None
+    magic = _IDX_IMAGES_MAGIC if expect_dims == 3 else _IDX_LABELS_MAGIC
+    header = 4 + 4 * expect_dims
+    got = int.from_bytes(raw[:4], "big") if len(raw) >= 4 else None
+    if got != magic:
+        raise DataError(f"{p}: not an idx file of unsigned bytes with {expect_dims} dimensions (magic "
+                        f"{'missing' if got is None else hex(got)}, expected {hex(magic)})")
+    if len(raw) < header:
+        raise DataError(f"{p}: the idx header is cut short ({len(raw)} bytes, {expect_dims} sizes need {header})")
+    dims = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(expect_dims))
+    if len(raw) - header != math.prod(dims):
+        raise DataError(f"{p}: header says {'x'.join(map(str, dims))} values but the file holds {len(raw) - header}")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+
+
+@functools.cache
+def _fashion_mnist_arrays(folder: str, part: str) -> tuple[np.ndarray, np.ndarray]:
+    images_file, labels_file, count = _FASHION_FILES[part]
+    root = Path(folder)
+    paths = (root / images_file, root / labels_file)
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise DataError(f"dataset 'fashion_mnist': {missing[0]} is missing; install Debian's package: "
+                        "apt-get install dataset-fashion-mnist (or pass path=DIR holding the idx files)")
+    x, y = read_idx(paths[0], 3), read_idx(paths[1], 1)
+    if x.shape != (count, 28, 28):
+        raise DataError(f"{paths[0]}: expected {count} images of 28x28, got {'x'.join(map(str, x.shape))}")
+    if y.shape != (count,) or int(y.max()) > 9:
+        raise DataError(f"{paths[1]}: expected {count} labels in 0..9, got {y.shape[0]} up to {int(y.max())}")
+    return x[:, None], y.astype(np.int64)
+
+
+@DATASETS.register("fashion_mnist", description="Fashion-MNIST, 1x28x28, 10 classes: 60,000 train + 10,000 test "
+                                                "(split=train|test|all; Debian package dataset-fashion-mnist)")
+def fashion_mnist(split: str = "train", path: str | None = None) -> ImageData:
+    """The full Fashion-MNIST (Xiao et al. 2017) from Debian's ``dataset-fashion-mnist``
+    (``/usr/share/datasets/fashion-mnist/*-idx?-ubyte.gz``), read with :func:`read_idx`.
+
+    Args:
+        split: ``train`` (60,000 images), ``test`` (the official 10,000; use it as ``data.val``) or ``all`` (both,
+            with :attr:`ImageData.test_indices` marking the test part).
+        path: a directory holding the four idx files instead of Debian's.
+    """
+    _check_split(split, "fashion_mnist")
+    folder = str(Path(os.path.expanduser(path)) if path else FASHION_MNIST_DIR)
+    parts = [_fashion_mnist_arrays(folder, s) for s in (("train", "test") if split == "all" else (split,))]
+    x = np.concatenate([p[0] for p in parts])
+    y = np.concatenate([p[1] for p in parts])
+    test_idx = torch.arange(len(parts[0][1]), len(y)) if split == "all" else None
+    name = "fashion_mnist" + ("" if split == "train" else f"[{split}]")
+    return ImageData(_tensor(x, torch.uint8), _tensor(y, torch.int64), list(FASHION_MNIST_CLASSES), name,
+                     test_indices=test_idx)
 
 
 # ---------------------------------------------------------------------------------------------------- ImageFolder
