@@ -80,6 +80,9 @@ METHODS: dict[str, tuple[str, dict, list[dict]]] = {
            [{"name": "ab", "weight": 1.0, "stop_epoch": 5},
             {"name": "ce", "weight": 0.5, "start_epoch": 5},
             {"name": "kd", "weight": 0.5, "start_epoch": 5, "params": {"temperature": 8.0}}]),
+    "reviewkd": ("knowledge review: ABF-fused student stages + embeddings, hierarchical context loss (weight 1, warmed "
+                 "up over 2.5 of 30 epochs as the reference's 20 of 240) plus CE", CNN,
+                 [CE, {"name": "reviewkd", "weight": 1.0, "warmup_epochs": 2.5}]),
 }
 
 

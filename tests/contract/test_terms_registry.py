@@ -96,7 +96,7 @@ def test_feature_term_without_teacher_features_is_refused(batch):
 
     ctx = SetupContext(student=student, teachers=[], example=batch["input"][:2], num_classes=10, num_train=64,
                        has_teacher_features=False)
-    for name in ("fitnet", "at", "sp", "rkd", "crd", "ie", "pkt", "cc", "nst", "vid", "fsp", "ab"):
+    for name in ("fitnet", "at", "sp", "rkd", "crd", "ie", "pkt", "cc", "nst", "vid", "fsp", "ab", "reviewkd"):
         with pytest.raises(ConfigError, match="online teacher"):
             build_term(TermSpec(name=name)).setup(ctx)
 

@@ -326,3 +326,70 @@ def ab_loss(s_mapped: Sequence[Tensor], t_feats: Sequence[Tensor], margin: float
     parts = [2.0 ** (i - n + 1) * ab_margin_loss(s, t, margin) for i, (s, t) in enumerate(zip(s_mapped, t_feats,
                                                                                             strict=True))]
     return torch.stack(parts).sum() * (3.0 / 1000.0)
+
+
+def hcl_loss(s_feats: Sequence[Tensor], t_feats: Sequence[Tensor], pool_sizes: Sequence[int] = (4, 2, 1),
+             decay: float = 0.5) -> Tensor:
+    """Hierarchical context loss of ReviewKD (Chen, Liu, Zhao & Jia, "Distilling Knowledge via Knowledge Review",
+    CVPR 2021, sec. 3.3): each level's fused student map is compared with the teacher's at its full resolution and
+    at coarser context levels obtained by average pooling (a spatial pyramid).
+
+    For a level with maps ``F_s, F_t`` of shape (B, C, H, W) and pyramid sizes ``l_1 > l_2 > ...`` (4, 2, 1):
+    ``HCL(F_s, F_t) = Σ_k w_k · MSE(P_k(F_s), P_k(F_t)) / Σ_k w_k``, where ``P_0`` is the identity with ``w_0 = 1``,
+    ``P_k`` the adaptive average pool to ``min(l_k, H) × min(l_k, W)`` with ``w_k = decay^k``, and MSE the mean over
+    all elements. A pyramid size that would not shrink the map is skipped and does not count in the weights (a 4×4
+    map gets levels 4×4, 2×2, 1×1 with weights 1, ½, ¼). The loss is the sum over levels.
+
+    Convention: the reference implementation's (dvlab-research/ReviewKD, mdistiller ``hcl_loss``; its CIFAR-100 loss
+    weight 1 assumes it): pyramid 4, 2, 1, weights 1, 0.5, 0.25, 0.125 normalised by their sum, mean squared error.
+    The paper writes the pyramid sum without saying how levels are weighted; ``decay`` = 1 gives equal weights.
+
+    Args:
+        s_feats: per level, (B, C, H, W) student maps (already fused and mapped to the teacher's shapes by ABF).
+        t_feats: per level, (B, C, H, W) teacher maps of the same shapes; no gradient flows into them.
+        pool_sizes: the pyramid's pooled sizes, coarsening.
+        decay: weight ratio between consecutive pyramid levels.
+
+    Returns:
+        Scalar >= 0, 0 when every pair of maps is equal.
+    """
+    if len(s_feats) != len(t_feats) or not s_feats:
+        raise ShapeError(f"hcl_loss: needs as many student as teacher levels (>= 1), got {len(s_feats)} and "
+                         f"{len(t_feats)}")
+    total = s_feats[0].new_zeros(())
+    for i, (fs, ft) in enumerate(zip(s_feats, t_feats, strict=True)):
+        if fs.shape != ft.shape or fs.ndim != 4:
+            raise ShapeError(f"hcl_loss: level {i} student map {tuple(fs.shape)} and teacher map {tuple(ft.shape)} "
+                             f"must be equal (B, C, H, W) shapes; ABF maps the student's to the teacher's")
+        ft = ft.detach()
+        h, w = fs.shape[2:]
+        level, weight, weights = F.mse_loss(fs, ft), 1.0, 1.0
+        for size in pool_sizes:
+            out = (min(size, h), min(size, w))
+            if out == (h, w):
+                continue
+            weight *= decay
+            level = level + weight * F.mse_loss(F.adaptive_avg_pool2d(fs, out), F.adaptive_avg_pool2d(ft, out))
+            weights += weight
+        total = total + level / weights
+    return total
+
+
+def review_fuse(x: Tensor, residual: Tensor, attention: Tensor) -> Tensor:
+    """ReviewKD's attention-based fusion (ABF, sec. 3.2): ``x · a_0 + up(r) · a_1`` per pixel.
+
+    Args:
+        x: (B, C, H, W) this level's student map (after ABF's 1×1 conv).
+        residual: (B, C, h, w) the fused map of the next deeper level; resized to H × W by nearest neighbour (the
+            reference's ``F.interpolate(mode="nearest")``).
+        attention: (B, 2, H, W) the two attention maps in [0, 1] (a 1×1 conv and a sigmoid over ``cat(x, up(r))``).
+
+    Returns:
+        (B, C, H, W) fused map.
+    """
+    if x.shape[:2] != residual.shape[:2] or attention.shape != (x.shape[0], 2, *x.shape[2:]):
+        raise ShapeError(f"review_fuse: x {tuple(x.shape)}, residual {tuple(residual.shape)} and attention "
+                         f"{tuple(attention.shape)} do not fit: need (B, C, H, W), (B, C, h, w) and (B, 2, H, W)")
+    if residual.shape[2:] != x.shape[2:]:
+        residual = F.interpolate(residual, size=tuple(x.shape[2:]), mode="nearest")
+    return x * attention[:, :1] + residual * attention[:, 1:2]

@@ -384,3 +384,86 @@ class ABTerm(FeatureTerm):
     def compute(self, inp: TermInputs) -> Tensor:
         mapped = self.mapped_features(inp, self.connectors)
         return features.ab_loss([gs for gs, _ in mapped], [ft for _, ft in mapped], self.margin)
+
+
+class ABF(nn.Module):
+    """ReviewKD's attention-based fusion block for one level (Chen et al., CVPR 2021, sec. 3.2; the reference's
+    ``ABF``): the student map through a 1×1 conv + BN to ``c_mid`` channels; fused with the next deeper level's
+    output by two per-pixel attention maps (a 1×1 conv + sigmoid over both, :func:`kdkit.losses.features.review_fuse`)
+    unless it is the deepest level; resized (nearest) to the teacher's map; a 3×3 conv + BN to the teacher's channels.
+    """
+
+    def __init__(self, c_in: int, c_mid: int, c_out: int, fuse: bool) -> None:
+        super().__init__()
+        self.conv1 = nn.Sequential(nn.Conv2d(c_in, c_mid, 1, bias=False), nn.BatchNorm2d(c_mid))
+        self.conv2 = nn.Sequential(nn.Conv2d(c_mid, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out))
+        self.att = nn.Sequential(nn.Conv2d(2 * c_mid, 2, 1), nn.Sigmoid()) if fuse else None
+        for conv in (self.conv1[0], self.conv2[0]):  # the reference's initialisation
+            nn.init.kaiming_uniform_(conv.weight, a=1)
+
+    def forward(self, x: Tensor, residual: Tensor | None, out_size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        """(B, c_in, H, W), the deeper level's fused (B, c_mid, h, w) or None -> (output (B, c_out, *out_size), the
+        fused map handed to the next shallower level)."""
+        x = self.conv1(x)
+        if self.att is not None:
+            if residual is None:
+                raise ConfigError("ABF: a fusing level needs the deeper level's output")
+            up = nn.functional.interpolate(residual, size=tuple(x.shape[2:]), mode="nearest")
+            x = features.review_fuse(x, up, self.att(torch.cat([x, up], dim=1)))
+        if tuple(x.shape[2:]) != tuple(out_size):
+            x = nn.functional.interpolate(x, size=tuple(out_size), mode="nearest")
+        return self.conv2(x), x
+
+
+def _as_map(f: Tensor) -> Tensor:
+    """(B, C, H, W) as is; a (B, D) vector (the pooled embedding) as a (B, D, 1, 1) map."""
+    return f[:, :, None, None] if f.ndim == 2 else f
+
+
+@register_term("reviewkd", description="knowledge review: student stages fused deep-to-shallow by attention (ABF), "
+                                         "hierarchical context loss to the teacher's (Chen et al., CVPR 2021)")
+class ReviewKDTerm(FeatureTerm):
+    """ReviewKD: every student level (stage i ↔ stage i, ``pairs: index``, then the pooled embeddings ``embed``) is
+    fused with the deeper ones by ABF blocks (trainable, sized by probing: 1×1 conv to ``min(max_mid_channels,
+    C_deepest_student)`` channels, a 3×3 conv to each teacher level's channels, resized to its map) and compared with
+    the teacher's level by the hierarchical context loss (pyramid 4, 2, 1; weights 1, ½, ¼, ⅛ normalised), summed
+    over levels. Published (reference, CIFAR-100): weight 1, CE 1, the weight warmed up over the first 20 of 240
+    epochs (``warmup_epochs``). ``embed: false`` drops the embedding level."""
+
+    default_pairs = "index"
+    layouts = ("BCHW", "BD")
+
+    def __init__(self, pairs: PairSpec | None = None, teacher: int = 0, embed: bool = True,
+                 max_mid_channels: int = 512, pool_sizes: Sequence[int] = (4, 2, 1), decay: float = 0.5) -> None:
+        super().__init__(pairs, teacher)
+        if max_mid_channels < 1 or not pool_sizes or any(int(p) < 1 for p in pool_sizes) or not 0 < decay <= 1:
+            raise ConfigError(f"loss term 'reviewkd': need max_mid_channels >= 1, pool_sizes of positive ints and "
+                              f"0 < decay <= 1, got {max_mid_channels}, {list(pool_sizes)}, {decay}")
+        self.embed, self.max_mid = bool(embed), int(max_mid_channels)
+        self.pool_sizes, self.decay = tuple(int(p) for p in pool_sizes), float(decay)
+        self.abfs = nn.ModuleList()
+        self.out_sizes: list[tuple[int, int]] = []
+
+    def setup(self, ctx: SetupContext) -> None:
+        super().setup(ctx)
+        if self.embed and ("embed", "embed") not in self.pairs:
+            self.pairs.append(("embed", "embed"))
+            self.check_layouts(ctx)
+        s_shapes = ctx.student_shapes([s for s, _ in self.pairs])
+        t_shapes = ctx.teacher_shapes([t for _, t in self.pairs], self.teacher_index)
+        shapes = [(tuple(s_shapes[s]) + (1, 1))[:4] if len(s_shapes[s]) == 2 else tuple(s_shapes[s])
+                  for s, _ in self.pairs]
+        t4 = [(tuple(t_shapes[t]) + (1, 1))[:4] if len(t_shapes[t]) == 2 else tuple(t_shapes[t]) for _, t in self.pairs]
+        mid = min(self.max_mid, shapes[-1][1])
+        n = len(self.pairs)
+        self.abfs = nn.ModuleList(ABF(cs[1], mid, ct[1], fuse=i < n - 1) for i, (cs, ct) in enumerate(zip(shapes, t4,
+                                                                                                        strict=True)))
+        self.out_sizes = [(int(ct[2]), int(ct[3])) for ct in t4]
+
+    def compute(self, inp: TermInputs) -> Tensor:
+        feats = [(_as_map(fs), _as_map(ft)) for fs, ft in self.features(inp)]
+        outs: list[Tensor] = [feats[0][0]] * len(feats)
+        residual: Tensor | None = None
+        for i in reversed(range(len(feats))):  # deepest level first: each shallower one reviews the deeper ones
+            outs[i], residual = self.abfs[i](feats[i][0], residual, self.out_sizes[i])
+        return features.hcl_loss(outs, [ft for _, ft in feats], self.pool_sizes, self.decay)
