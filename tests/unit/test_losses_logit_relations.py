@@ -237,3 +237,51 @@ def test_ctkd_term_trains_its_temperature_against_the_loss():
     assert float(term.theta.grad.abs()) == 0.0  # λ = 0 at the start of the curriculum
     with pytest.raises(ConfigError, match="ctkd"):
         build_term(TermSpec(name="ctkd", params={"t_start": 0.0}))
+
+
+def test_kd_with_one_temperature_per_sample_matches_numpy():
+    s, t = _logits(b=6, seed=7)
+    tau = torch.tensor([1.0, 2.0, 4.0, 8.0, 1.5, 20.0], dtype=torch.float64)
+    sn, tn, taun = s.double().numpy(), t.double().numpy(), tau.numpy()
+    ref = np.mean([taun[i] ** 2 * np.sum(_softmax(tn[i:i + 1] / taun[i]) * (np.log(_softmax(tn[i:i + 1] / taun[i]))
+                                                                           - np.log(_softmax(sn[i:i + 1] / taun[i]))))
+                   for i in range(6)])
+    got = kd_kl_tensor_t(s.double(), t.double(), tau)
+    assert float(got) == pytest.approx(ref, rel=1e-12)  # float64 throughout
+    same = torch.full((16,), 3.0)
+    s, t = _logits(seed=8)
+    assert float(kd_kl_tensor_t(s, t, same)) == pytest.approx(float(kd_kl(s, t, 3.0)), rel=1e-5)  # float32 sums
+    with pytest.raises(ShapeError, match="one per sample"):
+        kd_kl_tensor_t(s, t, torch.ones(3))
+
+
+def test_ctkd_instance_mode_predicts_a_temperature_per_sample_against_the_loss():
+    from kdkit.terms.base import SetupContext
+
+    s, t = _logits(seed=9)
+    term = build_term(TermSpec(name="ctkd", params={"mode": "instance", "ramp_epochs": 2.0, "hidden": 16}))
+    term.setup(SetupContext(student=torch.nn.Identity(), teachers=[], example=torch.zeros(1), num_classes=10,
+                            num_train=16, has_teacher_features=False))
+    late = TrainState(step=10, steps_per_epoch=1)  # λ = 1
+    s_req = s.clone().requires_grad_(True)
+    loss = term(TermInputs(student=ModelOutput(s_req), teacher=ModelOutput(t), batch={}, state=late))
+    tau0 = 1 + 20 / (1 + np.exp(-1.0))
+    assert term.temperature() == pytest.approx(tau0, rel=1e-6)  # every τ_i starts at the global mode's init
+    assert float(loss) == pytest.approx(float(kd_kl(s, t, tau0)), rel=1e-5)
+    loss.backward()
+    s_ref = s.clone().requires_grad_(True)
+    kd_kl(s_ref, t, tau0).backward()
+    assert torch.allclose(s_req.grad, s_ref.grad, rtol=1e-4, atol=1e-7)  # the student sees KD at τ_i, nothing else
+    opt = torch.optim.SGD(term.parameters(), lr=0.5)
+    values = []
+    for _ in range(5):
+        loss = term(TermInputs(student=ModelOutput(s), teacher=ModelOutput(t), batch={}, state=late))
+        values.append(float(loss))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert values[-1] > values[0]  # the temperature network moved to make distillation harder
+    theta = term.temp_net(torch.cat([t, s], 1)).squeeze(1)
+    assert float(theta.std()) > 0  # and the temperatures now differ between samples
+    with pytest.raises(ConfigError, match="mode must be 'global' or 'instance'"):
+        build_term(TermSpec(name="ctkd", params={"mode": "sample"}))

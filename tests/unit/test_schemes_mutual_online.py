@@ -82,3 +82,38 @@ def test_online_teacher_gets_ce_and_a_small_pull_from_the_detached_student():
         F.log_softmax(teacher(batch["input"]) / 2, 1), F.log_softmax(zs.detach() / 2, 1), reduction="batchmean",
         log_target=True)).backward()
     assert torch.allclose(g_full, teacher.weight.grad, atol=1e-6)
+
+
+def _z(z):
+    return (z - z.mean(1, keepdim=True)) / (z.std(1, keepdim=True) + 1e-7)  # std with K−1, as standardize_logits
+
+
+def test_mutual_with_standardized_kd_mimics_z_scored_peers():
+    torch.manual_seed(3)
+    peers = [nn.Linear(4, 5), nn.Linear(4, 5)]
+    terms = [[CrossEntropyTerm(), KDTerm(temperature=2.0, standardize=True)] for _ in peers]
+    batch = {"input": torch.randn(8, 4), "target": torch.randint(0, 5, (8,))}
+    out = MutualModule(peers, terms)(batch, TrainState())
+    z0, z1 = peers[0](batch["input"]), peers[1](batch["input"])
+    expect0 = 4.0 * _kl(_z(z1) / 2, _z(z0) / 2)  # T² · KL(p1 ‖ p0) on z-scored logits
+    assert float(out.terms["peer0_kd"]) == pytest.approx(float(expect0), rel=1e-5)
+    assert float(out.terms["peer1_kd"]) == pytest.approx(float(4.0 * _kl(_z(z0) / 2, _z(z1) / 2)), rel=1e-5)
+    # a peer whose logits are an affine copy of the other's (scale 3, shift 1) has nothing left to learn
+    peers[1].weight.data, peers[1].bias.data = 3 * peers[0].weight.data, 3 * peers[0].bias.data + 1
+    out = MutualModule(peers, terms)(batch, TrainState())
+    assert float(out.terms["peer0_kd"]) == pytest.approx(0.0, abs=1e-5)
+
+
+def test_online_teacher_kd_standardize_param():
+    torch.manual_seed(4)
+    teacher, student = nn.Linear(4, 5), nn.Linear(4, 5)
+    batch = {"input": torch.randn(8, 4), "target": torch.randint(0, 5, (8,))}
+    module = OnlineModule(teacher, DistillModule(student, [CrossEntropyTerm(), KDTerm(temperature=2.0,
+                                                                                     standardize=True)]),
+                          teacher_kd_weight=0.1, temperature=2.0, standardize=True)
+    out = module(batch, TrainState())
+    zt, zs = teacher(batch["input"]), student(batch["input"])
+    assert float(out.terms["teacher_kd"]) == pytest.approx(float(4.0 * _kl(_z(zs) / 2, _z(zt) / 2)), rel=1e-5)
+    assert float(out.terms["kd"]) == pytest.approx(float(4.0 * _kl(_z(zt) / 2, _z(zs) / 2)), rel=1e-5)
+    plain = OnlineModule(teacher, DistillModule(student, [CrossEntropyTerm()]), 0.1, 2.0)(batch, TrainState())
+    assert abs(float(plain.terms["teacher_kd"]) - float(out.terms["teacher_kd"])) > 1e-3  # the option changes it

@@ -146,14 +146,15 @@ def ctkd_temperature(theta: Tensor, t_start: float = 1.0, t_range: float = 20.0)
 
 
 def kd_kl_tensor_t(student_logits: Tensor, teacher_logits: Tensor, temperature: Tensor) -> Tensor:
-    """Hinton KD, ``τ²·(1/B) Σ_i KL(softmax(t_i/τ) ‖ softmax(s_i/τ))``, with τ a scalar *tensor* that receives a
-    gradient through both the softmaxes and the τ² factor (CTKD trains it). Same value as
-    :func:`kdkit.losses.logits.kd_kl` at ``float(τ)``.
+    """Hinton KD, ``(1/B) Σ_i τ_i²·KL(softmax(t_i/τ_i) ‖ softmax(s_i/τ_i))``, with τ a *tensor* that receives a
+    gradient through both the softmaxes and the τ² factor (CTKD trains it): one temperature for the batch (a
+    one-element tensor: then the same value as :func:`kdkit.losses.logits.kd_kl` at ``float(τ)``) or one per sample
+    ((B,), CTKD's instance-wise mode).
 
     Args:
         student_logits: (B, K).
         teacher_logits: (B, K); no gradient flows into it.
-        temperature: a one-element tensor τ > 0 (may require grad).
+        temperature: τ > 0, one element or (B,) (may require grad).
 
     Returns:
         Scalar.
@@ -161,12 +162,18 @@ def kd_kl_tensor_t(student_logits: Tensor, teacher_logits: Tensor, temperature: 
     if student_logits.ndim != 2 or student_logits.shape != teacher_logits.shape:
         raise ShapeError(f"kd_kl_tensor_t: student logits {tuple(student_logits.shape)} and teacher logits "
                          f"{tuple(teacher_logits.shape)} must both be (B, K)")
-    tau = temperature.reshape(())
+    if temperature.numel() == 1:
+        tau = temperature.reshape(())
+    elif temperature.shape == (student_logits.shape[0],):
+        tau = temperature[:, None]  # (B, 1): row i divided by its own τ_i
+    else:
+        raise ShapeError(f"kd_kl_tensor_t: temperature must hold one value or one per sample ({student_logits.shape[0]}"
+                         f",), got shape {tuple(temperature.shape)}")
     tau = tau.to(torch.float64) if student_logits.dtype == torch.float64 else tau.float()
     log_q = torch.log_softmax(_float(student_logits) / tau, dim=1)
     log_p = torch.log_softmax(_float(teacher_logits.detach()) / tau, dim=1)
-    kl = (log_p.exp() * (log_p - log_q)).sum(1).mean()
-    return kl * tau * tau
+    kl = (log_p.exp() * (log_p - log_q)).sum(1, keepdim=True)  # (B, 1)
+    return (kl * tau * tau).mean()
 
 
 def ctkd_loss(student_logits: Tensor, teacher_logits: Tensor, theta: Tensor, lam: float, t_start: float = 1.0,
@@ -181,7 +188,8 @@ def ctkd_loss(student_logits: Tensor, teacher_logits: Tensor, theta: Tensor, lam
     Args:
         student_logits: (B, K).
         teacher_logits: (B, K); no gradient flows into it.
-        theta: (1,) the temperature parameter θ.
+        theta: (1,) the temperature parameter θ (the paper's global temperature), or (B,) one θ_i per sample (its
+            instance-wise mode: θ_i predicted from the sample's logits by a small network, sec. 3.4).
         lam: the adversarial strength λ >= 0 now.
         t_start, t_range: τ's bounds.
 

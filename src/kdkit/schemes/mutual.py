@@ -91,7 +91,8 @@ class MutualScheme(Scheme):
     ``scheme.params``: ``peers`` -- the other peers' models as ``[{name, params, checkpoint}, ...]`` (default: one
     copy of the student's architecture), or ``num_peers`` -- that many copies of the student's architecture in all.
     Each peer gets its own instance of the recipe's ``terms`` (logit terms only; the default recipe terms for DML are
-    ``[{name: ce}, {name: kd, params: {temperature: 1}}]``).
+    ``[{name: ce}, {name: kd, params: {temperature: 1}}]``). Logit standardisation is the terms' own option:
+    ``{name: kd, params: {standardize: true}}`` z-scores both peers' logits in every mimicry term.
     """
 
     name = "mutual"

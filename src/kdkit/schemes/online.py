@@ -6,8 +6,10 @@ weighted term towards the detached student -- the student's knowledge is noisier
 the teacher is kept weak (``teacher_kd_weight``, default 0.1; 0 gives a teacher trained on labels alone, in step
 with the student).
 
-Teacher loss:  ``L_t = CE(z_t, y) + w · T² · KL(softmax(z_s/T) ‖ softmax(z_t/T))`` with ``z_s`` detached.
-Student loss:  the recipe's ``terms`` (e.g. ``ce`` + ``kd``) with the teacher's detached logits / features.
+Teacher loss:  ``L_t = CE(z_t, y) + w · T² · KL(softmax(z_s/T) ‖ softmax(z_t/T))`` with ``z_s`` detached; with
+``standardize: true`` both logits are z-scored per sample first (logit standardisation, Sun et al., CVPR 2024).
+Student loss:  the recipe's ``terms`` (e.g. ``ce`` + ``kd``, which take ``standardize`` themselves) with the teacher's
+detached logits / features.
 
 One optimiser step per batch updates both networks (one ``nn.Module`` holds both, so DDP syncs both).
 """
@@ -19,6 +21,7 @@ from typing import Any
 from torch import nn
 
 from kdkit.errors import ConfigError
+from kdkit.losses.logit_relations import standardize_logits
 from kdkit.losses.logits import cross_entropy, kd_kl
 from kdkit.registry import SCHEMES
 from kdkit.schemes.base import BuildContext, DistillModule, Scheme
@@ -32,8 +35,8 @@ class OnlineModule(nn.Module):
     Logged terms: the student's terms under their names, ``teacher_ce`` and ``teacher_kd`` (unweighted).
     """
 
-    def __init__(self, teacher: nn.Module, distill: DistillModule, teacher_kd_weight: float, temperature: float
-                 ) -> None:
+    def __init__(self, teacher: nn.Module, distill: DistillModule, teacher_kd_weight: float, temperature: float,
+                 standardize: bool = False) -> None:
         super().__init__()
         self.teacher = teacher
         self.distill = distill
@@ -41,6 +44,7 @@ class OnlineModule(nn.Module):
         self.teacher_tap = FeatureTap(teacher, taps, role="teacher") if taps else None
         self.teacher_kd_weight = float(teacher_kd_weight)
         self.temperature = float(temperature)
+        self.standardize = bool(standardize)
 
     def forward(self, batch: Batch, state: TrainState) -> StepOutput:
         t_logits = logits_of(self.teacher(batch["input"]))
@@ -49,7 +53,11 @@ class OnlineModule(nn.Module):
         t_out = ModelOutput(logits=t_logits.detach(), features={k: v.detach() for k, v in t_feats.items()})
         out = self.distill(batch, TeacherSignal(t_out, [t_out]), state)
         t_ce = cross_entropy(t_logits, batch["target"])
-        t_kd = kd_kl(t_logits, out.logits.detach(), self.temperature)
+        s_logits = out.logits.detach()
+        if self.standardize:  # the teacher's KD term on z-scored logits, like the student's `standardize: true`
+            t_kd = kd_kl(standardize_logits(t_logits), standardize_logits(s_logits), self.temperature)
+        else:
+            t_kd = kd_kl(t_logits, s_logits, self.temperature)
         loss = out.loss + t_ce + self.teacher_kd_weight * t_kd
         terms = dict(out.terms, teacher_ce=t_ce.detach(), teacher_kd=t_kd.detach())
         return StepOutput(loss=loss, logits=out.logits, terms=terms)
@@ -61,18 +69,21 @@ class OnlineScheme(Scheme):
 
     Recipe: ``student``, one entry in ``teachers`` (trained from scratch, or fine-tuned from its ``checkpoint``),
     the student's ``terms``; ``scheme.params``: ``teacher_kd_weight`` (default 0.1), ``temperature`` of the teacher's
-    KD term (default 4).
+    KD term (default 4), ``standardize`` (default false: z-score the logits in the teacher's KD term; the student's
+    terms take their own ``standardize``).
     """
 
     name = "online"
 
     def __init__(self, student: nn.Module, teacher: nn.Module, terms: list, ctx: BuildContext,
-                 teacher_kd_weight: float = 0.1, temperature: float = 4.0) -> None:
+                 teacher_kd_weight: float = 0.1, temperature: float = 4.0, standardize: bool = False) -> None:
         if teacher_kd_weight < 0 or temperature <= 0:
             raise ConfigError(f"scheme.params: teacher_kd_weight must be >= 0 and temperature > 0, got "
                               f"{teacher_kd_weight}, {temperature}")
+        if not isinstance(standardize, bool):
+            raise ConfigError(f"scheme.params.standardize must be true or false, got {standardize!r}")
         distill = DistillModule(student, terms, ctx.setup_context(student, [teacher]))
-        self.module = OnlineModule(teacher, distill, teacher_kd_weight, temperature)
+        self.module = OnlineModule(teacher, distill, teacher_kd_weight, temperature, standardize)
 
     @classmethod
     def build(cls, ctx: BuildContext, **params: Any) -> OnlineScheme:

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from kdkit.errors import ConfigError
 from kdkit.losses import logit_relations, logits
-from kdkit.terms.base import LossTerm, TermInputs, check_temperature, hard_target, register_term
+from kdkit.terms.base import LossTerm, SetupContext, TermInputs, check_temperature, hard_target, register_term
 
 
 class LogitTerm(LossTerm):
@@ -186,23 +186,50 @@ class CTKDTerm(LogitTerm):
     """KD at a learnable global temperature τ = ``t_start`` + ``t_range``·σ(θ) (θ starts at ``init`` = 1, τ ≈ 15.6,
     the authors' initialisation), which *maximises* the KD loss through a gradient-reversal layer whose strength λ
     ramps from 0 to ``lam_max`` over ``ramp_epochs`` epochs (cosine). Published (CIFAR-100, on top of KD): KD weight
-    0.9, CE weight 0.1, t_start 1, t_range 20, ramp 10 epochs. θ is trained and checkpointed with the student."""
+    0.9, CE weight 0.1, t_start 1, t_range 20, ramp 10 epochs. θ is trained and checkpointed with the student.
+
+    ``mode: instance`` is the paper's instance-wise temperature: θ_i = MLP(cat(t_i, s_i)) per sample (a
+    ``2K → hidden → 1`` network with ReLU on the detached logits; its output layer starts at weight 0, bias ``init``,
+    so every τ_i starts at the global mode's τ), then KD with each sample at its own τ_i."""
 
     def __init__(self, t_start: float = 1.0, t_range: float = 20.0, ramp_epochs: float = 10.0, lam_max: float = 1.0,
-                 init: float = 1.0, standardize: bool = False) -> None:
+                 init: float = 1.0, standardize: bool = False, mode: str = "global", hidden: int = 256) -> None:
         super().__init__(standardize)
         if not (t_start > 0 and t_range >= 0 and ramp_epochs >= 0 and lam_max >= 0):
             raise ConfigError(f"need t_start > 0, t_range >= 0, ramp_epochs >= 0 and lam_max >= 0, got {t_start}, "
                               f"{t_range}, {ramp_epochs}, {lam_max}")
+        if mode not in ("global", "instance") or int(hidden) < 1:
+            raise ConfigError(f"loss term 'ctkd': mode must be 'global' or 'instance' and hidden >= 1, got mode "
+                              f"{mode!r}, hidden {hidden!r}")
         self.t_start, self.t_range = float(t_start), float(t_range)
         self.ramp_epochs, self.lam_max = float(ramp_epochs), float(lam_max)
+        self.mode, self.hidden, self.init = mode, int(hidden), float(init)
         self.theta = torch.nn.Parameter(torch.full((1,), float(init)))
+        self.temp_net: torch.nn.Module | None = None
+        self._last_tau: float | None = None
+
+    def setup(self, ctx: SetupContext) -> None:
+        super().setup(ctx)
+        if self.mode == "instance":
+            k = int(ctx.num_classes)
+            out = torch.nn.Linear(self.hidden, 1)
+            torch.nn.init.zeros_(out.weight)
+            torch.nn.init.constant_(out.bias, self.init)
+            self.temp_net = torch.nn.Sequential(torch.nn.Linear(2 * k, self.hidden), torch.nn.ReLU(), out)
 
     def temperature(self) -> float:
-        """The current τ."""
+        """The current τ (instance mode: the mean τ_i of the last batch)."""
+        if self.mode == "instance":
+            return float("nan") if self._last_tau is None else self._last_tau
         return float(logit_relations.ctkd_temperature(self.theta.detach(), self.t_start, self.t_range))
 
     def compute(self, inp: TermInputs) -> Tensor:
         lam = logit_relations.ctkd_lambda(inp.state.progress, self.ramp_epochs, self.lam_max)
         s, t = self.logit_pair(inp)
-        return logit_relations.ctkd_loss(s, t, self.theta, lam, self.t_start, self.t_range)
+        theta = self.theta
+        if self.temp_net is not None:
+            # The temperature network reads the logits but sends no gradient into the student (or the teacher).
+            theta = self.temp_net(torch.cat([t.detach(), s.detach()], dim=1).float()).squeeze(1)
+            self._last_tau = float(logit_relations.ctkd_temperature(theta.detach(), self.t_start,
+                                                                    self.t_range).mean())
+        return logit_relations.ctkd_loss(s, t, theta, lam, self.t_start, self.t_range)
