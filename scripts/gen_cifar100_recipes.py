@@ -35,6 +35,16 @@ METHODS = {
                           "params": {"alpha": 1.0, "beta": beta, "temperature": 4.0}}],
 }
 SMALL_LR = {"mobilenetv2", "shufflenetv2"}
+# The released teachers the published tables distil from (RepDistiller's `fetch_pretrained_teachers.sh`:
+# save/models/<teacher>_vanilla/ckpt_epoch_240.pth, the last epoch of their 240) and their CIFAR-100 top-1.
+TEACHER_TOP1 = {"resnet32x4": 79.42, "wrn_40_2": 75.61, "resnet56": 72.34, "vgg13": 74.64}
+# Which epoch each source's student numbers are: RepDistiller (KD ... CRD) the last, mdistiller (DKD) the best.
+REPORTED_EPOCH = {"dkd": "the BEST epoch (mdistiller/DKD report the best test accuracy)"}
+LAST = "the LAST epoch (RepDistiller reports the accuracy after epoch 240)"
+
+
+def released_checkpoint(teacher: str) -> str:
+    return f"save/models/{teacher}_vanilla/ckpt_epoch_240.pth"
 
 
 def recipe(method: str, teacher: str, student: str, beta: float) -> dict:
@@ -47,7 +57,7 @@ def recipe(method: str, teacher: str, student: str, beta: float) -> dict:
                  "augment": {"crop_padding": 4, "flip": True},
                  "mean": [0.5071, 0.4867, 0.4408], "std": [0.2675, 0.2565, 0.2761]},
         "student": {"name": student},
-        "teachers": [{"name": teacher, "checkpoint": f"teachers/cifar100/{teacher}.safetensors"}],
+        "teachers": [{"name": teacher, "checkpoint": released_checkpoint(teacher)}],
         "terms": METHODS[method](beta),
         "optim": {"name": "sgd", "lr": 0.01 if student in SMALL_LR else 0.05, "momentum": 0.9,
                   "weight_decay": 5e-4},
@@ -58,17 +68,21 @@ def recipe(method: str, teacher: str, student: str, beta: float) -> dict:
 
 def render(method: str, teacher: str, student: str, beta: float) -> str:
     head = (f"# CIFAR-100 {method.upper()}: {teacher} -> {student}, published settings (see docs/methods.md for the\n"
-            f"# published top-1). Needs the CIFAR-100 python directory and a trained teacher:\n"
+            f"# published top-1). The published numbers assume RepDistiller's released teacher checkpoint\n"
+            f"# ({teacher}: {TEACHER_TOP1[teacher]}% top-1, its last epoch 240), read as is from\n"
+            f"# {released_checkpoint(teacher)}; a teacher you train yourself gives other numbers.\n"
+            f"# The published student top-1 is {REPORTED_EPOCH.get(method, LAST)}.\n"
             f"#   kdkit distill recipes/cifar100/{method}_{teacher}_{student}.yaml \\\n"
             f"#     --set data.name=cifar100:PATH --set data.val=cifar100:PATH \\\n"
-            f"#     --set teachers.0.checkpoint=PATH/TO/{teacher}.safetensors\n")
+            f"#     --set teachers.0.checkpoint=PATH/TO/{teacher}_vanilla/ckpt_epoch_240.pth\n")
     return head + yaml.safe_dump(recipe(method, teacher, student, beta), sort_keys=False)
 
 
 def teacher_recipe(teacher: str) -> str:
     r = recipe("kd", teacher, teacher, 0.0)
     r.update(name=f"cifar100_teacher_{teacher}", terms=[{"name": "ce"}], teachers=[])
-    head = (f"# CIFAR-100 teacher {teacher} trained with cross-entropy (the tables' teacher setting):\n"
+    head = (f"# CIFAR-100 teacher {teacher} trained with cross-entropy (the tables' teacher setting; the published\n"
+            f"# tables used RepDistiller's released {teacher}, {TEACHER_TOP1[teacher]}% top-1 at its last epoch 240):\n"
             f"#   kdkit train recipes/cifar100/teacher_{teacher}.yaml --set data.name=cifar100:PATH "
             f"--set data.val=cifar100:PATH\n")
     return head + yaml.safe_dump(r, sort_keys=False)

@@ -75,3 +75,43 @@ def test_recipe_two_steps(name, cifar100_dir, tmp_path):
 @pytest.mark.parametrize("name", RECIPES)
 def test_every_recipe_two_steps(name, cifar100_dir, tmp_path):
     _two_steps(name, cifar100_dir, tmp_path)
+
+
+# RepDistiller's released teachers (save/models/<name>_vanilla/ckpt_epoch_240.pth): {"epoch", "model", "accuracy",
+# "optimizer"}, saved by PyTorch 0.4 (no BatchNorm num_batches_tracked); VGG's classifier is named `classifier`.
+RELEASED = {"resnet32x4": ("resnet8x4", "fc.", 79.42), "wrn_40_2": ("wrn_16_2", "fc.", 75.61),
+            "resnet56": ("resnet20", "fc.", 72.34), "vgg13": ("vgg8", "classifier.", 74.64)}
+
+
+@pytest.mark.parametrize("teacher", sorted(RELEASED))
+def test_released_teacher_checkpoint_loads_through_the_table_recipe(teacher, cifar100_dir, tmp_path):
+    import torch
+
+    from kdkit.builder import build_context
+    from kdkit.data.run import build_data
+    from kdkit.models import create_model
+
+    student, head, top1 = RELEASED[teacher]
+    torch.manual_seed(0)
+    src = create_model(teacher, num_classes=100, in_channels=3).eval()
+    with torch.no_grad():  # non-trivial BatchNorm statistics, so that a BN buffer left unloaded shows
+        for m in src.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    legacy = {(head + k[3:] if k.startswith("fc.") else k): v for k, v in src.state_dict().items()
+              if not k.endswith("num_batches_tracked")}
+    path = tmp_path / "save" / "models" / f"{teacher}_vanilla" / "ckpt_epoch_240.pth"
+    path.parent.mkdir(parents=True)
+    torch.save({"epoch": 240, "model": legacy, "accuracy": torch.tensor(top1),
+                "optimizer": {"state": {}, "param_groups": [{"lr": 0.0005, "momentum": 0.9, "params": [0, 1]}]}},
+               path)
+    recipe_file = ROOT / "recipes" / "cifar100" / f"kd_{teacher}_{student}.yaml"
+    assert f"{teacher}_vanilla/ckpt_epoch_240.pth" in recipe_file.read_text()  # the recipe names its teacher
+    assert f"{top1}% top-1" in recipe_file.read_text()
+    r = load_recipe(recipe_file, [f"data.name=cifar100:{cifar100_dir}", f"data.val=cifar100:{cifar100_dir}",
+                                  f"teachers.0.checkpoint={path}", f"output_dir={tmp_path}"])
+    loaded = build_context(r, build_data(r)).make_model(r.teachers[0]).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), src(x), rtol=0, atol=0)  # the very weights: bitwise equal outputs
