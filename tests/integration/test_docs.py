@@ -68,6 +68,8 @@ BENCH_SHRINK: dict[str, dict[str, list[str]]] = {
     "schemes.py": {"--seeds": ["0"], "--epochs": ["1"], "--teacher-epochs": ["1"], "--out": ["bench_schemes"]},
     "softlabels.py": {"--steps": ["1"], "--warmup": ["0"], "--batch": ["16"], "--epochs": ["1"], "--seeds": ["0"],
                       "--teacher-epochs": ["1"], "--aug-views": ["2"]},
+    "fashion_methods.py": {"--seeds": ["0"], "--epochs": ["1"], "--teacher-epochs": ["1"], "--train-limit": ["500"],
+                           "--students": ["mlp"], "--methods": ["scratch", "kd"], "--no-tune": []},
 }
 # What is measured, and where: set only where the doc leaves the default (an absolute output path the doc gives is
 # moved into the workspace).
