@@ -204,7 +204,8 @@ class CTKDTerm(LogitTerm):
         self.t_start, self.t_range = float(t_start), float(t_range)
         self.ramp_epochs, self.lam_max = float(ramp_epochs), float(lam_max)
         self.mode, self.hidden, self.init = mode, int(hidden), float(init)
-        self.theta = torch.nn.Parameter(torch.full((1,), float(init)))
+        # Instance mode predicts θ per sample; the global θ then takes no gradient (DDP must not wait for one).
+        self.theta = torch.nn.Parameter(torch.full((1,), float(init)), requires_grad=mode == "global")
         self.temp_net: torch.nn.Module | None = None
         self._last_tau: float | None = None
 
