@@ -172,6 +172,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run (1 is fastest on a shared CPU)")
     ap.add_argument("--no-tune", action="store_true", help="skip tuning: use each grid's first variant")
+    ap.add_argument("--variants", nargs="+", default=None,
+                    help="tune only these grid variants (to spread a grid over processes; use with --tune-only)")
+    ap.add_argument("--tune-only", action="store_true", help="stop after the tuning runs (no final runs)")
     ap.add_argument("--out", default="bench_runs/fashion")
     ap.add_argument("--teacher-epochs", type=int, default=None,
                     help="epochs of the teacher trained when --teacher is not given (default: the recipe's)")
@@ -209,11 +212,15 @@ def main() -> None:
             if len(grid) > 1 and not args.no_tune:
                 for variant, terms in grid.items():
                     name = f"tune_{student}_{method}_{variant}"
+                    if args.variants and variant not in args.variants and not (out / name / "bench.json").is_file():
+                        continue
                     rec = recipe_for(name, out, student, terms, 0, args.epochs, False,
                                      teacher if needs_teacher else None, store(False) if use_store else None,
                                      args.threads, args.train_limit)
                     tuned[variant] = run_one(rec, out / name)["last"]
                     print(f"tune {student} {method} {variant}: val {tuned[variant]:.2f}", file=sys.stderr, flush=True)
+            if args.tune_only:
+                continue
             chosen = max(tuned, key=lambda v: tuned[v]) if tuned else next(iter(grid))
             results = []
             for seed in args.seeds:
