@@ -15,6 +15,7 @@ from kdkit.lm.evaluate import evaluate_lm
 from kdkit.recipe import recipe_from_dict
 from kdkit.runs import run
 
+
 def _kdkit(*args: str) -> str:
     """The `kdkit` command line, in this process (a fresh interpreter would spend most of the test importing)."""
     from typer.testing import CliRunner
