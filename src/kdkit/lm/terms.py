@@ -3,7 +3,7 @@
 Each term compares the student's and the teacher's next-token distributions at every token whose target is not -1
 (padding and prompt tokens are -1), sums over the vocabulary and averages over those tokens. Logits arrive flattened
 to (B·T, V) (a token is a sample, :mod:`kdkit.lm`); the mask is ``batch["target"] >= 0``. Hard-label training is the
-ordinary ``ce`` term, which reads the same flattened targets.
+ordinary ``ce`` term, which reads the same flattened targets, or ``lm_ce`` -- the same value computed in chunks.
 
 | term | divergence | params |
 |---|---|---|
@@ -77,6 +77,23 @@ def _term(name: str, kind: str, description: str, params: str) -> type[TokenTerm
     return register_term(name, description=description)(cls)
 
 
+@register_term("lm_ce", description="next-token cross-entropy, chunked (= ce on LM data, less memory)")
+class LMCrossEntropy(LossTerm):
+    """Next-token cross-entropy, mean over tokens whose target is not -1: the value of ``ce`` on language-model data,
+    computed in chunks so that no full float32 log-softmax copy of the (B·T, V) logits is held."""
+
+    needs_teacher = False
+
+    def __init__(self, chunk_tokens: int | None = None) -> None:
+        super().__init__()
+        if chunk_tokens is not None and (not isinstance(chunk_tokens, int) or chunk_tokens < 1):
+            raise ConfigError(f"chunk_tokens must be a positive integer, got {chunk_tokens!r}")
+        self.chunk_tokens = chunk_tokens
+
+    def compute(self, inp: TermInputs) -> Tensor:
+        return tokens.token_cross_entropy(inp.student.logits, inp.batch["target"], -1, self.chunk_tokens)
+
+
 LMForwardKL = _term("lm_forward_kl", "forward_kl", "token-level forward KL(p_teacher ‖ q_student), mean per token",
                     "temperature")
 LMReverseKL = _term("lm_reverse_kl", "reverse_kl", "token-level reverse KL(q_student ‖ p_teacher), mean per token",
@@ -89,4 +106,4 @@ LMSkewReverseKL = _term("lm_skew_reverse_kl", "skew_reverse_kl", "token-level sk
                         "(DistiLLM), mean per token", "alpha, temperature")
 LMTVD = _term("lm_tvd", "total_variation", "token-level total variation 1/2·Σ|p − q|, mean per token", "temperature")
 
-__all__ = ["LMForwardKL", "LMJSD", "LMReverseKL", "LMSkewKL", "LMSkewReverseKL", "LMTVD", "TokenTerm"]
+__all__ = ["LMCrossEntropy", "LMForwardKL", "LMJSD", "LMReverseKL", "LMSkewKL", "LMSkewReverseKL", "LMTVD", "TokenTerm"]

@@ -25,10 +25,11 @@ Divergences ``D`` (p = teacher, q = student):
 * ``skew_reverse_kl`` (α): KL(q ‖ α·q + (1−α)·p) -- DistiLLM's skew reverse KL; α = 0 is KL(q‖p).
 * ``total_variation``: ½ Σ |p − q| (DistillKit's TVD).
 
-Memory: the logits are processed in chunks of ``chunk_tokens`` token rows, each under activation checkpointing
-(``torch.utils.checkpoint``), so the float32 log-probabilities, the mixture and the products exist for one chunk at a
-time, in the forward and in the backward pass; what autograd keeps between them is only views of the inputs. The
-only full (B, T, V) tensor a loss adds is the gradient of the student's logits, which any training step has.
+Memory: the logits are processed in chunks of ``chunk_tokens`` token rows, and each chunk's gradient with respect to
+the student's logits is computed in the forward pass and written into one buffer (:class:`_ChunkedLoss`), so the
+float32 log-probabilities, the mixture and the products exist for one chunk at a time and nothing of them is kept for
+the backward pass. The only full (B, T, V) tensor a loss holds is that buffer -- the gradient of the student's logits,
+which any training step has (benchmarks/lm_memory.py measures it).
 
 A teacher may also be *sparse* (a token logit store): the top-k log-probabilities with their ids and the remaining
 mass. :func:`sparse_token_divergence` then compares the two distributions coarsened to k + 1 outcomes (the k teacher
@@ -40,11 +41,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
 
 KINDS = ("forward_kl", "reverse_kl", "generalized_jsd", "skew_forward_kl", "skew_reverse_kl", "total_variation")
 _CHUNK_ELEMENTS = 1 << 22  # ~16 MB of float32 per chunk-sized temporary; a chunk holds a handful of them
@@ -133,21 +134,45 @@ def chunk_rows(vocab: int, chunk_tokens: int | None) -> int:
     return max(1, _CHUNK_ELEMENTS // max(1, vocab))
 
 
+class _ChunkedLoss(torch.autograd.Function):
+    """Σ_chunks fn(chunk) whose gradient w.r.t. the first tensor (the student's logits) is computed chunk by chunk
+    during the forward pass, into one buffer of the logits' shape and dtype, which the backward pass scales and hands
+    on (the fused-loss pattern of Liger-Kernel's chunked losses, here in plain PyTorch).
+
+    Why not autograd over the loop (or ``torch.utils.checkpoint`` per chunk): slicing's backward materialises a
+    full-size zero tensor per chunk, and plain autograd keeps every chunk's float32 temporaries until the backward
+    pass; both add whole (B, T, V) copies. The buffer *is* the logits' gradient, which any training step holds.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, fn: Callable[..., Tensor], rows: int, s: Tensor, *others: Tensor) -> Tensor:
+        grad = torch.empty_like(s)
+        total = torch.zeros((), dtype=torch.float64 if s.dtype == torch.float64 else torch.float32, device=s.device)
+        for a in range(0, s.shape[0], rows):
+            with torch.enable_grad():
+                sc = s[a : a + rows].detach().requires_grad_(True)
+                val = fn(sc, *(o[a : a + rows] for o in others))
+                (g,) = torch.autograd.grad(val, sc)
+            grad[a : a + rows] = g
+            total = total + val.detach().to(total.dtype)
+        ctx.save_for_backward(grad)
+        ctx.n_others = len(others)
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
+        (grad,) = ctx.saved_tensors
+        return (None, None, grad * grad_out.to(grad.dtype)) + (None,) * ctx.n_others
+
+
 def _chunked_sum(fn: Callable[..., Tensor], tensors: list[Tensor], mask: Tensor, rows: int) -> Tensor:
-    """Σ over rows of ``fn(*chunk) * mask`` computed chunk by chunk, each chunk checkpointed when it needs a grad."""
-    total: Tensor | None = None
-    n = mask.numel()
-    grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-    for a in range(0, n, rows):
-        parts = [t[a : a + rows] for t in tensors] + [mask[a : a + rows]]
-        if grad:
-            part = checkpoint(fn, *parts, use_reentrant=False)
-        else:
-            part = fn(*parts)
-        total = part if total is None else total + part
-    if total is None:  # no token at all
+    """Σ over rows of ``fn(*chunk, mask_chunk)``, chunk by chunk; only ``tensors[0]`` (the student) gets a gradient."""
+    if mask.numel() == 0:  # no token at all
         return tensors[0].sum() * 0.0
-    return total
+    if torch.is_grad_enabled() and tensors[0].requires_grad:
+        return _ChunkedLoss.apply(fn, rows, tensors[0], *[t.detach() for t in tensors[1:]], mask)
+    parts = [fn(*(t[a : a + rows] for t in tensors), mask[a : a + rows]) for a in range(0, mask.numel(), rows)]
+    return torch.stack(parts).sum()
 
 
 def token_divergence(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor | None = None,
@@ -232,6 +257,34 @@ def total_variation(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor
                             chunk_tokens=chunk_tokens)
 
 
+def token_cross_entropy(student_logits: Tensor, target: Tensor, ignore_index: int = -1,
+                        chunk_tokens: int | None = None) -> Tensor:
+    """Next-token cross-entropy −log q(y), mean over tokens whose target is not ``ignore_index``, chunked like the
+    divergences (same value as ``F.cross_entropy(..., ignore_index=...)``, without its full float32 log-softmax copy).
+
+    Args:
+        student_logits: (B, T, V) or (N, V).
+        target: (B, T) or (N,) int64 next-token ids; ``ignore_index`` marks padding and prompt tokens.
+        ignore_index: the id that does not count.
+        chunk_tokens: token rows per chunk (None: ~4M vocabulary entries per chunk).
+
+    Returns:
+        Scalar loss (nats per token; exp of it is the perplexity); 0 when no token counts.
+    """
+    v = student_logits.shape[-1]
+    s = _rows(student_logits, v, "student_logits")
+    y = target.reshape(-1).to(device=s.device, dtype=torch.int64)
+    if y.numel() != s.shape[0]:
+        raise ValueError(f"target has {y.numel()} entries but the logits hold {s.shape[0]} token rows")
+    m = y != ignore_index
+    dtype = _work_dtype(s)
+
+    def per_chunk(sc: Tensor, yc: Tensor, mc: Tensor) -> Tensor:
+        return F.cross_entropy(sc.to(dtype), torch.where(mc, yc, 0), reduction="none").masked_fill(~mc, 0.0).sum()
+
+    return _chunked_sum(per_chunk, [s, y], m, chunk_rows(v, chunk_tokens)) / m.sum().clamp_min(1)
+
+
 def coarsen_student(log_q: Tensor, ids: Tensor) -> Tensor:
     """The student's log-distribution over k + 1 outcomes: the k teacher tokens ``ids`` and "any other token".
 
@@ -298,5 +351,5 @@ def sparse_token_divergence(student_logits: Tensor, teacher_log_probs: Tensor, t
 
 
 __all__ = ["KINDS", "chunk_rows", "coarsen_student", "divergence_from_log_probs", "forward_kl", "generalized_jsd",
-           "reverse_kl", "skew_forward_kl", "skew_reverse_kl", "sparse_token_divergence", "token_divergence",
-           "total_variation"]
+           "reverse_kl", "skew_forward_kl", "skew_reverse_kl", "sparse_token_divergence", "token_cross_entropy",
+           "token_divergence", "total_variation"]
