@@ -46,12 +46,14 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--teacher-epochs", type=int, default=8)
     ap.add_argument("--vocab", type=int, default=2048)
+    ap.add_argument("--train-limit", type=int, default=None, help="training blocks per run (default: all)")
     a = ap.parse_args()
     block = 64
+    limit = [] if a.train_limit is None else ["--set", f"data.train_limit={a.train_limit}"]
     if not Path("runs/lm/tokenizer/tokenizer.json").is_file():
         _kdkit("lm-tokenizer", "lee_background", "--out", "runs/lm/tokenizer", "--vocab", str(a.vocab))
     if not Path("runs/lm/lee_teacher/summary.json").is_file():
-        _kdkit("train", "recipes/lm/lee_teacher.yaml", "--set", f"epochs={a.teacher_epochs}", "--quiet")
+        _kdkit("train", "recipes/lm/lee_teacher.yaml", "--set", f"epochs={a.teacher_epochs}", *limit, "--quiet")
     if not Path("runs/lm/teacher_hf/model.safetensors").is_file():
         _kdkit("lm-export", "runs/lm/lee_teacher", "--out", "runs/lm/teacher_hf")
     rows: dict[str, dict] = {"lee_teacher": {"0": _read(Path("runs/lm/lee_teacher"), block)}}
@@ -63,7 +65,7 @@ def main() -> None:
                 cmd = "train" if name == "lee_scratch" else "distill"
                 t = time.time()
                 _kdkit(cmd, f"recipes/lm/{name}.yaml", "--set", f"seed={seed}", "--set", f"epochs={a.epochs}",
-                       "--set", f"name={name}-seed{seed}", "--quiet")
+                       "--set", f"name={name}-seed{seed}", *limit, "--quiet")
                 print(f"{name} seed {seed}: {time.time() - t:.0f} s", file=sys.stderr)
             rows[name][str(seed)] = _read(run_dir, block)
     summary = {}
