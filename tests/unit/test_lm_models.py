@@ -130,3 +130,21 @@ def test_different_tokenizers_are_refused_in_one_line(tok, tmp_path):
     with pytest.raises(ConfigError) as err:
         check_model_tokenizers(r, tok)
     assert "\n" not in str(err.value) and "another tokenizer" in str(err.value) and "student" in str(err.value)
+
+
+def test_generation_is_seeded_and_resumes_to_the_same_text(tok, teacher_dir, tmp_path):
+    from kdkit.lm.generate import generate_corpus, sample
+
+    model = create_model(f"hf:{teacher_dir}", num_classes=400, in_channels=1, image_size=16)
+    t = load_tokenizer(tok)
+    a = sample(model, t, 3, 8, temperature=0.8, top_p=0.9, seed=5)
+    assert a == sample(model, t, 3, 8, temperature=0.8, top_p=0.9, seed=5) and len(a) == 3
+    assert a != sample(model, t, 3, 8, temperature=0.8, top_p=0.9, seed=6)
+    whole = generate_corpus(model, t, tmp_path / "a.txt", samples=5, length=8, seed=1, chunk=2).read_text()
+    partial = tmp_path / "b.txt"
+    generate_corpus(model, t, partial, samples=3, length=8, seed=1, chunk=2)  # "interrupted" after 2 chunks
+    (tmp_path / "b.txt.parts" / "1.txt").unlink()  # the last chunk was lost with the crash
+    assert generate_corpus(model, t, partial, samples=5, length=8, seed=1, chunk=2).read_text() == whole
+    from kdkit.lm.corpora import read_corpus
+
+    assert len(read_corpus("textfile", str(tmp_path / "a.txt"))) >= 1  # a textfile: corpus for a student

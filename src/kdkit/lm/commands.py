@@ -1,4 +1,4 @@
-"""``kdkit lm-tokenizer``, ``kdkit lm-export`` and ``kdkit lm-eval`` (in :data:`kdkit.registry.COMMANDS`)."""
+"""``kdkit lm-tokenizer``, ``lm-export``, ``lm-generate`` and ``lm-eval`` (in :data:`kdkit.registry.COMMANDS`)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,12 @@ from kdkit.errors import ConfigError
 from kdkit.lm.corpora import read_corpus
 from kdkit.lm.data import split_documents
 from kdkit.lm.evaluate import evaluate_lm
-from kdkit.lm.models import CausalLM, save_hf
+from kdkit.lm.generate import generate_corpus
+from kdkit.lm.models import CausalLM, build_causal_lm, save_hf
 from kdkit.lm.tokenizer import train_tokenizer
 from kdkit.models.factory import load_model
 from kdkit.registry import COMMANDS
+from kdkit.text.tokenizers import load_tokenizer
 
 
 @COMMANDS.register("lm-tokenizer")
@@ -51,6 +53,31 @@ def lm_export(
     Console().print(f"{checkpoint} -> {where} (load it as hf:{where})", markup=False, soft_wrap=True)
 
 
+@COMMANDS.register("lm-generate")
+def lm_generate(
+    model: Annotated[str, typer.Argument(help="the teacher: hf:PATH, a run directory or a weights file")],
+    out: Annotated[str, typer.Option("--out", "-o", help="text file to write (a textfile:OUT corpus)")],
+    samples: Annotated[int, typer.Option(help="sequences to sample")] = 256,
+    length: Annotated[int, typer.Option(help="tokens per sequence")] = 64,
+    temperature: Annotated[float, typer.Option(help="softmax temperature")] = 1.0,
+    top_p: Annotated[float, typer.Option(help="nucleus sampling mass (1 = plain sampling)")] = 1.0,
+    seed: Annotated[int, typer.Option(help="chunk c is sampled with seed + c")] = 0,
+    tokenizer: Annotated[str | None, typer.Option(help="tokenizer folder (default: the model's)")] = None,
+) -> None:
+    """Sample text from a language model (seeded, resumable): teacher-generated sequences for sequence-level KD."""
+    if model.startswith("hf:"):
+        tok = load_tokenizer(tokenizer or model)
+        net = build_causal_lm(model[3:], len(tok), image_size=1)
+    else:
+        net, meta = load_model(model)
+        if not isinstance(net, CausalLM):
+            raise ConfigError(f"'{model}' is not a causal language model")
+        tok = load_tokenizer(tokenizer or (meta.get("data") or {}).get("params", {}).get("tokenizer"))
+    where = generate_corpus(net, tok, out, samples, length, temperature, top_p, seed)
+    Console().print(f"{samples} samples of {length} tokens -> {where} (train on it as textfile:{where})",
+                    markup=False, soft_wrap=True)
+
+
 @COMMANDS.register("lm-eval")
 def lm_eval(
     model: Annotated[str, typer.Argument(help="run directory, weights file, or hf:PATH")],
@@ -68,4 +95,4 @@ def lm_eval(
                     f"({int(m['n'])} {split} tokens)", markup=False, soft_wrap=True)
 
 
-__all__ = ["lm_eval", "lm_export", "lm_tokenizer"]
+__all__ = ["lm_eval", "lm_export", "lm_generate", "lm_tokenizer"]
