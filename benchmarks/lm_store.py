@@ -6,7 +6,7 @@ for the held-out blocks (fast; the same code writes the training split). Bias: t
 from the teacher, computed from full teacher logits, from the store's rebuilt logits (top-k exact, tail spread
 evenly; what TokenStoreTeacher feeds the dense terms) and from the sparse k + 1 coarsening
 (``sparse_token_divergence``). Speed: one KD step (forward KL, AdamW) with the teacher run online vs read from the
-store, alternating step by step so that load hits both alike; medians of the thread's CPU time.
+store (plain and zlib-compressed), alternating step by step so that load hits all alike; medians of thread CPU time.
 
     .venv/bin/python benchmarks/lm_store.py --student runs/lm/lee_scratch-seed0 --k 8 32 --steps 10
 
@@ -21,10 +21,8 @@ import statistics
 import sys
 import tempfile
 import time
-import zlib
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
@@ -63,10 +61,9 @@ def main() -> None:
             idx = torch.arange(len(val))
             rebuilt = store.teacher_logits(idx)
             lp, ids, tail = store.lookup(idx)
-            packed = sum(len(zlib.compress(np.ascontiguousarray(arr).tobytes(), 6))
-                         for arr in (store.logprobs, store.ids, store.tail))
+            packed = write_token_store(teacher, val, Path(tmp) / f"k{k}z", k=k, compress=True)
             row = {"k": k, "bytes_per_token": store.bytes_per_token,
-                   "zlib_bytes_per_token": packed / (store.logprobs.shape[0] * store.logprobs.shape[1])}
+                   "compressed_bytes_per_token": packed.bytes_per_token}
             for kind, ref in full.items():
                 dense = float(tl.token_divergence(s_logits, rebuilt, kind=kind))
                 sparse = float(tl.sparse_token_divergence(s_logits, lp, ids, tail.float().exp(), kind=kind))
@@ -74,22 +71,23 @@ def main() -> None:
                              "rebuilt_rel_bias": dense / ref - 1, "sparse_rel_bias": sparse / ref - 1}
             rows.append(row)
         # speed: online teacher forward vs store lookup, one KD step each, alternating
-        big = write_token_store(teacher, train.subset(torch.arange(min(len(train), 8 * a.batch))),
-                                Path(tmp) / "train", k=max(a.k))
+        sub = train.subset(torch.arange(min(len(train), 8 * a.batch)))
+        big = write_token_store(teacher, sub, Path(tmp) / "train", k=max(a.k))
+        bigz = write_token_store(teacher, sub, Path(tmp) / "trainz", k=max(a.k), compress=True)
         opt = torch.optim.AdamW(student.parameters(), lr=1e-4)
         student.train()
-        times: dict[str, list[float]] = {"online": [], "store": []}
+        times: dict[str, list[float]] = {"online": [], "store": [], "store_compressed": []}
         g = torch.Generator().manual_seed(0)
         for step in range(a.steps + 1):
             pos = torch.randperm(len(big), generator=g)[: a.batch]
             ids_in = train.blocks[pos, :-1]
-            for mode in ("online", "store"):
+            for mode in ("online", "store", "store_compressed"):
                 t0 = time.thread_time()
                 if mode == "online":
                     with torch.no_grad():
                         t = teacher(ids_in)
                 else:
-                    t = big.teacher_logits(pos)
+                    t = (big if mode == "store" else bigz).teacher_logits(pos)
                 loss = tl.forward_kl(student(ids_in), t)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -99,6 +97,7 @@ def main() -> None:
     speed = {m: statistics.median(v) for m, v in times.items()}
     print(json.dumps({"val_tokens": val.tokens, "vocab": val.vocab_size, "rows": rows,
                       "step_seconds_median": speed, "store_vs_online": speed["store"] / speed["online"],
+                      "compressed_store_vs_online": speed["store_compressed"] / speed["online"],
                       "tokens_per_s": {m: a.batch * val.block / v for m, v in speed.items()}}, indent=1))
 
 

@@ -93,3 +93,13 @@ def test_bad_store_and_k_are_one_line(setup, tmp_path):
         write_token_store(teacher, data, tmp_path / "x", k=0)
     with pytest.raises(ConfigError, match="no readable manifest.json"):
         TokenStore.open(tmp_path / "nothing")
+
+
+def test_compressed_store_is_lossless_and_smaller(setup):
+    tmp, data, teacher = setup
+    plain = write_token_store(teacher, data, tmp / "plain32", k=32)
+    packed = write_token_store(teacher, data, tmp / "zip32", k=32, compress=True)
+    assert packed.compressed and packed.bytes_per_token < plain.bytes_per_token
+    idx = torch.tensor([7, 2, 2, 11])
+    for a, b in zip(plain.lookup(idx), packed.lookup(idx), strict=True):
+        assert torch.equal(a, b)  # zlib is lossless: the same fp16 bits and ids
