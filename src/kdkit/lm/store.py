@@ -1,0 +1,240 @@
+"""The token logit store: a language-model teacher run once over a corpus; per token its top-k log-probabilities, their
+ids and the log of the remaining mass -- the soft-label store's format family (:mod:`kdkit.softlabels.store`) for
+tokens. Layout of a store directory::
+
+    manifest.json   format, version, k, vocabulary V, blocks N, block T, tokenizer, corpus, split, teacher SHA-256
+    logprobs.npy    (N, T, k) float16  the k largest teacher log-probabilities (T = 1) of each token, descending
+    ids.npy         (N, T, k) uint16   their token ids (int32 when V > 65535)
+    tail.npy        (N, T)    float16  log of the mass outside the top k: logsumexp of the other V − k log-probs
+
+Plain ``.npy`` files (``np.load(..., mmap_mode="r")`` reads them without kdkit); row i is block i of the split the
+store was made from (:class:`kdkit.lm.data.LMData`). At k = 32 and V ≤ 65535 a token costs 32·2 + 32·2 + 2 = 130 bytes.
+``compress=True`` writes the same three arrays per block instead, each block's bytes (log-probs, ids, tail, in that
+order) compressed with zlib into ``blocks.zlib``, with ``offsets.npy`` ((N + 1,) int64 byte offsets) for random access
+by block; the values are identical (the compression is lossless).
+
+The tail is stored as a log-sum-exp computed from the float32 log-probabilities, not as ``1 − Σ top-k``: that
+difference loses every digit when the tail is small and the top-k are rounded to fp16 (the soft-label store's rule).
+
+Two ways to use a store as the teacher:
+
+* :meth:`TokenStore.teacher_logits` rebuilds (B·T, V) logits: the top-k log-probabilities as they are and the tail
+  mass spread evenly over the other V − k tokens, so every dense token term (``lm_forward_kl`` ...) runs unchanged
+  (:class:`TokenStoreTeacher` serves them through the teacher seam). Exact for the top-k tokens and for the total tail
+  mass; the tail's shape is lost.
+* :func:`kdkit.losses.tokens.sparse_token_divergence` compares the distributions coarsened to k + 1 outcomes
+  (a lower bound of the full divergence); :meth:`TokenStore.lookup` gives its inputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from kdkit.errors import ConfigError, KdkitError
+from kdkit.types import Batch, ModelOutput, TeacherSignal
+from kdkit.utils import atomic_write_json
+
+FORMAT = "kdkit-token-logits"
+VERSION = 1
+MANIFEST = "manifest.json"
+
+
+def _sha256(model: nn.Module) -> str:
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def encode_tokens(log_probs: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """(…, V) float32 log-probabilities -> top-k log-probs (…, k) fp16, ids (…, k), tail log-mass (…,) fp16."""
+    top = log_probs.topk(k, dim=-1)
+    rest = log_probs.scatter(-1, top.indices, float("-inf"))
+    tail = torch.logsumexp(rest, dim=-1) if k < log_probs.shape[-1] else torch.full(log_probs.shape[:-1],
+                                                                                    float("-inf"))
+    # fp16 holds log-probabilities down to -65504; a tail below that is 0 for every purpose.
+    return top.values.clamp_min(-65504.0).half(), top.indices, tail.clamp_min(-65504.0).half()
+
+
+class TokenStore:
+    """An open token logit store (read-only, memory-mapped)."""
+
+    def __init__(self, path: Path, manifest: dict[str, Any]) -> None:
+        self.path = path
+        self.manifest = manifest
+        self.k = int(manifest["k"])
+        self.vocab = int(manifest["vocab"])
+        self.block = int(manifest["block"])
+        self.compressed = bool(manifest.get("compressed"))
+        self.id_dtype = np.dtype(manifest.get("id_dtype", "uint16"))
+        if self.compressed:
+            self.offsets = np.load(path / "offsets.npy")
+            self.packed = np.memmap(path / "blocks.zlib", dtype=np.uint8, mode="r") if self.offsets[-1] else \
+                np.zeros(0, np.uint8)
+        else:
+            self.logprobs = np.load(path / "logprobs.npy", mmap_mode="r")
+            self.ids = np.load(path / "ids.npy", mmap_mode="r")
+            self.tail = np.load(path / "tail.npy", mmap_mode="r")
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> TokenStore:
+        p = Path(path)
+        try:
+            manifest = json.loads((p / MANIFEST).read_text())
+        except (OSError, ValueError):
+            raise ConfigError(f"token store '{p}': no readable {MANIFEST}; make one with kdkit.lm.store."
+                              f"write_token_store") from None
+        if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
+            raise ConfigError(f"token store '{p}' is {manifest.get('format')} v{manifest.get('version')}, not "
+                              f"{FORMAT} v{VERSION}")
+        if not manifest.get("complete"):
+            raise ConfigError(f"token store '{p}' is incomplete (its writer was interrupted); write it again")
+        return cls(p, manifest)
+
+    def __len__(self) -> int:
+        return int(self.manifest["blocks"])
+
+    @property
+    def bytes_per_token(self) -> float:
+        """Bytes on disk per stored token (array data; the compressed layout counts its offsets too)."""
+        n = len(self) * self.block
+        if self.compressed:
+            return (int(self.offsets[-1]) + self.offsets.nbytes) / max(1, n)
+        return (self.logprobs.nbytes + self.ids.nbytes + self.tail.nbytes) / max(1, n)
+
+    def _block(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        raw = zlib.decompress(self.packed[int(self.offsets[i]) : int(self.offsets[i + 1])].tobytes())
+        t, k = self.block, self.k
+        n_lp, n_id = t * k * 2, t * k * self.id_dtype.itemsize
+        lp = np.frombuffer(raw, np.float16, t * k).reshape(t, k)
+        ids = np.frombuffer(raw, self.id_dtype, t * k, offset=n_lp).reshape(t, k)
+        tail = np.frombuffer(raw, np.float16, t, offset=n_lp + n_id)
+        return lp, ids, tail
+
+    def lookup(self, index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Blocks ``index`` (B,) -> log-probs (B, T, k) fp16, ids (B, T, k) int64, tail log-mass (B, T) fp16."""
+        idx = index.detach().cpu().numpy().astype(np.int64)
+        if idx.size and (idx.min() < 0 or idx.max() >= len(self)):
+            raise KdkitError(f"token store '{self.path}' holds {len(self)} blocks; asked for block {int(idx.max())}")
+        if self.compressed:
+            got = [self._block(int(i)) for i in idx]
+            return (torch.from_numpy(np.stack([g[0] for g in got])) if got else torch.zeros(0, self.block, self.k,
+                                                                                            dtype=torch.float16),
+                    torch.from_numpy(np.stack([g[1] for g in got]).astype(np.int64)) if got else
+                    torch.zeros(0, self.block, self.k, dtype=torch.int64),
+                    torch.from_numpy(np.stack([g[2] for g in got])) if got else torch.zeros(0, self.block,
+                                                                                            dtype=torch.float16))
+        return (torch.from_numpy(np.ascontiguousarray(self.logprobs[idx])),
+                torch.from_numpy(np.ascontiguousarray(self.ids[idx]).astype(np.int64)),
+                torch.from_numpy(np.ascontiguousarray(self.tail[idx])))
+
+    def teacher_logits(self, index: Tensor) -> Tensor:
+        """(B·T, V) float32 logits whose softmax is the stored distribution: the top-k log-probabilities, and the tail
+        mass spread evenly over the other V − k tokens (see the module docstring)."""
+        lp, ids, tail = self.lookup(index)
+        rest = self.vocab - self.k
+        fill = tail.float() - (math.log(rest) if rest > 0 else 0.0)
+        out = fill.unsqueeze(-1).expand(*tail.shape, self.vocab).clone()
+        out.scatter_(-1, ids, lp.float())
+        return out.reshape(-1, self.vocab)
+
+
+@torch.no_grad()
+def write_token_store(teacher: nn.Module, data: Any, out: str | os.PathLike[str], k: int = 32, batch_size: int = 16,
+                      extra: dict[str, Any] | None = None, compress: bool = False) -> TokenStore:
+    """Run ``teacher`` (a :class:`kdkit.lm.models.CausalLM`) once over every block of ``data`` (an
+    :class:`kdkit.lm.data.LMData`) and write the store to ``out``.
+
+    Args:
+        teacher: the frozen teacher (put in eval mode here).
+        data: the packed blocks (usually the training split).
+        out: the store directory.
+        k: log-probabilities kept per token.
+        batch_size: blocks per teacher forward.
+        extra: more facts for the manifest (corpus, split ...).
+        compress: zlib-compress each block (lossless; ~40 % smaller at k = 32 on the demo, see docs/benchmarks.md).
+    """
+    vocab = int(data.vocab_size)
+    if not 1 <= k <= vocab:
+        raise ConfigError(f"k must lie in 1..{vocab} (the vocabulary), got {k}")
+    path = Path(out)
+    path.mkdir(parents=True, exist_ok=True)
+    n, t = data.blocks.shape[0], data.blocks.shape[1] - 1
+    id_dtype = np.uint16 if vocab <= 65535 else np.int32
+    if compress:
+        offsets = np.zeros(n + 1, dtype=np.int64)
+        packed = open(path / "blocks.zlib", "wb")  # noqa: SIM115  (closed below, after the loop)
+    else:
+        lp_arr = np.lib.format.open_memmap(path / "logprobs.npy", mode="w+", dtype=np.float16, shape=(n, t, k))
+        id_arr = np.lib.format.open_memmap(path / "ids.npy", mode="w+", dtype=id_dtype, shape=(n, t, k))
+        tail_arr = np.lib.format.open_memmap(path / "tail.npy", mode="w+", dtype=np.float16, shape=(n, t))
+    was = teacher.training
+    teacher.eval()
+    try:
+        for a in range(0, n, batch_size):
+            ids = data.blocks[a : a + batch_size, :-1]
+            log_probs = torch.log_softmax(teacher(ids).float(), dim=-1).reshape(ids.shape[0], t, vocab)
+            lp, top, tail = encode_tokens(log_probs, k)
+            lp_np, id_np, tail_np = lp.numpy(), top.numpy().astype(id_dtype), tail.numpy()
+            if compress:
+                for j in range(ids.shape[0]):
+                    z = zlib.compress(lp_np[j].tobytes() + id_np[j].tobytes() + tail_np[j].tobytes(), 6)
+                    packed.write(z)
+                    offsets[a + j + 1] = offsets[a + j] + len(z)
+            else:
+                lp_arr[a : a + ids.shape[0]] = lp_np
+                id_arr[a : a + ids.shape[0]] = id_np
+                tail_arr[a : a + ids.shape[0]] = tail_np
+    finally:
+        teacher.train(was)
+        if compress:
+            packed.close()
+    if compress:
+        np.save(path / "offsets.npy", offsets)
+    else:
+        for arr in (lp_arr, id_arr, tail_arr):
+            arr.flush()
+    manifest = {"format": FORMAT, "version": VERSION, "k": k, "vocab": vocab, "blocks": n, "block": t,
+                "compressed": bool(compress), "id_dtype": np.dtype(id_dtype).name,
+                "tokenizer": getattr(data, "tokenizer", ""), "corpus": getattr(data, "name", ""),
+                "teacher_sha256": _sha256(teacher), "complete": True, **(extra or {})}
+    atomic_write_json(path / MANIFEST, manifest)
+    return TokenStore.open(path)
+
+
+class TokenStoreTeacher:
+    """A :class:`kdkit.types.TeacherSource` that answers a batch of blocks from a token store (no teacher forward):
+    the rebuilt logits of :meth:`TokenStore.teacher_logits` for ``batch["index"]``."""
+
+    has_features = False
+
+    def __init__(self, store: TokenStore) -> None:
+        self.store = store
+        self.models: list[nn.Module] = []
+        self.device: torch.device | None = None
+
+    def outputs(self, batch: Batch) -> TeacherSignal:
+        logits = self.store.teacher_logits(batch["index"])
+        if logits.shape[0] != batch["target"].shape[0]:
+            raise KdkitError(f"token store '{self.store.path}' has blocks of {self.store.manifest['block']} tokens, "
+                             f"the batch {batch['input'].shape[-1]}; make the store from the recipe's data")
+        logits = logits.to(batch["input"].device)
+        return TeacherSignal(combined=ModelOutput(logits=logits), each=[])
+
+    def to(self, device: torch.device) -> TokenStoreTeacher:
+        self.device = device
+        return self
+
+
+__all__ = ["FORMAT", "TokenStore", "TokenStoreTeacher", "encode_tokens", "write_token_store"]

@@ -1,0 +1,109 @@
+"""Token-level distillation terms for causal language models (the math: :mod:`kdkit.losses.tokens`).
+
+Each term compares the student's and the teacher's next-token distributions at every token whose target is not -1
+(padding and prompt tokens are -1), sums over the vocabulary and averages over those tokens. Logits arrive flattened
+to (B·T, V) (a token is a sample, :mod:`kdkit.lm`); the mask is ``batch["target"] >= 0``. Hard-label training is the
+ordinary ``ce`` term, which reads the same flattened targets, or ``lm_ce`` -- the same value computed in chunks.
+
+| term | divergence | params |
+|---|---|---|
+| ``lm_forward_kl`` | KL(p‖q) | temperature |
+| ``lm_reverse_kl`` | KL(q‖p) | temperature |
+| ``lm_jsd`` | generalised JSD(β), TRL's convention | beta (0.5), temperature |
+| ``lm_skew_kl`` | KL(p ‖ αp + (1−α)q), DistiLLM | alpha (0.1), temperature |
+| ``lm_skew_reverse_kl`` | KL(q ‖ αq + (1−α)p), DistiLLM | alpha (0.1), temperature |
+| ``lm_tvd`` | ½Σ|p − q| | temperature |
+
+Every term also takes ``chunk_tokens`` (token rows per chunk of the loss; default ~4M vocabulary entries).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from torch import Tensor
+
+from kdkit.errors import ConfigError
+from kdkit.losses import tokens
+from kdkit.terms.base import LossTerm, TermInputs, check_temperature, register_term
+
+
+class TokenTerm(LossTerm):
+    """Base of the token-level terms: a divergence ``kind`` of :mod:`kdkit.losses.tokens` over valid tokens."""
+
+    kind: ClassVar[str] = "forward_kl"
+
+    def __init__(self, temperature: float = 1.0, chunk_tokens: int | None = None, beta: float = 0.5,
+                 alpha: float = 0.1) -> None:
+        super().__init__()
+        self.temperature = check_temperature(temperature)
+        if chunk_tokens is not None and (not isinstance(chunk_tokens, int) or chunk_tokens < 1):
+            raise ConfigError(f"chunk_tokens must be a positive integer, got {chunk_tokens!r}")
+        if not 0.0 <= float(beta) <= 1.0:
+            raise ConfigError(f"beta must lie in [0, 1], got {beta}")
+        if not 0.0 <= float(alpha) < 1.0:
+            raise ConfigError(f"alpha must lie in [0, 1), got {alpha}")
+        self.chunk_tokens = chunk_tokens
+        self.beta = float(beta)
+        self.alpha = float(alpha)
+
+    def compute(self, inp: TermInputs) -> Tensor:
+        s, t = inp.student.logits, inp.teacher.logits
+        target = inp.batch["target"]
+        if s.shape != t.shape:
+            raise ConfigError(f"loss term '{self.name}': student logits {tuple(s.shape)} and teacher logits "
+                              f"{tuple(t.shape)} differ; teacher and student must share the tokenizer (docs/lm.md)")
+        if target.dim() != 1 or target.numel() != s.shape[0]:
+            raise ConfigError(f"loss term '{self.name}' compares next-token distributions; it needs a language-model "
+                              f"dataset (docs/lm.md), got targets of shape {tuple(target.shape)}")
+        return tokens.token_divergence(s, t, target >= 0, self.kind, self.temperature, self.beta, self.alpha,
+                                       self.chunk_tokens)
+
+    def extra_repr(self) -> str:
+        extra = {"generalized_jsd": f", beta={self.beta}", "skew_forward_kl": f", alpha={self.alpha}",
+                 "skew_reverse_kl": f", alpha={self.alpha}"}.get(self.kind, "")
+        return super().extra_repr() + f", temperature={self.temperature}{extra}"
+
+
+def _term(name: str, kind: str, description: str, params: str) -> type[TokenTerm]:
+    def __init__(self, temperature: float = 1.0, chunk_tokens: int | None = None, **kw: float) -> None:
+        allowed = {"beta"} if kind == "generalized_jsd" else {"alpha"} if kind.startswith("skew") else set()
+        if set(kw) - allowed:
+            raise TypeError(f"unexpected params {sorted(set(kw) - allowed)}")
+        TokenTerm.__init__(self, temperature, chunk_tokens, **kw)
+
+    cls = type(f"Token_{kind}", (TokenTerm,), {"kind": kind, "__init__": __init__,
+                                               "__doc__": f"{description} ({params})."})
+    return register_term(name, description=description)(cls)
+
+
+@register_term("lm_ce", description="next-token cross-entropy, chunked (= ce on LM data, less memory)")
+class LMCrossEntropy(LossTerm):
+    """Next-token cross-entropy, mean over tokens whose target is not -1: the value of ``ce`` on language-model data,
+    computed in chunks so that no full float32 log-softmax copy of the (B·T, V) logits is held."""
+
+    needs_teacher = False
+
+    def __init__(self, chunk_tokens: int | None = None) -> None:
+        super().__init__()
+        if chunk_tokens is not None and (not isinstance(chunk_tokens, int) or chunk_tokens < 1):
+            raise ConfigError(f"chunk_tokens must be a positive integer, got {chunk_tokens!r}")
+        self.chunk_tokens = chunk_tokens
+
+    def compute(self, inp: TermInputs) -> Tensor:
+        return tokens.token_cross_entropy(inp.student.logits, inp.batch["target"], -1, self.chunk_tokens)
+
+
+LMForwardKL = _term("lm_forward_kl", "forward_kl", "token-level forward KL(p_teacher ‖ q_student), mean per token",
+                    "temperature")
+LMReverseKL = _term("lm_reverse_kl", "reverse_kl", "token-level reverse KL(q_student ‖ p_teacher), mean per token",
+                    "temperature")
+LMJSD = _term("lm_jsd", "generalized_jsd", "token-level generalised JSD(beta) (GKD; TRL convention), mean per token",
+              "beta, temperature")
+LMSkewKL = _term("lm_skew_kl", "skew_forward_kl", "token-level skew KL(p ‖ a·p + (1-a)·q) (DistiLLM), mean per token",
+                 "alpha, temperature")
+LMSkewReverseKL = _term("lm_skew_reverse_kl", "skew_reverse_kl", "token-level skew reverse KL(q ‖ a·q + (1-a)·p) "
+                        "(DistiLLM), mean per token", "alpha, temperature")
+LMTVD = _term("lm_tvd", "total_variation", "token-level total variation 1/2·Σ|p − q|, mean per token", "temperature")
+
+__all__ = ["LMCrossEntropy", "LMForwardKL", "LMJSD", "LMReverseKL", "LMSkewKL", "LMSkewReverseKL", "LMTVD", "TokenTerm"]

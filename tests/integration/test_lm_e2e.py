@@ -1,0 +1,107 @@
+"""Language-model distillation end to end on real text (gensim's lee news corpus), offline: train a tokenizer with
+`kdkit lm-tokenizer`, a tiny GPT-2 teacher a few steps, export it as a transformers folder (`kdkit lm-export`), distil a
+layer-cut student and a smaller-config student with token losses, and report held-out perplexity (`kdkit lm-eval`).
+Tiny configurations: 32-token blocks, 48 training blocks, widths of 32."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from kdkit.lm.evaluate import evaluate_lm
+from kdkit.recipe import recipe_from_dict
+from kdkit.runs import run
+
+
+def _kdkit(*args: str) -> str:
+    """The `kdkit` command line, in this process (a fresh interpreter would spend most of the test importing)."""
+    from typer.testing import CliRunner
+
+    from kdkit.cli import app
+
+    res = CliRunner().invoke(app, list(args))
+    assert res.exit_code == 0, res.output
+    return res.output
+
+
+def _recipe(out: Path, name: str, tok: str, **kw) -> dict:
+    r = {"name": name, "output_dir": str(out), "seed": 0, "epochs": 3, "threads": 1,
+         "data": {"name": "lee_background", "params": {"tokenizer": tok, "block": 32}, "val_fraction": 0.05,
+                  "batch_size": 8, "eval_batch_size": 64, "train_limit": 48},
+         "optim": {"name": "adamw", "lr": 3e-3}, "schedule": {"name": "constant"}}
+    r.update(kw)
+    return r
+
+
+def _history(run_dir: Path) -> list[dict]:
+    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("lm_runs")
+
+
+@pytest.fixture(scope="module")
+def tok(out) -> str:
+    _kdkit("lm-tokenizer", "lee_background", "--out", str(out / "tok"), "--vocab", "512", "--val-fraction", "0.05")
+    return str(out / "tok")
+
+
+@pytest.fixture(scope="module")
+def teacher(out, tok) -> Path:
+    r = recipe_from_dict(_recipe(out, "teacher", tok,
+                                 student={"name": "lm:gpt2", "params": {"layers": 3, "width": 32, "heads": 2}},
+                                 terms=[{"name": "ce"}]))
+    res = run(r, quiet=True)
+    _kdkit("lm-export", str(res.run_dir), "--out", str(out / "teacher_hf"))
+    return res.run_dir
+
+
+def test_teacher_trains_and_exports_to_hf(teacher, out):
+    hist = _history(teacher)
+    assert hist[-1]["train_loss"] < hist[0]["train_loss"] - 0.3  # cross-entropy (nats/token) falls
+    assert (out / "teacher_hf" / "model.safetensors").is_file() and (out / "teacher_hf" / "tokenizer.json").is_file()
+    # the exported folder is the same model: the same held-out perplexity through hf:PATH
+    run_ppl = evaluate_lm(teacher)["perplexity"]
+    hf_ppl = evaluate_lm(f"hf:{out / 'teacher_hf'}", data="lee_background", block=32, val_fraction=0.05)["perplexity"]
+    assert hf_ppl == pytest.approx(run_ppl, rel=1e-6)  # same weights, same tokens, same order of operations
+    assert run_ppl == pytest.approx(math.exp(hist[-1]["val_loss"]), rel=1e-6)  # perplexity = exp(mean token CE)
+
+
+@pytest.mark.parametrize("student,terms", [
+    ({"params": {"layers": [0, 2]}}, [{"name": "lm_forward_kl"}]),
+    pytest.param({"params": {"config": {"n_layer": 1, "n_embd": 16, "n_head": 2}}},
+                 [{"name": "lm_jsd", "params": {"beta": 0.5}}, {"name": "ce", "weight": 0.5}], marks=pytest.mark.slow),
+    pytest.param({"params": {"layers": 1}}, [{"name": "lm_skew_kl", "params": {"alpha": 0.1}}],
+                 marks=pytest.mark.slow),
+], ids=["cut-fkl", "config-jsd+ce", "cut-skew"])
+def test_student_distils_loss_falls_and_perplexity_is_reported(teacher, out, tok, student, terms):
+    name = "s_" + "_".join(t["name"] for t in terms)
+    r = recipe_from_dict(_recipe(out, name, tok, student={"name": f"hf:{out / 'teacher_hf'}", **student},
+                                 teachers=[{"name": f"hf:{out / 'teacher_hf'}"}], terms=terms))
+    res = run(r, quiet=True)
+    hist = _history(res.run_dir)
+    key = f"train_{terms[0]['name']}"
+    assert hist[-1][key] < hist[0][key]  # the token divergence to the teacher falls
+    assert all(math.isfinite(h["val_loss"]) for h in hist)
+    m = json.loads(_kdkit("lm-eval", str(res.run_dir), "--json").strip().splitlines()[-1])
+    assert m["perplexity"] == pytest.approx(math.exp(m["loss"]), rel=1e-9) and 1 < m["perplexity"] < 512
+    assert m["n"] > 0 and 0 <= m["top1"] <= 100
+
+
+@pytest.mark.slow  # trains a second tokenizer
+def test_differing_tokenizer_is_refused_in_one_line(teacher, out, tok):
+    other = out / "other_tok"
+    _kdkit("lm-tokenizer", "hamlet", "--out", str(other), "--vocab", "512")
+    r = recipe_from_dict(_recipe(out, "bad", str(other), student={"name": "lm:gpt2", "params": {"layers": 1}},
+                                 teachers=[{"name": f"hf:{out / 'teacher_hf'}"}], terms=[{"name": "lm_forward_kl"}]))
+    from kdkit.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        run(r, quiet=True)
+    msg = str(err.value)
+    assert "\n" not in msg and "teachers.0" in msg and "another tokenizer" in msg
