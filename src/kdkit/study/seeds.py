@@ -71,7 +71,7 @@ def is_complete(recipe: Recipe) -> bool:
     now = json.loads(json.dumps(recipe.model_dump(mode="json")))
     if isinstance(saved, dict):
         diff = [k for k in now if saved.get(k, ADDED_FIELDS.get(k)) != now[k]
-            and k not in ("threads", "output_dir", "epochs")]
+            and k not in ("threads", "output_dir", "epochs", "track")]
         if diff:
             raise ConfigError(f"seeds: '{run_dir}' holds a finished run of a different recipe (differs in "
                               f"{', '.join(diff)}); delete it, or give the recipe another name")
