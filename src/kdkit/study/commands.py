@@ -55,13 +55,20 @@ def tune(
     sampler_seed: Annotated[int | None, typer.Option("--sampler-seed", help="seed of the sampler")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", "-s", help="override a recipe field: key.path=value "
                                                                        "(repeatable)")] = None,
+    store: Annotated[bool, typer.Option("--store/--no-store", help="share one soft-label store between the trials "
+                                                                   "when the search changes only student-side fields "
+                                                                   "(default); --no-store: every trial runs its "
+                                                                   "teachers")] = True,
+    store_views: Annotated[int | None, typer.Option("--store-views", help="views the shared store holds (default: "
+                                                                          "the epochs, with random augmentation)")
+                           ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
 ) -> None:
     """Search the recipe's `search:` space with Optuna (TPE, median pruning on per-epoch validation top-1); each
     trial is a run directory <output_dir>/<name>-tune/trial-<k>. Run it again (or on several workers) to add trials."""
     if not show:
         result = run_tune(recipe, trials, overrides=set_, storage=storage, sampler=sampler, pruner=pruner,
-                          seed=sampler_seed, quiet=quiet)
+                          seed=sampler_seed, quiet=quiet, store=store, store_views=store_views)
         Console(soft_wrap=True).print(f"[bold green]tune[/] {result.ran} trial(s) run; study '{result.study_name}' "
                                       f"in {result.storage}")
     study = load_study(recipe, set_, storage)

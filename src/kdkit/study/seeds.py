@@ -229,7 +229,8 @@ def run_seeds(recipes: list[Recipe | str | Path | dict[str, Any]], seeds: list[i
                 continue
             if not quiet:
                 console.print(f"[bold]seeds[/] {recipe.name} seed {seed} → {r.run_dir}")
-            run(r, resume=r.run_dir.is_dir(), quiet=quiet)  # an interrupted seed resumes; an empty one starts
+            # an interrupted seed resumes, an empty one starts; trackers file every seed under the recipe's name
+            run(r, resume=r.run_dir.is_dir(), quiet=quiet, track_project=recipe.name)
             trained.append(r.run_dir)
     table = seeds_table(result_runs, base_name)
     table["seeds"] = seed_list
