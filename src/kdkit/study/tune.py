@@ -293,10 +293,44 @@ def show_markdown(study: Any, top: int = 5) -> str:
     return "\n".join(lines) + "\n"
 
 
+def param_importances(study: Any) -> dict[str, float]:
+    """Optuna's parameter importances (fANOVA: the share of the objective's variance over finished trials that each
+    searched field explains; they sum to 1), most important first; empty before two finished trials."""
+    optuna = _optuna()
+    done = [t for t in study.trials if t.state.name == "COMPLETE" and t.value is not None]
+    if len(done) < 2 or not study.user_attrs.get("search"):
+        return {}
+    try:
+        return {k: float(v) for k, v in optuna.importance.get_param_importances(study).items()}
+    except (RuntimeError, ValueError):  # e.g. every finished trial has the same values: nothing to apportion
+        return {}
+
+
+def write_show(study: Any, out_dir: Path, top: int = 5) -> dict[str, Any]:
+    """What ``kdkit tune --show`` shows, as files in ``out_dir`` (the study's ``plots/``): the figures
+    (:func:`write_plots`), ``show.md`` (the table printed) and ``show.json`` — trial counts by state, the objective,
+    the ``top`` best trials, the parameter importances and the figures' file names — which ``kdkit report --study``
+    puts in the report. Returns the ``show.json`` content."""
+    out_dir = Path(out_dir)
+    plots = write_plots(study, out_dir)
+    states: dict[str, int] = {}
+    for t in study.trials:
+        states[t.state.name.lower()] = states.get(t.state.name.lower(), 0) + 1
+    info = {"kind": "tune", "study_name": study.study_name, "n_trials": len(study.trials), "states": states,
+            "objective": study.user_attrs.get("objective", OBJECTIVE), "split": study.user_attrs.get("split"),
+            "search": study.user_attrs.get("search", {}), "best_trials": best_trials(study, top),
+            "importances": param_importances(study), "plots": [p.name for p in plots]}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out_dir / "show.json", info)
+    (out_dir / "show.md").write_text(show_markdown(study, top))
+    return info
+
+
 def write_plots(study: Any, out_dir: Path) -> list[Path]:
-    """Two figures of the study as PNG files in ``out_dir``: ``history.png`` (each finished trial's value and the best
-    so far, by trial number) and ``slices.png`` (value against each numeric searched field, log axis for
-    ``log_uniform``; one panel per field). Returns the files written (none before the first finished trial)."""
+    """The study's figures as PNG files in ``out_dir``: ``history.png`` (each finished trial's value and the best so
+    far, by trial number), ``slices.png`` (value against each numeric searched field, log axis for ``log_uniform``;
+    one panel per field) and ``importance.png`` (:func:`param_importances`, from two finished trials on). Returns the
+    files written (none before the first finished trial)."""
     from matplotlib.figure import Figure
 
     done = [t for t in study.trials if t.state.name == "COMPLETE" and t.value is not None]
@@ -333,5 +367,20 @@ def write_plots(study: Any, out_dir: Path) -> list[Path]:
                 ax.set_ylabel("best-epoch val top-1 (%)")
         fig.tight_layout()
         paths.append(out_dir / "slices.png")
+        fig.savefig(paths[-1])
+    importances = param_importances(study)
+    if importances:
+        names = list(importances)[::-1]  # the most important on top
+        fig = Figure(figsize=(6, max(2.4, 0.8 + 0.45 * len(names))), dpi=110)
+        ax = fig.add_subplot()
+        ax.barh(names, [importances[n] for n in names], color="C0")
+        for i, n in enumerate(names):
+            ax.text(importances[n], i, f" {importances[n]:.2f}", va="center", fontsize=8)
+        ax.set_xlim(0, 1.1)
+        ax.set_xlabel("importance (fANOVA share of the objective's variance)")
+        ax.tick_params(axis="y", labelsize=8)
+        ax.set_title(f"study '{study.study_name}': parameter importance")
+        fig.tight_layout()
+        paths.append(out_dir / "importance.png")
         fig.savefig(paths[-1])
     return paths
