@@ -66,7 +66,19 @@ def study_dir_of(recipe: Recipe) -> Path:
 
 def _storage(optuna: Any, study_dir: Path, url: str | None) -> tuple[Any, str]:
     if url:
-        return url, url
+        from sqlalchemy.exc import SQLAlchemyError
+
+        # Workers that start together on an empty database race to create Optuna's tables (PostgreSQL: "type ...
+        # already exists"); the loser finds them made on a retry.
+        for attempt in range(5):
+            try:
+                return optuna.storages.RDBStorage(url), url
+            except SQLAlchemyError as err:
+                if attempt == 4:
+                    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                    raise ConfigError(f"--storage: cannot open '{url}' ({first}); check the URL, the server and "
+                                      f"the database driver (psycopg2-binary is in the tune extra)") from None
+                time.sleep(0.5 + attempt)
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
