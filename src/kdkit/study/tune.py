@@ -202,7 +202,10 @@ def run_tune(recipe: Recipe | str | Path | dict[str, Any], trials: int, override
     backend, where = _storage(optuna, sdir, storage)
     samplers = {"tpe": lambda: optuna.samplers.TPESampler(seed=seed),
                 "random": lambda: optuna.samplers.RandomSampler(seed=seed)}
-    pruners = {"median": lambda: optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0),
+    # No pruning before epoch max(1, epochs // 4): with a warm-up schedule (onecycle) the first epochs' top-1 says
+    # little about the last; pruning from epoch 1 stopped 28 of 30 trials of a 20-epoch KD study (docs/benchmarks.md).
+    warmup = max(1, r.epochs // 4)
+    pruners = {"median": lambda: optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=warmup),
                "none": lambda: optuna.pruners.NopPruner()}
     if sampler not in samplers or pruner not in pruners:
         raise ConfigError(f"--sampler must be one of {sorted(samplers)} and --pruner one of {sorted(pruners)}")
