@@ -134,6 +134,9 @@ class Recipe(_Strict):
     soft_labels: str | None = Field(default=None, description="teacher soft-label store to read instead of teachers")
     stages: list[dict[str, Any]] = Field(default_factory=list, description="a pipeline: each stage is a partial recipe "
                                          "(plus name, teacher_from, ensemble) run in order; see docs/schemes.md")
+    track: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
+        default_factory=list, description="experiment trackers (Accelerate's tracking; the `track` extra) that receive "
+        "the resolved recipe, the teacher policy and every epoch's metrics; see docs/tuning.md")
     search: dict[str, dict[str, Any]] = Field(default_factory=dict, description="`kdkit tune`'s search space: a field "
                                               "path (terms.1.params.temperature) -> {uniform|log_uniform|int: [a, b]} "
                                               "or {choice: [...]}; see docs/tuning.md")

@@ -19,6 +19,7 @@ from kdkit.builder import build_scheme
 from kdkit.data.run import build_data
 from kdkit.engine.checkpoint import CheckpointManager
 from kdkit.engine.loop import Engine, FitResult, make_accelerator
+from kdkit.engine.tracking import RunTracker
 from kdkit.errors import CheckpointError, ConfigError
 from kdkit.recipe import Recipe, save_recipe
 from kdkit.utils import DirLock, atomic_write_json, seed_everything
@@ -27,7 +28,7 @@ from kdkit.yamlio import read_yaml_file
 
 LOCK_NAME = ".kdkit.lock"
 # Fields added to the recipe after runs were saved: a saved recipe without them had them empty.
-ADDED_FIELDS: dict[str, object] = {"search": {}}
+ADDED_FIELDS: dict[str, object] = {"search": {}, "track": []}
 
 
 class RunLock(DirLock):
@@ -93,10 +94,11 @@ def prepare_run_dir(recipe: Recipe, resume: bool, clean: bool = True, console: A
 
 
 def run(recipe: Recipe, resume: bool = False, quiet: bool = False, console: Any = None,
-        epoch_callbacks: list[Any] | None = None) -> FitResult:
+        epoch_callbacks: list[Any] | None = None, track_project: str | None = None) -> FitResult:
     """Train or distil as the recipe says; returns :class:`kdkit.engine.FitResult`.
 
-    ``epoch_callbacks``: passed to :class:`~kdkit.engine.loop.Engine` (each gets every epoch's metrics record)."""
+    ``epoch_callbacks``: passed to :class:`~kdkit.engine.loop.Engine` (each gets every epoch's metrics record).
+    ``track_project``: the experiment / project the recipe's trackers file this run under (default: its name)."""
     if recipe.stages:
         raise ConfigError("a recipe with `stages:` is a pipeline; run it with kdkit.pipeline.run_pipeline (kdkit "
                           "train/distill do)")
@@ -113,7 +115,7 @@ def run(recipe: Recipe, resume: bool = False, quiet: bool = False, console: Any 
         resume = prepare_run_dir(recipe, resume, clean=lock is not None, console=note)
         if resume and (run_dir / "config.yaml").is_file():
             _check_same_recipe(recipe, run_dir)
-        return _run_locked(recipe, run_dir, accelerator, resume, quiet, console, epoch_callbacks)
+        return _run_locked(recipe, run_dir, accelerator, resume, quiet, console, epoch_callbacks, track_project)
     except BaseException:
         if lock is not None:
             _remove_if_untouched(run_dir, created)  # input refused before anything was written: leave no trace
@@ -131,16 +133,22 @@ def _remove_if_untouched(run_dir: Path, created: bool) -> None:
 
 
 def _run_locked(recipe: Recipe, run_dir: Path, accelerator: Any, resume: bool, quiet: bool, console: Any,
-                epoch_callbacks: list[Any] | None = None) -> FitResult:
+                epoch_callbacks: list[Any] | None = None, track_project: str | None = None) -> FitResult:
     seed_everything(recipe.seed)
     data = build_data(recipe, accelerator.num_processes, accelerator.process_index)
     scheme = build_scheme(recipe, data)
     if accelerator.is_main_process:
         save_recipe(recipe, run_dir / "config.yaml")
         atomic_write_json(run_dir / "split.json", data.split)
+    # The trackers see each epoch's record first, so an epoch after which a callback stops the run is logged too.
+    tracker = RunTracker(accelerator, recipe, track_project)
     engine = Engine(recipe, run_dir, model_meta(recipe.student, data, recipe), console=console, quiet=quiet,
-                    accelerator=accelerator, epoch_callbacks=epoch_callbacks)
-    result = engine.fit(scheme, data.train_loader, data.val_loader, resume=resume)
+                    accelerator=accelerator, epoch_callbacks=[tracker.log, *(epoch_callbacks or [])])
+    tracker.start()
+    try:
+        result = engine.fit(scheme, data.train_loader, data.val_loader, resume=resume)
+    finally:
+        tracker.end()
     if accelerator.is_main_process:
         atomic_write_json(run_dir / "summary.json", {"best": result.best, "last": result.last,
                                                      "best_weights": str(result.best_path)})
@@ -153,8 +161,8 @@ def _check_same_recipe(recipe: Recipe, run_dir: Path) -> None:
         raise ConfigError(f"--resume: '{run_dir}/config.yaml' is not a recipe; start afresh in a new run directory")
     now = json.loads(json.dumps(recipe.model_dump(mode="json")))
     diff = [k for k in now if saved.get(k, ADDED_FIELDS.get(k)) != now[k]
-            and k not in ("epochs", "threads", "output_dir")]
+            and k not in ("epochs", "threads", "output_dir", "track")]
     if diff:
         raise ConfigError(f"--resume: the recipe differs from the one saved in '{run_dir}/config.yaml' in "
-                          f"{', '.join(diff)}; resume with the same recipe (only epochs, threads and output_dir may "
-                          f"change)")
+                          f"{', '.join(diff)}; resume with the same recipe (only epochs, threads, output_dir and "
+                          f"track may change)")

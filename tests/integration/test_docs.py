@@ -16,8 +16,9 @@ says which cannot be and why). YAML blocks must parse, and recipe-shaped ones va
 bundled ``recipes/mnist_kd.yaml``.
 
 Cost in the default suite: under three minutes on two cores (README, report and soft-label flows on MNIST digits),
-plus ~35 s for docs/tuning.md (seeds: 2 recipes x 5 seeds of one epoch; tune: 4 trials of one epoch); the text flow
-(MiniLM, ~2 min), the language-model flow (docs/lm.md, a few minutes) and the benchmarks are ``slow``.
+plus ~45 s for docs/tuning.md (seeds: 2 recipes x 5 seeds of one epoch; tune: 4 trials of one epoch; a report; one
+tracked run); the text flow (MiniLM, ~2 min), the language-model flow (docs/lm.md, a few minutes) and the benchmarks
+are ``slow``.
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ NOT_RUN: dict[tuple[str, str], str] = {
                                               "checkpoint is tested by tests/integration/test_faults.py",
     ("docs/teachers.md", "huggingface-cli download timm/resnet10t.c3_in1k"): "downloads (no network here)",
     ("docs/tuning.md", "kdkit tune kd_search.yaml --trials 10 --storage postgresql://kdkit@dbhost/kdkit"):
-        "needs a PostgreSQL server; two workers on one study are run by tests/integration/test_tune.py (journal)",
+        "needs a PostgreSQL server at dbhost; tests/integration/test_tune_postgres.py (slow) starts one and runs two "
+        "workers on it",
     ("docs/teachers.md", "kdkit train recipes/teachers/mnist_pretrained_timm.yaml"):
         "needs the downloaded timm weights in the HF cache; test_teachers_pretrained.py runs the same pipeline from a "
         "locally built HF cache",
@@ -70,6 +72,8 @@ BENCH_SHRINK: dict[str, dict[str, list[str]]] = {
     "lm_distill.py": {"--recipes": ["lee_scratch", "lee_fkl"], "--seeds": ["0"], "--epochs": ["1"],
                       "--teacher-epochs": ["1"], "--train-limit": ["16"]},
     "lm_store.py": {"--k": ["8"], "--steps": ["1"], "--batch": ["2"]},  # reads the runs lm_distill.py just made
+    "tune_store.py": {"--trials": ["1"], "--epochs": ["1"], "--teacher-epochs": ["1"], "--rounds": ["1"],
+                      "--train-limit": ["300"]},
     "softlabels.py": {"--steps": ["1"], "--warmup": ["0"], "--batch": ["16"], "--epochs": ["1"], "--seeds": ["0"],
                       "--teacher-epochs": ["1"], "--aug-views": ["2"]},
     "fashion_methods.py": {"--seeds": ["0"], "--epochs": ["1"], "--teacher-epochs": ["1"], "--train-limit": ["500"],
@@ -263,7 +267,8 @@ def artefacts(ran: str, cwd: Path) -> list[Path]:
             recipe = load_recipe(cwd / words[2], _sets(words))
             out += [Path(recipe.output_dir) / f"{recipe.name}-tune" / f for f in ("journal.log", "study.json")]
             if "--show" in words:
-                out += [Path(recipe.output_dir) / f"{recipe.name}-tune" / "plots" / "history.png"]
+                out += [Path(recipe.output_dir) / f"{recipe.name}-tune" / f
+                        for f in ("plots/history.png", "plots/show.json", "report/report.html")]
         elif sub == "quickstart":
             q = Path(_option(words, "--output-dir") or "runs/quickstart")
             out += [q / "table.md", q / "table.json", q / "report" / "report.html"]
@@ -553,7 +558,9 @@ def test_softlabels_doc(tmp_path, token_cache):
 def test_tuning_doc(tmp_path, token_cache):
     cwd = workspace(tmp_path, "docs/tuning.md")
     done = run_doc_commands("docs/tuning.md", cwd, token_cache)
-    assert [c.split()[1] for c in done] == ["train", "seeds", "seeds", "tune", "tune", "tune"]
+    assert [c.split()[1] for c in done] == ["train", "seeds", "seeds", "tune", "tune", "tune", "report", "distill"]
+    assert "Seeds study" in (cwd / "runs" / "seeds" / "report" / "report.html").read_text()
+    assert list((cwd / "runs" / "mnist_kd_tracked" / "track").rglob("events.out.tfevents.*"))  # the tracker wrote
     table = json.loads((cwd / "runs" / "seeds" / "seeds.json").read_text())
     assert table["seeds"] == [0, 1, 2, 3, 4] and table["baseline"] == "mnist_scratch"
     assert len(table["recipes"]["mnist_kd"]["gain_best_top1"]["values"]) == 5

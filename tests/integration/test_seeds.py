@@ -115,6 +115,24 @@ def test_cli_prints_the_table_and_reuses_runs(study, tmp_path):
     assert "Traceback" not in bad.stderr
 
 
+def test_the_report_shows_the_seeds_table(study, tmp_path):
+    from kdkit.errors import KdkitError
+    from kdkit.report import write_report
+
+    out, scratch, ls, result = study
+    runs = sorted(out.glob("*-seed*"))
+    assert len(runs) == 4
+    page = write_report(runs, tmp_path / "rep", measure=False,
+                        studies=[result.md_path.parent]).read_text()
+    assert "Seeds study" in page and "paired" in page
+    gain = result.table["recipes"]["ls"]["gain_best_top1"]
+    assert f"{gain['mean']:+.2f} ± {gain['std']:.2f}" in page  # the paired gain, as kdkit seeds computed it
+    best = result.table["recipes"]["scratch"]["best_top1"]
+    assert f"{best['mean']:.2f} ± {best['std']:.2f}" in page
+    with pytest.raises(KdkitError, match=r"report --study: '.*' holds neither seeds.json"):
+        write_report(runs, tmp_path / "rep2", measure=False, studies=[tmp_path])
+
+
 def test_bad_inputs_are_one_line_errors(tmp_path):
     scratch, _ = _recipes(tmp_path)
     with pytest.raises(ConfigError, match="share a name"):

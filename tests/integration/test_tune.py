@@ -103,9 +103,21 @@ def test_two_worker_processes_share_one_journal(tmp_path):
     assert f"| {best_trials(study, 1)[0]['trial']} | " in shown.stdout
     from matplotlib.image import imread
 
-    for name in ("history.png", "slices.png"):  # real pictures, not empty files
+    for name in ("history.png", "slices.png", "importance.png"):  # real pictures, not empty files
         img = imread(tmp_path / "runs" / "two-tune" / "plots" / name)
         assert img.shape[0] > 200 and img.shape[1] > 300 and img[..., :3].std() > 0.05
+    # the study in the report: its best trials, the parameter importances (Optuna's, read back here) and the figures
+    show = json.loads((tmp_path / "runs" / "two-tune" / "plots" / "show.json").read_text())
+    assert show["importances"] == pytest.approx(optuna.importance.get_param_importances(study), abs=1e-12)
+    assert sum(show["importances"].values()) == pytest.approx(1.0, abs=1e-9)  # fANOVA shares
+    page = (tmp_path / "runs" / "two-tune" / "report" / "report.html").read_text()
+    assert "Tuning study &#x27;two&#x27;" in page or "Tuning study 'two'" in page
+    best = best_trials(study, 1)[0]
+    assert f"<td>{best['trial']}</td>" in page.replace(' class="num"', "") and f"{best['value']:.2f}" in page
+    assert "terms.0.params.label_smoothing" in page and "optim.lr" in page
+    assert page.count("data:image/png;base64,") >= 3 + 1  # the study's 3 figures besides the runs' own
+    md = (tmp_path / "runs" / "two-tune" / "report" / "summary.md").read_text()
+    assert "importance.png" in md and (tmp_path / "runs" / "two-tune" / "report" / "tune-two-importance.png").is_file()
 
 
 def test_search_block_is_validated_in_one_line(tmp_path):

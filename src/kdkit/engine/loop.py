@@ -25,6 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from kdkit.engine.checkpoint import CheckpointManager, write_weights
 from kdkit.engine.evaluate import evaluate
 from kdkit.engine.schedule import lr_at
+from kdkit.engine.tracking import accelerator_kwargs
 from kdkit.errors import KdkitError
 from kdkit.recipe import OptimSpec, Recipe
 from kdkit.types import TrainableScheme, TrainState, to_device
@@ -70,7 +71,8 @@ def make_accelerator(recipe: Recipe):
         from accelerate import DistributedDataParallelKwargs
 
         handlers.append(DistributedDataParallelKwargs(find_unused_parameters=True))
-    return Accelerator(cpu=cpu, mixed_precision=recipe.precision, kwargs_handlers=handlers)
+    return Accelerator(cpu=cpu, mixed_precision=recipe.precision, kwargs_handlers=handlers,
+                       **accelerator_kwargs(recipe))
 
 
 def _fresh_accelerator_state(precision: str) -> None:

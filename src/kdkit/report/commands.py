@@ -21,11 +21,15 @@ def report(
                                                                             "its roles and measurements")] = None,
     no_measure: Annotated[bool, typer.Option("--no-measure", help="do not measure size and latency of runs the "
                                                                   "case study does not cover")] = False,
+    study: Annotated[list[Path] | None, typer.Option("--study", help="a kdkit seeds output directory (seeds.json) "
+                                                                     "or a kdkit tune study directory (after "
+                                                                     "--show): a section of the report; "
+                                                                     "repeatable")] = None,
 ) -> None:
     """One self-contained HTML page (and summary.md) comparing runs: teacher vs scratch vs KD, accuracy against
     latency and size, the case-study table, and learning curves per loss term."""
     out_dir = out if out is not None else runs[0].parent / "report"
-    path = write_report(runs, out_dir, case_study=case_study, measure=not no_measure)
+    path = write_report(runs, out_dir, case_study=case_study, measure=not no_measure, studies=study or [])
     console = Console()
     console.print(f"[bold green]report[/] {path}")
     console.print(f"summary: {path.parent / 'summary.md'}")

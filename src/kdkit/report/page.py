@@ -49,6 +49,7 @@ from kdkit.report.runs import (
     references_run,
     shade,
 )
+from kdkit.report.studies import study_sections
 from kdkit.utils import atomic_write_bytes, atomic_write_text
 from kdkit.weights import input_shape_of
 
@@ -292,7 +293,7 @@ def _glance(entries: list[Entry]) -> tuple[str, str, Entry | None]:
 
 
 def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, case_study: str | Path | None = None, *,
-                 measure: bool = True, title: str | None = None) -> Path:
+                 measure: bool = True, title: str | None = None, studies: Sequence[str | Path] = ()) -> Path:
     """Write ``report.html`` (self-contained), ``summary.md`` and the PNG plots to ``out_dir``.
 
     Args:
@@ -303,6 +304,8 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, case_study
         measure: measure parameters, size and CPU latency of runs the case study does not cover (from their best
             weights, ~1 s per run); ``False`` leaves them blank.
         title: the page title (default: "kdkit report — <dataset>").
+        studies: ``kdkit seeds`` output directories (``seeds.json``) and ``kdkit tune`` study directories (after
+            ``kdkit tune --show``): each becomes a section (:mod:`kdkit.report.studies`).
 
     Returns:
         The path of ``report.html``.
@@ -312,6 +315,7 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, case_study
     """
     if not run_dirs:
         raise KdkitError("report: give at least one run directory")
+    study_secs = study_sections(list(studies))  # read first: a bad --study fails before any measuring
     runs = [load_run(p) for p in run_dirs]
     _unique_labels(runs)
     case = load_case_study(case_study) if case_study is not None else None
@@ -479,6 +483,7 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, case_study
         *([Section("Seeds", anchor="seeds", intro="Runs of one recipe that differ only in their seed: mean ± sample "
                                                   "standard deviation.", tables=[seeds_table])]
           if seeds_table is not None else []),
+        *study_secs,
         Section("Learning curves", anchor="curves", plots=curve_plots,
                 intro="Per run: the training loss and each loss term (terms are logged unweighted, the legend gives "
                       "their weights; the total is the weighted sum that was minimised), top-1 per epoch (the star "
@@ -489,6 +494,7 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, case_study
     cmd = "kdkit report " + " ".join(str(p) for p in run_dirs)
     if case_study is not None:
         cmd += f" --case-study {case_study}"
+    cmd += "".join(f" --study {d}" for d in studies)
     page = Page(title=title or f"kdkit report — {', '.join(datasets)}", glance=headline, glance_details=details,
                 sections=sections, glance_role=glance_role,
                 footer=f"Written by kdkit {_version()} on {when} · {cmd}")
@@ -496,7 +502,8 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, case_study
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for p in [acc_plot, *([pareto_plot] if pareto_plot else []), *curve_plots]:
+    for p in [acc_plot, *([pareto_plot] if pareto_plot else []), *curve_plots,
+              *(p for sec in study_secs for p in sec.plots)]:
         atomic_write_bytes(out / p.filename, p.png)
         written.append(out / p.filename)
     atomic_write_text(out / "summary.md", render_markdown(page))

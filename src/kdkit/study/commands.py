@@ -12,8 +12,9 @@ from rich.console import Console
 
 from kdkit.recipe import as_recipe
 from kdkit.registry import COMMANDS
+from kdkit.report import write_report
 from kdkit.study.seeds import run_seeds, table_markdown
-from kdkit.study.tune import load_study, run_tune, show_markdown, study_dir_of, write_plots
+from kdkit.study.tune import load_study, run_tune, show_markdown, study_dir_of, write_show
 
 
 @COMMANDS.register("seeds")
@@ -45,7 +46,8 @@ def tune(
     recipe: Annotated[str, typer.Argument(help="recipe YAML path (with a `search:` block) or bundled recipe name")],
     trials: Annotated[int, typer.Option("--trials", "-n", help="trials this worker adds to the study")] = 10,
     show: Annotated[bool, typer.Option("--show", help="print the best trials of the study, write its plots "
-                                                      "(<study>/plots/history.png, slices.png) and exit")] = False,
+                                                      "(<study>/plots/history.png, slices.png, importance.png) and "
+                                                      "its report (<study>/report/report.html), and exit")] = False,
     top: Annotated[int, typer.Option("--top", help="with --show: how many trials")] = 5,
     storage: Annotated[str | None, typer.Option("--storage", help="Optuna RDB URL (e.g. postgresql://...) for "
                                                                   "workers on several machines (default: the "
@@ -55,18 +57,32 @@ def tune(
     sampler_seed: Annotated[int | None, typer.Option("--sampler-seed", help="seed of the sampler")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", "-s", help="override a recipe field: key.path=value "
                                                                        "(repeatable)")] = None,
+    store: Annotated[bool, typer.Option("--store/--no-store", help="share one soft-label store between the trials "
+                                                                   "when the search changes only student-side fields "
+                                                                   "(default); --no-store: every trial runs its "
+                                                                   "teachers")] = True,
+    store_views: Annotated[int | None, typer.Option("--store-views", help="views the shared store holds (default: "
+                                                                          "the epochs, with random augmentation)")
+                           ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
 ) -> None:
     """Search the recipe's `search:` space with Optuna (TPE, median pruning on per-epoch validation top-1); each
     trial is a run directory <output_dir>/<name>-tune/trial-<k>. Run it again (or on several workers) to add trials."""
     if not show:
         result = run_tune(recipe, trials, overrides=set_, storage=storage, sampler=sampler, pruner=pruner,
-                          seed=sampler_seed, quiet=quiet)
+                          seed=sampler_seed, quiet=quiet, store=store, store_views=store_views)
         Console(soft_wrap=True).print(f"[bold green]tune[/] {result.ran} trial(s) run; study '{result.study_name}' "
                                       f"in {result.storage}")
     study = load_study(recipe, set_, storage)
     typer.echo(show_markdown(study, top))
     if show:
-        plots = write_plots(study, study_dir_of(as_recipe(recipe, set_)) / "plots")
-        if plots:
-            typer.echo("plots: " + " · ".join(str(p) for p in plots))
+        sdir = study_dir_of(as_recipe(recipe, set_))
+        info = write_show(study, sdir / "plots", top)
+        if info["plots"]:
+            typer.echo("plots: " + " · ".join(str(sdir / "plots" / p) for p in info["plots"]))
+        runs = [t["run_dir"] for t in info["best_trials"] if t.get("run_dir") and Path(t["run_dir"]).is_dir()]
+        if runs:
+            # the best trials as runs, and the study itself (table, importances, figures) as a section
+            page = write_report(runs, sdir / "report", measure=False, studies=[sdir],
+                                title=f"kdkit tune — study '{study.study_name}'")
+            typer.echo(f"report: {page}")

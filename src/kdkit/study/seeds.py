@@ -71,7 +71,7 @@ def is_complete(recipe: Recipe) -> bool:
     now = json.loads(json.dumps(recipe.model_dump(mode="json")))
     if isinstance(saved, dict):
         diff = [k for k in now if saved.get(k, ADDED_FIELDS.get(k)) != now[k]
-            and k not in ("threads", "output_dir", "epochs")]
+            and k not in ("threads", "output_dir", "epochs", "track")]
         if diff:
             raise ConfigError(f"seeds: '{run_dir}' holds a finished run of a different recipe (differs in "
                               f"{', '.join(diff)}); delete it, or give the recipe another name")
@@ -229,7 +229,8 @@ def run_seeds(recipes: list[Recipe | str | Path | dict[str, Any]], seeds: list[i
                 continue
             if not quiet:
                 console.print(f"[bold]seeds[/] {recipe.name} seed {seed} → {r.run_dir}")
-            run(r, resume=r.run_dir.is_dir(), quiet=quiet)  # an interrupted seed resumes; an empty one starts
+            # an interrupted seed resumes, an empty one starts; trackers file every seed under the recipe's name
+            run(r, resume=r.run_dir.is_dir(), quiet=quiet, track_project=recipe.name)
             trained.append(r.run_dir)
     table = seeds_table(result_runs, base_name)
     table["seeds"] = seed_list

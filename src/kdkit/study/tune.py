@@ -9,12 +9,19 @@ default) stops trials that trail the others at the same epoch.
 Storage: by default an Optuna journal file, ``<output_dir>/<name>-tune/journal.log``; it survives a kill (the next
 ``kdkit tune`` adds trials to the same study) and several worker processes on one machine may share it (file locks).
 ``--storage URL`` (e.g. ``postgresql://...``) uses a relational database instead, for workers on several machines.
+
+Shared soft-label store: when the recipe distils from frozen teachers that a soft-label store can replace, and the
+search changes only student-side fields (terms' weights and temperatures, optimiser, schedule, student ...), the
+teacher's outputs are the same in every trial. The first worker then fills one store, ``<study>/softlabels``, with
+``kdkit cache`` (views = epochs when the augmentation is random, so trial epoch e sees exactly the view it would see
+online), and every trial reads it (``soft_labels:``), so a trial costs a student-only run. Other workers wait for it.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +31,7 @@ from rich.console import Console
 from kdkit.errors import ConfigError
 from kdkit.recipe import Recipe, as_recipe, parse_distribution, recipe_from_dict, set_path
 from kdkit.runs import run
-from kdkit.utils import atomic_write_json
+from kdkit.utils import DirLock, atomic_write_json
 
 OBJECTIVE = "best-epoch validation top-1 (%) on the recipe's validation split (data.val_fraction), maximised"
 
@@ -50,6 +57,7 @@ class TuneResult:
     best_run_dir: str | None
     n_trials: int  # trials in the study (all workers, all states)
     ran: int  # trials started by this call
+    store: str | None = None  # the soft-label store the trials share (None: each trial runs its teachers)
 
 
 def study_dir_of(recipe: Recipe) -> Path:
@@ -58,7 +66,19 @@ def study_dir_of(recipe: Recipe) -> Path:
 
 def _storage(optuna: Any, study_dir: Path, url: str | None) -> tuple[Any, str]:
     if url:
-        return url, url
+        from sqlalchemy.exc import SQLAlchemyError
+
+        # Workers that start together on an empty database race to create Optuna's tables (PostgreSQL: "type ...
+        # already exists"); the loser finds them made on a retry.
+        for attempt in range(5):
+            try:
+                return optuna.storages.RDBStorage(url), url
+            except SQLAlchemyError as err:
+                if attempt == 4:
+                    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                    raise ConfigError(f"--storage: cannot open '{url}' ({first}); check the URL, the server and "
+                                      f"the database driver (psycopg2-binary is in the tune extra)") from None
+                time.sleep(0.5 + attempt)
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
@@ -94,10 +114,80 @@ def trial_recipe(recipe: Recipe, values: dict[str, Any], number: int, study_dir:
     return recipe_from_dict(data, source=f"trial {number}")
 
 
+# Search paths under these change what the teachers output (their models, the data, the combine rule, the seed the
+# augmentation is drawn from): a study that searches them cannot share one store.
+_TEACHER_SIDE = ("teachers", "data", "scheme", "seed", "soft_labels", "stages", "device", "precision")
+
+
+def store_blocker(recipe: Recipe) -> str | None:
+    """Why the trials of ``recipe``'s study cannot share one soft-label store, or None when they can."""
+    from kdkit.teachers.store import check_recipe_can_use_store
+
+    if not recipe.teachers:
+        return "the recipe has no teachers"
+    if recipe.soft_labels:
+        return None
+    touched = [p for p in recipe.search if p.split(".")[0] in _TEACHER_SIDE]
+    if touched:
+        return f"the search changes teacher-side field(s) {', '.join(touched)}"
+    variants = [recipe]
+    for path, dist in recipe.search.items():
+        kind, arg = parse_distribution(path, dist)
+        if kind == "choice":
+            data = recipe.model_dump(mode="json") | {"search": {}}
+            variants += [recipe_from_dict(set_path(data, path, v), source=f"search '{path}'") for v in arg]
+    for v in variants:
+        try:
+            check_recipe_can_use_store(v)
+        except ConfigError as err:
+            return str(err).split(";")[0]
+    return None
+
+
+def shared_store(recipe: Recipe, sdir: Path, views: int | None = None, quiet: bool = False,
+                 console: Console | None = None) -> tuple[Path | None, str]:
+    """Fill (once per study) the soft-label store the trials share; returns its path (None when the trials cannot
+    share one) and a note saying which. Several workers: the first fills it, the others wait for its lock."""
+    from kdkit.softlabels.cache import build_cache
+
+    if recipe.soft_labels:
+        return Path(recipe.soft_labels), f"trials read the recipe's soft-label store {recipe.soft_labels}"
+    why = store_blocker(recipe)
+    if why:
+        return None, f"each trial runs its teachers ({why})"
+    path = sdir / "softlabels"
+    lock = DirLock(sdir / ".softlabels-fill.lock", lambda pid: ConfigError(f"store busy (pid {pid})"))
+    while True:  # wait for another worker that is filling it (a killed one drops the lock with its process)
+        try:
+            lock.acquire()
+            break
+        except ConfigError:
+            time.sleep(1.0)
+    try:
+        base = recipe.model_copy(update={"search": {}})
+        n_views = views or (base.epochs if base.data.augment.crop_padding or base.data.augment.flip else 1)
+        try:
+            # top-100 (clipped to the class count): every logit for up to 100 classes, so a trial distils from exactly
+            # the teacher outputs it would compute online (up to fp16 rounding)
+            result = build_cache(base, views=n_views, topk=100, out=path, quiet=True, console=console)
+        except ConfigError as err:
+            return None, f"each trial runs its teachers (no store: {str(err).split(';')[0]})"
+    finally:
+        lock.release()
+    verb = "filled" if result.chunks_computed else "reused"
+    return path, (f"trials share the soft-label store {path} ({verb}; {result.manifest['views']} view(s), "
+                  f"{result.seconds:.1f} s of teacher passes this call): a trial is a student-only run")
+
+
 def run_tune(recipe: Recipe | str | Path | dict[str, Any], trials: int, overrides: list[str] | None = None,
              storage: str | None = None, sampler: str = "tpe", pruner: str = "median", seed: int | None = None,
-             quiet: bool = False, console: Console | None = None) -> TuneResult:
-    """Run ``trials`` more trials of the recipe's search (adding to the study if it exists); see the module doc."""
+             quiet: bool = False, console: Console | None = None, store: bool = True,
+             store_views: int | None = None) -> TuneResult:
+    """Run ``trials`` more trials of the recipe's search (adding to the study if it exists); see the module doc.
+
+    ``store``: share one soft-label store between the trials when the recipe allows it (``--no-store``: every trial
+    runs its teachers). ``store_views``: views the store holds (default: the epochs, when the augmentation is random).
+    """
     optuna = _optuna()
     r = as_recipe(recipe, overrides)
     if not r.search:
@@ -109,14 +199,17 @@ def run_tune(recipe: Recipe | str | Path | dict[str, Any], trials: int, override
         raise ConfigError(f"--trials must be at least 1, got {trials}")
     console = console or Console(stderr=True)
     sdir = study_dir_of(r)
-    store, where = _storage(optuna, sdir, storage)
+    backend, where = _storage(optuna, sdir, storage)
     samplers = {"tpe": lambda: optuna.samplers.TPESampler(seed=seed),
                 "random": lambda: optuna.samplers.RandomSampler(seed=seed)}
-    pruners = {"median": lambda: optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0),
+    # No pruning before epoch max(1, epochs // 4): with a warm-up schedule (onecycle) the first epochs' top-1 says
+    # little about the last; pruning from epoch 1 stopped 28 of 30 trials of a 20-epoch KD study (docs/benchmarks.md).
+    warmup = max(1, r.epochs // 4)
+    pruners = {"median": lambda: optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=warmup),
                "none": lambda: optuna.pruners.NopPruner()}
     if sampler not in samplers or pruner not in pruners:
         raise ConfigError(f"--sampler must be one of {sorted(samplers)} and --pruner one of {sorted(pruners)}")
-    study = optuna.create_study(study_name=r.name, storage=store, direction="maximize", sampler=samplers[sampler](),
+    study = optuna.create_study(study_name=r.name, storage=backend, direction="maximize", sampler=samplers[sampler](),
                                 pruner=pruners[pruner](), load_if_exists=True)
     if "objective" not in study.user_attrs:
         study.set_user_attr("objective", OBJECTIVE)
@@ -124,7 +217,12 @@ def run_tune(recipe: Recipe | str | Path | dict[str, Any], trials: int, override
                                      f"(split_seed {r.data.split_seed})")
         study.set_user_attr("search", r.search)
     sdir.mkdir(parents=True, exist_ok=True)
+    store_path, note = shared_store(r, sdir, store_views, quiet, console) if store else (None, "--no-store: each trial "
+                                                                                          "runs its teachers")
+    if not quiet:
+        console.print(f"[bold]tune[/] {note}")
     atomic_write_json(sdir / "study.json", {"study_name": r.name, "storage": where, "objective": OBJECTIVE,
+                                            "store": str(store_path) if store_path else None,
                                             "search": r.search, "recipe": r.model_dump(mode="json")})
 
     started = []
@@ -133,6 +231,8 @@ def run_tune(recipe: Recipe | str | Path | dict[str, Any], trials: int, override
         started.append(trial.number)
         values = sample(trial, r.search)
         tr = trial_recipe(r, values, trial.number, sdir)
+        if store_path is not None and not tr.soft_labels:
+            tr = tr.model_copy(update={"soft_labels": str(store_path)})
         trial.set_user_attr("run_dir", str(tr.run_dir))
         trial.set_user_attr("values", json.loads(json.dumps(values)))
         if not quiet:
@@ -146,7 +246,7 @@ def run_tune(recipe: Recipe | str | Path | dict[str, Any], trials: int, override
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {record['epoch']} (val top-1 {record['val_top1']:.2f}%)")
 
-        result = run(tr, quiet=quiet, epoch_callbacks=[report])
+        result = run(tr, quiet=quiet, epoch_callbacks=[report], track_project=r.name)
         value = result.best.get("top1")
         if value is None or not math.isfinite(value):
             raise ConfigError(f"trial {trial.number}: no validation top-1 was measured; the objective needs a "
@@ -154,7 +254,9 @@ def run_tune(recipe: Recipe | str | Path | dict[str, Any], trials: int, override
         return float(value)
 
     study.optimize(objective, n_trials=trials, catch=())
-    return _result(study, sdir, where, ran=len(started))
+    out = _result(study, sdir, where, ran=len(started))
+    out.store = str(store_path) if store_path is not None else None
+    return out
 
 
 def _short(v: Any) -> str:
@@ -206,10 +308,44 @@ def show_markdown(study: Any, top: int = 5) -> str:
     return "\n".join(lines) + "\n"
 
 
+def param_importances(study: Any) -> dict[str, float]:
+    """Optuna's parameter importances (fANOVA: the share of the objective's variance over finished trials that each
+    searched field explains; they sum to 1), most important first; empty before two finished trials."""
+    optuna = _optuna()
+    done = [t for t in study.trials if t.state.name == "COMPLETE" and t.value is not None]
+    if len(done) < 2 or not study.user_attrs.get("search"):
+        return {}
+    try:
+        return {k: float(v) for k, v in optuna.importance.get_param_importances(study).items()}
+    except (RuntimeError, ValueError):  # e.g. every finished trial has the same values: nothing to apportion
+        return {}
+
+
+def write_show(study: Any, out_dir: Path, top: int = 5) -> dict[str, Any]:
+    """What ``kdkit tune --show`` shows, as files in ``out_dir`` (the study's ``plots/``): the figures
+    (:func:`write_plots`), ``show.md`` (the table printed) and ``show.json`` — trial counts by state, the objective,
+    the ``top`` best trials, the parameter importances and the figures' file names — which ``kdkit report --study``
+    puts in the report. Returns the ``show.json`` content."""
+    out_dir = Path(out_dir)
+    plots = write_plots(study, out_dir)
+    states: dict[str, int] = {}
+    for t in study.trials:
+        states[t.state.name.lower()] = states.get(t.state.name.lower(), 0) + 1
+    info = {"kind": "tune", "study_name": study.study_name, "n_trials": len(study.trials), "states": states,
+            "objective": study.user_attrs.get("objective", OBJECTIVE), "split": study.user_attrs.get("split"),
+            "search": study.user_attrs.get("search", {}), "best_trials": best_trials(study, top),
+            "importances": param_importances(study), "plots": [p.name for p in plots]}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out_dir / "show.json", info)
+    (out_dir / "show.md").write_text(show_markdown(study, top))
+    return info
+
+
 def write_plots(study: Any, out_dir: Path) -> list[Path]:
-    """Two figures of the study as PNG files in ``out_dir``: ``history.png`` (each finished trial's value and the best
-    so far, by trial number) and ``slices.png`` (value against each numeric searched field, log axis for
-    ``log_uniform``; one panel per field). Returns the files written (none before the first finished trial)."""
+    """The study's figures as PNG files in ``out_dir``: ``history.png`` (each finished trial's value and the best so
+    far, by trial number), ``slices.png`` (value against each numeric searched field, log axis for ``log_uniform``;
+    one panel per field) and ``importance.png`` (:func:`param_importances`, from two finished trials on). Returns the
+    files written (none before the first finished trial)."""
     from matplotlib.figure import Figure
 
     done = [t for t in study.trials if t.state.name == "COMPLETE" and t.value is not None]
@@ -246,5 +382,20 @@ def write_plots(study: Any, out_dir: Path) -> list[Path]:
                 ax.set_ylabel("best-epoch val top-1 (%)")
         fig.tight_layout()
         paths.append(out_dir / "slices.png")
+        fig.savefig(paths[-1])
+    importances = param_importances(study)
+    if importances:
+        names = list(importances)[::-1]  # the most important on top
+        fig = Figure(figsize=(6, max(2.4, 0.8 + 0.45 * len(names))), dpi=110)
+        ax = fig.add_subplot()
+        ax.barh(names, [importances[n] for n in names], color="C0")
+        for i, n in enumerate(names):
+            ax.text(importances[n], i, f" {importances[n]:.2f}", va="center", fontsize=8)
+        ax.set_xlim(0, 1.1)
+        ax.set_xlabel("importance (fANOVA share of the objective's variance)")
+        ax.tick_params(axis="y", labelsize=8)
+        ax.set_title(f"study '{study.study_name}': parameter importance")
+        fig.tight_layout()
+        paths.append(out_dir / "importance.png")
         fig.savefig(paths[-1])
     return paths
