@@ -27,7 +27,8 @@ from kdkit.yamlio import read_yaml_file
 
 LOCK_NAME = ".kdkit.lock"
 # Fields added to the recipe after runs were saved: a saved recipe without them had them empty.
-ADDED_FIELDS: dict[str, object] = {"search": {}}
+ADDED_FIELDS: dict[str, object] = {"search": {}, "teacher_policy": {"precision": "fp32", "channels_last": False,
+                                                                   "compile": False}}
 
 
 class RunLock(DirLock):
