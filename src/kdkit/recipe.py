@@ -137,7 +137,12 @@ class Recipe(_Strict):
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
     epochs: int = Field(default=10, ge=1)
     grad_clip: float | None = Field(default=None, gt=0.0, description="max global grad norm (None = off)")
-    precision: Literal["no", "fp16", "bf16"] = "no"
+    precision: Literal["no", "fp16", "bf16", "auto"] = Field(default="no", description="the student step's autocast: "
+                                                            "no (fp32), bf16, fp16 (GPU, with a grad scaler), or auto: "
+                                                            "measure fp32/bf16 on the first batch and keep bf16 if it "
+                                                            "is faster and trains as well (docs/speed.md)")
+    channels_last: bool | Literal["auto"] = Field(default=False, description="train the student in channels-last "
+                                                  "memory format (4-D inputs); auto measures both on the first batch")
     teacher_policy: TeacherPolicySpec = Field(default_factory=TeacherPolicySpec,
                                               description="how frozen teachers run; see docs/speed.md")
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -17,34 +17,39 @@ from kdkit.types import ModelOutput
 BF16, BF16_CL, FP32_CL = Mode("bf16"), Mode("bf16", True), Mode("fp32", True)
 
 
+def M(mode: Mode, seconds: float, kl: float = 0.0, argmax: float = 1.0, error: str | None = None) -> Measurement:
+    """A made-up measurement."""
+    return Measurement(mode, seconds, {"kl": kl, "argmax_agreement": argmax}, error)
+
+
 def test_choose_keeps_the_fastest_agreeing_mode():
-    ms = [Measurement(FP32, 1.0), Measurement(FP32_CL, 0.8), Measurement(BF16, 0.5, 1e-5, 1.0),
-          Measurement(BF16_CL, 0.3, 2e-5, 1.0)]
+    ms = [M(FP32, 1.0), M(FP32_CL, 0.8), M(BF16, 0.5, 1e-5, 1.0),
+          M(BF16_CL, 0.3, 2e-5, 1.0)]
     mode, why = choose(ms)
     assert mode == BF16_CL and "0.30x" in why
 
 
 def test_choose_rejects_modes_that_disagree_with_fp32():
     # bf16 is fastest but its distribution moved (KL above tolerance) or its decisions moved (argmax below 99%)
-    assert choose([Measurement(FP32, 1.0), Measurement(BF16, 0.3, 5e-3, 1.0)])[0] == FP32
-    assert choose([Measurement(FP32, 1.0), Measurement(BF16, 0.3, 1e-5, 0.97)])[0] == FP32
+    assert choose([M(FP32, 1.0), M(BF16, 0.3, 5e-3, 1.0)])[0] == FP32
+    assert choose([M(FP32, 1.0), M(BF16, 0.3, 1e-5, 0.97)])[0] == FP32
     # ... and the next-fastest agreeing mode wins instead
-    assert choose([Measurement(FP32, 1.0), Measurement(BF16, 0.3, 5e-3, 1.0), Measurement(FP32_CL, 0.7)])[0] == FP32_CL
+    assert choose([M(FP32, 1.0), M(BF16, 0.3, 5e-3, 1.0), M(FP32_CL, 0.7)])[0] == FP32_CL
 
 
 def test_choose_keeps_fp32_when_bf16_is_slower_or_within_noise():
     # an AVX2-only CPU emulates bf16: slower than fp32, so fp32 stays ("never slower than fp32")
-    mode, why = choose([Measurement(FP32, 1.0), Measurement(BF16, 2.5, 1e-5, 1.0)])
+    mode, why = choose([M(FP32, 1.0), M(BF16, 2.5, 1e-5, 1.0)])
     assert mode == FP32 and "fp32" in why
     # 3% faster is within timing noise (min_gain 5%): the exact reference stays
-    assert choose([Measurement(FP32, 1.0), Measurement(BF16, 0.97, 1e-5, 1.0)])[0] == FP32
-    assert choose([Measurement(FP32, 1.0), Measurement(BF16, 0.97, 1e-5, 1.0)], Tolerance(min_gain=0.0))[0] == BF16
+    assert choose([M(FP32, 1.0), M(BF16, 0.97, 1e-5, 1.0)])[0] == FP32
+    assert choose([M(FP32, 1.0), M(BF16, 0.97, 1e-5, 1.0)], Tolerance(min_gain=0.0))[0] == BF16
 
 
 def test_choose_never_picks_a_failed_mode():
-    ms = [Measurement(FP32, 1.0), Measurement(Mode("fp16"), 0.0, 0.0, 1.0, error="RuntimeError: no kernel")]
+    ms = [M(FP32, 1.0), M(Mode("fp16"), 0.0, 0.0, 1.0, error="RuntimeError: no kernel")]
     assert choose(ms)[0] == FP32
-    assert choose([Measurement(BF16, math.inf, math.inf, 0.0, error="x")])[0] == FP32
+    assert choose([M(BF16, math.inf, math.inf, 0.0, error="x")])[0] == FP32
 
 
 def test_agreement_matches_a_float64_computation():

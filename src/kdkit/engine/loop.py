@@ -8,6 +8,7 @@ a pure function of the step, and the RNG state is checkpointed, so a resumed run
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -24,6 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from kdkit.engine.checkpoint import CheckpointManager, write_weights
 from kdkit.engine.evaluate import evaluate
+from kdkit.engine.precision import Mode, decide_student, input_in, mode_context
 from kdkit.engine.schedule import lr_at
 from kdkit.errors import KdkitError
 from kdkit.recipe import OptimSpec, Recipe
@@ -62,7 +64,9 @@ def make_accelerator(recipe: Recipe):
         # Accelerate ignores fp16 on CPU (the run would be plain fp32 while config.yaml says fp16): refuse it.
         raise KdkitError("recipe field 'precision': fp16 needs a CUDA GPU (on CPU it would silently run in fp32); use "
                          "precision: bf16 (CPU autocast to bfloat16) or no")
-    _fresh_accelerator_state(recipe.precision)
+    # precision auto: the engine measures and applies the student's autocast itself (engine/precision.py)
+    mixed = "no" if recipe.precision == "auto" else recipe.precision
+    _fresh_accelerator_state(mixed)
     handlers = []
     if any(t.start_epoch > 0 or t.stop_epoch is not None for t in recipe.terms):
         # A term outside its epoch window is not computed, so its connector gets no gradient in those epochs: DDP
@@ -70,7 +74,7 @@ def make_accelerator(recipe: Recipe):
         from accelerate import DistributedDataParallelKwargs
 
         handlers.append(DistributedDataParallelKwargs(find_unused_parameters=True))
-    return Accelerator(cpu=cpu, mixed_precision=recipe.precision, kwargs_handlers=handlers)
+    return Accelerator(cpu=cpu, mixed_precision=mixed, kwargs_handlers=handlers)
 
 
 def _fresh_accelerator_state(precision: str) -> None:
@@ -148,6 +152,8 @@ class Engine:
 
         eval_models = scheme.eval_models()
         primary = next(iter(eval_models))
+        student: Mode | None = None  # the student's mode, decided on the first batch (precision/channels_last)
+        decided = not self._has_student_policy()
         for epoch in range(state.epoch, r.epochs):
             state.epoch = epoch
             train_loader.set_epoch(epoch)
@@ -164,7 +170,10 @@ class Engine:
                     for g in optimizer.param_groups:
                         g["lr"] = lr
                     batch = to_device(batch, device)
-                    with acc.autocast():
+                    if not decided:
+                        student, decided = self._student_mode(scheme, model, batch, state), True
+                    batch = input_in(batch, student)
+                    with acc.autocast(), self._student_context(student, device):
                         out = scheme.step(model, batch, state)
                     if self._check_now(device) and not torch.isfinite(out.loss):
                         self._raise_nonfinite(scheme, batch, out, lr, f"at epoch {epoch + 1}, batch {b}")
@@ -217,6 +226,21 @@ class Engine:
         return FitResult(self.run_dir, best, last, history, self.ckpt.best_path)
 
     # ------------------------------------------------------------------------------------------------------------
+    def _has_student_policy(self) -> bool:
+        return self.recipe.precision == "auto" or self.recipe.channels_last is not False
+
+    def _student_context(self, mode: Mode | None, device: torch.device):
+        # with precision auto the engine owns the autocast; a forced precision is Accelerate's (fp16's grad scaler)
+        if mode is None or self.recipe.precision != "auto":
+            return contextlib.nullcontext()
+        return mode_context(mode, device.type)
+
+    def _student_mode(self, scheme: TrainableScheme, model: torch.nn.Module, batch: dict, state: TrainState) -> Mode:
+        device = self.accelerator.device
+        return decide_student(self.recipe, self.accelerator, lambda b: scheme.step(model, b, state), model, batch,
+                              self.run_dir / "student_policy.json", lambda m: self._student_context(m, device),
+                              None if self.quiet else self.console)
+
     def _check_now(self, device: torch.device) -> bool:
         """Whether to test the loss for NaN/inf at every step: on the CPU reading a value costs nothing; on a GPU it
         stalls the pipeline, so the test rides on the device sums, read every ``log_every_steps``."""

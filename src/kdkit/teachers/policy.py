@@ -14,11 +14,8 @@ samples whose argmax is the same. The worst tensor decides.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import statistics
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,33 +25,18 @@ import torch.nn.functional as F
 from rich.console import Console
 from torch import Tensor
 
-from kdkit.errors import ConfigError
+from kdkit.engine.precision import FP32, PRECISIONS, Measurement, Mode, candidates, clock, mode_context
+from kdkit.engine.precision import choose as choose_mode
+from kdkit.engine.precision import timed_interleaved as _timed
 from kdkit.types import ModelOutput
 from kdkit.utils import atomic_write_text
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 AGREE_T = 4.0  # the temperature KD terms typically use; agreement is judged on the distribution they read
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-@dataclass(frozen=True)
-class Mode:
-    """One way to run a teacher forward."""
-
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast to that dtype)
-    channels_last: bool = False  # model and input in torch.channels_last (4-D inputs only)
-
-    @property
-    def label(self) -> str:
-        return self.precision + ("+channels_last" if self.channels_last else "")
-
-
-FP32 = Mode()
 
 
 @dataclass(frozen=True)
 class Tolerance:
-    """When a mode agrees with fp32, and when it is worth switching.
+    """When a teacher mode agrees with fp32, and when it is worth switching.
 
     ``kl``: 1e-3 nats per sample at T = 4. bf16 keeps 8 mantissa bits (relative error 2^-9 ≈ 0.2% per rounding);
     logit errors of ~0.05 after a deep network give KL ≈ E[(δ/T)²]/2 ≈ 1e-4, so 1e-3 passes a sound bf16 forward and
@@ -67,42 +49,13 @@ class Tolerance:
     argmax: float = 0.99
     min_gain: float = 0.05
 
-
-@dataclass
-class Measurement:
-    """What one mode cost and how far its outputs are from fp32's on the first batch."""
-
-    mode: Mode
-    seconds: float  # median time of one forward on the first batch
-    kl: float = 0.0  # worst tensor's mean KL to fp32 at T = AGREE_T
-    argmax: float = 1.0  # worst tensor's argmax agreement with fp32
-    error: str | None = None  # the mode failed to run (unsupported dtype or op): never chosen
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"mode": self.mode.label, **asdict(self.mode), "seconds": self.seconds, "kl": self.kl,
-                "argmax_agreement": self.argmax, "error": self.error}
+    def agrees(self, figures: dict[str, float]) -> bool:
+        return figures.get("kl", 0.0) <= self.kl and figures.get("argmax_agreement", 1.0) >= self.argmax
 
 
 def choose(measurements: Sequence[Measurement], tol: Tolerance = Tolerance()) -> tuple[Mode, str]:
-    """The mode to keep and why: the fastest mode whose outputs agree with fp32, if it beats fp32 by ``min_gain``.
-
-    Pure function of the measurements (tests feed it made-up ones). Without an fp32 measurement (a forced candidate
-    set) the fastest agreeing mode is kept.
-    """
-    ok = [m for m in measurements if m.error is None and m.kl <= tol.kl and m.argmax >= tol.argmax]
-    ref = next((m for m in measurements if m.mode == FP32 and m.error is None), None)
-    if not ok:
-        return FP32, "no candidate mode ran and agreed with fp32; running in fp32"
-    best = min(ok, key=lambda m: m.seconds)
-    if ref is None or best.mode == FP32:
-        return best.mode, f"{best.mode.label} is the fastest agreeing mode ({best.seconds * 1e3:.1f} ms)"
-    if best.seconds <= ref.seconds * (1.0 - tol.min_gain):
-        return best.mode, (f"{best.mode.label} takes {best.seconds / ref.seconds:.2f}x the fp32 time and agrees with "
-                           f"fp32 (KL {best.kl:.2g}, argmax {best.argmax:.3f})")
-    rejected = [m.mode.label for m in measurements if m not in ok]
-    why = f"; {', '.join(rejected)} disagreed with fp32 or failed" if rejected else ""
-    return FP32, (f"no agreeing mode is >= {tol.min_gain:.0%} faster than fp32 (best: {best.mode.label} at "
-                  f"{best.seconds / ref.seconds:.2f}x){why}")
+    """The teacher mode to keep and why (:func:`kdkit.engine.precision.choose` with the teacher's tolerance)."""
+    return choose_mode(measurements, tol.agrees, tol.min_gain)
 
 
 def agreement(ref: ModelOutput, out: ModelOutput, temperature: float = AGREE_T) -> tuple[float, float]:
@@ -126,38 +79,6 @@ def agreement(ref: ModelOutput, out: ModelOutput, temperature: float = AGREE_T) 
             kl = float("inf")
         kl_worst, agree_worst = max(kl_worst, kl), min(agree_worst, agree)
     return kl_worst, agree_worst
-
-
-@contextlib.contextmanager
-def mode_context(mode: Mode, device_type: str) -> Iterator[None]:
-    """Autocast as ``mode`` says; fp32 turns off any autocast the caller runs under (the student's bf16 step)."""
-    if mode.precision == "fp32":
-        with torch.autocast(device_type, enabled=False):
-            yield
-    else:
-        with torch.autocast(device_type, dtype=_DTYPES[mode.precision]):
-            yield
-
-
-def candidates(precision: str, channels_last: bool | str, device_type: str, input_dims: int) -> list[Mode]:
-    """The modes ``auto`` measures (fp32 always first, as the reference); a forced setting gives one mode."""
-    if precision not in PRECISIONS:
-        raise ConfigError(f"teacher_policy.precision: '{precision}' is not one of {', '.join(PRECISIONS)}")
-    if precision == "auto":
-        # fp16 autocast on CPU has few fast kernels and a narrow range; only GPUs get it as a candidate.
-        precs = ["fp32", "bf16"] + (["fp16"] if device_type == "cuda" else [])
-    else:
-        precs = [precision]
-    if channels_last == "auto":
-        layouts = [False, True] if input_dims == 4 else [False]
-    else:
-        layouts = [bool(channels_last) and input_dims == 4]
-    return [Mode(p, c) for p in precs for c in layouts]
-
-
-def _clock() -> tuple[str, Callable[[], float]]:
-    # One thread: every op runs on the calling thread, so its CPU time is the forward's cost whatever else runs.
-    return ("cpu", time.thread_time) if torch.get_num_threads() == 1 else ("wall", time.perf_counter)
 
 
 @dataclass
@@ -201,36 +122,24 @@ class TeacherPolicy:
 
     def decide(self, index: int, run: Callable[[Tensor, Mode], ModelOutput], x: Tensor) -> Mode:
         """Choose teacher ``index``'s mode on its first batch ``x``; ``run(x, mode)`` is one forward in that mode."""
-        cands = candidates(self.precision, self.channels_last, x.device.type, x.dim())
+        cands = candidates(self.precision, self.channels_last, x.device.type, x.dim(), "teacher_policy.precision")
         reused = self._recorded(index, x)
         if reused is not None:
             return reused
-        clock_name, clock = _clock()
+        clock_name = clock()[0]
         measured: list[Measurement] = []
         if len(cands) == 1:
             mode, why = cands[0], "forced by teacher_policy"
         else:
             ref = run(x, FP32)
-            outs: dict[Mode, ModelOutput | str] = {}
-            for m in cands:  # warm-up: first call of a mode pays one-off costs (weight reorder, kernel choice)
-                try:
-                    outs[m] = run(x, m)
-                except Exception as err:  # an unsupported dtype/op on this device: that mode is out
-                    outs[m] = f"{type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''}"
-            times: dict[Mode, list[float]] = {m: [] for m in cands if not isinstance(outs[m], str)}
-            for _ in range(self.repeats):  # interleaved, so machine load hits every mode alike
-                for m in times:
-                    t0 = clock()
-                    run(x, m)
-                    if x.device.type == "cuda":
-                        torch.cuda.synchronize(x.device)
-                    times[m].append(clock() - t0)
+            # each mode's first call is its warm-up (weight reorder, kernel choice); then interleaved timed rounds
+            outs, secs, clock_name = _timed(lambda m: run(x, m), cands, self.repeats, x.device)
             for m in cands:
-                if isinstance(outs[m], str):
-                    measured.append(Measurement(m, float("inf"), float("inf"), 0.0, outs[m]))
+                if m not in secs:
+                    measured.append(Measurement(m, float("inf"), {}, outs[m].error))
                 else:
                     kl, agree = agreement(ref, outs[m])
-                    measured.append(Measurement(m, statistics.median(times[m]), kl, agree))
+                    measured.append(Measurement(m, secs[m], {"kl": kl, "argmax_agreement": agree}))
             mode, why = choose(measured, self.tolerance)
         entry = {"teacher": index, "request": self.request(), "chosen": mode.label, **asdict(mode), "reason": why,
                  "batch_shape": list(x.shape), "device": str(x.device), "threads": torch.get_num_threads(),
