@@ -150,3 +150,16 @@ def test_compile_failure_falls_back_to_eager(monkeypatch, tmp_path):
     assert out.combined.logits.shape == (4, 10)
     saved = json.loads((tmp_path / "p.json").read_text())["teachers"][0]
     assert "no C compiler" in saved["compile_error"] and any("running it eagerly" in s for s in lines)
+
+
+def test_each_teacher_of_several_is_measured_and_recorded(tmp_path):
+    torch.manual_seed(0)
+    models = [create_model(n, num_classes=10, in_channels=1, image_size=28) for n in ("cnn_teacher", "mlp")]
+    policy = TeacherPolicy("auto", "auto", record=tmp_path / "p.json", repeats=1)
+    teachers = FrozenTeachers(models, policy=policy)
+    x = torch.randn(8, 1, 28, 28)
+    signal = teachers.outputs({"input": x})
+    saved = json.loads((tmp_path / "p.json").read_text())["teachers"]
+    assert [d["teacher"] for d in saved] == [0, 1] and all(len(d["measurements"]) == 4 for d in saved)
+    # the combined signal is the mean of what each teacher gave in its own mode
+    assert torch.allclose(signal.combined.logits, (signal.each[0].logits + signal.each[1].logits) / 2)
