@@ -63,3 +63,18 @@ def test_crd_memory_bank_gathers_every_shard_under_ddp(tmp_path):
     assert torch.equal(a["memory_s"], b["memory_s"]) and torch.equal(a["memory_t"], b["memory_t"])
     changed = (a["memory_s"] != before).any(1).nonzero().flatten().tolist()
     assert changed == [0, 1, 2, 8, 9, 10, 11, 12]  # both shards' rows, and nothing else
+
+
+def test_ddp_with_precision_auto_trains_every_rank_in_rank0s_mode(tmp_path):
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29563", str(HERE / "ddp_worker.py"),
+                           str(tmp_path), "auto"], capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    saved = json.loads((tmp_path / "ddp" / "student_policy.json").read_text())
+    assert len(saved["measurements"]) == 4 and saved["chosen"]
+    a, b = load_file(str(tmp_path / "rank0.safetensors")), load_file(str(tmp_path / "rank1.safetensors"))
+    # one mode, gradients all-reduced: identical weights. (BatchNorm running statistics are broadcast from rank 0 at
+    # the start of each forward, so after the last one each rank holds its own batch's update: not compared.)
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a if "running_" not in k)
+

@@ -237,7 +237,8 @@ class Engine:
 
     def _student_mode(self, scheme: TrainableScheme, model: torch.nn.Module, batch: dict, state: TrainState) -> Mode:
         device = self.accelerator.device
-        return decide_student(self.recipe, self.accelerator, lambda b: scheme.step(model, b, state), model, batch,
+        raw = self.accelerator.unwrap_model(model)  # measured without DDP: nothing to all-reduce while measuring
+        return decide_student(self.recipe, self.accelerator, lambda b: scheme.step(raw, b, state), model, batch,
                               self.run_dir / "student_policy.json", lambda m: self._student_context(m, device),
                               None if self.quiet else self.console)
 

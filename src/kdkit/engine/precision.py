@@ -246,8 +246,9 @@ def measure_student(step: Callable[[dict], Any], module: torch.nn.Module, batch:
 def decide_student(recipe: Any, acc: Any, step: Callable[[dict], Any], model: torch.nn.Module, batch: dict,
                    record: Path, context: Callable[[Mode], Any], console: Any = None) -> Mode:
     """The student's mode for the recipe's ``precision``/``channels_last`` on the first ``batch``: reused from
-    ``record`` (a resumed run keeps its choice), forced, or measured (:func:`measure_student`; under data parallelism
-    without gradient sync, then every process takes rank 0's choice). Puts the trainable module in that memory format
+    ``record`` (a resumed run keeps its choice), forced, or measured (:func:`measure_student`; ``step(batch)`` runs
+    the unwrapped module, so under data parallelism nothing is all-reduced; then every process takes rank 0's
+    choice). Puts the trainable module in that memory format
     and writes the choice with its measurements to ``record`` (``RUN/student_policy.json``)."""
     device = acc.device
     raw = acc.unwrap_model(model)
@@ -273,9 +274,8 @@ def decide_student(recipe: Any, acc: Any, step: Callable[[dict], Any], model: to
         if len(modes) == 1:
             mode, why = modes[0], "forced by the recipe"
         else:
-            sync = acc.no_sync(model) if acc.num_processes > 1 else contextlib.nullcontext()
-            with sync:
-                mode, why, measured, clock_name = measure_student(step, raw, batch, modes, device, context=context)
+            # on the unwrapped module: under data parallelism the measuring steps must not all-reduce anything
+            mode, why, measured, clock_name = measure_student(step, raw, batch, modes, device, context=context)
             if acc.num_processes > 1:  # every process trains in rank 0's choice
                 idx = torch.tensor([modes.index(mode)], device=device)
                 torch.distributed.broadcast(idx, 0)
