@@ -60,6 +60,18 @@ def _clock() -> tuple[str, object]:
     return ("cpu", time.thread_time) if torch.get_num_threads() == 1 else ("wall", time.perf_counter)
 
 
+def _interleaved(phase: dict, warmup: int, steps: int, clock) -> dict[str, list[float]]:
+    """Each variant of ``phase`` in turn, step by step (so machine load hits them alike); the timed steps' seconds."""
+    per: dict[str, list[float]] = {k: [] for k in phase}
+    for i in range(warmup + steps):
+        for k, f in phase.items():
+            t0 = clock()
+            f()
+            if i >= warmup:
+                per[k].append(clock() - t0)
+    return per
+
+
 def _store(path: Path, n: int, k: int, classes: int) -> SoftLabelStore:
     man = {"format": "kdkit-softlabels", "version": 1, "views": 1, "topk": k, "num_classes": classes,
            "num_samples": n, "chunks": 1, "arrays": SoftLabelStore.array_specs(1, n, k, classes), "identity": {}}
@@ -124,13 +136,7 @@ def bench_pair(name: str, batch: int, steps: int, warmup: int, store_dir: Path) 
     # the cached step is timed against the student step alone, and the online step against student + teacher.
     for phase in ({"student": student_step, "cached": runner(cached)},
                   {"student": student_step, "kd": runner(kd), "teacher_fwd": lambda: kd.teachers.teachers[0](x)}):
-        per: dict[str, list[float]] = {k: [] for k in phase}
-        for i in range(warmup + steps):
-            for k, f in phase.items():
-                t0 = clock()
-                f()
-                if i >= warmup:
-                    per[k].append(clock() - t0)
+        per = _interleaved(phase, warmup, steps, clock)
         if "cached" in phase:
             times["student"], times["cached"] = per["student"], per["cached"]
         else:
@@ -145,15 +151,8 @@ def bench_pair(name: str, batch: int, steps: int, warmup: int, store_dir: Path) 
     s_mode, s_measured, s_why = student_auto(kd_auto)
     cached_auto = OfflineScheme.from_models(copy.deepcopy(student), [], kd_terms(), ex, classes,
                                             store=StoreTeacher(store))
-    per = {"kd_fp32": [], "kd_auto": [], "cached_auto": []}
     phase3 = {"kd_fp32": runner(kd), "kd_auto": runner(kd_auto, s_mode), "cached_auto": runner(cached_auto, s_mode)}
-    for i in range(warmup + steps):
-        for k, f in phase3.items():
-            t0 = clock()
-            f()
-            if i >= warmup:
-                per[k].append(clock() - t0)
-    times.update(per)
+    times.update(_interleaved(phase3, warmup, steps, clock))
     med = {k: statistics.median(v) for k, v in times.items()}
     t_dec = policy.decisions[0]
     policy_cols = {
