@@ -27,6 +27,11 @@ VARIANTS = {
     "kd_T8_w0.5": ("mnist_kd", []),
     "kd_T4_w0.5": ("mnist_kd", ["terms.1.params.temperature=4.0"]),
     "kd_T8_w0.9": ("mnist_kd", ["terms.0.weight=0.1", "terms.1.weight=0.9"]),
+    # issue 15: the teacher in the mode its auto policy picks, and the student in bf16 autocast beside it
+    "kd_T8_w0.5_teacher_auto": ("mnist_kd", ["teacher_policy.precision=auto", "teacher_policy.channels_last=auto"]),
+    "kd_T8_w0.5_teacher_auto_student_bf16": ("mnist_kd", ["teacher_policy.precision=auto",
+                                                          "teacher_policy.channels_last=auto", "precision=bf16"]),
+    "scratch_bf16": ("mnist_scratch", ["precision=bf16"]),
 }
 
 

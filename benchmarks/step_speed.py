@@ -1,5 +1,7 @@
 """Training-step speed: student-only step, online KD step (teacher forward + student step) and cached KD step
-(teacher logits read from a soft-label store), images/s, CPU.
+(teacher logits read from a soft-label store), images/s, CPU; and the execution policies of issue 15: the teacher
+forward and the student step in every mode (fp32 / bf16 autocast × contiguous / channels-last), the mode each `auto`
+policy picks, and the online and cached KD steps with those picks against the fp32 KD step.
 
 Runs kdkit's own code path (OfflineScheme + DistillModule + engine optimiser), on random inputs of the right shape
 (speed does not depend on pixel values). The cached step opens a real on-disk store (kdkit.softlabels, k = 10) and
@@ -11,7 +13,9 @@ time (robust to other jobs on the machine), otherwise wall time. Prints one JSON
     .venv/bin/python benchmarks/step_speed.py --pairs quickstart --steps 20
 
 Targets: t(KD step) <= (t(student step) + t(teacher forward)) * 1.05 (issue 2);
-t(cached KD step) <= t(student step) * 1.05 (issue 5).
+t(cached KD step) <= t(student step) * 1.05 (issue 5). Issue 15, on a bf16-capable CPU: t(online KD step, auto
+policies) <= 0.35 * t(fp32 KD step), t(cached KD step, auto student) <= 0.2 * t(fp32 KD step); on an AVX2-only CPU
+never slower than fp32 (auto keeps fp32). The CPU model and SIMD flags (AVX2 / AVX-512 / AMX) are in the output.
 """
 
 from __future__ import annotations
@@ -33,10 +37,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from kdkit.deploy.measure import cpu_info  # noqa: E402
 from kdkit.engine.loop import build_optimizer  # noqa: E402
+from kdkit.engine.precision import FP32, Mode, candidates, input_in, measure_student, mode_context  # noqa: E402
 from kdkit.models import create_model  # noqa: E402
 from kdkit.recipe import OptimSpec, TermSpec  # noqa: E402
 from kdkit.schemes.offline import OfflineScheme  # noqa: E402
 from kdkit.softlabels import SoftLabelStore, encode_topk  # noqa: E402
+from kdkit.teachers.frozen import FrozenTeachers  # noqa: E402
+from kdkit.teachers.policy import TeacherPolicy  # noqa: E402
 from kdkit.teachers.store import StoreTeacher  # noqa: E402
 from kdkit.terms.base import build_term  # noqa: E402
 from kdkit.types import TrainState  # noqa: E402
@@ -51,6 +58,18 @@ PAIRS = {
 def _clock() -> tuple[str, object]:
     # One thread: every op runs on the calling thread, so its CPU time is the step's cost whatever else runs.
     return ("cpu", time.thread_time) if torch.get_num_threads() == 1 else ("wall", time.perf_counter)
+
+
+def _interleaved(phase: dict, warmup: int, steps: int, clock) -> dict[str, list[float]]:
+    """Each variant of ``phase`` in turn, step by step (so machine load hits them alike); the timed steps' seconds."""
+    per: dict[str, list[float]] = {k: [] for k in phase}
+    for i in range(warmup + steps):
+        for k, f in phase.items():
+            t0 = clock()
+            f()
+            if i >= warmup:
+                per[k].append(clock() - t0)
+    return per
 
 
 def _store(path: Path, n: int, k: int, classes: int) -> SoftLabelStore:
@@ -76,19 +95,31 @@ def bench_pair(name: str, batch: int, steps: int, warmup: int, store_dir: Path) 
     opt_spec = OptimSpec(name="sgd", lr=0.01)
     state = TrainState(steps_per_epoch=100, epochs=1)
 
-    def runner(scheme):
+    def runner(scheme, mode: Mode | None = None):
         model = scheme.trainable().train()
         opt = build_optimizer(opt_spec, model)
+        if mode is not None:
+            model.to(memory_format=torch.channels_last if mode.channels_last else torch.contiguous_format)
 
         def step():
             idx = torch.randint(0, n, (batch,), generator=g)
-            b = {"input": x, "target": y, "index": idx, "view": torch.zeros(batch, dtype=torch.long)}
-            out = scheme.step(model, b, state)
+            b = input_in({"input": x, "target": y, "index": idx, "view": torch.zeros(batch, dtype=torch.long)}, mode)
+            with mode_context(mode or FP32, "cpu"):
+                out = scheme.step(model, b, state)
             opt.zero_grad(set_to_none=True)
             out.loss.backward()
             opt.step()
 
         return step
+
+    def student_auto(scheme) -> tuple[Mode, list[dict], str]:
+        """The engine's `precision: auto, channels_last: auto` decision for this scheme's student on the batch."""
+        model = scheme.trainable().train()
+        b = {"input": x, "target": y, "index": torch.arange(batch), "view": torch.zeros(batch, dtype=torch.long)}
+        modes = candidates("auto", "auto", "cpu", x.dim(), fp16=False)
+        mode, why, measured, _ = measure_student(lambda bb: scheme.step(model, bb, state), model, b, modes,
+                                                 torch.device("cpu"))
+        return mode, [m.as_dict() for m in measured], why
 
     def kd_terms():
         return [build_term(TermSpec(name="ce", weight=0.1)), build_term(TermSpec(name="kd", weight=0.9))]
@@ -105,19 +136,37 @@ def bench_pair(name: str, batch: int, steps: int, warmup: int, store_dir: Path) 
     # the cached step is timed against the student step alone, and the online step against student + teacher.
     for phase in ({"student": student_step, "cached": runner(cached)},
                   {"student": student_step, "kd": runner(kd), "teacher_fwd": lambda: kd.teachers.teachers[0](x)}):
-        per: dict[str, list[float]] = {k: [] for k in phase}
-        for i in range(warmup + steps):
-            for k, f in phase.items():
-                t0 = clock()
-                f()
-                if i >= warmup:
-                    per[k].append(clock() - t0)
+        per = _interleaved(phase, warmup, steps, clock)
         if "cached" in phase:
             times["student"], times["cached"] = per["student"], per["cached"]
         else:
             times["kd"], times["teacher_fwd"] = per["kd"], per["teacher_fwd"]
             times["student_online_phase"] = per["student"]
+    # Issue 15: the teacher's and the student's auto policies, then the fp32 KD step against the same step with both
+    # picks and against the cached step with the student's pick -- interleaved in a third phase.
+    kd_auto = OfflineScheme.from_models(copy.deepcopy(student), [], kd_terms(), ex, classes)
+    policy = TeacherPolicy("auto", "auto")
+    kd_auto.teachers = FrozenTeachers([copy.deepcopy(teacher)], kd_auto.module.teacher_taps, policy=policy)
+    kd_auto.teachers.outputs({"input": x})  # the teacher's first batch: measure and choose
+    s_mode, s_measured, s_why = student_auto(kd_auto)
+    cached_auto = OfflineScheme.from_models(copy.deepcopy(student), [], kd_terms(), ex, classes,
+                                            store=StoreTeacher(store))
+    phase3 = {"kd_fp32": runner(kd), "kd_auto": runner(kd_auto, s_mode), "cached_auto": runner(cached_auto, s_mode)}
+    times.update(_interleaved(phase3, warmup, steps, clock))
     med = {k: statistics.median(v) for k, v in times.items()}
+    t_dec = policy.decisions[0]
+    policy_cols = {
+        "teacher_auto_mode": t_dec["chosen"], "teacher_auto_reason": t_dec["reason"],
+        "teacher_modes": {m["mode"]: {"ms": round(1e3 * m["seconds"], 3), "kl": m.get("kl"),
+                                      "argmax_agreement": m.get("argmax_agreement")} for m in t_dec["measurements"]},
+        "student_auto_mode": s_mode.label, "student_auto_reason": s_why,
+        "student_modes": {m["mode"]: {"ms": round(1e3 * m["seconds"], 3), "loss_rel": m.get("loss_rel"),
+                                      "grad_cos": m.get("grad_cos")} for m in s_measured},
+        "kd_auto_over_kd_fp32": med["kd_auto"] / med["kd_fp32"],
+        "cached_auto_over_kd_fp32": med["cached_auto"] / med["kd_fp32"],
+        "meets_auto_online_target_0.35": med["kd_auto"] <= 0.35 * med["kd_fp32"],
+        "meets_auto_cached_target_0.2": med["cached_auto"] <= 0.2 * med["kd_fp32"],
+    }
     return {
         "pair": name, "teacher": teacher_name, "student": student_name, "input": list(shape), "classes": classes,
         "batch": batch, "steps": steps, "clock": clock_name,
@@ -129,6 +178,7 @@ def bench_pair(name: str, batch: int, steps: int, warmup: int, store_dir: Path) 
         "cached_over_student": med["cached"] / med["student"],
         "meets_online_target": med["kd"] <= (med["student_online_phase"] + med["teacher_fwd"]) * 1.05,
         "meets_cached_target": med["cached"] <= med["student"] * 1.05,
+        **policy_cols,
     }
 
 

@@ -20,6 +20,7 @@ from kdkit.recipe import ModelSpec, Recipe
 from kdkit.registry import LOSSES, MODEL_SOURCES, SCHEMES
 from kdkit.schemes.base import BuildContext, Scheme
 from kdkit.teachers.adapters import build_teachers
+from kdkit.teachers.policy import recipe_policy
 from kdkit.teachers.store import StoreTeacher, open_store_teacher
 from kdkit.terms.base import build_terms
 from kdkit.types import logits_of
@@ -84,6 +85,7 @@ def build_context(recipe: Recipe, data: RunData) -> BuildContext:
                        image_size=data.image_size, example=example, num_train=len(data.train.targets),
                        make_model=make_model, make_terms=build_terms, data=data)
     ctx.make_teachers = lambda teacher_inputs="auto": build_teachers(ctx, recipe.teachers, teacher_inputs)
+    ctx.teacher_policy = recipe_policy(recipe, recipe.run_dir / "teacher_policy.json")
     if recipe.soft_labels:
         ctx.store = store_teacher(recipe, data, ctx)
     return ctx

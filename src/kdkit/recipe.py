@@ -111,6 +111,18 @@ class ScheduleSpec(_Strict):
     pct_start: float = Field(default=0.3, gt=0.0, lt=1.0, description="onecycle: fraction of steps spent rising")
 
 
+class TeacherPolicySpec(_Strict):
+    """How frozen teachers run (docs/speed.md): precision and memory format forced, or measured on the first batch."""
+
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        default="fp32", description="auto: measure fp32/bf16 (and fp16 on GPU) on the first batch and keep the fastest "
+        "that agrees with fp32 (KL and argmax of logits and tapped features); or force one")
+    channels_last: bool | Literal["auto"] = Field(default=False, description="run 4-D inputs in channels-last memory "
+                                                  "format; auto measures both")
+    compile: bool = Field(default=False, description="torch.compile the teacher (eager fallback, said in one line, "
+                          "when compilation fails)")
+
+
 class Recipe(_Strict):
     """A whole run. ``teachers`` empty means supervised training of ``student`` (``kdkit train``)."""
 
@@ -125,7 +137,14 @@ class Recipe(_Strict):
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
     epochs: int = Field(default=10, ge=1)
     grad_clip: float | None = Field(default=None, gt=0.0, description="max global grad norm (None = off)")
-    precision: Literal["no", "fp16", "bf16"] = "no"
+    precision: Literal["no", "fp16", "bf16", "auto"] = Field(default="no", description="the student step's autocast: "
+                                                            "no (fp32), bf16, fp16 (GPU, with a grad scaler), or auto: "
+                                                            "measure fp32/bf16 on the first batch and keep bf16 if it "
+                                                            "is faster and trains as well (docs/speed.md)")
+    channels_last: bool | Literal["auto"] = Field(default=False, description="train the student in channels-last "
+                                                  "memory format (4-D inputs); auto measures both on the first batch")
+    teacher_policy: TeacherPolicySpec = Field(default_factory=TeacherPolicySpec,
+                                              description="how frozen teachers run; see docs/speed.md")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     output_dir: str = "runs"
     checkpoint_every_steps: int | None = Field(default=None, ge=1, description="also save mid-epoch every N steps")

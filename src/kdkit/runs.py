@@ -28,7 +28,8 @@ from kdkit.yamlio import read_yaml_file
 
 LOCK_NAME = ".kdkit.lock"
 # Fields added to the recipe after runs were saved: a saved recipe without them had them empty.
-ADDED_FIELDS: dict[str, object] = {"search": {}, "track": []}
+ADDED_FIELDS: dict[str, object] = {"search": {}, "track": [], "teacher_policy": {"precision": "fp32", "channels_last": False,
+                                                                                 "compile": False}, "channels_last": False}
 
 
 class RunLock(DirLock):

@@ -29,6 +29,10 @@ if len(sys.argv) > 2 and sys.argv[2] == "window":
     recipe.update(student={"name": "cnn_student"}, teachers=[{"name": "cnn", "params": {"width": 8}}],
                   data=dict(recipe["data"], train_limit=256),
                   terms=[{"name": "ce"}, {"name": "fitnet", "stop_epoch": 1, "params": {"pairs": "last"}}])
+if len(sys.argv) > 2 and sys.argv[2] == "auto":
+    # the student's precision and memory format measured on the first batch: every rank must train in one mode
+    recipe.update(student={"name": "cnn_student"}, precision="auto", channels_last="auto",
+                  data=dict(recipe["data"], train_limit=256))
 kdkit.train(recipe, quiet=True)
 student = captured["scheme"].eval_models()["student"]
 rank = int(os.environ["RANK"])

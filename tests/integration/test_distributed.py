@@ -15,12 +15,18 @@ from safetensors.torch import load_file
 HERE = Path(__file__).resolve().parent
 
 
-def test_two_process_ddp_keeps_ranks_identical(tmp_path):
+def _torchrun(worker: str, port: int, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run ``worker`` in two processes on the CPU (gloo); fail with its stderr if it fails."""
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29561", str(HERE / "ddp_worker.py"),
-                           str(tmp_path)], capture_output=True, text=True, timeout=600, env=env)
+    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(port), str(HERE / worker),
+                           *args], capture_output=True, text=True, timeout=timeout, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc
+
+
+def test_two_process_ddp_keeps_ranks_identical(tmp_path):
+    proc = _torchrun("ddp_worker.py", 29561, str(tmp_path))
     assert "world 2" in proc.stdout
     a, b = load_file(str(tmp_path / "rank0.safetensors")), load_file(str(tmp_path / "rank1.safetensors"))
     # Each rank saw a different half of every batch; identical weights prove gradients were all-reduced.
@@ -34,11 +40,7 @@ def test_two_process_ddp_keeps_ranks_identical(tmp_path):
 
 
 def test_ddp_with_a_term_window_leaves_its_connector_unused_without_error(tmp_path):
-    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29563", str(HERE / "ddp_worker.py"),
-                           str(tmp_path), "window"], capture_output=True, text=True, timeout=600, env=env)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    _torchrun("ddp_worker.py", 29563, str(tmp_path), "window")
     a, b = load_file(str(tmp_path / "rank0.safetensors")), load_file(str(tmp_path / "rank1.safetensors"))
     # parameters agree; BatchNorm running statistics are each rank's own since the last forward (DDP broadcasts
     # rank 0's buffers at the start of a forward, and only rank 0 writes checkpoints)
@@ -52,14 +54,20 @@ def test_crd_memory_bank_gathers_every_shard_under_ddp(tmp_path):
     """Each process's bank receives both processes' rows, so the banks stay identical and no shard is left stale."""
     from kdkit.losses.contrastive import MemoryBank
 
-    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29562",
-                           str(HERE / "crd_ddp_worker.py"), str(tmp_path)], capture_output=True, text=True,
-                          timeout=300, env=env)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    _torchrun("crd_ddp_worker.py", 29562, str(tmp_path), timeout=300)
     a, b = load_file(str(tmp_path / "bank0.safetensors")), load_file(str(tmp_path / "bank1.safetensors"))
     before = MemoryBank(16, feat_dim=4, generator=torch.Generator().manual_seed(0)).memory_s
     assert torch.equal(a["memory_s"], b["memory_s"]) and torch.equal(a["memory_t"], b["memory_t"])
     changed = (a["memory_s"] != before).any(1).nonzero().flatten().tolist()
     assert changed == [0, 1, 2, 8, 9, 10, 11, 12]  # both shards' rows, and nothing else
+
+
+def test_ddp_with_precision_auto_trains_every_rank_in_rank0s_mode(tmp_path):
+    _torchrun("ddp_worker.py", 29564, str(tmp_path), "auto")
+    saved = json.loads((tmp_path / "ddp" / "student_policy.json").read_text())
+    assert len(saved["measurements"]) == 4 and saved["chosen"]
+    a, b = load_file(str(tmp_path / "rank0.safetensors")), load_file(str(tmp_path / "rank1.safetensors"))
+    # one mode, gradients all-reduced: identical weights. (BatchNorm running statistics are broadcast from rank 0 at
+    # the start of each forward, so after the last one each rank holds its own batch's update: not compared.)
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a if "running_" not in k)
+

@@ -65,6 +65,7 @@ NOT_RUN: dict[tuple[str, str], str] = {
 BENCH_SHRINK: dict[str, dict[str, list[str]]] = {
     "quickstart_accuracy.py": {"--seeds": ["0"], "--teacher-epochs": ["1"], "--student-epochs": ["1"]},
     "step_speed.py": {"--steps": ["1"], "--warmup": ["0"], "--batch": ["16"]},
+    "gpu.py": {"--steps": ["1"], "--warmup": ["0"], "--batch": ["16"]},  # without a GPU it says so and exits 0
     "methods.py": {"--datasets": ["mnist_5k"], "--seeds": ["0"], "--epochs": ["1"], "--teacher-epochs": ["1"],
                    "--train-limit": ["300"], "--students": ["mlp"], "--methods": ["scratch", "kd", "dkd"]},
     "schemes.py": {"--seeds": ["0"], "--epochs": ["1"], "--teacher-epochs": ["1"], "--out": ["bench_schemes"]},
@@ -95,7 +96,7 @@ TRANSLATE = {"make quickstart": "kdkit quickstart"}
 # A name "file.py::test" is a test in another file of tests/integration (the check below finds it there).
 SCENARIOS = {"README.md": ("test_readme_commands", "test_readme_python"), "docs/report.md": ("test_report_doc",),
              "docs/softlabels.md": ("test_softlabels_doc",), "docs/tuning.md": ("test_tuning_doc",),
-             "docs/text.md": ("test_text_doc",), "docs/lm.md": ("test_lm_doc",),
+             "docs/text.md": ("test_text_doc",), "docs/lm.md": ("test_lm_doc",), "docs/speed.md": ("test_speed_doc",),
              "docs/teachers.md": ("test_teachers_doc", "test_teachers_docs.py::test_the_onnx_python_example_runs"),
              "docs/own-models-and-data.md": (
                  "test_own_model_and_data.py::test_the_documented_walk_through_runs_outside_the_repository",
@@ -553,6 +554,17 @@ def test_softlabels_doc(tmp_path, token_cache):
     assert [c.split()[1] for c in done] == ["train", "cache", "distill"]
     saved = yaml.safe_load((cwd / "runs" / "my_kd" / "config.yaml").read_text())
     assert saved["soft_labels"] == "runs/my_kd_store"
+
+
+def test_speed_doc(tmp_path, token_cache):
+    cwd = workspace(tmp_path, "docs/speed.md")
+    done = run_doc_commands("docs/speed.md", cwd, token_cache)
+    assert [c.split()[1] for c in done][:2] == ["train", "distill"]
+    run = cwd / "runs" / "mnist_kd"
+    teacher = json.loads((run / "teacher_policy.json").read_text())["teachers"][0]
+    student = json.loads((run / "student_policy.json").read_text())
+    assert teacher["request"]["precision"] == "auto" and len(teacher["measurements"]) == 4
+    assert student["request"] == {"precision": "auto", "channels_last": "auto"} and len(student["measurements"]) == 4
 
 
 def test_tuning_doc(tmp_path, token_cache):

@@ -8,6 +8,7 @@ a pure function of the step, and the RNG state is checkpointed, so a resumed run
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -24,6 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from kdkit.engine.checkpoint import CheckpointManager, write_weights
 from kdkit.engine.evaluate import evaluate
+from kdkit.engine.precision import Mode, decide_student, input_in, mode_context
 from kdkit.engine.schedule import lr_at
 from kdkit.engine.tracking import accelerator_kwargs
 from kdkit.errors import KdkitError
@@ -63,7 +65,9 @@ def make_accelerator(recipe: Recipe):
         # Accelerate ignores fp16 on CPU (the run would be plain fp32 while config.yaml says fp16): refuse it.
         raise KdkitError("recipe field 'precision': fp16 needs a CUDA GPU (on CPU it would silently run in fp32); use "
                          "precision: bf16 (CPU autocast to bfloat16) or no")
-    _fresh_accelerator_state(recipe.precision)
+    # precision auto: the engine measures and applies the student's autocast itself (engine/precision.py)
+    mixed = "no" if recipe.precision == "auto" else recipe.precision
+    _fresh_accelerator_state(mixed)
     handlers = []
     if any(t.start_epoch > 0 or t.stop_epoch is not None for t in recipe.terms):
         # A term outside its epoch window is not computed, so its connector gets no gradient in those epochs: DDP
@@ -71,8 +75,7 @@ def make_accelerator(recipe: Recipe):
         from accelerate import DistributedDataParallelKwargs
 
         handlers.append(DistributedDataParallelKwargs(find_unused_parameters=True))
-    return Accelerator(cpu=cpu, mixed_precision=recipe.precision, kwargs_handlers=handlers,
-                       **accelerator_kwargs(recipe))
+    return Accelerator(cpu=cpu, mixed_precision=mixed, kwargs_handlers=handlers, **accelerator_kwargs(recipe))
 
 
 def _fresh_accelerator_state(precision: str) -> None:
@@ -98,7 +101,14 @@ class Engine:
         epoch_callbacks: called with each epoch's record (the line written to ``metrics.jsonl``, with ``val_top1``
             when the epoch was evaluated) after the epoch is checkpointed; an exception they raise stops the run there
             (``kdkit tune`` prunes a trial this way). They see figures only, never the scheme.
+
+    Training figures (loss, term values, correct counts) accumulate on the device (:class:`DeviceSums`); the host
+    reads them every ``log_every_steps`` steps (progress bar), at a mid-epoch checkpoint and at the end of the epoch,
+    never once per step (on a GPU a read waits for every queued kernel).
     """
+
+    log_every_steps: int = 25
+    check_every_step: bool | None = None  # test the loss for NaN/inf at every step; None: on the CPU only
 
     def __init__(self, recipe: Recipe, run_dir: Path, model_meta: dict[str, Any] | None = None,
                  console: Console | None = None, quiet: bool = False, accelerator: Any = None,
@@ -143,12 +153,14 @@ class Engine:
 
         eval_models = scheme.eval_models()
         primary = next(iter(eval_models))
+        student: Mode | None = None  # the student's mode, decided on the first batch (precision/channels_last)
+        decided = not self._has_student_policy()
         for epoch in range(state.epoch, r.epochs):
             state.epoch = epoch
             train_loader.set_epoch(epoch)
             scheme.on_epoch_start(state)
             model.train()
-            sums = partial or {"loss": 0.0, "terms": {}, "correct": 0, "n": 0, "seconds": 0.0}
+            sums = DeviceSums(device, partial, start_batch)
             t0 = time.perf_counter()
             it = _iter_from(train_loader, start_batch)
             with self._progress(epoch, steps_per_epoch) as (prog, task):
@@ -159,26 +171,32 @@ class Engine:
                     for g in optimizer.param_groups:
                         g["lr"] = lr
                     batch = to_device(batch, device)
-                    with acc.autocast():
+                    if not decided:
+                        student, decided = self._student_mode(scheme, model, batch, state), True
+                    batch = input_in(batch, student)
+                    with acc.autocast(), self._student_context(student, device):
                         out = scheme.step(model, batch, state)
-                    if not torch.isfinite(out.loss):
-                        raise KdkitError(f"loss became {float(out.loss.detach())} at epoch {epoch + 1}, batch {b} "
-                                         f"(terms: {_fmt_terms(out.terms)}): "
-                                         f"{_nonfinite_cause(scheme, batch, out, lr)}")
+                    if self._check_now(device) and not torch.isfinite(out.loss):
+                        self._raise_nonfinite(scheme, batch, out, lr, f"at epoch {epoch + 1}, batch {b}")
                     optimizer.zero_grad(set_to_none=True)
                     acc.backward(out.loss)
                     if r.grad_clip:
                         acc.clip_grad_norm_(model.parameters(), r.grad_clip)
                     optimizer.step()
                     state.step += 1
-                    self._accumulate(sums, out, batch)
+                    sums.add(out, batch)
+                    last = b + 1 == steps_per_epoch
                     if prog is not None:
-                        elapsed = sums["seconds"] + time.perf_counter() - t0
-                        prog.update(task, advance=1, info=_progress_info(sums, elapsed, lr))
-                    if r.checkpoint_every_steps and state.step % r.checkpoint_every_steps == 0 \
-                            and b + 1 < steps_per_epoch:
-                        sums_now = self._global_sums(dict(sums, seconds=sums["seconds"] + time.perf_counter() - t0))
+                        info = None
+                        if (b + 1) % self.log_every_steps == 0 or last:  # the one read of the device sums
+                            now = self._read(sums, scheme, batch, out, lr, epoch, b)
+                            info = _progress_info(now, now["seconds"] + time.perf_counter() - t0, lr)
+                        prog.update(task, advance=1, **({"info": info} if info is not None else {}))
+                    if r.checkpoint_every_steps and state.step % r.checkpoint_every_steps == 0 and not last:
+                        now = self._read(sums, scheme, batch, out, lr, epoch, b)
+                        sums_now = self._global_sums(dict(now, seconds=now["seconds"] + time.perf_counter() - t0))
                         self._save(model, optimizer, state, b + 1, history, best, sums_now)
+            sums = self._read(sums, scheme, batch, out, lr, epoch, b) if sums.steps else sums.read()[0]
             start_batch, partial = 0, None
             train_seconds = sums["seconds"] + time.perf_counter() - t0
             record = self._epoch_record(epoch, self._global_sums(sums), train_seconds, lr)
@@ -209,17 +227,37 @@ class Engine:
         return FitResult(self.run_dir, best, last, history, self.ckpt.best_path)
 
     # ------------------------------------------------------------------------------------------------------------
-    def _accumulate(self, sums: dict[str, Any], out: Any, batch: dict) -> None:
-        bs = int(batch["input"].shape[0]) if hasattr(batch["input"], "shape") else len(batch["target"])
-        sums["loss"] += float(out.loss.detach()) * bs
-        for k, v in out.terms.items():
-            sums["terms"][k] = sums["terms"].get(k, 0.0) + float(v) * bs
-        y = batch["target"]
-        if y.ndim == 1:
-            keep = y >= 0
-            sums["correct"] += int((out.logits.detach().argmax(1)[keep] == y[keep]).sum())
-            sums["n_labelled"] = sums.get("n_labelled", 0) + int(keep.sum())
-        sums["n"] += bs
+    def _has_student_policy(self) -> bool:
+        return self.recipe.precision == "auto" or self.recipe.channels_last is not False
+
+    def _student_context(self, mode: Mode | None, device: torch.device):
+        # with precision auto the engine owns the autocast; a forced precision is Accelerate's (fp16's grad scaler)
+        if mode is None or self.recipe.precision != "auto":
+            return contextlib.nullcontext()
+        return mode_context(mode, device.type)
+
+    def _student_mode(self, scheme: TrainableScheme, model: torch.nn.Module, batch: dict, state: TrainState) -> Mode:
+        device = self.accelerator.device
+        raw = self.accelerator.unwrap_model(model)  # measured without DDP: nothing to all-reduce while measuring
+        return decide_student(self.recipe, self.accelerator, lambda b: scheme.step(raw, b, state), model, batch,
+                              self.run_dir / "student_policy.json", lambda m: self._student_context(m, device),
+                              None if self.quiet else self.console)
+
+    def _check_now(self, device: torch.device) -> bool:
+        """Whether to test the loss for NaN/inf at every step: on the CPU reading a value costs nothing; on a GPU it
+        stalls the pipeline, so the test rides on the device sums, read every ``log_every_steps``."""
+        return self.check_every_step if self.check_every_step is not None else device.type == "cpu"
+
+    def _read(self, sums: DeviceSums, scheme: TrainableScheme, batch: dict, out: Any, lr: float, epoch: int,
+              b: int) -> dict[str, Any]:
+        now, first_bad = sums.read()
+        if first_bad is not None:
+            self._raise_nonfinite(scheme, batch, out, lr, f"at epoch {epoch + 1}, between batch {first_bad} and {b}")
+        return now
+
+    def _raise_nonfinite(self, scheme: TrainableScheme, batch: dict, out: Any, lr: float, where: str) -> None:
+        raise KdkitError(f"loss became {float(out.loss.detach())} {where} (terms: {_fmt_terms(out.terms)}): "
+                         f"{_nonfinite_cause(scheme, batch, out, lr)}")
 
     def _global_sums(self, sums: dict[str, Any]) -> dict[str, Any]:
         """Training sums over every data-parallel process (one all-reduce); unchanged in a single process.
@@ -287,6 +325,64 @@ class _ProgressCtx:
     def __exit__(self, *exc: object) -> None:
         if self.prog is not None:
             self.prog.__exit__(*exc)
+
+
+class DeviceSums:
+    """Sums of a part of an epoch (loss × batch size, each term × batch size, correct top-1 counts), kept as device
+    tensors so that adding a step costs no host sync; :meth:`read` turns them into numbers with one transfer.
+
+    ``base``: host sums to continue from (a resumed mid-epoch checkpoint's ``partial``); ``start``: the batch index
+    of the first step added. Batch sizes are shapes, known on the host, so the sample count ``n`` is a plain int.
+    Each sum starts from its ``base`` value and adds step by step in float64, so the figures are bit for bit those
+    of adding ``float(loss) * batch_size`` on the host as before.
+    """
+
+    def __init__(self, device: torch.device, base: dict[str, Any] | None = None, start: int = 0) -> None:
+        self.device = device
+        self.dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+        self.base = base or {"loss": 0.0, "terms": {}, "correct": 0, "n": 0, "seconds": 0.0}
+        self.sums: dict[str, torch.Tensor] = {}  # "loss", "correct", "labelled", "term:<name>"
+        self.bad: torch.Tensor | None = None  # the first batch index whose loss was not finite (inf while none)
+        self.n, self.start, self.steps = 0, start, 0
+
+    def _add(self, key: str, v: torch.Tensor, base: float) -> None:
+        v = v.detach().to(self.dtype)
+        acc = self.sums.get(key)
+        self.sums[key] = (v + base) if acc is None else acc.add_(v)
+
+    def add(self, out: Any, batch: dict) -> None:
+        x = batch["input"]
+        bs = int(x.shape[0]) if hasattr(x, "shape") else len(batch["target"])
+        self._add("loss", out.loss.detach().to(self.dtype) * bs, self.base["loss"])
+        for k, v in out.terms.items():
+            v = torch.as_tensor(v, device=self.device).detach().to(self.dtype)
+            self._add(f"term:{k}", v * bs, self.base["terms"].get(k, 0.0))
+        y = batch["target"]
+        if y.ndim == 1:
+            keep = y >= 0
+            self._add("correct", ((out.logits.detach().argmax(1) == y) & keep).sum(), self.base["correct"])
+            self._add("labelled", keep.sum(), self.base.get("n_labelled", 0))
+        # the batch where the loss first went non-finite (inf while it stays finite): device ops only, no sync
+        idx = torch.where(torch.isfinite(out.loss.detach()), math.inf, float(self.start + self.steps)).to(self.dtype)
+        self.bad = idx if self.bad is None else torch.minimum(self.bad, idx)
+        self.n += bs
+        self.steps += 1
+
+    def read(self) -> tuple[dict[str, Any], int | None]:
+        """(host sums including ``base``, the first non-finite batch index or None) — one device-to-host copy."""
+        keys = list(self.sums)
+        parts = [self.sums[k] for k in keys] + ([self.bad] if self.bad is not None else [])
+        vec = torch.stack(parts).tolist() if parts else []
+        got = dict(zip(keys, vec, strict=False))
+        out = dict(self.base, loss=got.get("loss", self.base["loss"]), correct=int(got.get("correct",
+                   self.base["correct"])), n=self.base["n"] + self.n, terms=dict(self.base["terms"]))
+        for k in keys:
+            if k.startswith("term:"):
+                out["terms"][k[5:]] = got[k]
+        if "labelled" in got or "n_labelled" in self.base:
+            out["n_labelled"] = int(got.get("labelled", self.base.get("n_labelled", 0)))
+        bad = vec[-1] if self.bad is not None else math.inf
+        return out, (None if math.isinf(bad) else int(bad))
 
 
 def _iter_from(loader: Any, start: int):

@@ -61,6 +61,7 @@ class BuildContext:
         make_teachers: ``teacher_inputs`` -> the recipe's teacher networks (with input adapters where needed).
         store: the soft-label store as a teacher source, when the recipe reads one (then teachers need not exist).
         data: the run's :class:`kdkit.data.RunData` (specialists train on it; BSS reads the pixel range).
+        teacher_policy: how frozen teachers run (:class:`kdkit.teachers.policy.TeacherPolicy`); None is fp32.
     """
 
     recipe: Any
@@ -74,6 +75,7 @@ class BuildContext:
     make_teachers: Callable[..., list[nn.Module]] = lambda teacher_inputs="auto": []
     store: TeacherSource | None = None
     data: Any = None
+    teacher_policy: Any = None
 
     def setup_context(self, student: nn.Module, teachers: Sequence[nn.Module], has_teacher_features: bool = True
                       ) -> SetupContext:

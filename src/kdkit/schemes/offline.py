@@ -35,7 +35,8 @@ def offline_parts(ctx: BuildContext, combine: str = "mean_logits", teacher_weigh
     module = DistillModule(student, terms, setup)
     if store is not None:
         return module, store
-    source = FrozenTeachers(models, module.teacher_taps, combine, teacher_weights, r.seed) if models else None
+    source = FrozenTeachers(models, module.teacher_taps, combine, teacher_weights, r.seed,
+                            policy=ctx.teacher_policy) if models else None
     return module, source
 
 

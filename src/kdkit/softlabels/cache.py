@@ -43,6 +43,7 @@ from kdkit.softlabels.store import (
     write_samples,
 )
 from kdkit.teachers.frozen import FrozenTeachers
+from kdkit.teachers.policy import recipe_policy
 from kdkit.utils import DirLock, seed_everything
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -133,7 +134,8 @@ def build_cache(recipe: Recipe | str | Path | dict[str, Any], views: int = 1, to
                           "replay; cache with mean_logits, mean_probs or weighted")
     models = frozen_teacher_models(recipe, data)
     # The same teacher source the offline scheme distils from, so several teachers combine exactly as online.
-    source = FrozenTeachers(models, combine=combine, weights=params.get("teacher_weights"), seed=recipe.seed)
+    source = FrozenTeachers(models, combine=combine, weights=params.get("teacher_weights"), seed=recipe.seed,
+                            policy=recipe_policy(recipe, None))
     identity = run_identity(recipe, data, models)
     device = _device(recipe)
     source.to(device)
@@ -231,7 +233,11 @@ def _fill(*, store_path: Path, manifest: dict[str, Any], overwrite: bool, views:
         if prog is not None:
             prog.stop()
     seconds = time.perf_counter() - t0
-    store.finalize({"seconds": round(float(store.manifest.get("seconds", 0.0)) + seconds, 3)})
+    extra: dict[str, Any] = {"seconds": round(float(store.manifest.get("seconds", 0.0)) + seconds, 3)}
+    policy = source.teachers[0].policy if source.teachers else None
+    if policy is not None and policy.decisions:  # how the teachers ran (a bf16 teacher's logits differ slightly)
+        extra["teacher_policy"] = policy.decisions
+    store.finalize(extra)
     size = store.file_bytes()
     if not quiet:
         per = bytes_per_row(k, num_classes)

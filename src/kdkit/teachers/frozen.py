@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from kdkit.errors import ConfigError
 from kdkit.taps import FeatureTap
+from kdkit.teachers.policy import FP32, Mode, TeacherPolicy, mode_context
 from kdkit.types import Batch, ModelOutput, TeacherSignal, is_logits_only, logits_of
 
 Combine = Literal["mean_logits", "mean_probs", "weighted", "random"]
@@ -30,25 +31,62 @@ def freeze(model: nn.Module) -> nn.Module:
 class FrozenTeacher(nn.Module):
     """A teacher that can never train.
 
-    ``train()`` keeps the wrapped model in eval mode, ``forward`` runs under ``torch.no_grad()``, and parameters have
-    ``requires_grad=False``. The wrapper is never handed to the optimiser or to DDP.
+    ``train()`` keeps the wrapped model in eval mode, ``forward`` runs under ``torch.inference_mode()`` (no autograd
+    state at all), and parameters have ``requires_grad=False``. The wrapper is never handed to the optimiser or to DDP.
+
+    ``policy`` (:class:`~kdkit.teachers.policy.TeacherPolicy`) says how it runs: fp32 by default, otherwise the mode
+    the policy forces or measures on the first batch (``index`` names this teacher in its record). Outputs are always
+    float32, whatever the mode.
     """
 
-    def __init__(self, model: nn.Module, taps: Sequence[str] = ()) -> None:
+    def __init__(self, model: nn.Module, taps: Sequence[str] = (), policy: TeacherPolicy | None = None,
+                 index: int = 0) -> None:
         super().__init__()
         self.model = freeze(model)
         self.tap = FeatureTap(self.model, taps, detach=True, role="teacher") if taps else None
+        self.policy, self.index = policy, index
+        self.mode: Mode | None = None if policy is not None else FP32
+        self._channels_last = False
+        object.__setattr__(self, "_compiled", None)  # not a submodule: it shares the teacher's weights
 
     def train(self, mode: bool = True) -> FrozenTeacher:  # noqa: ARG002 - mode is ignored on purpose
         self.training = False
         self.model.eval()
         return self
 
-    @torch.no_grad()
     def forward(self, x: Tensor) -> ModelOutput:
-        logits = self.model(x)
-        feats = self.tap.pop() if self.tap is not None else {}
-        return ModelOutput(logits=logits_of(logits), features=feats)
+        if self.mode is None:
+            self.mode = self.policy.decide(self.index, self.run, x)
+            self._try_compile(x, self.mode)
+        out = self.run(x, self.mode, self._compiled)
+        # Inference tensors cannot be saved for backward; the terms use these outputs in the student's graph, so they
+        # leave as ordinary tensors (one copy of the logits and tapped features, small next to the forward).
+        return ModelOutput(logits=out.logits.clone(), features={k: v.clone() for k, v in out.features.items()})
+
+    def run(self, x: Tensor, mode: Mode, net: nn.Module | None = None) -> ModelOutput:
+        """One forward of the teacher in ``mode`` (float32 outputs, inference tensors)."""
+        net = net or self.model
+        cl = mode.channels_last and x.dim() == 4
+        if cl != self._channels_last:
+            self.model.to(memory_format=torch.channels_last if cl else torch.contiguous_format)
+            self._channels_last = cl
+        if cl:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), mode_context(mode, x.device.type):
+            logits = logits_of(net(x)).float()
+            feats = self.tap.pop() if self.tap is not None else {}
+            feats = {k: v.float().contiguous() for k, v in feats.items()}
+        return ModelOutput(logits=logits, features=feats)
+
+    def _try_compile(self, x: Tensor, mode: Mode) -> None:
+        if self.policy is None or not self.policy.compile:
+            return
+        try:
+            compiled = torch.compile(self.model)
+            self.run(x, mode, compiled)  # compilation happens at the first call: fail here, not mid-training
+            object.__setattr__(self, "_compiled", compiled)
+        except Exception as err:  # compilation can fail for many reasons (no compiler, unsupported op): run eagerly
+            self.policy.compile_failed(self.index, err)
 
 
 def combine_logits(logits: Sequence[Tensor], rule: str, weights: Sequence[float] | None = None) -> Tensor:
@@ -80,12 +118,15 @@ class FrozenTeachers:
         combine: ``mean_logits`` (default), ``mean_probs``, ``weighted`` or ``random``.
         weights: per-teacher weights for ``weighted``.
         seed: seeds the ``random`` draw.
+        policy: how the teachers run (precision, channels-last, compile; :mod:`kdkit.teachers.policy`); fp32 when
+            None.
     """
 
     has_features = True
 
     def __init__(self, models: Sequence[nn.Module], taps: Mapping[int, Sequence[str]] | None = None,
-                 combine: str = "mean_logits", weights: Sequence[float] | None = None, seed: int = 0) -> None:
+                 combine: str = "mean_logits", weights: Sequence[float] | None = None, seed: int = 0,
+                 policy: TeacherPolicy | None = None) -> None:
         if combine not in COMBINES:
             raise ConfigError(f"scheme.params.combine: '{combine}' is not one of {', '.join(COMBINES)}")
         if weights is not None and len(weights) != len(models):
@@ -95,7 +136,7 @@ class FrozenTeachers:
         if combine == "weighted" and weights is None:
             raise ConfigError("scheme.params.combine 'weighted' needs scheme.params.teacher_weights (one per teacher)")
         taps = taps or {}
-        self.teachers = [FrozenTeacher(m, taps.get(i, ())) for i, m in enumerate(models)]
+        self.teachers = [FrozenTeacher(m, taps.get(i, ()), policy, i) for i, m in enumerate(models)]
         self.models = [t.model for t in self.teachers]
         self.has_features = not any(is_logits_only(m) for m in self.models)  # an ONNX teacher gives logits only
         self.combine, self.weights = combine, None if weights is None else [float(w) for w in weights]

@@ -1,0 +1,198 @@
+"""How a frozen teacher runs: precision, memory format and compilation, chosen by measurement (``teacher_policy``).
+
+A teacher only runs forward, so it can often run in bfloat16 (CPUs with AVX-512 BF16 or AMX, any recent GPU) or
+float16 (GPUs) and in channels-last memory format at a fraction of the fp32 cost — or not: on a CPU without bf16
+instructions bf16 is emulated and *slower*. So kdkit does not guess from the CPU's name; with ``precision: auto`` /
+``channels_last: auto`` it runs every candidate mode on the first batch, checks that its outputs agree with fp32 within
+a stated tolerance (:class:`Tolerance`), and keeps the fastest agreeing one (:func:`choose`, a pure function of the
+measurements). The choice and every measurement go to the run directory (``teacher_policy.json``) and to the console.
+
+Agreement, per output tensor (the logits and every tapped feature, flattened per sample to (B, D)):
+``KL(softmax(ref / T) || softmax(out / T))`` averaged over the batch (T = :data:`AGREE_T`), and the fraction of
+samples whose argmax is the same. The worst tensor decides.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from torch import Tensor
+
+from kdkit.engine.precision import FP32, PRECISIONS, Measurement, Mode, candidates, clock, mode_context
+from kdkit.engine.precision import choose as choose_mode
+from kdkit.engine.precision import timed_interleaved as _timed
+from kdkit.types import ModelOutput
+from kdkit.utils import atomic_write_text
+
+AGREE_T = 4.0  # the temperature KD terms typically use; agreement is judged on the distribution they read
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """When a teacher mode agrees with fp32, and when it is worth switching.
+
+    ``kl``: 1e-3 nats per sample at T = 4. bf16 keeps 8 mantissa bits (relative error 2^-9 ≈ 0.2% per rounding);
+    logit errors of ~0.05 after a deep network give KL ≈ E[(δ/T)²]/2 ≈ 1e-4, so 1e-3 passes a sound bf16 forward and
+    fails one that really changes the teacher's distribution. ``argmax``: at least 99% of samples keep their top
+    class (a tie that flips is allowed, a shifted decision is not). ``min_gain``: a mode replaces fp32 only when it is
+    at least 5% faster — smaller differences are within timing noise, and fp32 is the exact reference.
+    """
+
+    kl: float = 1e-3
+    argmax: float = 0.99
+    min_gain: float = 0.05
+
+    def agrees(self, figures: dict[str, float]) -> bool:
+        return figures.get("kl", 0.0) <= self.kl and figures.get("argmax_agreement", 1.0) >= self.argmax
+
+
+def choose(measurements: Sequence[Measurement], tol: Tolerance = Tolerance()) -> tuple[Mode, str]:
+    """The teacher mode to keep and why (:func:`kdkit.engine.precision.choose` with the teacher's tolerance)."""
+    return choose_mode(measurements, tol.agrees, tol.min_gain)
+
+
+def agreement(ref: ModelOutput, out: ModelOutput, temperature: float = AGREE_T) -> tuple[float, float]:
+    """(worst mean KL, worst argmax agreement) of ``out`` against ``ref`` over the logits and every feature.
+
+    Each tensor is flattened to (B, D) and compared in float64: ``KL(softmax(ref/T) || softmax(out/T))`` summed over
+    D and averaged over B, and the fraction of rows whose argmax agrees.
+    """
+    kl_worst, agree_worst = 0.0, 1.0
+    pairs = [(ref.logits, out.logits)] + [(ref.features[k], out.features[k]) for k in ref.features
+                                          if k in out.features]
+    for a, b in pairs:
+        a = a.detach().reshape(a.shape[0], -1).double()
+        b = b.detach().reshape(b.shape[0], -1).double()
+        if a.shape != b.shape:
+            return float("inf"), 0.0
+        la, lb = F.log_softmax(a / temperature, 1), F.log_softmax(b / temperature, 1)
+        kl = float((la.exp() * (la - lb)).sum(1).mean())
+        agree = float((a.argmax(1) == b.argmax(1)).double().mean())
+        if not (kl == kl):  # NaN: outputs overflowed (fp16 range)
+            kl = float("inf")
+        kl_worst, agree_worst = max(kl_worst, kl), min(agree_worst, agree)
+    return kl_worst, agree_worst
+
+
+@dataclass
+class TeacherPolicy:
+    """A recipe's ``teacher_policy``: what to try, how to judge it, where to record the choice.
+
+    Args:
+        precision: ``auto`` | ``fp32`` | ``bf16`` | ``fp16``.
+        channels_last: ``auto`` | True | False.
+        compile: ``torch.compile`` the teacher after the mode is chosen (falls back to eager with one line when
+            compilation fails).
+        tolerance: when a mode agrees with fp32.
+        repeats: timed forwards per candidate (after one warm-up each), interleaved round by round.
+        record: JSON file the choice and measurements are written to (the run directory's ``teacher_policy.json``);
+            a choice already recorded there for the same teacher and request is reused, so a resumed run keeps it.
+        log: called with one line per teacher (the console).
+    """
+
+    precision: str = "fp32"
+    channels_last: bool | str = False
+    compile: bool = False
+    tolerance: Tolerance = field(default_factory=Tolerance)
+    repeats: int = 3
+    record: Path | None = None
+    log: Callable[[str], None] | None = None
+    decisions: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def from_spec(cls, spec: Any, record: Path | None = None, log: Callable[[str], None] | None = None
+                  ) -> TeacherPolicy:
+        """From the recipe's ``teacher_policy`` (a :class:`kdkit.recipe.TeacherPolicySpec`)."""
+        return cls(precision=spec.precision, channels_last=spec.channels_last, compile=spec.compile, record=record,
+                   log=log)
+
+    @property
+    def measures(self) -> bool:
+        return self.precision == "auto" or self.channels_last == "auto"
+
+    def request(self) -> dict[str, Any]:
+        return {"precision": self.precision, "channels_last": self.channels_last, "compile": self.compile}
+
+    def decide(self, index: int, run: Callable[[Tensor, Mode], ModelOutput], x: Tensor) -> Mode:
+        """Choose teacher ``index``'s mode on its first batch ``x``; ``run(x, mode)`` is one forward in that mode."""
+        cands = candidates(self.precision, self.channels_last, x.device.type, x.dim(), "teacher_policy.precision")
+        reused = self._recorded(index, x)
+        if reused is not None:
+            return reused
+        clock_name = clock()[0]
+        measured: list[Measurement] = []
+        if len(cands) == 1:
+            mode, why = cands[0], "forced by teacher_policy"
+        else:
+            ref = run(x, FP32)
+            # each mode's first call is its warm-up (weight reorder, kernel choice); then interleaved timed rounds
+            outs, secs, clock_name = _timed(lambda m: run(x, m), cands, self.repeats, x.device)
+            for m in cands:
+                if m not in secs:
+                    measured.append(Measurement(m, float("inf"), {}, outs[m].error))
+                else:
+                    kl, agree = agreement(ref, outs[m])
+                    measured.append(Measurement(m, secs[m], {"kl": kl, "argmax_agreement": agree}))
+            mode, why = choose(measured, self.tolerance)
+        entry = {"teacher": index, "request": self.request(), "chosen": mode.label, **asdict(mode), "reason": why,
+                 "batch_shape": list(x.shape), "device": str(x.device), "threads": torch.get_num_threads(),
+                 "clock": clock_name, "tolerance": asdict(self.tolerance), "agreement_temperature": AGREE_T,
+                 "measurements": [m.as_dict() for m in measured]}
+        self.decisions.append(entry)
+        self._write()
+        if self.log is not None:
+            figures = ", ".join(f"{m.mode.label} {m.seconds * 1e3:.1f} ms" if m.error is None else
+                                f"{m.mode.label} failed" for m in measured)
+            self.log(f"teacher {index}: {mode.label} — {why}" + (f" [{figures}]" if figures else ""))
+        return mode
+
+    def compile_failed(self, index: int, err: BaseException) -> None:
+        line = f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:200]}"
+        for d in self.decisions:
+            if d["teacher"] == index:
+                d["compile_error"] = line
+        self._write()
+        if self.log is not None:
+            self.log(f"teacher {index}: torch.compile failed ({line}); running it eagerly")
+
+    def _recorded(self, index: int, x: Tensor) -> Mode | None:
+        if self.record is None or not self.record.is_file():
+            return None
+        try:
+            saved = json.loads(self.record.read_text())
+        except (OSError, ValueError):
+            return None
+        for d in saved.get("teachers", []):
+            if d.get("teacher") == index and d.get("request") == self.request() and d.get("device") == str(x.device) \
+                    and d.get("batch_shape", [None])[1:] == list(x.shape[1:]):
+                self.decisions.append(dict(d, reused=True))
+                self._write()
+                if self.log is not None:
+                    self.log(f"teacher {index}: {d['chosen']} (recorded in {self.record})")
+                return Mode(d["precision"], d["channels_last"])
+        return None
+
+    def _write(self) -> None:
+        if self.record is not None and self.record.parent.is_dir():
+            atomic_write_text(self.record, json.dumps({"teachers": self.decisions}, indent=2) + "\n")
+
+
+def recipe_policy(recipe: Any, record: Path | None) -> TeacherPolicy | None:
+    """The recipe's ``teacher_policy`` (None for the default, plain fp32), recording its choice in ``record`` and
+    saying it on stderr."""
+    spec = recipe.teacher_policy
+    if spec == type(spec)():
+        return None
+    console = Console(stderr=True, soft_wrap=True)
+    return TeacherPolicy.from_spec(spec, record, log=lambda line: console.print(line, markup=False))
+
+
+__all__ = ["AGREE_T", "FP32", "PRECISIONS", "Measurement", "Mode", "TeacherPolicy", "Tolerance", "agreement",
+           "candidates", "choose", "mode_context", "recipe_policy"]

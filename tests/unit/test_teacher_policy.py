@@ -1,0 +1,165 @@
+"""The teacher execution policy: the auto decision (a pure function of measurements), the agreement figures, and a
+real teacher run through the policy (which mode wins on this CPU is never asserted)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from kdkit.models import create_model
+from kdkit.teachers.frozen import FrozenTeacher, FrozenTeachers
+from kdkit.teachers.policy import FP32, Measurement, Mode, TeacherPolicy, Tolerance, agreement, candidates, choose
+from kdkit.types import ModelOutput
+
+BF16, BF16_CL, FP32_CL = Mode("bf16"), Mode("bf16", True), Mode("fp32", True)
+
+
+def M(mode: Mode, seconds: float, kl: float = 0.0, argmax: float = 1.0, error: str | None = None) -> Measurement:
+    """A made-up measurement."""
+    return Measurement(mode, seconds, {"kl": kl, "argmax_agreement": argmax}, error)
+
+
+def test_choose_keeps_the_fastest_agreeing_mode():
+    ms = [M(FP32, 1.0), M(FP32_CL, 0.8), M(BF16, 0.5, 1e-5, 1.0),
+          M(BF16_CL, 0.3, 2e-5, 1.0)]
+    mode, why = choose(ms)
+    assert mode == BF16_CL and "0.30x" in why
+
+
+def test_choose_rejects_modes_that_disagree_with_fp32():
+    # bf16 is fastest but its distribution moved (KL above tolerance) or its decisions moved (argmax below 99%)
+    assert choose([M(FP32, 1.0), M(BF16, 0.3, 5e-3, 1.0)])[0] == FP32
+    assert choose([M(FP32, 1.0), M(BF16, 0.3, 1e-5, 0.97)])[0] == FP32
+    # ... and the next-fastest agreeing mode wins instead
+    assert choose([M(FP32, 1.0), M(BF16, 0.3, 5e-3, 1.0), M(FP32_CL, 0.7)])[0] == FP32_CL
+
+
+def test_choose_keeps_fp32_when_bf16_is_slower_or_within_noise():
+    # an AVX2-only CPU emulates bf16: slower than fp32, so fp32 stays ("never slower than fp32")
+    mode, why = choose([M(FP32, 1.0), M(BF16, 2.5, 1e-5, 1.0)])
+    assert mode == FP32 and "fp32" in why
+    # 3% faster is within timing noise (min_gain 5%): the exact reference stays
+    assert choose([M(FP32, 1.0), M(BF16, 0.97, 1e-5, 1.0)])[0] == FP32
+    assert choose([M(FP32, 1.0), M(BF16, 0.97, 1e-5, 1.0)], Tolerance(min_gain=0.0))[0] == BF16
+
+
+def test_choose_never_picks_a_failed_mode():
+    ms = [M(FP32, 1.0), M(Mode("fp16"), 0.0, 0.0, 1.0, error="RuntimeError: no kernel")]
+    assert choose(ms)[0] == FP32
+    assert choose([M(BF16, math.inf, math.inf, 0.0, error="x")])[0] == FP32
+
+
+def test_agreement_matches_a_float64_computation():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(16, 10, generator=g), torch.randn(16, 10, generator=g)
+    fa, fb = torch.randn(16, 3, 4, 4, generator=g), torch.randn(16, 3, 4, 4, generator=g) * 0.01
+    ref = ModelOutput(a, {"f": fa})
+    assert agreement(ref, ModelOutput(a.clone(), {"f": fa.clone()})) == (0.0, 1.0)
+    kl, agree = agreement(ref, ModelOutput(b, {"f": fa + fb}), temperature=4.0)
+
+    def kl64(x, y):  # independent: numpy-free float64 loops over rows
+        out = []
+        for r in range(x.shape[0]):
+            p = [math.exp(v / 4.0) for v in x[r].double().flatten().tolist()]
+            q = [math.exp(v / 4.0) for v in y[r].double().flatten().tolist()]
+            sp, sq = sum(p), sum(q)
+            out.append(sum(pi / sp * math.log((pi / sp) / (qi / sq)) for pi, qi in zip(p, q, strict=True)))
+        return sum(out) / len(out)
+
+    want_kl = max(kl64(a, b), kl64(fa, fa + fb))
+    want_agree = min(float((a.argmax(1) == b.argmax(1)).double().mean()),
+                     float((fa.flatten(1).argmax(1) == (fa + fb).flatten(1).argmax(1)).double().mean()))
+    assert kl == pytest.approx(want_kl, rel=1e-9)  # both float64; only summation order differs
+    assert agree == want_agree
+
+
+def test_candidates():
+    assert candidates("auto", "auto", "cpu", 4) == [FP32, FP32_CL, BF16, BF16_CL]
+    assert Mode("fp16") in candidates("auto", False, "cuda", 2)  # fp16 is a GPU candidate only
+    assert candidates("auto", "auto", "cpu", 2) == [FP32, BF16]  # no channels-last for non-image inputs
+    assert candidates("bf16", True, "cpu", 4) == [BF16_CL]
+    assert candidates("fp32", True, "cpu", 3) == [FP32]
+
+
+def _teacher(policy, taps=("stage2",)):
+    torch.manual_seed(0)
+    return FrozenTeacher(create_model("cnn_teacher", num_classes=10, in_channels=1, image_size=28), taps, policy)
+
+
+def test_auto_policy_measures_records_and_gives_ordinary_float32_outputs(tmp_path):
+    record = tmp_path / "teacher_policy.json"
+    lines: list[str] = []
+    policy = TeacherPolicy("auto", "auto", record=record, log=lines.append, repeats=1)
+    t = _teacher(policy)
+    x = torch.randn(8, 1, 28, 28)
+    out = t(x)
+    assert out.logits.dtype == torch.float32 and out.features["stage2"].dtype == torch.float32
+    # not inference tensors: the terms put them in the student's graph
+    assert not out.logits.is_inference() and not out.features["stage2"].is_inference()
+    w = torch.ones((), requires_grad=True)
+    ((w * out.features["stage2"]) ** 2).mean().backward()  # saves the teacher feature for backward
+    saved = json.loads(record.read_text())["teachers"][0]
+    assert [m["mode"] for m in saved["measurements"]] == ["fp32", "fp32+channels_last", "bf16", "bf16+channels_last"]
+    assert all(m["seconds"] > 0 for m in saved["measurements"] if m["error"] is None)
+    assert saved["chosen"] == t.mode.label and saved["reason"] and len(lines) == 1 and t.mode.label in lines[0]
+    # whatever was chosen agrees with fp32 within the tolerance
+    ref = FrozenTeacher(t.model, ("stage2",)).run(x, FP32)
+    kl, agree = agreement(ref, out)
+    assert kl <= policy.tolerance.kl and agree >= policy.tolerance.argmax
+
+    def never(*a):
+        raise AssertionError("a recorded choice must be reused, not measured again")
+
+    again = TeacherPolicy("auto", "auto", record=record)
+    assert again.decide(0, never, x) == t.mode  # a resumed run keeps its choice
+    assert TeacherPolicy("auto", False, record=record).decide(0, t.run, x) in (FP32, BF16)  # another request: measured
+
+
+@pytest.mark.parametrize("precision,cl", [("bf16", True), ("fp32", True), ("bf16", False)])
+def test_forced_modes_run_and_stay_close_to_fp32(precision, cl):
+    x = torch.randn(8, 1, 28, 28)
+    t = _teacher(TeacherPolicy(precision, cl))
+    out = t(x)
+    assert t.mode == Mode(precision, cl)
+    ref = FrozenTeacher(t.model, ("stage2",))(x)
+    # bf16 rounds to 8 mantissa bits: logits of this small net move by well under 0.1
+    assert torch.allclose(out.logits, ref.logits, atol=0.1 if precision == "bf16" else 1e-5)
+
+
+def test_fp32_teacher_ignores_the_students_autocast():
+    x = torch.randn(8, 1, 28, 28)
+    t = _teacher(None)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = t(x)
+    assert torch.equal(out.logits, t(x).logits)  # same bits as outside autocast
+
+
+def test_compile_failure_falls_back_to_eager(monkeypatch, tmp_path):
+    def broken(*a, **k):
+        raise RuntimeError("no C compiler found")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    lines: list[str] = []
+    policy = TeacherPolicy("fp32", False, compile=True, record=tmp_path / "p.json", log=lines.append)
+    teachers = FrozenTeachers([create_model("mlp", num_classes=10, in_channels=1, image_size=28)], policy=policy)
+    x = torch.randn(4, 1, 28, 28)
+    out = teachers.outputs({"input": x})
+    assert out.combined.logits.shape == (4, 10)
+    saved = json.loads((tmp_path / "p.json").read_text())["teachers"][0]
+    assert "no C compiler" in saved["compile_error"] and any("running it eagerly" in s for s in lines)
+
+
+def test_each_teacher_of_several_is_measured_and_recorded(tmp_path):
+    torch.manual_seed(0)
+    models = [create_model(n, num_classes=10, in_channels=1, image_size=28) for n in ("cnn_teacher", "mlp")]
+    policy = TeacherPolicy("auto", "auto", record=tmp_path / "p.json", repeats=1)
+    teachers = FrozenTeachers(models, policy=policy)
+    x = torch.randn(8, 1, 28, 28)
+    signal = teachers.outputs({"input": x})
+    saved = json.loads((tmp_path / "p.json").read_text())["teachers"]
+    assert [d["teacher"] for d in saved] == [0, 1] and all(len(d["measurements"]) == 4 for d in saved)
+    # the combined signal is the mean of what each teacher gave in its own mode
+    assert torch.allclose(signal.combined.logits, (signal.each[0].logits + signal.each[1].logits) / 2)
