@@ -202,3 +202,20 @@ def test_bad_augment_values_are_one_line():
         Augment(MEAN, STD, jitter=(2.0, 0, 0))
     with pytest.raises(ConfigError, match="crop_scale"):
         Augment(MEAN, STD, crop_scale=(0.5, 0.2))
+
+
+def test_worker_jitter_is_torchvision_pil_colour_jitter_exactly(folder):
+    """Streamed images are jittered in the workers by PIL's ImageEnhance, the functions torchvision's ColorJitter
+    calls on PIL images: the same factors give the same bytes as torchvision.transforms.v2.functional."""
+    from PIL import Image
+    from torchvision.transforms.v2 import functional as TF
+
+    with Image.open(next(folder.glob("class1/*.jpg"))) as im:
+        im = im.convert("RGB").resize((20, 16))
+    f = (0.75, 1.3, 0.6)
+    ref = TF.adjust_saturation(TF.adjust_contrast(TF.adjust_brightness(im, f[0]), f[1]), f[2])
+    assert np.array_equal(np.asarray(ops.color_jitter_pil(im, *f)), np.asarray(ref))
+    aug = _aug()
+    fac = aug.jitter_factors(np.arange(2000), 0)
+    lo, hi = fac.min(0), fac.max(0)
+    assert np.allclose(lo, 0.6, atol=2e-3) and np.allclose(hi, 1.4, atol=2e-3)  # U[1 - 0.4, 1 + 0.4], 2000 draws

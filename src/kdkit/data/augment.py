@@ -326,6 +326,12 @@ class Augment:
         """(B,) bool: which samples are mirrored (the same draw as :meth:`draws`)."""
         return (ops.unit_float(self._words(index, view, (DRAW_FLIP,))[:, 0]) >= 0.5) & self.flip
 
+    def jitter_factors(self, index: Any, view: Any) -> np.ndarray:
+        """(B, 3) float64 (brightness, contrast, saturation) factors ``max(0, 1 + s (2u - 1))`` -- torchvision's
+        U[max(0, 1 - s), 1 + s] -- with u from (seed, view, index); factor 1 where a strength is 0."""
+        u = ops.unit_float(self._words(index, view, (DRAW_BRIGHTNESS, DRAW_CONTRAST, DRAW_SATURATION)))
+        return np.maximum(0.0, 1.0 + np.asarray(self.jitter)[None, :] * (2.0 * u - 1.0))
+
     def photometric(self, images: Tensor, index: Any, view: Any) -> Tensor:
         """Colour jitter (brightness, contrast, saturation) of a uint8 batch, on its device; identity when off.
 
@@ -335,9 +341,8 @@ class Augment:
             return images
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ConfigError("data.augment.jitter works on uint8 images (B, C, H, W); remove it for this data")
-        u = ops.unit_float(self._words(index, view, (DRAW_BRIGHTNESS, DRAW_CONTRAST, DRAW_SATURATION)))
-        f = [torch.from_numpy(np.maximum(0.0, 1.0 + s * (2.0 * u[:, k] - 1.0)).astype(np.float32)) if s else None
-             for k, s in enumerate(self.jitter)]
+        fac = self.jitter_factors(index, view).astype(np.float32)
+        f = [torch.from_numpy(fac[:, k].copy()) if s else None for k, s in enumerate(self.jitter)]
         return ops.color_jitter(images, *f)
 
     def partners(self, index: Any, view: Any, n: int) -> Tensor:
