@@ -110,12 +110,12 @@ def test_views_differ_and_eval_view_is_fixed(folder):
 def test_resized_crop_boxes_follow_torchvision_sampling_rule():
     """Two-sample Kolmogorov-Smirnov tests between kdkit's boxes (hash uniforms) and torchvision's
     ``RandomResizedCrop.get_params`` (torch RNG, seeded) on one 300x500 image: area fraction, aspect ratio and the
-    relative position. 20,000 draws each; with equal distributions each p-value is uniform, so p > 1e-3 fails by
+    relative position. 8,000 draws each; with equal distributions each p-value is uniform, so p > 1e-3 fails by
     chance once in a thousand -- both sides are seeded, so the test is deterministic."""
     from scipy.stats import ks_2samp
     from torchvision.transforms import RandomResizedCrop
 
-    n, h, w = 20000, 300, 500
+    n, h, w = 8000, 300, 500
     aug = Augment(MEAN, STD, resized_crop=True, seed=11)
     ours = aug.crop_boxes(np.arange(n), 0, np.full(n, h), np.full(n, w)).astype(np.float64)
     torch.manual_seed(0)
@@ -219,3 +219,39 @@ def test_worker_jitter_is_torchvision_pil_colour_jitter_exactly(folder):
     fac = aug.jitter_factors(np.arange(2000), 0)
     lo, hi = fac.min(0), fac.max(0)
     assert np.allclose(lo, 0.6, atol=2e-3) and np.allclose(hi, 1.4, atol=2e-3)  # U[1 - 0.4, 1 + 0.4], 2000 draws
+
+
+# ------------------------------------------------------------------------------------------------ recipes
+def _recipe(data: dict):
+    from kdkit.recipe import recipe_from_dict
+
+    return recipe_from_dict({"student": {"name": "cnn"}, "data": data})
+
+
+def test_build_data_streams_a_separate_validation_folder(folder, tmp_path):
+    from kdkit.data.run import build_data
+
+    val = write_jpeg_folder(tmp_path / "val", per_class=2, seed=1)
+    params = {"stream": True, "image_size": [20, 28], "workers": 0}
+    rd = build_data(_recipe({"name": f"imagefolder:{folder}", "params": params, "val": f"imagefolder:{val}",
+                             "val_params": params, "batch_size": 4,
+                             "augment": {"resized_crop": True, "flip": True, "cutmix": 1.0}}))
+    assert isinstance(rd.train_loader, StreamLoader) and rd.input_shape == (3, 20, 28) and rd.input_dtype == "uint8"
+    assert len(rd.val_loader.data) == 6 and len(rd.mean) == 3 and all(0 < s for s in rd.std)
+    b = next(iter(rd.train_loader))
+    assert b["input"].shape == (4, 3, 20, 28) and "lam" in b
+    v = next(iter(rd.val_loader))
+    assert "lam" not in v and v["input"].shape[1:] == (3, 20, 28)
+
+
+def test_wrong_combinations_are_one_line(folder):
+    from kdkit.data.run import build_data
+
+    with pytest.raises(ConfigError, match="resized_crop works on streamed"):
+        build_data(_recipe({"name": "digits", "augment": {"resized_crop": True}}))
+    with pytest.raises(ConfigError, match="both be streamed"):
+        build_data(_recipe({"name": f"imagefolder:{folder}", "params": {"stream": True, "workers": 0},
+                            "val": f"imagefolder:{folder}", "val_params": {"image_size": 224}}))
+    with pytest.raises(ConfigError, match="crop_padding"):
+        build_data(_recipe({"name": f"imagefolder:{folder}", "params": {"stream": True, "workers": 0},
+                            "augment": {"crop_padding": 4}}))

@@ -256,7 +256,8 @@ def _parse_size(image_size: int | Sequence[int] | None) -> tuple[int, int] | Non
 
 
 @DATASETS.register("imagefolder", takes_path=True, detect=lambda p: _detect_image(p) == "imagefolder",
-                   description="user data: imagefolder:PATH, one sub-directory of images per class")
+                   description="user data: imagefolder:PATH, one sub-directory of images per class (stream: true "
+                               "decodes batches in worker processes, for folders larger than memory)")
 def imagefolder(
     path: str | os.PathLike[str] | None = None, channels: int | str = 3, image_size: int | Sequence[int] | None = None,
     stream: bool = False, workers: int = 2, prefetch: int = 2, crop_fraction: float = 0.875, draft: bool = True,
