@@ -255,3 +255,21 @@ def test_wrong_combinations_are_one_line(folder):
     with pytest.raises(ConfigError, match="crop_padding"):
         build_data(_recipe({"name": f"imagefolder:{folder}", "params": {"stream": True, "workers": 0},
                             "augment": {"crop_padding": 4}}))
+
+
+def test_label_terms_refuse_mixed_batches_and_ce_weighs_both_labels():
+    from kdkit.objects import _terms
+    from kdkit.terms.base import hard_target
+    from kdkit.terms.logits import CrossEntropyTerm
+
+    batch = {"target": torch.tensor([0, 1]), "target_b": torch.tensor([1, 1]), "lam": torch.tensor([0.25, 1.0])}
+    with pytest.raises(ConfigError, match="only 'ce' weighs both"):
+        hard_target(batch)
+
+    class Inp:  # the two fields CrossEntropyTerm.compute reads
+        student = type("S", (), {"logits": torch.tensor([[2.0, 0.0], [0.0, 1.0]])})()
+
+    Inp.batch = batch
+    want = mixed_cross_entropy(Inp.student.logits, batch["target"], batch["target_b"], batch["lam"])
+    assert torch.equal(CrossEntropyTerm().compute(Inp), want)
+    assert _terms("consistent", "kd") == [{"name": "kd", "params": {"temperature": 1.0}}]
