@@ -12,7 +12,7 @@ import torch
 
 from kdkit.data import Augment, BatchLoader, load_source, ops
 from kdkit.data.stream import FileImageData, StreamLoader
-from kdkit.errors import ConfigError
+from kdkit.errors import ConfigError, DataError
 from kdkit.losses.logits import mixed_cross_entropy
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
@@ -60,11 +60,12 @@ def test_stream_source_keeps_only_the_file_list(folder):
 def test_a_broken_file_is_named_in_one_line(tmp_path):
     root = write_jpeg_folder(tmp_path / "d", per_class=2, classes=2)
     (root / "class1" / "img1.jpg").write_bytes(b"not a jpeg")
-    data = load_source(f"imagefolder:{root}", stream=True, image_size=16, workers=0)
-    loader = _loader(data, _aug(), bs=4)
-    with pytest.raises(Exception, match=r"img1\.jpg") as e:
-        list(loader)
-    assert "\n" not in str(e.value)
+    for workers in (0, 2):
+        data = load_source(f"imagefolder:{root}", stream=True, image_size=16, workers=workers)
+        loader = _loader(data, _aug(), bs=4)
+        with pytest.raises(DataError, match=r"img1\.jpg") as e:
+            list(loader)
+        assert "\n" not in str(e.value)
 
 
 # ------------------------------------------------------------------------------------------------ replay

@@ -253,7 +253,15 @@ class _BatchDecoder(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.data)
 
-    def __getitem__(self, job: tuple[Tensor, int]) -> dict[str, Tensor]:
+    def __getitem__(self, job: tuple[Tensor, int]) -> dict[str, Any]:
+        try:
+            return self._decode(job)
+        except DataError as e:
+            # Handed back as data: an exception raised in a worker reaches the training process wrapped in a
+            # multi-line traceback; the loader re-raises this one line there.
+            return {"error": str(e)}
+
+    def _decode(self, job: tuple[Tensor, int]) -> dict[str, Any]:
         pos, view = job
         p = pos.numpy()
         raw = {"images": decode_batch(self.data, p, self.augment, view), "index": pos}
@@ -317,7 +325,9 @@ class StreamLoader(EpochLoader):
         return self._finish(self.decoder[(pos, view)], view)
 
     def _finish(self, raw: dict[str, Tensor], view: int) -> Batch:
-        """On the training device: jitter, mixing, normalisation of a decoded batch."""
+        """On the training device: mixing and normalisation of a decoded batch."""
+        if "error" in raw:
+            raise DataError(raw["error"])
         pos = raw["index"]
         rows = pos
         images = raw["images"]
