@@ -274,3 +274,18 @@ def test_label_terms_refuse_mixed_batches_and_ce_weighs_both_labels():
     want = mixed_cross_entropy(Inp.student.logits, batch["target"], batch["target_b"], batch["lam"])
     assert torch.equal(CrossEntropyTerm().compute(Inp), want)
     assert _terms("consistent", "kd") == [{"name": "kd", "params": {"temperature": 1.0}}]
+
+
+def test_mixing_draws_follow_beta_and_uniform_partners():
+    """λ of mixup against Beta(α, α) and the partners against uniform over the split (KS, 5,000 samples; p > 1e-3 is
+    a one-in-a-thousand false alarm, and the draws are fixed by the seed, so the test is deterministic)."""
+    from scipy.stats import beta, kstest
+
+    aug = Augment(MEAN, STD, mixup=0.4, seed=9)
+    idx = np.arange(5000)
+    lam, _, use_cut = aug.mix_params(idx, 3, 32, 32)
+    assert not use_cut.any() and kstest(lam.double().numpy(), beta(0.4, 0.4).cdf).pvalue > 1e-3
+    partners = aug.partners(idx, 3, 1000).numpy()
+    assert kstest((partners + 0.5) / 1000, "uniform").pvalue > 1e-3 and partners.min() >= 0 and partners.max() < 1000
+    both = Augment(MEAN, STD, mixup=1.0, cutmix=1.0, seed=9)
+    assert abs(float(both.mix_params(idx, 3, 32, 32)[2].double().mean()) - 0.5) < 0.03  # each op half the time
