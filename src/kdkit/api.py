@@ -73,8 +73,9 @@ def distill(recipe: Recipe | str | Path | dict[str, Any] | None = None, override
         train, val: a ``Dataset`` or ``DataLoader`` of ``(x, y)``, ``(x, y)`` tensors/arrays, or a dict with ``x``,
             ``y``; inputs of any shape (float data stays float). Without ``val``, ``data={"val_fraction": ...}`` of
             ``train`` is held out (stratified).
-        terms: a preset (``"kd"``: 0.5 CE + 0.5 KD at T=4; ``"soft_only"``, ``"dkd"``, ``"ce"``), a term name, or a
-            list of terms (names or ``{name, weight, params}`` dicts, as in a recipe).
+        terms: a preset (``"kd"``: 0.5 CE + 0.5 KD at T=4; ``"soft_only"``, ``"dkd"``, ``"ce"``, ``"consistent"``:
+            KD at T=1 without labels, for mixup data), a term name, or a list of terms (names or ``{name, weight,
+            params}`` dicts, as in a recipe).
         epochs, output_dir, name: as in a recipe; ``**fields``: any other recipe field (``optim={...}``,
             ``schedule={...}``, ``seed``, ``data={"batch_size": 64}``, ``scheme={...}``).
         resume: continue the interrupted run in ``output_dir/name``.

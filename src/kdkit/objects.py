@@ -36,6 +36,9 @@ PRESETS: dict[str, list[dict[str, Any]]] = {
     "kd": [{"name": "ce", "weight": 0.5}, {"name": "kd", "weight": 0.5, "params": {"temperature": 4.0}}],
     "soft_only": [{"name": "kd", "params": {"temperature": 4.0}}],
     "dkd": [{"name": "ce"}, {"name": "dkd", "warmup_epochs": 1.0}],
+    # Function matching (Beyer et al. 2022): KL to the teacher on the same (mixed) view, no labels; pair it with
+    # data.augment mixup/cutmix and a long schedule (recipes/consistent/, docs/methods.md).
+    "consistent": [{"name": "kd", "params": {"temperature": 1.0}}],
 }
 
 

@@ -43,6 +43,18 @@ class ModelSpec(_Strict):
 class AugmentSpec(_Strict):
     crop_padding: int = Field(default=0, ge=0, description="random crop with this zero padding (0 = off)")
     flip: bool = Field(default=False, description="random horizontal flip")
+    jitter: list[float] = Field(default_factory=lambda: [0.0, 0.0, 0.0], min_length=3, max_length=3,
+                                description="colour jitter strengths [brightness, contrast, saturation], each in "
+                                "[0, 1] (0 = off); uint8 images")
+    mixup: float = Field(default=0.0, ge=0.0, description="mixup α (λ ~ Beta(α, α)); 0 = off")
+    cutmix: float = Field(default=0.0, ge=0.0, description="CutMix α (λ ~ Beta(α, α)); 0 = off; with mixup, each "
+                          "sample takes one of the two with probability 1/2")
+    resized_crop: bool = Field(default=False, description="random resized crop (Inception crop) of streamed image "
+                               "folders (data.params.stream: true)")
+    crop_scale: list[float] = Field(default_factory=lambda: [0.08, 1.0], min_length=2, max_length=2,
+                                    description="resized crop: area fraction range")
+    crop_ratio: list[float] = Field(default_factory=lambda: [0.75, 4.0 / 3.0], min_length=2, max_length=2,
+                                    description="resized crop: aspect ratio (w/h) range")
 
 
 class DataSpec(_Strict):

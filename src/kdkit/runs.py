@@ -17,6 +17,7 @@ from rich.console import Console
 
 from kdkit.builder import build_scheme
 from kdkit.data.run import build_data
+from kdkit.data.stream import StreamLoader
 from kdkit.engine.checkpoint import CheckpointManager
 from kdkit.engine.loop import Engine, FitResult, make_accelerator
 from kdkit.engine.tracking import RunTracker
@@ -137,6 +138,10 @@ def _run_locked(recipe: Recipe, run_dir: Path, accelerator: Any, resume: bool, q
                 epoch_callbacks: list[Any] | None = None, track_project: str | None = None) -> FitResult:
     seed_everything(recipe.seed)
     data = build_data(recipe, accelerator.num_processes, accelerator.process_index)
+    if accelerator.device.type == "cuda":
+        for loader in (data.train_loader, data.val_loader):
+            if isinstance(loader, StreamLoader):  # decoded uint8 crosses from pinned memory; mixing runs on the GPU
+                loader.device = accelerator.device
     scheme = build_scheme(recipe, data)
     if accelerator.is_main_process:
         save_recipe(recipe, run_dir / "config.yaml")

@@ -79,6 +79,8 @@ BENCH_SHRINK: dict[str, dict[str, list[str]]] = {
                       "--teacher-epochs": ["1"], "--aug-views": ["2"]},
     "fashion_methods.py": {"--seeds": ["0"], "--epochs": ["1"], "--teacher-epochs": ["1"], "--train-limit": ["500"],
                            "--students": ["mlp"], "--methods": ["scratch", "kd"], "--no-tune": []},
+    "input_pipeline.py": {"--images": ["32"], "--rounds": ["1"]},
+    "consistent.py": {"--epochs": ["1"], "--seeds": ["0"], "--teacher-epochs": ["1"]},
 }
 # What is measured, and where: set only where the doc leaves the default (an absolute output path the doc gives is
 # moved into the workspace).
@@ -97,6 +99,7 @@ TRANSLATE = {"make quickstart": "kdkit quickstart"}
 SCENARIOS = {"README.md": ("test_readme_commands", "test_readme_python"), "docs/report.md": ("test_report_doc",),
              "docs/softlabels.md": ("test_softlabels_doc",), "docs/tuning.md": ("test_tuning_doc",),
              "docs/text.md": ("test_text_doc",), "docs/lm.md": ("test_lm_doc",), "docs/speed.md": ("test_speed_doc",),
+             "docs/large-image-folders.md": ("test_large_image_folders_doc",),
              "docs/teachers.md": ("test_teachers_doc", "test_teachers_docs.py::test_the_onnx_python_example_runs"),
              "docs/own-models-and-data.md": (
                  "test_own_model_and_data.py::test_the_documented_walk_through_runs_outside_the_repository",
@@ -124,6 +127,7 @@ PYTHON: dict[str, list[tuple[dict[str, str], list[str], list[str]] | str]] = {
         "plug-in registration with `...` bodies: the shape of a module, not a program",
         "the object API with the reader's own small_net/big_net: README's runnable example is run instead",
     ],
+    "docs/large-image-folders.md": [({}, ["jpegs/class2/19.jpg"], ["wrote 60 images"])],
     "docs/tuning.md": [({'overrides=["epochs=50"]': f'overrides=["epochs=1", "data.train_limit={IMAGE_LIMIT}"]'},
                         ["runs/seeds/seeds.json", "runs/seeds/seeds.md"], ["0 trained, 6 read"])],
     "docs/lm.md": [({"write_token_store(teacher, train,": "write_token_store(teacher, train.subset(torch.arange(8)),"},
@@ -581,6 +585,19 @@ def test_tuning_doc(tmp_path, token_cache):
 
     study = load_study(str(cwd / "kd_search.yaml"), [f"output_dir={cwd / 'runs'}"])
     assert len(study.trials) == 4  # two calls of 2 trials (shrunk from 20 and 10), one study
+
+
+@pytest.mark.slow
+def test_large_image_folders_doc(tmp_path, token_cache):
+    """The folder is written by the doc's Python block, then trained from (streamed, 2 workers), cached over 8 mixed
+    views and distilled from the store: three CLI processes, ~110 s on the shared 2 cores (load 13), hence slow; the
+    same flow runs in the default suite in-process (tests/integration/test_stream_e2e.py, ~20 s)."""
+    cwd = workspace(tmp_path, "docs/large-image-folders.md")
+    run_python_blocks("docs/large-image-folders.md", cwd, token_cache)
+    done = run_doc_commands("docs/large-image-folders.md", cwd, token_cache)
+    assert [c.split()[1] for c in done] == ["train", "cache", "distill"]
+    manifest = json.loads((cwd / "runs" / "folder_kd_store" / "manifest.json").read_text())
+    assert manifest["views"] == 8 and manifest["identity"]["augment"]["mixup"] == 1.0
 
 
 @pytest.mark.slow

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from kdkit.data import ops
 from kdkit.errors import ConfigError, DataError
 
 _M32 = 0xFFFFFFFF
@@ -34,6 +35,9 @@ _M32 = 0xFFFFFFFF
 _GOLDEN = 0x9E3779B9
 # Draw numbers: fixed per random decision, so that turning one augmentation on or off never changes the others.
 DRAW_CROP_Y, DRAW_CROP_X, DRAW_FLIP = 0, 1, 2
+DRAW_BRIGHTNESS, DRAW_CONTRAST, DRAW_SATURATION = 3, 4, 5
+DRAW_PARTNER, DRAW_MIX_LAM, DRAW_MIX_KIND, DRAW_CUT_Y, DRAW_CUT_X = 6, 7, 8, 9, 10
+DRAW_RESIZED_CROP = 16  # 16 .. 16 + 4 * RRC_ATTEMPTS - 1: (area, aspect, row, column) per attempt
 
 # The hash runs unchanged on Python ints, numpy int64 arrays and torch int64 tensors (same operators, same bits).
 Ints = TypeVar("Ints", int, np.ndarray, Tensor)
@@ -162,6 +166,19 @@ class Augment:
         crop_padding: p; 0 disables the random crop.
         flip: random horizontal flip.
         seed: augmentation seed; with (view, index) it fixes every random decision.
+        jitter: (brightness, contrast, saturation) strengths s: each factor ~ U[max(0, 1 - s), 1 + s] per sample,
+            applied to uint8 pixels as torchvision's ColorJitter (:func:`kdkit.data.ops.color_jitter`); 0 = off.
+        mixup: α of mixup's λ ~ Beta(α, α) (Zhang et al. 2018); 0 = off.
+        cutmix: α of CutMix's λ ~ Beta(α, α) (Yun et al. 2019); 0 = off. With both on, each sample takes one of
+            the two with probability 1/2 (timm's ``switch_prob`` 0.5).
+        resized_crop: random resized crop (the Inception crop), done where images are decoded (a streaming image
+            folder's workers, :mod:`kdkit.data.stream`) because it needs each image at its own size.
+        crop_scale: area fraction range of the resized crop (torchvision: (0.08, 1)).
+        crop_ratio: aspect (w / h) range of the resized crop (torchvision: (3/4, 4/3)).
+
+    Mixing: sample ``i`` of view ``v`` is mixed with partner ``p = ⌊N · hash(seed, v, i)⌋`` of the same split (N
+    its size), itself cropped, flipped and jittered as view ``v`` of ``p`` -- a pure function of (seed, v, i), so the
+    soft-label store can replay the mixed image the teacher saw.
     """
 
     mean: tuple[float, ...]
@@ -169,6 +186,12 @@ class Augment:
     crop_padding: int = 0
     flip: bool = False
     seed: int = 0
+    jitter: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    resized_crop: bool = False
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    crop_ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)
 
     def __post_init__(self) -> None:
         mean = tuple(float(v) for v in self.mean)
@@ -185,6 +208,25 @@ class Augment:
         object.__setattr__(self, "std", std)
         object.__setattr__(self, "flip", bool(self.flip))
         object.__setattr__(self, "seed", int(self.seed))
+        jitter = tuple(float(v) for v in self.jitter)
+        if len(jitter) != 3 or any(not 0 <= v < 1e6 for v in jitter) or jitter[0] > 1 or jitter[1] > 1 \
+                or jitter[2] > 1:
+            raise ConfigError(f"data.augment.jitter: give [brightness, contrast, saturation], each in [0, 1], got "
+                              f"{self.jitter!r}")
+        object.__setattr__(self, "jitter", jitter)
+        for field in ("mixup", "cutmix"):
+            a = float(getattr(self, field))
+            if not 0 <= a < 1e3:
+                raise ConfigError(f"data.augment.{field}: α must be >= 0 (0 = off), got {a}")
+            object.__setattr__(self, field, a)
+        scale, ratio = tuple(float(v) for v in self.crop_scale), tuple(float(v) for v in self.crop_ratio)
+        if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
+            raise ConfigError(f"data.augment.crop_scale: give [lo, hi] with 0 < lo <= hi <= 1, got {self.crop_scale!r}")
+        if len(ratio) != 2 or not 0 < ratio[0] <= ratio[1]:
+            raise ConfigError(f"data.augment.crop_ratio: give [lo, hi] with 0 < lo <= hi, got {self.crop_ratio!r}")
+        object.__setattr__(self, "crop_scale", scale)
+        object.__setattr__(self, "crop_ratio", ratio)
+        object.__setattr__(self, "resized_crop", bool(self.resized_crop))
 
     # --------------------------------------------------------------------------------------------- construction
     @classmethod
@@ -194,11 +236,18 @@ class Augment:
 
     def as_eval(self) -> Augment:
         """This augmentation's evaluation counterpart (same normalisation, no randomness)."""
-        return dataclasses.replace(self, crop_padding=0, flip=False)
+        return dataclasses.replace(self, crop_padding=0, flip=False, jitter=(0.0, 0.0, 0.0), mixup=0.0, cutmix=0.0,
+                                   resized_crop=False)
 
     @property
     def is_random(self) -> bool:
-        return self.crop_padding > 0 or self.flip
+        return self.crop_padding > 0 or self.flip or self.mixes or any(self.jitter) or self.resized_crop
+
+    @property
+    def mixes(self) -> bool:
+        """Whether samples are mixed with partners (mixup and/or cutmix): batches then carry ``target_b`` and
+        ``lam``."""
+        return self.mixup > 0 or self.cutmix > 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready description, for run manifests and the soft-label store."""
@@ -208,6 +257,12 @@ class Augment:
             "crop_padding": self.crop_padding,
             "flip": self.flip,
             "seed": self.seed,
+            # The newer ops only when on, so a description (and a store made) without them reads as before.
+            **({"jitter": list(self.jitter)} if any(self.jitter) else {}),
+            **({"mixup": self.mixup} if self.mixup else {}),
+            **({"cutmix": self.cutmix} if self.cutmix else {}),
+            **({"resized_crop": True, "crop_scale": list(self.crop_scale), "crop_ratio": list(self.crop_ratio)}
+               if self.resized_crop else {}),
         }
 
     @classmethod
@@ -218,6 +273,12 @@ class Augment:
             int(d.get("crop_padding", 0)),
             bool(d.get("flip", False)),
             int(d.get("seed", 0)),
+            tuple(d.get("jitter", (0.0, 0.0, 0.0))),
+            float(d.get("mixup", 0.0)),
+            float(d.get("cutmix", 0.0)),
+            bool(d.get("resized_crop", False)),
+            tuple(d.get("crop_scale", (0.08, 1.0))),
+            tuple(d.get("crop_ratio", (3.0 / 4.0, 4.0 / 3.0))),
         )
 
     # --------------------------------------------------------------------------------------------- randomness
@@ -240,6 +301,91 @@ class Augment:
         flip = (uniform_int(words[:, 2], 2) == 1) & self.flip
         return dy, dx, flip
 
+    def _words(self, index: Any, view: Any, draws: Sequence[int]) -> np.ndarray:
+        """(B, len(draws)) hash words as numpy, for the per-sample parameters computed on the CPU."""
+        idx = index.cpu().numpy() if isinstance(index, Tensor) else np.asarray(index, dtype=np.int64)
+        v = view.cpu().numpy() if isinstance(view, Tensor) and view.dim() > 0 else \
+            (int(view) if isinstance(view, Tensor) else view)
+        return np.asarray(hash_draws(self.seed, v, idx.astype(np.int64), draws))
+
+    def crop_boxes(self, index: Any, view: Any, heights: Any, widths: Any) -> np.ndarray:
+        """Random resized crop boxes (torchvision's rule, :func:`kdkit.data.ops.resized_crop_boxes`) for images of
+        the given sizes; with ``resized_crop`` off, the whole image.
+
+        Returns:
+            (B, 4) int64 ``(top, left, height, width)``, a pure function of (seed, view, index, image size).
+        """
+        hh, ww = np.asarray(heights, dtype=np.int64), np.asarray(widths, dtype=np.int64)
+        if not self.resized_crop:
+            return np.stack([np.zeros_like(hh), np.zeros_like(ww), hh, ww], axis=1)
+        draws = range(DRAW_RESIZED_CROP, DRAW_RESIZED_CROP + 4 * ops.RRC_ATTEMPTS)
+        u = ops.unit_float(self._words(index, view, draws))
+        return ops.resized_crop_boxes(u, hh, ww, self.crop_scale, self.crop_ratio)
+
+    def flips(self, index: Any, view: Any) -> np.ndarray:
+        """(B,) bool: which samples are mirrored (the same draw as :meth:`draws`)."""
+        return (ops.unit_float(self._words(index, view, (DRAW_FLIP,))[:, 0]) >= 0.5) & self.flip
+
+    def jitter_factors(self, index: Any, view: Any) -> np.ndarray:
+        """(B, 3) float64 (brightness, contrast, saturation) factors ``max(0, 1 + s (2u - 1))`` -- torchvision's
+        U[max(0, 1 - s), 1 + s] -- with u from (seed, view, index); factor 1 where a strength is 0."""
+        u = ops.unit_float(self._words(index, view, (DRAW_BRIGHTNESS, DRAW_CONTRAST, DRAW_SATURATION)))
+        return np.maximum(0.0, 1.0 + np.asarray(self.jitter)[None, :] * (2.0 * u - 1.0))
+
+    def photometric(self, images: Tensor, index: Any, view: Any) -> Tensor:
+        """Colour jitter (brightness, contrast, saturation) of a uint8 batch, on its device; identity when off.
+
+        Factors are ``1 + s (2u - 1)`` clipped at 0, u from (seed, view, index) -- torchvision's U[max(0, 1-s), 1+s].
+        """
+        if not any(self.jitter) or images.shape[0] == 0:
+            return images
+        if images.dtype != torch.uint8 or images.dim() != 4:
+            raise ConfigError("data.augment.jitter works on uint8 images (B, C, H, W); remove it for this data")
+        fac = self.jitter_factors(index, view).astype(np.float32)
+        f = [torch.from_numpy(fac[:, k].copy()) if s else None for k, s in enumerate(self.jitter)]
+        return ops.color_jitter(images, *f)
+
+    def partners(self, index: Any, view: Any, n: int) -> Tensor:
+        """(B,) int64 split-local partner of each sample for mixing: ``⌊n · u⌋``, u from (seed, view, index)."""
+        words = self._words(index, view, (DRAW_PARTNER,))[:, 0]
+        return torch.from_numpy(np.asarray(uniform_int(words, int(n)), dtype=np.int64))
+
+    def mix_params(self, index: Any, view: Any, h: int, w: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Per-sample mixing decisions: λ (weight of the sample itself), cutmix boxes and which samples use cutmix.
+
+        Returns:
+            lam (B,) float32 -- for cutmix already corrected to the pasted area; boxes (B, 4) int64 ``(y0, y1, x0,
+            x1)``; use_cut (B,) bool.
+        """
+        u = ops.unit_float(self._words(index, view, (DRAW_MIX_LAM, DRAW_MIX_KIND, DRAW_CUT_Y, DRAW_CUT_X)))
+        b = u.shape[0]
+        use_cut = (u[:, 1] < 0.5) if (self.mixup > 0 and self.cutmix > 0) else np.full(b, self.cutmix > 0)
+        lam = np.ones(b, dtype=np.float64)
+        if self.mixup > 0:
+            lam = np.where(~use_cut, ops.beta_quantile(u[:, 0], self.mixup), lam)
+        boxes = np.zeros((b, 4), dtype=np.int64)
+        if self.cutmix > 0:
+            cut_boxes, lam_cut = ops.cutmix_boxes(ops.beta_quantile(u[:, 0], self.cutmix), u[:, 2], u[:, 3], h, w)
+            boxes = np.where(use_cut[:, None], cut_boxes, boxes)
+            lam = np.where(use_cut, lam_cut, lam)
+        return (torch.from_numpy(lam.astype(np.float32)), torch.from_numpy(boxes), torch.from_numpy(use_cut))
+
+    def mix(self, images: Tensor, partner_images: Tensor, index: Any, view: Any) -> tuple[Tensor, Tensor]:
+        """Mix a uint8 batch with its partners' (already augmented) pixels.
+
+        Args:
+            images: (B, C, H, W) uint8, the samples' own views.
+            partner_images: (B, C, H, W) uint8, view ``view`` of each sample's partner (:meth:`partners`).
+            index: (B,) int64 split-local indices; view: int or (B,).
+
+        Returns:
+            (B, C, H, W) uint8 mixed pixels; (B,) float32 λ on ``images``' device (the label weight of the sample).
+        """
+        if images.dtype != torch.uint8 or images.dim() != 4:
+            raise ConfigError("data.augment.mixup/cutmix work on uint8 images (B, C, H, W); remove them for this data")
+        lam, boxes, use_cut = self.mix_params(index, view, images.shape[2], images.shape[3])
+        return ops.mix_images(images, partner_images, lam, boxes, use_cut), lam.to(images.device)
+
     # --------------------------------------------------------------------------------------------- transforms
     def geometric(self, images: Tensor, index: Tensor, view: int | Tensor, *, backend: str = "auto") -> Tensor:
         """Random crop (zero padding) and flip only.
@@ -257,7 +403,7 @@ class Augment:
             the augmented batch, same dtype and device as ``images``.
         """
         b, c, h, w = self._check(images, index, view)
-        if not self.is_random or b == 0:
+        if not (self.crop_padding > 0 or self.flip) or b == 0:
             return images
         if _use_numpy(images, backend):
             idx = torch.as_tensor(index, dtype=torch.int64).cpu().numpy()
@@ -306,7 +452,7 @@ class Augment:
         Returns:
             float32 of the shape of ``images``, on its device.
         """
-        return self.normalize(self.geometric(images, index, view))
+        return self.normalize(self.photometric(self.geometric(images, index, view), index, view))
 
     def _check(self, images: Tensor, index: Tensor, view: int | Tensor) -> tuple[int, int, int, int]:
         if not isinstance(images, Tensor) or images.dtype not in (torch.uint8, torch.float32) or images.dim() < 2:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from kdkit.data.augment import absorb64
+from kdkit.data.augment import Augment, absorb64
 from kdkit.data.image_data import ImageData, as_index_tensor
 from kdkit.errors import ConfigError
 from kdkit.types import Batch
@@ -154,6 +154,11 @@ class EpochLoader:
         for pos in self.batches()[batch_idx:]:
             yield self._make_batch(pos, view)
 
+    def batch_at(self, pos: Tensor, view: int) -> Batch:
+        """The batch of split-local positions ``pos`` in view ``view``: exactly the tensors an epoch with that view
+        gives for those samples, in any grouping (``kdkit cache`` stores the teacher's outputs on them)."""
+        return self._make_batch(torch.as_tensor(pos, dtype=torch.int64), int(view))
+
     def _make_batch(self, pos: Tensor, view: int) -> Batch:
         raise NotImplementedError
 
@@ -198,7 +203,7 @@ class BatchLoader(EpochLoader):
         self.data = data
         self.augment = augment
 
-    def _make_batch(self, pos: Tensor, view: int) -> Batch:
+    def _gather(self, pos: Tensor) -> tuple[Tensor, Tensor]:
         rows = self.indices.index_select(0, pos)
         if self.data.images.device.type == "cpu":
             # numpy's single-threaded take: same bytes as index_select, without torch's OpenMP start-up per batch,
@@ -210,6 +215,29 @@ class BatchLoader(EpochLoader):
         if self.device is not None:
             images = images.to(self.device, non_blocking=True)
             target = target.to(self.device, non_blocking=True)
+        return images, target
+
+    def _make_batch(self, pos: Tensor, view: int) -> Batch:
+        images, target = self._gather(pos)
+        if isinstance(self.augment, Augment) and self.augment.mixes:
+            return self._mixed_batch(pos, view, images, target)
+        if self.device is not None:
             pos = pos.to(self.device, non_blocking=True)
         views = torch.full_like(pos, view)
         return {"input": self.augment(images, pos, view), "target": target, "index": pos, "view": views}
+
+    def _mixed_batch(self, pos: Tensor, view: int, images: Tensor, target: Tensor) -> Batch:
+        """Mixup/cutmix: each sample with its partner (a pure function of (seed, view, index)), both augmented as
+        their own view ``view`` first; ``target_b`` and ``lam`` say how the labels mix."""
+        aug = self.augment
+        partner = aug.partners(pos, view, self.indices.numel())
+        other, target_b = self._gather(partner)
+        if target.ndim != 1:
+            raise ConfigError(f"data.augment.mixup/cutmix: '{self.data.name}' has multi-label targets; mixing "
+                              f"supports single-label classes — remove mixup/cutmix")
+        a = aug.photometric(aug.geometric(images, pos, view), pos, view)
+        b = aug.photometric(aug.geometric(other, partner, view), partner, view)
+        mixed, lam = aug.mix(a, b, pos, view)
+        dev_pos = pos.to(images.device)
+        return {"input": aug.normalize(mixed), "target": target, "target_b": target_b, "lam": lam, "index": dev_pos,
+                "view": torch.full_like(dev_pos, view)}

@@ -17,6 +17,7 @@ from kdkit.data.image_data import dataset_stats
 from kdkit.data.loader import BatchLoader
 from kdkit.data.sources import load_source, resolve_dataset
 from kdkit.data.split import stratified_split, stratified_subset
+from kdkit.data.stream import FileImageData, StreamLoader
 from kdkit.errors import ConfigError, DataError
 from kdkit.recipe import Recipe
 
@@ -107,13 +108,16 @@ def build_image_data(recipe: Recipe, num_shards: int = 1, shard: int = 0) -> Run
             raise ConfigError("data.unlabelled works with single-label data; multi-label targets cannot be dropped")
         train = dataclasses.replace(train, targets=torch.full_like(train.targets, -1))
         split["unlabelled"] = True
+    if isinstance(train, FileImageData) != isinstance(val, FileImageData):
+        raise ConfigError(f"data.val '{d.val}' and data.name '{d.name}' must both be streamed or both in memory; set "
+                          f"params.stream the same in data.params and data.val_params")
     if val.num_classes != train.num_classes and d.val:
         raise ConfigError(f"data.val '{d.val}' has {val.num_classes} classes but data.name '{d.name}' has "
                           f"{train.num_classes}")
     if d.mean is not None and d.std is not None:
         mean, std = list(d.mean), list(d.std)
     else:
-        m, s = dataset_stats(train.images)
+        m, s = dataset_stats(train.stats_images() if isinstance(train, FileImageData) else train.images)
         mean, std = [float(x) for x in m], [float(x) for x in s]
     if len(mean) != train.in_channels or len(std) != train.in_channels:
         raise ConfigError(f"data.mean/std have {len(mean)}/{len(std)} values for {train.in_channels} channel(s)")
@@ -123,8 +127,26 @@ def build_image_data(recipe: Recipe, num_shards: int = 1, shard: int = 0) -> Run
     if val.input_shape != train.input_shape or val.input_dtype != train.input_dtype:
         raise ConfigError(f"data.val '{d.val}' holds {val.input_dtype} samples of shape {val.input_shape}, but "
                           f"data.name '{d.name}' holds {train.input_dtype} {train.input_shape}; they must match")
-    aug = Augment(mean=mean, std=std, crop_padding=d.augment.crop_padding, flip=d.augment.flip, seed=recipe.seed)
-    plain = Augment(mean=mean, std=std, crop_padding=0, flip=False, seed=recipe.seed)
+    a = d.augment
+    aug = Augment(mean=mean, std=std, crop_padding=a.crop_padding, flip=a.flip, seed=recipe.seed,
+                  jitter=tuple(a.jitter), mixup=a.mixup, cutmix=a.cutmix, resized_crop=a.resized_crop,
+                  crop_scale=tuple(a.crop_scale), crop_ratio=tuple(a.crop_ratio))
+    plain = aug.as_eval()
+    if isinstance(train, FileImageData):
+        if a.crop_padding:
+            raise ConfigError("data.augment.crop_padding: a streamed image folder is cropped by "
+                              "data.augment.resized_crop; set crop_padding to 0")
+        train_loader: Any = StreamLoader(train, d.batch_size, aug, shuffle=True, seed=recipe.seed, train=True,
+                                         num_shards=num_shards, shard=shard)
+        val_loader: Any = StreamLoader(val, d.eval_batch_size, plain, shuffle=False, seed=recipe.seed, train=False)
+        return RunData(train, val, train_loader, val_loader, aug, train.num_classes, train.in_channels,
+                       train.image_size, mean, std, list(train.classes), split, train.input_shape, train.input_dtype)
+    if a.resized_crop:
+        raise ConfigError(f"data.augment.resized_crop works on streamed image folders (data.params.stream: true); "
+                          f"'{d.name}' is held in memory at one size — use crop_padding for it")
+    if (any(a.jitter) or a.mixup or a.cutmix) and train.input_dtype != "uint8":
+        raise ConfigError(f"data.augment.jitter/mixup/cutmix work on uint8 images; '{d.name}' holds "
+                          f"{train.input_dtype} samples — remove them")
     train_loader = BatchLoader(train, torch.arange(len(train.targets)), d.batch_size, aug, shuffle=True,
                                seed=recipe.seed, drop_last=False, num_shards=num_shards, shard=shard)
     val_loader = BatchLoader(val, torch.arange(len(val.targets)), d.eval_batch_size, plain, shuffle=False,

@@ -30,6 +30,7 @@ import torch
 
 from kdkit.data.image_data import ImageData
 from kdkit.data.safe_pickle import safe_load
+from kdkit.data.stream import FileImageData
 from kdkit.errors import ConfigError, DataError
 from kdkit.registry import DATASETS, Entry
 
@@ -330,17 +331,27 @@ def _parse_size(image_size: int | Sequence[int] | None) -> tuple[int, int] | Non
 
 
 @DATASETS.register("imagefolder", takes_path=True, detect=lambda p: _detect_image(p) == "imagefolder",
-                   description="user data: imagefolder:PATH, one sub-directory of images per class")
+                   description="user data: imagefolder:PATH, one sub-directory of images per class (stream: true "
+                               "decodes batches in worker processes, for folders larger than memory)")
 def imagefolder(
-    path: str | os.PathLike[str] | None = None, channels: int | str = 3, image_size: int | Sequence[int] | None = None
-) -> ImageData:
+    path: str | os.PathLike[str] | None = None, channels: int | str = 3, image_size: int | Sequence[int] | None = None,
+    stream: bool = False, workers: int = 2, prefetch: int = 2, crop_fraction: float = 0.875, draft: bool = True,
+) -> ImageData | FileImageData:
     """Images in ``PATH/<class>/**/*.png|jpg|...``; classes are the sub-directory names, sorted.
 
     Args:
         path: the root directory.
         channels: 3 (RGB) or 1 (grayscale, PIL mode "L"); every image is converted to it.
         image_size: resize every image to this size (int or [H, W], bilinear). Default: keep the size, which must
-            then be the same for all images.
+            then be the same for all images (in memory) or 224 (streamed).
+        stream: keep only the file list and decode batches in worker processes (:mod:`kdkit.data.stream`): for sets
+            that do not fit in memory, and images of any size (random resized crop with data.augment.resized_crop).
+        workers: streamed: decoding worker processes (0 = in the training process).
+        prefetch: streamed: batches each worker prepares ahead.
+        crop_fraction: streamed: the evaluation view is the centre image_size crop of the image resized to
+            image_size / crop_fraction on its shorter side (ImageNet's 0.875: 224 from 256).
+        draft: streamed: let libjpeg decode JPEGs at 1/2, 1/4 or 1/8 scale when the crop is that much larger than
+            image_size.
     """
     root = _as_path(path, "imagefolder")
     if not root.is_dir():
@@ -364,6 +375,11 @@ def imagefolder(
                 "remove it or add images"
             )
         files += [(f, label) for f in found]
+    if stream:
+        return FileImageData(np.array([os.fsencode(f) for f, _ in files], dtype=np.bytes_),
+                             torch.tensor([label for _, label in files], dtype=torch.int64),
+                             [d.name for d in class_dirs], f"imagefolder:{root}", size or (224, 224),
+                             3 if mode == "RGB" else 1, crop_fraction, bool(draft), workers, prefetch)
 
     from PIL import Image, UnidentifiedImageError
 

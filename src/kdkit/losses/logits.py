@@ -34,6 +34,36 @@ def cross_entropy(logits: Tensor, target: Tensor, label_smoothing: float = 0.0, 
     return total / (target != ignore_index).sum().clamp_min(1)
 
 
+def mixed_cross_entropy(logits: Tensor, target_a: Tensor, target_b: Tensor, lam: Tensor,
+                        label_smoothing: float = 0.0, ignore_index: int = -1) -> Tensor:
+    """Cross-entropy against mixed labels (mixup, Zhang et al. ICLR 2018; CutMix, Yun et al. ICCV 2019).
+
+    ``L = (1/M) Σ_i [λ_i CE(z_i, a_i) + (1 − λ_i) CE(z_i, b_i)]`` over the M samples whose two labels are both known;
+    equal to the cross-entropy with the soft target ``λ_i onehot(a_i) + (1 − λ_i) onehot(b_i)`` (CE is linear in the
+    target), which is how the reference implementations compute it.
+
+    Args:
+        logits: (B, K) student logits.
+        target_a: (B,) int64 labels of the samples; target_b: (B,) int64 labels of their partners (-1 = unlabelled).
+        lam: (B,) float weight of ``target_a`` (for CutMix the share of pixels kept from the sample).
+        label_smoothing: ε applied to each one-hot before mixing.
+
+    Returns:
+        Scalar loss; 0 when no sample has both labels.
+    """
+    if target_a.ndim != 1 or target_b.shape != target_a.shape or lam.shape != target_a.shape:
+        raise ValueError(f"mixed_cross_entropy expects (B,) labels and weights, got {tuple(target_a.shape)}, "
+                         f"{tuple(target_b.shape)}, {tuple(lam.shape)}")
+    keep = (target_a != ignore_index) & (target_b != ignore_index)
+    ce_a = F.cross_entropy(logits, target_a, label_smoothing=label_smoothing, ignore_index=ignore_index,
+                           reduction="none")
+    ce_b = F.cross_entropy(logits, target_b, label_smoothing=label_smoothing, ignore_index=ignore_index,
+                           reduction="none")
+    lam = lam.to(ce_a.dtype)
+    per = torch.where(keep, lam * ce_a + (1.0 - lam) * ce_b, torch.zeros_like(ce_a))
+    return per.sum() / keep.sum().clamp_min(1)
+
+
 def kd_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 4.0) -> Tensor:
     """Soft-target knowledge distillation loss (Hinton, Vinyals & Dean, 2015, "Distilling the Knowledge in a Neural
     Network", arXiv:1503.02531).

@@ -1,8 +1,9 @@
 """``kdkit cache``: run the recipe's teacher(s) once over V augmented views of every training sample and store the top-k
 logits (see :mod:`kdkit.softlabels.store` for the format).
 
-View v of training sample i is ``augment(images[i], index=i, view=v)`` with the recipe's :class:`kdkit.data.Augment`
-(same parameters, same seed), which is exactly what the student's loader produces in any epoch e with e mod V = v.
+View v of training sample i is ``train_loader.batch_at(i, view=v)`` -- the recipe's :class:`kdkit.data.Augment` (same
+parameters, same seed; with mixup/cutmix, mixed with the same partner), on the in-memory or streamed training split --
+which is exactly what the student's loader produces in any epoch e with e mod V = v.
 Teachers run frozen, in eval mode, in float32, through the same teacher source the offline scheme uses
 (:class:`kdkit.teachers.FrozenTeachers`) — so several teachers are combined exactly as online distillation would
 combine them (``scheme.params.combine``).
@@ -25,6 +26,7 @@ import torch
 from rich.console import Console
 
 from kdkit.builder import frozen_teacher_models
+from kdkit.data.loader import EpochLoader
 from kdkit.data.run import build_data
 from kdkit.errors import ConfigError
 from kdkit.recipe import Recipe, as_recipe
@@ -121,7 +123,7 @@ def build_cache(recipe: Recipe | str | Path | dict[str, Any], views: int = 1, to
         torch.set_num_threads(recipe.threads)
     seed_everything(recipe.seed)
     data = build_data(recipe)
-    if not hasattr(data.train, "images") or data.augment is None:
+    if not isinstance(data.train_loader, EpochLoader) or data.augment is None:
         raise ConfigError(f"kdkit cache: data '{recipe.data.name}' is not image data with a replayable augmentation; "
                           f"the soft-label store supports image recipes")
     if not getattr(SCHEMES.get(recipe.scheme.name), "accepts_store", False):
@@ -192,7 +194,6 @@ def _fill(*, store_path: Path, manifest: dict[str, Any], overwrite: bool, views:
         console.print(f"[bold]resuming[/] {path}: {len(done)}/{views * blocks} chunks already stored")
 
     bs = batch_size or recipe.data.eval_batch_size
-    images = data.train.images
     t0 = time.perf_counter()
     prog = None
     if not quiet:
@@ -217,7 +218,7 @@ def _fill(*, store_path: Path, manifest: dict[str, Any], overwrite: bool, views:
             for s in range(lo, hi, bs):
                 pos = torch.arange(s, min(hi, s + bs), dtype=torch.int64)
                 # The student's loader makes exactly this tensor for sample `pos` in any epoch e with e mod V = v.
-                x = data.augment(images[pos], pos, v).to(device)
+                x = data.train_loader.batch_at(pos, v)["input"].to(device)
                 logits = source.outputs({"input": x}).combined.logits.float().cpu()
                 if logits.shape[1] != num_classes:
                     raise ConfigError(f"teachers output {logits.shape[1]} classes, the data has {num_classes}")

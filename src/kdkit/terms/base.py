@@ -227,6 +227,11 @@ def build_terms(specs: Sequence[Any]) -> list[LossTerm]:
 
 
 def hard_target(batch: Batch) -> Tensor:
+    """The batch's class labels. A batch mixed by mixup/cutmix (``lam`` in it) has two labels per sample; only
+    ``ce`` weighs them (:func:`kdkit.losses.logits.mixed_cross_entropy`), so other label terms refuse it."""
+    if "lam" in batch:
+        raise ConfigError("a loss term reads hard labels, but data.augment.mixup/cutmix mix two labels per sample; "
+                          "only 'ce' weighs both (and the teacher terms need none) — remove this term or the mixing")
     return batch["target"]
 
 

@@ -53,7 +53,11 @@ class CrossEntropyTerm(LossTerm):
         self.label_smoothing = float(label_smoothing)
 
     def compute(self, inp: TermInputs) -> Tensor:
-        return logits.cross_entropy(inp.student.logits, hard_target(inp.batch), self.label_smoothing)
+        b = inp.batch
+        if "lam" in b:  # mixup/cutmix: the two labels weighted by the pixel share of each image
+            return logits.mixed_cross_entropy(inp.student.logits, b["target"], b["target_b"], b["lam"],
+                                              self.label_smoothing)
+        return logits.cross_entropy(inp.student.logits, hard_target(b), self.label_smoothing)
 
 
 @register_term("kd", description="Hinton KD: T²·KL(softmax(t/T) ‖ softmax(s/T)), batchmean")
