@@ -173,6 +173,8 @@ class BatchLoader(EpochLoader):
         shard: this process's rank.
         view_fn: epoch -> view number; default identity (a new view every epoch).
         device: move batches there; pixels are moved as uint8 before augmentation (4x less traffic).
+        inputs: makes every named input of a batch (``input`` and ``input.NAME``) instead of ``augment``
+            (:class:`kdkit.data.views.NamedInputs`, which applies the same augmentation).
 
     Yields:
         :data:`kdkit.types.Batch` dicts: ``input`` (B, C, H, W) float32, ``target`` (B,) int64 or (B, K) float,
@@ -192,11 +194,13 @@ class BatchLoader(EpochLoader):
         shard: int = 0,
         view_fn: Callable[[int], int] | None = None,
         device: torch.device | str | None = None,
+        inputs: Callable[[Tensor, Tensor, Any], dict[str, Tensor]] | None = None,
     ) -> None:
         super().__init__(data.name, len(data), indices, batch_size, shuffle, seed, drop_last, num_shards, shard,
                          view_fn, device)
         self.data = data
         self.augment = augment
+        self.inputs = inputs  # several named inputs (kdkit.data.views.NamedInputs): they replace `augment`
 
     def _make_batch(self, pos: Tensor, view: int) -> Batch:
         rows = self.indices.index_select(0, pos)
@@ -212,4 +216,6 @@ class BatchLoader(EpochLoader):
             target = target.to(self.device, non_blocking=True)
             pos = pos.to(self.device, non_blocking=True)
         views = torch.full_like(pos, view)
+        if self.inputs is not None:
+            return {**self.inputs(images, pos, view), "target": target, "index": pos, "view": views}
         return {"input": self.augment(images, pos, view), "target": target, "index": pos, "view": views}

@@ -17,6 +17,7 @@ from kdkit.data.image_data import dataset_stats
 from kdkit.data.loader import BatchLoader
 from kdkit.data.sources import load_source, resolve_dataset
 from kdkit.data.split import stratified_split, stratified_subset
+from kdkit.data.views import InputView, NamedInputs, build_views
 from kdkit.errors import ConfigError, DataError
 from kdkit.recipe import Recipe
 
@@ -39,6 +40,36 @@ class RunData:
     split: dict[str, Any]
     input_shape: tuple[int, ...] | None = None  # one sample's shape: (C, H, W), (C, L), (D,) ...
     input_dtype: str = "uint8"  # how the data is held: uint8 pixels (0-1 scale statistics) or float32 (own units)
+    views: dict[str, InputView] = dataclasses.field(default_factory=dict)  # named inputs derived from the main one
+
+    @property
+    def input_names(self) -> list[str]:
+        """Every named input of a batch, the main one (``input``) first."""
+        return ["input", *self.views]
+
+    def check_input(self, name: str | None, field: str) -> None:
+        """Refuse (one line naming ``field``) a model reading an input the data does not make."""
+        if name is not None and name not in self.input_names:
+            raise ConfigError(f"{field}: unknown input '{name}'; this data makes {', '.join(self.input_names)} "
+                              f"(declare others under data.inputs)")
+
+    def view_of(self, name: str | None) -> InputView | None:
+        """The derivation of the named input (None for the main input)."""
+        return None if name in (None, "input") else self.views[name]
+
+    def shape_of(self, name: str | None) -> tuple[int, ...] | None:
+        """One sample's shape in the named input."""
+        view = self.view_of(name)
+        if view is None or self.input_shape is None:
+            return self.input_shape
+        return view.shape(tuple(self.input_shape))
+
+    def make_inputs(self, images: torch.Tensor, index: torch.Tensor, view: int | torch.Tensor) -> dict[str, Any]:
+        """Every named input of training samples ``images`` at positions ``index`` in ``view``, exactly as the
+        training loader makes them (the soft-label store replays these)."""
+        if not self.views:
+            return {"input": self.augment(images, index, view)}
+        return NamedInputs(self.augment, self.views)(images, index, view)
 
 
 def build_data(recipe: Recipe, num_shards: int = 1, shard: int = 0) -> RunData:
@@ -125,9 +156,12 @@ def build_image_data(recipe: Recipe, num_shards: int = 1, shard: int = 0) -> Run
                           f"data.name '{d.name}' holds {train.input_dtype} {train.input_shape}; they must match")
     aug = Augment(mean=mean, std=std, crop_padding=d.augment.crop_padding, flip=d.augment.flip, seed=recipe.seed)
     plain = Augment(mean=mean, std=std, crop_padding=0, flip=False, seed=recipe.seed)
+    views = build_views(d.inputs, train.input_shape)
     train_loader = BatchLoader(train, torch.arange(len(train.targets)), d.batch_size, aug, shuffle=True,
-                               seed=recipe.seed, drop_last=False, num_shards=num_shards, shard=shard)
+                               seed=recipe.seed, drop_last=False, num_shards=num_shards, shard=shard,
+                               inputs=NamedInputs(aug, views) if views else None)
     val_loader = BatchLoader(val, torch.arange(len(val.targets)), d.eval_batch_size, plain, shuffle=False,
-                             seed=recipe.seed)
+                             seed=recipe.seed, inputs=NamedInputs(plain, views) if views else None)
     return RunData(train, val, train_loader, val_loader, aug, train.num_classes, train.in_channels,
-                   train.image_size, mean, std, list(train.classes), split, train.input_shape, train.input_dtype)
+                   train.image_size, mean, std, list(train.classes), split, train.input_shape, train.input_dtype,
+                   views)

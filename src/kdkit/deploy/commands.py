@@ -23,6 +23,7 @@ from torch import nn
 
 from kdkit.data import Augment, BatchLoader, load_source, stratified_split
 from kdkit.data.run import build_data
+from kdkit.data.views import model_transform
 from kdkit.deploy.bench import BenchEntry, bench_models, dump_json, dump_markdown, print_table, torch_accuracy
 from kdkit.deploy.export import export_onnx
 from kdkit.deploy.measure import cpu_info
@@ -213,7 +214,8 @@ def load_run(target: str | os.PathLike[str], data: str | None = None, calibratio
 
     model, meta = load_model(target)
     run_dir = Path(target)
-    plain = Augment(mean=meta["mean"], std=meta["std"], crop_padding=0, flip=False, seed=0)
+    # A student that read a derived named input (data.inputs, e.g. 14x14 digits) is fed that input again.
+    plain = model_transform(meta, Augment(mean=meta["mean"], std=meta["std"], crop_padding=0, flip=False, seed=0))
     if run_dir.is_dir() and (run_dir / "config.yaml").is_file() and data is None:
         recipe = load_recipe(run_dir / "config.yaml")
         d = build_data(recipe)
