@@ -75,15 +75,16 @@ def build_context(recipe: Recipe, data: RunData) -> BuildContext:
     if recipe.data.inputs and not views:
         raise ConfigError(f"data.inputs: dataset '{recipe.data.name}' does not make named inputs (text data); drop "
                           f"data.inputs")
-    first = next(iter(data.val_loader))
-    examples = {name: first[input_key(name)][:4] for name in (["input", *views])}
-
-    def make_for(spec: ModelSpec, field: str) -> nn.Module:
+    for field, spec in (("student", recipe.student), *((f"teachers.{i}", t) for i, t in enumerate(recipe.teachers))):
         if views:
             data.check_input(spec.input, f"{field}.input")
         elif spec.input not in (None, "input"):
             raise ConfigError(f"{field}.input: unknown input '{spec.input}'; this data makes only 'input' (declare "
                               f"others under data.inputs)")
+    first = next(iter(data.val_loader))
+    examples = {name: first[input_key(name)][:4] for name in (["input", *views])}
+
+    def make_for(spec: ModelSpec, field: str) -> nn.Module:
         shape = data.shape_of(spec.input) if views else getattr(data, "input_shape", None)
         size = data.image_size if shape is None or not views else int(shape[1] if len(shape) == 3 else shape[-1])
         return make_model_factory(data.num_classes, data.in_channels, size, shape)(spec, field)
