@@ -148,21 +148,24 @@ def npz(
 ) -> ImageData:
     """A NumPy ``.npz`` file with inputs and labels.
 
-    Keys: inputs in ``x`` or ``images`` (or ``x_train``/``x_test``, as in Keras' ``mnist.npz``, chosen by ``split``),
-    labels in ``y`` or ``labels`` (or ``y_train``/``y_test``); (N,) class indices, or (N, K) multi-hot for
+    Keys: inputs in ``x`` or ``images`` (or ``x_train``/``x_val``/``x_test``, as in Keras' ``mnist.npz``, chosen by
+    ``split``), labels in ``y`` or ``labels`` (or ``y_train``/``y_val``/``y_test``); (N,) class indices, or (N, K)
+    multi-hot for
     multi-label; no labels = unlabelled (-1). Optional ``classes``/``class_names`` array of names. uint8 inputs are
     images; float (or integer) inputs of any shape stay float32 in their own units. Object arrays are refused (they
     would need pickle).
 
     Args:
         path: the .npz file.
-        split: with ``x_train``/``x_test`` keys: ``train``, ``test`` or ``all`` (both, the test part marked in
-            ``test_indices``, see :func:`kdkit.data.split.predefined_split`).
+        split: with ``x_train``/``x_val``/``x_test`` keys: ``train``, ``val``, ``test``, or ``all``: the training
+            part plus the file's own held-out part (``x_val``, else ``x_test``) marked in ``test_indices``, which a run
+            then validates on (:func:`kdkit.data.split.predefined_split`). A file with one set (``x``) has no
+            ``val``/``test`` part: a run holds out ``data.val_fraction`` of it.
         layout: ``auto``, ``NCHW``, ``NHWC``, ``NHW``, ``NCL`` or ``NLC`` (see :func:`from_arrays`).
         classes: class names, overriding any stored in the file.
     """
     file = _as_path(path, "npz")
-    _check_split(split, "npz")
+    _check_split(split, "npz", ("train", "val", "test", "all"))
     try:
         with np.load(file, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
@@ -177,16 +180,22 @@ def npz(
                                                        else None)
     source = f"npz:{file}"
     if pick("x", "images") is not None:
+        if split in ("val", "test"):
+            raise DataError(f"npz: {file} holds one set (x) with no x_{split} part; use split: train (kdkit then "
+                            f"holds out data.val_fraction of it) or give data.val another file")
         return from_arrays(pick("x", "images"), pick("y", "labels"), name=source, classes=names, layout=layout)
-    if "x_train" in arrays or "x_test" in arrays:
-        wanted = {"train": ["train"], "test": ["test"], "all": ["train", "test"]}[split]
-        missing = [f"x_{s}" for s in wanted if f"x_{s}" not in arrays]
-        if missing:
-            raise DataError(f"npz: {file} has no array '{missing[0]}' for split '{split}'")
-        first = wanted[0]
-        extra = {"test_x": arrays["x_test"], "test_y": arrays.get("y_test")} if split == "all" else {}
-        return from_arrays(arrays[f"x_{first}"], arrays.get(f"y_{first}"), name=source, classes=names,
-                           layout=layout, **extra)
+    if any(f"x_{s}" in arrays for s in ("train", "val", "test")):
+        if split == "all":  # the training part plus the file's own held-out part (x_val, else x_test) as validation
+            held = next((s for s in ("val", "test") if f"x_{s}" in arrays), None)
+            if "x_train" not in arrays:
+                raise DataError(f"npz: {file} has no array 'x_train' for split 'all'")
+            extra = {"test_x": arrays[f"x_{held}"], "test_y": arrays.get(f"y_{held}")} if held else {}
+            return from_arrays(arrays["x_train"], arrays.get("y_train"), name=source, classes=names, layout=layout,
+                               **extra)
+        if f"x_{split}" not in arrays:
+            raise DataError(f"npz: {file} has no array 'x_{split}' for split '{split}' (found: {', '.join(arrays)})")
+        return from_arrays(arrays[f"x_{split}"], arrays.get(f"y_{split}"), name=source, classes=names,
+                           layout=layout)
     raise DataError(f"npz: {file} needs an input array named x or images (found: {', '.join(arrays) or 'none'})")
 
 

@@ -16,7 +16,7 @@ from kdkit.data.augment import Augment
 from kdkit.data.image_data import dataset_stats
 from kdkit.data.loader import BatchLoader
 from kdkit.data.sources import load_source, resolve_dataset
-from kdkit.data.split import stratified_split, stratified_subset
+from kdkit.data.split import predefined_split, stratified_split, stratified_subset
 from kdkit.data.views import InputView, NamedInputs, build_views
 from kdkit.errors import ConfigError, DataError
 from kdkit.recipe import Recipe
@@ -108,6 +108,12 @@ def build_image_data(recipe: Recipe, num_shards: int = 1, shard: int = 0) -> Run
         train_idx = torch.arange(len(full.targets))
         val_idx = torch.arange(len(val.targets))
         split = {"train": d.name, "val": d.val, "n_train": len(train_idx), "n_val": len(val_idx)}
+    elif getattr(full, "test_indices", None) is not None:
+        # The source brings its own held-out part (npz x_val/x_test or CIFAR test_batch with split: all): validate
+        # on it rather than mixing it into a stratified split.
+        train_idx, val_idx = predefined_split(full)
+        train, val = full.subset(train_idx), full.subset(val_idx)
+        split = {"source": d.name, "predefined": True, "train_idx": train_idx.tolist(), "val_idx": val_idx.tolist()}
     else:
         tr, va = stratified_split(full.targets, full.groups, d.val_fraction, d.split_seed)
         train_idx, val_idx = torch.as_tensor(tr), torch.as_tensor(va)

@@ -21,7 +21,7 @@ import typer
 from rich.console import Console
 from torch import nn
 
-from kdkit.data import Augment, BatchLoader, load_source, stratified_split
+from kdkit.data import Augment, BatchLoader, load_source, predefined_split, stratified_split
 from kdkit.data.run import build_data
 from kdkit.data.views import model_transform
 from kdkit.deploy.bench import BenchEntry, bench_models, dump_json, dump_markdown, print_table, torch_accuracy
@@ -226,8 +226,11 @@ def load_run(target: str | os.PathLike[str], data: str | None = None, calibratio
             raise KdkitError(f"{target}: the checkpoint does not record its dataset; pass --data NAME")
         params = trained_on.get("params") or {} if data is None or data == trained_on.get("name") else {}
         src = load_source(data or trained_on["name"], **params)
-        tr, va = stratified_split(src.targets, src.groups, trained_on.get("val_fraction", 0.2),
-                                  trained_on.get("split_seed", 0))
+        if src.test_indices is not None:  # the source's own held-out part (npz x_val/x_test), as in training
+            tr, va = predefined_split(src)
+        else:
+            tr, va = stratified_split(src.targets, src.groups, trained_on.get("val_fraction", 0.2),
+                                      trained_on.get("split_seed", 0))
         train, val = src.subset(torch.as_tensor(tr)), src.subset(torch.as_tensor(va))
     check_input_shape(val, meta, f"{target}: the data")
     if val.num_classes != meta["num_classes"]:
