@@ -20,6 +20,7 @@ from kdkit.data.run import build_data
 from kdkit.engine.checkpoint import CheckpointManager
 from kdkit.engine.loop import Engine, FitResult, make_accelerator
 from kdkit.errors import CheckpointError, ConfigError
+from kdkit.models.factory import object_rebuild
 from kdkit.recipe import Recipe, save_recipe
 from kdkit.utils import DirLock, atomic_write_json, seed_everything
 from kdkit.weights import model_meta
@@ -138,8 +139,14 @@ def _run_locked(recipe: Recipe, run_dir: Path, accelerator: Any, resume: bool, q
     if accelerator.is_main_process:
         save_recipe(recipe, run_dir / "config.yaml")
         atomic_write_json(run_dir / "split.json", data.split)
-    engine = Engine(recipe, run_dir, model_meta(recipe.student, data, recipe), console=console, quiet=quiet,
-                    accelerator=accelerator, epoch_callbacks=epoch_callbacks)
+    meta = model_meta(recipe.student, data, recipe)
+    if recipe.student.name.startswith("object:"):  # an API object: record how eval/export can rebuild it, if they can
+        rebuild = object_rebuild(recipe.student.name, data.num_classes, data.in_channels, data.image_size,
+                                 data.shape_of(recipe.student.input) if hasattr(data, "shape_of") else None)
+        if rebuild is not None:
+            meta["model"]["rebuild"] = rebuild
+    engine = Engine(recipe, run_dir, meta, console=console, quiet=quiet, accelerator=accelerator,
+                    epoch_callbacks=epoch_callbacks)
     result = engine.fit(scheme, data.train_loader, data.val_loader, resume=resume)
     if accelerator.is_main_process:
         atomic_write_json(run_dir / "summary.json", {"best": result.best, "last": result.last,
