@@ -9,6 +9,7 @@ initialisation and data order. Both students run in this one process, one after 
 ratio is measured under the same load; absolute times on a shared machine are noise (``uptime`` is recorded).
 
     .venv/bin/python benchmarks/cross_resolution.py                     # 3 seeds, 5 student epochs
+    .venv/bin/python benchmarks/cross_resolution.py --train-limit 1000 --out runs/bench_cross_resolution_1k
     .venv/bin/python benchmarks/cross_resolution.py --seeds 0 --epochs 2 --teacher-epochs 2   # a quick look
 """
 
@@ -61,8 +62,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=5, help="student epochs")
     p.add_argument("--teacher-epochs", type=int, default=8)
+    p.add_argument("--train-limit", type=int, default=None, help="a stratified subset of N training digits "
+                   "(teacher and students alike)")
     p.add_argument("--out", type=Path, default=Path("runs/bench_cross_resolution"))
     a = p.parse_args(argv)
+    data = dict(DATA, train_limit=a.train_limit) if a.train_limit else DATA
 
     import kdkit
 
@@ -70,7 +74,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     up0 = _uptime()
     t0 = time.perf_counter()
     teacher = kdkit.train({"name": "teacher28", "output_dir": str(a.out), "seed": 0,
-                           "data": {k: v for k, v in DATA.items() if k != "inputs"}, "student": {"name": "cnn_teacher"},
+                           "data": {k: v for k, v in data.items() if k != "inputs"}, "student": {"name": "cnn_teacher"},
                            "terms": [{"name": "ce"}], "optim": OPTIM, "schedule": {"name": "onecycle"},
                            "epochs": a.teacher_epochs}, quiet=True)
     teacher_s = time.perf_counter() - t0
@@ -81,13 +85,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                                            "checkpoint": str(teacher.run_dir)}])):
             t = time.perf_counter()
             fn = kdkit.distill if teachers else kdkit.train
-            res = fn({"name": f"{key}-seed{seed}", "output_dir": str(a.out), "seed": seed, "data": DATA,
+            res = fn({"name": f"{key}-seed{seed}", "output_dir": str(a.out), "seed": seed, "data": data,
                       "student": STUDENT, "teachers": teachers, "terms": terms, "optim": OPTIM,
                       "schedule": {"name": "onecycle"}, "epochs": a.epochs}, quiet=True)
             rows[key].append({"seed": seed, "best_top1": res.best["top1"], "last_top1": _last(res.run_dir)["val_top1"],
                               "seconds": round(time.perf_counter() - t, 1)})
     out = {
-        "benchmark": "cross_resolution", "data": "mnist_5k (4000 train / 1000 val)", "teacher": "cnn_teacher @28x28",
+        "benchmark": "cross_resolution", "data": "mnist_5k (4000 train / 1000 val)", "train_limit": a.train_limit,
+        "teacher": "cnn_teacher @28x28",
         "student": "cnn_student @14x14 (data.inputs.small)", "epochs": a.epochs, "teacher_epochs": a.teacher_epochs,
         "teacher_top1": teacher.best["top1"], "teacher_seconds": round(teacher_s, 1), "seeds": a.seeds,
         "runs": rows,

@@ -66,6 +66,7 @@ BENCH_SHRINK: dict[str, dict[str, list[str]]] = {
     "methods.py": {"--datasets": ["mnist_5k"], "--seeds": ["0"], "--epochs": ["1"], "--teacher-epochs": ["1"],
                    "--train-limit": ["300"], "--students": ["mlp"], "--methods": ["scratch", "kd", "dkd"]},
     "schemes.py": {"--seeds": ["0"], "--epochs": ["1"], "--teacher-epochs": ["1"], "--out": ["bench_schemes"]},
+    "cross_resolution.py": {"--seeds": ["0"], "--epochs": ["1"], "--teacher-epochs": ["1"], "--train-limit": ["300"]},
     "softlabels.py": {"--steps": ["1"], "--warmup": ["0"], "--batch": ["16"], "--epochs": ["1"], "--seeds": ["0"],
                       "--teacher-epochs": ["1"], "--aug-views": ["2"]},
 }
