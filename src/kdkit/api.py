@@ -15,7 +15,7 @@ import torch
 
 from kdkit.data import Augment, BatchLoader, load_source
 from kdkit.data.split import evaluation_subset
-from kdkit.data.views import model_transform
+from kdkit.data.views import model_data, model_transform
 from kdkit.engine.evaluate import evaluate as run_eval
 from kdkit.engine.loop import FitResult
 from kdkit.errors import ConfigError
@@ -182,7 +182,7 @@ def evaluate(checkpoint: str | Path, data: str | None = None, split: str = "val"
         return evaluate_text(checkpoint, data=data, split=split, val_fraction=val_fraction, split_seed=split_seed,
                              params=params)
     model, meta = load_student(checkpoint)
-    src = load_source(data, **(params or {}))
+    src = model_data(meta, load_source(data, **(params or {})))  # a model of another array reads that array
     if src.num_classes != meta["num_classes"]:
         raise ConfigError(f"--data '{data}' has {src.num_classes} classes, the checkpoint predicts "
                           f"{meta['num_classes']}")

@@ -71,7 +71,7 @@ def build_context(recipe: Recipe, data: RunData) -> BuildContext:
 
     Each model is built for, probed with and fed the named input its spec reads (``input:``; default the main one),
     so a student reading ``data.inputs.small`` is built for 14x14 samples while its teacher reads 28x28."""
-    views = getattr(data, "views", None) or {}
+    views = {**(getattr(data, "views", None) or {}), **(getattr(data, "arrays", None) or {})}
     if recipe.data.inputs and not views:
         raise ConfigError(f"data.inputs: dataset '{recipe.data.name}' does not make named inputs (text data); drop "
                           f"data.inputs")
@@ -86,8 +86,10 @@ def build_context(recipe: Recipe, data: RunData) -> BuildContext:
 
     def make_for(spec: ModelSpec, field: str) -> nn.Module:
         shape = data.shape_of(spec.input) if views else getattr(data, "input_shape", None)
-        size = data.image_size if shape is None or not views else int(shape[1] if len(shape) == 3 else shape[-1])
-        return make_model_factory(data.num_classes, data.in_channels, size, shape)(spec, field)
+        if shape is None or not views:
+            return make_model_factory(data.num_classes, data.in_channels, data.image_size, shape)(spec, field)
+        size = int(shape[1] if len(shape) == 3 else shape[-1])  # as ImageData.image_size: H, or the last axis
+        return make_model_factory(data.num_classes, int(shape[0]), size, shape)(spec, field)
 
     def make_model(spec: ModelSpec) -> nn.Module:
         if spec is recipe.student:

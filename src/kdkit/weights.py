@@ -330,7 +330,16 @@ def model_meta(spec: Any, data: Any, recipe: Any = None) -> dict[str, Any]:
         meta["input_dtype"] = getattr(data, "input_dtype", "uint8")
     name = getattr(spec, "input", None)
     view = data.view_of(name) if getattr(data, "views", None) else None
-    if view is not None and shape is not None:
+    array = (getattr(data, "arrays", None) or {}).get(name) if name else None
+    if array is not None and shape is not None:
+        # The model reads another array of the source (another modality): its own shape, dtype and statistics;
+        # eval/export read that array of the dataset (``input.array``) instead of the main one.
+        meta["input"] = {"name": name, "array": name, "view": None, "source_shape": list(array["shape"]),
+                         "source_dtype": array["dtype"]}
+        meta.update(input_shape=list(array["shape"]), input_dtype=array["dtype"], mean=array["mean"],
+                    std=array["std"], in_channels=int(array["shape"][0]),
+                    image_size=int(array["shape"][1] if len(array["shape"]) == 3 else array["shape"][-1]))
+    elif view is not None and shape is not None:
         # The model reads a derived named input (data.inputs): it takes float32 samples of the view's shape, made
         # from the dataset's samples (source_shape/source_dtype) by `view`; eval/export/bench recreate it.
         model_shape = view.shape(tuple(int(v) for v in shape))

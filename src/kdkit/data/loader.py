@@ -217,5 +217,8 @@ class BatchLoader(EpochLoader):
             pos = pos.to(self.device, non_blocking=True)
         views = torch.full_like(pos, view)
         if self.inputs is not None:
-            return {**self.inputs(images, pos, view), "target": target, "index": pos, "view": views}
+            arrays = {k: a.index_select(0, rows.to(a.device)) for k, a in self.data.inputs.items()}
+            if self.device is not None:
+                arrays = {k: a.to(self.device, non_blocking=True) for k, a in arrays.items()}
+            return {**self.inputs(images, pos, view, arrays), "target": target, "index": pos, "view": views}
         return {"input": self.augment(images, pos, view), "target": target, "index": pos, "view": views}

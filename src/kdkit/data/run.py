@@ -41,11 +41,13 @@ class RunData:
     input_shape: tuple[int, ...] | None = None  # one sample's shape: (C, H, W), (C, L), (D,) ...
     input_dtype: str = "uint8"  # how the data is held: uint8 pixels (0-1 scale statistics) or float32 (own units)
     views: dict[str, InputView] = dataclasses.field(default_factory=dict)  # named inputs derived from the main one
+    arrays: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # the source's own further inputs:
+    # name -> {"mean", "std", "shape", "dtype"} (statistics of the training split, or data.inputs.NAME's)
 
     @property
     def input_names(self) -> list[str]:
         """Every named input of a batch, the main one (``input``) first."""
-        return ["input", *self.views]
+        return ["input", *self.views, *self.arrays]
 
     def check_input(self, name: str | None, field: str) -> None:
         """Refuse (one line naming ``field``) a model reading an input the data does not make."""
@@ -54,22 +56,34 @@ class RunData:
                               f"(declare others under data.inputs)")
 
     def view_of(self, name: str | None) -> InputView | None:
-        """The derivation of the named input (None for the main input)."""
-        return None if name in (None, "input") else self.views[name]
+        """The derivation of the named input (None for the main input and the source's own arrays)."""
+        return self.views.get(name) if name not in (None, "input") else None
 
     def shape_of(self, name: str | None) -> tuple[int, ...] | None:
         """One sample's shape in the named input."""
+        if name in self.arrays:
+            return tuple(self.arrays[name]["shape"])
         view = self.view_of(name)
         if view is None or self.input_shape is None:
             return self.input_shape
         return view.shape(tuple(self.input_shape))
 
-    def make_inputs(self, images: torch.Tensor, index: torch.Tensor, view: int | torch.Tensor) -> dict[str, Any]:
-        """Every named input of training samples ``images`` at positions ``index`` in ``view``, exactly as the
-        training loader makes them (the soft-label store replays these)."""
-        if not self.views:
+    def named_inputs(self, augment: Augment) -> NamedInputs | None:
+        """What makes every named input of a batch over ``augment`` (None: the main input only)."""
+        if not self.views and not self.arrays:
+            return None
+        norms = {k: Augment(a["mean"], a["std"], seed=augment.seed) for k, a in self.arrays.items()}
+        return NamedInputs(augment, self.views, norms)
+
+    def make_inputs(self, images: torch.Tensor, index: torch.Tensor, view: int | torch.Tensor,
+                    arrays: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
+        """Every named input of training samples ``images`` (and their further ``arrays``, by input name) at
+        positions ``index`` in ``view``, exactly as the training loader makes them (the soft-label store replays
+        these)."""
+        named = self.named_inputs(self.augment)
+        if named is None:
             return {"input": self.augment(images, index, view)}
-        return NamedInputs(self.augment, self.views)(images, index, view)
+        return named(images, index, view, arrays)
 
 
 def build_data(recipe: Recipe, num_shards: int = 1, shard: int = 0) -> RunData:
@@ -162,12 +176,45 @@ def build_image_data(recipe: Recipe, num_shards: int = 1, shard: int = 0) -> Run
                           f"data.name '{d.name}' holds {train.input_dtype} {train.input_shape}; they must match")
     aug = Augment(mean=mean, std=std, crop_padding=d.augment.crop_padding, flip=d.augment.flip, seed=recipe.seed)
     plain = Augment(mean=mean, std=std, crop_padding=0, flip=False, seed=recipe.seed)
-    views = build_views(d.inputs, train.input_shape)
-    train_loader = BatchLoader(train, torch.arange(len(train.targets)), d.batch_size, aug, shuffle=True,
-                               seed=recipe.seed, drop_last=False, num_shards=num_shards, shard=shard,
-                               inputs=NamedInputs(aug, views) if views else None)
-    val_loader = BatchLoader(val, torch.arange(len(val.targets)), d.eval_batch_size, plain, shuffle=False,
-                             seed=recipe.seed, inputs=NamedInputs(plain, views) if views else None)
-    return RunData(train, val, train_loader, val_loader, aug, train.num_classes, train.in_channels,
-                   train.image_size, mean, std, list(train.classes), split, train.input_shape, train.input_dtype,
-                   views)
+    arrays = _source_arrays(train, val, d, aug)
+    views = build_views({k: v for k, v in d.inputs.items() if k not in arrays}, train.input_shape)
+    rd = RunData(train, val, None, None, aug, train.num_classes, train.in_channels, train.image_size, mean, std,
+                 list(train.classes), split, train.input_shape, train.input_dtype, views, arrays)
+    rd.train_loader = BatchLoader(train, torch.arange(len(train.targets)), d.batch_size, aug, shuffle=True,
+                                  seed=recipe.seed, drop_last=False, num_shards=num_shards, shard=shard,
+                                  inputs=rd.named_inputs(aug))
+    rd.val_loader = BatchLoader(val, torch.arange(len(val.targets)), d.eval_batch_size, plain, shuffle=False,
+                                seed=recipe.seed, inputs=rd.named_inputs(plain))
+    return rd
+
+
+def _source_arrays(train: Any, val: Any, d: Any, aug: Augment) -> dict[str, dict[str, Any]]:
+    """The source's own further inputs (``data.params.inputs`` of an ``.npz``): shape, dtype and statistics of the
+    training split (or ``data.inputs.NAME.mean``/``std``), checked against the validation part and the
+    augmentation."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, arr in getattr(train, "inputs", {}).items():
+        if name == "input":
+            raise ConfigError("data.params.inputs: 'input' is the main input's name; call the array otherwise")
+        spec = d.inputs.get(name)
+        if spec is not None and spec.resize is not None:
+            raise ConfigError(f"data.inputs.{name}.resize: '{name}' is an array of the source, not derived from the "
+                              f"main input; drop resize (or resample it before saving)")
+        v = getattr(val, "inputs", {}).get(name)
+        if v is None or tuple(v.shape[1:]) != tuple(arr.shape[1:]) or v.dtype != arr.dtype:
+            raise ConfigError(f"data.val: the validation data has no input '{name}' of shape {tuple(arr.shape[1:])} "
+                              f"{str(arr.dtype).replace('torch.', '')}; give it the same arrays")
+        if aug.is_random and arr.dim() == 4 and tuple(arr.shape[2:]) != tuple(train.images.shape[2:]):
+            raise ConfigError(f"data.augment: input '{name}' holds images of {tuple(arr.shape[2:])}, the main input "
+                              f"{tuple(train.images.shape[2:])}; crop/flip needs one size (or remove data.augment)")
+        if spec is not None and spec.mean is not None and spec.std is not None:
+            mean, std = list(spec.mean), list(spec.std)
+        else:
+            m, s = dataset_stats(arr)
+            mean, std = [float(x) for x in m], [float(x) for x in s]
+        if len(mean) != arr.shape[1] or len(std) != arr.shape[1]:
+            raise ConfigError(f"data.inputs.{name}: mean/std have {len(mean)}/{len(std)} values for {arr.shape[1]} "
+                              f"channel(s)")
+        out[name] = {"mean": mean, "std": std, "shape": [int(s) for s in arr.shape[1:]],
+                     "dtype": "uint8" if arr.dtype == torch.uint8 else "float32"}
+    return out

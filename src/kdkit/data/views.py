@@ -28,6 +28,7 @@ recorded in a checkpoint's metadata (:meth:`InputView.to_dict`) so that ``kdkit 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -119,35 +120,40 @@ class InputView:
 
 
 class NamedInputs:
-    """The main input and the derived named inputs of a batch: ``(images, index, view) -> {batch key: tensor}``.
+    """The main input and the other named inputs of a batch: ``(images, index, view, arrays) -> {batch key: tensor}``.
 
     Args:
         augment: the main input's replayable augmentation.
-        views: name -> :class:`InputView`.
+        views: name -> :class:`InputView` (derived from the main input).
+        arrays: name -> normalisation (an :class:`Augment` carrying that input's own mean/std) of the source's own
+            further inputs (:attr:`kdkit.data.ImageData.inputs`, another modality). Image arrays of the main input's
+            H x W get the same crop/flip as the main input (the same draws: the same (seed, view, index)); other
+            shapes are not augmented.
     """
 
-    def __init__(self, augment: Augment, views: Mapping[str, InputView]) -> None:
+    def __init__(self, augment: Augment, views: Mapping[str, InputView],
+                 arrays: Mapping[str, Augment] | None = None) -> None:
         self.augment = augment
         self.views = dict(views)
+        self.arrays = dict(arrays or {})
 
     @property
     def names(self) -> list[str]:
         """Every input name, the main one first."""
-        return [MAIN_INPUT, *self.views]
+        return [MAIN_INPUT, *self.views, *self.arrays]
 
-    def shapes(self, base_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
-        return {MAIN_INPUT: tuple(base_shape), **{n: v.shape(tuple(base_shape)) for n, v in self.views.items()}}
-
-    def __call__(self, images: Tensor, index: Tensor, view: int | Tensor = 0) -> dict[str, Tensor]:
+    def __call__(self, images: Tensor, index: Tensor, view: int | Tensor = 0,
+                 arrays: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
         geo = self.augment.geometric(images, index, view)
         out = {MAIN_INPUT: self.augment.normalize(geo)}
         for name, v in self.views.items():
             out[input_key(name)] = v(geo, self.augment)
+        for name, norm in self.arrays.items():
+            a = (arrays or {})[name]
+            if self.augment.is_random and a.dim() == 4 and a.shape[2:] == images.shape[2:]:
+                a = self.augment.geometric(a, index, view)
+            out[input_key(name)] = norm.normalize(a)
         return out
-
-    def with_augment(self, augment: Augment) -> NamedInputs:
-        """The same views over another augmentation (e.g. the evaluation transform)."""
-        return NamedInputs(augment, self.views)
 
 
 class ViewTransform:
@@ -172,6 +178,21 @@ def build_views(specs: Mapping[str, Any], base_shape: tuple[int, ...]) -> dict[s
     return out
 
 
+def model_data(meta: Mapping[str, Any], data: Any) -> Any:
+    """The dataset as a checkpoint's model sees it: ``data`` itself, or -- for a model that read another array of
+    the source (``meta["input"]["array"]``, e.g. an ``.npz``'s ``x_signal``) -- the same samples with that array as
+    the main input (a one-line error when the data lacks it)."""
+    rec = meta.get("input") or {}
+    name = rec.get("array")
+    if not name:
+        return data
+    arrays = getattr(data, "inputs", None) or {}
+    if name not in arrays:
+        raise ConfigError(f"the model reads input '{name}' of its dataset, which '{getattr(data, 'name', data)}' does "
+                          f"not hold; load the data with that array (npz: params inputs: [{name}])")
+    return dataclasses.replace(data, images=arrays[name], inputs={}, mean=None, std=None, groups=data.groups)
+
+
 def model_transform(meta: Mapping[str, Any], augment: Augment) -> Augment | ViewTransform:
     """The transform that makes a checkpoint's model input from its dataset's samples: ``augment`` itself for the
     main input, else the recorded derived view over ``augment`` (a student that read ``input: small``)."""
@@ -181,4 +202,4 @@ def model_transform(meta: Mapping[str, Any], augment: Augment) -> Augment | View
     return ViewTransform(augment, InputView.from_dict(rec["view"]))
 
 
-__all__ = ["InputView", "NamedInputs", "ViewTransform", "build_views", "model_transform"]
+__all__ = ["InputView", "NamedInputs", "ViewTransform", "build_views", "model_data", "model_transform"]

@@ -23,7 +23,7 @@ from torch import nn
 
 from kdkit.data import Augment, BatchLoader, load_source, predefined_split, stratified_split
 from kdkit.data.run import build_data
-from kdkit.data.views import model_transform
+from kdkit.data.views import model_data, model_transform
 from kdkit.deploy.bench import BenchEntry, bench_models, dump_json, dump_markdown, print_table, torch_accuracy
 from kdkit.deploy.export import export_onnx
 from kdkit.deploy.measure import cpu_info
@@ -219,13 +219,13 @@ def load_run(target: str | os.PathLike[str], data: str | None = None, calibratio
     if run_dir.is_dir() and (run_dir / "config.yaml").is_file() and data is None:
         recipe = load_recipe(run_dir / "config.yaml")
         d = build_data(recipe)
-        train, val = d.train, d.val
+        train, val = model_data(meta, d.train), model_data(meta, d.val)  # a model of another array reads that array
     else:
         trained_on = meta.get("data") or {}
         if data is None and not trained_on.get("name"):
             raise KdkitError(f"{target}: the checkpoint does not record its dataset; pass --data NAME")
         params = trained_on.get("params") or {} if data is None or data == trained_on.get("name") else {}
-        src = load_source(data or trained_on["name"], **params)
+        src = model_data(meta, load_source(data or trained_on["name"], **params))
         if src.test_indices is not None:  # the source's own held-out part (npz x_val/x_test), as in training
             tr, va = predefined_split(src)
         else:

@@ -217,7 +217,8 @@ def _fill(*, store_path: Path, manifest: dict[str, Any], overwrite: bool, views:
                 pos = torch.arange(s, min(hi, s + bs), dtype=torch.int64)
                 # The student's loader makes exactly these inputs (every named input: each teacher reads its own)
                 # for sample `pos` in any epoch e with e mod V = v.
-                batch = {k: x.to(device) for k, x in data.make_inputs(images[pos], pos, v).items()}
+                arrays = {k: a[pos] for k, a in getattr(data.train, "inputs", {}).items()}
+                batch = {k: x.to(device) for k, x in data.make_inputs(images[pos], pos, v, arrays).items()}
                 logits = source.outputs(batch).combined.logits.float().cpu()
                 if logits.shape[1] != num_classes:
                     raise ConfigError(f"teachers output {logits.shape[1]} classes, the data has {num_classes}")

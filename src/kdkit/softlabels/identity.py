@@ -53,7 +53,11 @@ def _input_of(spec: Any, data: Any) -> dict[str, Any] | None:
     name = getattr(spec, "input", None)
     if name in (None, "input"):
         return None
-    return {"name": name, "view": data.view_of(name).to_dict()}
+    view = data.view_of(name)
+    if view is not None:
+        return {"name": name, "view": view.to_dict()}
+    array = (getattr(data, "arrays", None) or {}).get(name, {})  # the source's own array: its statistics
+    return {"name": name, "array": {"mean": array.get("mean"), "std": array.get("std")}}
 
 
 def training_source_index(data: Any) -> np.ndarray:
