@@ -105,3 +105,38 @@ def test_cache_runs_each_teacher_on_its_own_input(runs, tmp_path):
     res = kdkit.distill(path, quiet=True, overrides=["epochs=1"])
     assert res.best["top1"] > 0 and read_metadata(res.run_dir / "checkpoints" / "best.safetensors")["input_shape"] \
         == [1, 14, 14]
+
+
+def test_an_onnx_teacher_reads_its_named_input_online_and_in_the_cache(runs, tmp_path):
+    """The 14x14 student exported to ONNX teaches a 28x28 MLP student from the `small` view: the store holds the ONNX
+    model's logits on each sample's 14x14 input."""
+    pytest.importorskip("onnxruntime")
+    from kdkit.builder import frozen_teacher_models
+    from kdkit.data.run import build_data
+    from kdkit.deploy.export import export_onnx
+    from kdkit.models.factory import load_model
+    from kdkit.recipe import recipe_from_dict
+    from kdkit.softlabels.store import SoftLabelStore
+
+    model, _ = load_model(runs["student"].run_dir)
+    onnx_path = tmp_path / "small.onnx"
+    export_onnx(model, torch.zeros(2, 1, 14, 14), onnx_path)
+    r = {"name": "onnx_small", "output_dir": str(tmp_path), "seed": 0,
+         "data": {"name": "mnist_5k", "train_limit": 300, "inputs": {"small": {"resize": [14, 14]}}},
+         "student": {"name": "mlp", "params": {"hidden": [32]}},
+         "teachers": [{"name": f"onnx:{onnx_path}", "input": "small"}],
+         "terms": [{"name": "ce", "weight": 0.5}, {"name": "kd", "weight": 0.5}], "epochs": 1,
+         "soft_labels": str(tmp_path / "store")}
+    from kdkit.softlabels.cache import build_cache
+
+    build_cache(recipe_from_dict(r), views=1, topk=10, quiet=True)
+    data = build_data(recipe_from_dict(dict(r, soft_labels=None)))
+    teacher = frozen_teacher_models(recipe_from_dict(r), data)[0]
+    pos = torch.arange(40)
+    x = data.make_inputs(data.train.images[pos], pos, 0)["input.small"]
+    with torch.no_grad():
+        want = teacher(x)
+    stored = SoftLabelStore.open(tmp_path / "store").teacher_logits(pos, torch.zeros(40, dtype=torch.int64))
+    assert torch.allclose(stored, want, rtol=2**-10, atol=1e-3)  # fp16 storage, as above
+    online = kdkit.distill(dict(r, soft_labels=None, name="onnx_small_online"), quiet=True)
+    assert online.best["top1"] > 0
