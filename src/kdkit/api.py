@@ -15,6 +15,7 @@ import torch
 
 from kdkit.data import Augment, BatchLoader, load_source
 from kdkit.data.split import evaluation_subset
+from kdkit.data.views import model_data, model_transform
 from kdkit.engine.evaluate import evaluate as run_eval
 from kdkit.engine.loop import FitResult
 from kdkit.errors import ConfigError
@@ -182,13 +183,15 @@ def evaluate(checkpoint: str | Path, data: str | None = None, split: str = "val"
         return evaluate_text(checkpoint, data=data, split=split, val_fraction=val_fraction, split_seed=split_seed,
                              params=params)
     model, meta = load_student(checkpoint)
-    src = load_source(data, **(params or {}))
+    src = model_data(meta, load_source(data, **(params or {})))  # a model of another array reads that array
     if src.num_classes != meta["num_classes"]:
         raise ConfigError(f"--data '{data}' has {src.num_classes} classes, the checkpoint predicts "
                           f"{meta['num_classes']}")
     check_input_shape(src, meta, f"--data '{data}'")
     src = evaluation_subset(src, split, val_fraction, split_seed)
     aug = Augment(mean=meta["mean"], std=meta["std"], crop_padding=0, flip=False, seed=0)
-    loader = BatchLoader(src, torch.arange(len(src.targets)), batch_size, aug, shuffle=False, seed=0)
+    # A student that read a derived named input (data.inputs, e.g. 14x14 digits) is fed that input again.
+    loader = BatchLoader(src, torch.arange(len(src.targets)), batch_size, model_transform(meta, aug), shuffle=False,
+                         seed=0)
     out = run_eval(model, loader)
     return out

@@ -23,7 +23,7 @@ from kdkit.teachers.adapters import build_teachers
 from kdkit.teachers.policy import recipe_policy
 from kdkit.teachers.store import StoreTeacher, open_store_teacher
 from kdkit.terms.base import build_terms
-from kdkit.types import logits_of
+from kdkit.types import input_key, logits_of
 from kdkit.weights import resolve_checkpoint
 
 
@@ -68,22 +68,43 @@ def check_forward(model: nn.Module, example: torch.Tensor, num_classes: int, wha
 
 
 def build_context(recipe: Recipe, data: RunData) -> BuildContext:
-    """What a scheme is built from: model and term factories, the teachers, the store (when ``soft_labels``)."""
-    make = make_model_factory(data.num_classes, data.in_channels, data.image_size, getattr(data, "input_shape", None))
+    """What a scheme is built from: model and term factories, the teachers, the store (when ``soft_labels``).
+
+    Each model is built for, probed with and fed the named input its spec reads (``input:``; default the main one),
+    so a student reading ``data.inputs.small`` is built for 14x14 samples while its teacher reads 28x28."""
+    views = {**(getattr(data, "views", None) or {}), **(getattr(data, "arrays", None) or {})}
+    if recipe.data.inputs and not views:
+        raise ConfigError(f"data.inputs: dataset '{recipe.data.name}' does not make named inputs (text data); drop "
+                          f"data.inputs")
+    for field, spec in (("student", recipe.student), *((f"teachers.{i}", t) for i, t in enumerate(recipe.teachers))):
+        if views:
+            data.check_input(spec.input, f"{field}.input")
+        elif spec.input not in (None, "input"):
+            raise ConfigError(f"{field}.input: unknown input '{spec.input}'; this data makes only 'input' (declare "
+                              f"others under data.inputs)")
+    first = next(iter(data.val_loader))
+    examples = {name: first[input_key(name)][:4] for name in (["input", *views])}
+
+    def make_for(spec: ModelSpec, field: str) -> nn.Module:
+        shape = data.shape_of(spec.input) if views else getattr(data, "input_shape", None)
+        if shape is None or not views:
+            return make_model_factory(data.num_classes, data.in_channels, data.image_size, shape)(spec, field)
+        size = int(shape[1] if len(shape) == 3 else shape[-1])  # as ImageData.image_size: H, or the last axis
+        return make_model_factory(data.num_classes, int(shape[0]), size, shape)(spec, field)
 
     def make_model(spec: ModelSpec) -> nn.Module:
         if spec is recipe.student:
-            model = make(spec, "student")
+            model = make_for(spec, "student")
             if getattr(data, "input_shape", None) is not None and not spec.name.startswith("qat:"):
-                check_forward(model, example, data.num_classes, f"student '{spec.name}'")
+                check_forward(model, examples[spec.input or "input"], data.num_classes, f"student '{spec.name}'")
             return model
         idx = next((i for i, t in enumerate(recipe.teachers) if t is spec), None)
-        return make(spec, f"teachers.{idx}" if idx is not None else spec.name)
+        return make_for(spec, f"teachers.{idx}" if idx is not None else spec.name)
 
-    example = next(iter(data.val_loader))["input"][:4]
     ctx = BuildContext(recipe=recipe, num_classes=data.num_classes, in_channels=data.in_channels,
-                       image_size=data.image_size, example=example, num_train=len(data.train.targets),
-                       make_model=make_model, make_terms=build_terms, data=data)
+                       image_size=data.image_size, example=examples[recipe.student.input or "input"],
+                       num_train=len(data.train.targets), make_model=make_model, make_terms=build_terms, data=data,
+                       examples=examples)
     ctx.make_teachers = lambda teacher_inputs="auto": build_teachers(ctx, recipe.teachers, teacher_inputs)
     ctx.teacher_policy = recipe_policy(recipe, recipe.run_dir / "teacher_policy.json")
     if recipe.soft_labels:
@@ -113,6 +134,12 @@ def build_scheme(recipe: Recipe, data: RunData) -> Scheme:
     if not (isinstance(cls, type) and issubclass(cls, Scheme)):
         raise ConfigError(f"scheme.name: '{recipe.scheme.name}' is not a subclass of kdkit.schemes.base.Scheme; see "
                           f"docs/own-models-and-data.md")
+    readers = [(f, s) for f, s in (("student", recipe.student), *((f"teachers.{i}", t) for i, t in
+                                                                 enumerate(recipe.teachers)))
+               if s.input not in (None, "input")]
+    if readers and not cls.accepts_named_inputs:
+        raise ConfigError(f"{readers[0][0]}.input: scheme '{recipe.scheme.name}' feeds every model the main input; "
+                          f"models reading their own named input work with the offline scheme (drop `input:`)")
     return cls.build(ctx, **recipe.scheme.params)
 
 

@@ -38,6 +38,8 @@ class ModelSpec(_Strict):
                                    "file, 'hf-hub:ORG/NAME' (local Hugging Face cache) or 'default' (the torchvision/"
                                    "timm default weights in the local cache); a head of another class count is "
                                    "replaced (docs/teachers.md)")
+    input: str | None = Field(default=None, description="the named input of each sample this model reads: a name "
+                              "from data.inputs (default: the main input); docs/teachers.md")
 
 
 class AugmentSpec(_Strict):
@@ -55,6 +57,25 @@ class AugmentSpec(_Strict):
                                     description="resized crop: area fraction range")
     crop_ratio: list[float] = Field(default_factory=lambda: [0.75, 4.0 / 3.0], min_length=2, max_length=2,
                                     description="resized crop: aspect ratio (w/h) range")
+
+
+class InputViewSpec(_Strict):
+    """A named input derived from the main one (``data.inputs.NAME``): the same augmented view of the sample, resized
+    and/or normalised with other statistics (cross-resolution / cross-normalisation distillation)."""
+
+    resize: list[int] | None = Field(default=None, description="[H, W] (or [L] for signals): resample the augmented "
+                                     "sample to this size (bilinear / linear, antialiased when shrinking)")
+    mean: list[float] | None = Field(default=None, description="per-channel mean of this input (same scale as "
+                                     "data.mean); default: the main input's")
+    std: list[float] | None = Field(default=None, description="per-channel std of this input; default: the main "
+                                    "input's")
+
+    @field_validator("resize")
+    @classmethod
+    def _size(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and (len(v) not in (1, 2) or any(int(s) < 1 for s in v)):
+            raise ValueError(f"give [H, W] (images) or [L] (signals) of positive sizes, got {v}")
+        return v
 
 
 class DataSpec(_Strict):
@@ -79,6 +100,18 @@ class DataSpec(_Strict):
                            "(a held-out transfer set the teacher never saw)")
     unlabelled: bool = Field(default=False, description="drop the training labels (targets -1): the student learns "
                              "from teacher outputs only; leave `ce` out of the terms")
+    inputs: dict[str, InputViewSpec] = Field(default_factory=dict, description="named inputs derived from the main "
+                                             "one (NAME: {resize, mean, std}); a model reads one with `input: NAME` "
+                                             "(docs/teachers.md, 'Different inputs for teacher and student')")
+
+    @field_validator("inputs")
+    @classmethod
+    def _input_names(cls, v: dict[str, InputViewSpec]) -> dict[str, InputViewSpec]:
+        for name in v:
+            if name == "input" or not name.isidentifier():
+                raise ValueError(f"input name '{name}' must be an identifier other than 'input' (the main input's "
+                                 f"name), e.g. small, grey, signal")
+        return v
 
 
 class TermSpec(_Strict):

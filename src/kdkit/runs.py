@@ -22,6 +22,7 @@ from kdkit.engine.checkpoint import CheckpointManager
 from kdkit.engine.loop import Engine, FitResult, make_accelerator
 from kdkit.engine.tracking import RunTracker
 from kdkit.errors import CheckpointError, ConfigError
+from kdkit.models.factory import object_rebuild
 from kdkit.recipe import Recipe, save_recipe
 from kdkit.utils import DirLock, atomic_write_json, seed_everything
 from kdkit.weights import model_meta
@@ -29,8 +30,8 @@ from kdkit.yamlio import read_yaml_file
 
 LOCK_NAME = ".kdkit.lock"
 # Fields added to the recipe after runs were saved: a saved recipe without them had them empty.
-ADDED_FIELDS: dict[str, object] = {"search": {}, "track": [], "teacher_policy": {"precision": "fp32", "channels_last": False,
-                                                                                 "compile": False}, "channels_last": False}
+ADDED_FIELDS: dict[str, object] = {"search": {}, "track": [], "channels_last": False,
+                                   "teacher_policy": {"precision": "fp32", "channels_last": False, "compile": False}}
 
 
 class RunLock(DirLock):
@@ -148,8 +149,14 @@ def _run_locked(recipe: Recipe, run_dir: Path, accelerator: Any, resume: bool, q
         atomic_write_json(run_dir / "split.json", data.split)
     # The trackers see each epoch's record first, so an epoch after which a callback stops the run is logged too.
     tracker = RunTracker(accelerator, recipe, track_project)
-    engine = Engine(recipe, run_dir, model_meta(recipe.student, data, recipe), console=console, quiet=quiet,
-                    accelerator=accelerator, epoch_callbacks=[tracker.log, *(epoch_callbacks or [])])
+    meta = model_meta(recipe.student, data, recipe)
+    if recipe.student.name.startswith("object:"):  # an API object: record how eval/export can rebuild it, if they can
+        rebuild = object_rebuild(recipe.student.name, data.num_classes, data.in_channels, data.image_size,
+                                 data.shape_of(recipe.student.input) if hasattr(data, "shape_of") else None)
+        if rebuild is not None:
+            meta["model"]["rebuild"] = rebuild
+    engine = Engine(recipe, run_dir, meta, console=console, quiet=quiet, accelerator=accelerator,
+                    epoch_callbacks=[tracker.log, *(epoch_callbacks or [])])
     tracker.start()
     try:
         result = engine.fit(scheme, data.train_loader, data.val_loader, resume=resume)

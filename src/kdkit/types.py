@@ -9,12 +9,26 @@ import torch
 from torch import Tensor, nn
 
 # A batch is a plain dict so that default collation, DDP and device moves just work. Keys:
-#   "input":  (B, C, H, W) float tensor, augmented and normalised (or (B, L) token ids for text)
+#   "input":  (B, C, H, W) float tensor, augmented and normalised (or (B, L) token ids for text): the main input
+#   "input.NAME": another named input of the same samples (``data.inputs`` in the recipe: another resolution or
+#             normalisation of the same augmented view); a model reads it when its spec says ``input: NAME``
 #   "target": (B,) int64 class indices, or (B, K) float multi-hot for multi-label; -1 marks an unlabelled sample
 #   "index":  (B,) int64 position of each sample in its (train/val) split — needed by CRD and the soft-label store
 #   "view":   (B,) int64 augmentation view each sample was drawn with (the epoch, or epoch mod V with a store)
 # The teacher signal never travels in the batch: a TeacherSource (below) answers it.
 Batch = dict[str, Tensor]
+
+MAIN_INPUT = "input"  # the name of the main input (a model spec without ``input:`` reads it)
+
+
+def input_key(name: str | None) -> str:
+    """The batch key of the named input ``name`` (None or ``"input"``: the main input)."""
+    return MAIN_INPUT if name in (None, MAIN_INPUT) else f"{MAIN_INPUT}.{name}"
+
+
+def model_input(batch: Batch, name: str | None) -> Tensor:
+    """The tensor a model reading the named input ``name`` takes from ``batch``."""
+    return batch[input_key(name)]
 
 
 @dataclass
@@ -133,6 +147,10 @@ class TrainableScheme(Protocol):
     def step(self, model: nn.Module, batch: Batch, state: TrainState) -> StepOutput: ...
 
     def eval_models(self) -> dict[str, nn.Module]: ...
+
+    def eval_inputs(self) -> dict[str, str]:
+        """The batch key each of ``eval_models()`` reads (:func:`input_key`); a model not listed reads ``input``."""
+        ...
 
     def to(self, device: torch.device) -> Any: ...
 

@@ -296,13 +296,16 @@ def input_shape_of(meta: dict[str, Any]) -> tuple[int, ...]:
 
 
 def check_input_shape(data: Any, meta: dict[str, Any], what: str) -> None:
-    """``data`` (an ImageData) must hold samples of the shape and dtype the checkpoint was trained on."""
-    want = meta.get("input_shape")
+    """``data`` (an ImageData) must hold samples of the shape and dtype the checkpoint was trained on (for a model
+    that read a derived named input, the samples it was derived from: ``meta["input"]["source_shape"]``)."""
+    rec = meta.get("input") or {}
+    want = rec.get("source_shape") or meta.get("input_shape")
     if want is None or getattr(data, "input_shape", None) is None:
         return
-    if tuple(data.input_shape) != tuple(want) or data.input_dtype != meta.get("input_dtype", data.input_dtype):
+    dtype = rec.get("source_dtype") or meta.get("input_dtype", data.input_dtype)
+    if tuple(data.input_shape) != tuple(want) or data.input_dtype != dtype:
         raise ConfigError(f"{what} holds {data.input_dtype} samples of shape {tuple(data.input_shape)}, but the model "
-                          f"was trained on {meta.get('input_dtype')} {tuple(want)}; pass the dataset it was trained on")
+                          f"was trained on {dtype} {tuple(want)}; pass the dataset it was trained on")
 
 
 def model_meta(spec: Any, data: Any, recipe: Any = None) -> dict[str, Any]:
@@ -325,6 +328,27 @@ def model_meta(spec: Any, data: Any, recipe: Any = None) -> dict[str, Any]:
     if shape is not None:
         meta["input_shape"] = [int(v) for v in shape]
         meta["input_dtype"] = getattr(data, "input_dtype", "uint8")
+    name = getattr(spec, "input", None)
+    view = data.view_of(name) if getattr(data, "views", None) else None
+    array = (getattr(data, "arrays", None) or {}).get(name) if name else None
+    if array is not None and shape is not None:
+        # The model reads another array of the source (another modality): its own shape, dtype and statistics;
+        # eval/export read that array of the dataset (``input.array``) instead of the main one.
+        meta["input"] = {"name": name, "array": name, "view": None, "source_shape": list(array["shape"]),
+                         "source_dtype": array["dtype"]}
+        meta.update(input_shape=list(array["shape"]), input_dtype=array["dtype"], mean=array["mean"],
+                    std=array["std"], in_channels=int(array["shape"][0]),
+                    image_size=int(array["shape"][1] if len(array["shape"]) == 3 else array["shape"][-1]))
+    elif view is not None and shape is not None:
+        # The model reads a derived named input (data.inputs): it takes float32 samples of the view's shape, made
+        # from the dataset's samples (source_shape/source_dtype) by `view`; eval/export/bench recreate it.
+        model_shape = view.shape(tuple(int(v) for v in shape))
+        meta["input"] = {"name": name, "view": view.to_dict(), "source_shape": meta["input_shape"],
+                         "source_dtype": meta["input_dtype"]}
+        meta["input_shape"], meta["input_dtype"] = list(model_shape), "float32"
+        meta["image_size"] = int(model_shape[1] if len(model_shape) == 3 else model_shape[-1])
+    elif shape is not None:
+        meta["input"] = {"name": "input", "view": None}
     if recipe is not None:
         d = recipe.data
         meta["data"] = {"name": d.name, "params": d.params, "val_fraction": d.val_fraction,

@@ -75,6 +75,7 @@ BENCH_SHRINK: dict[str, dict[str, list[str]]] = {
     "lm_store.py": {"--k": ["8"], "--steps": ["1"], "--batch": ["2"]},  # reads the runs lm_distill.py just made
     "tune_store.py": {"--trials": ["1"], "--epochs": ["1"], "--teacher-epochs": ["1"], "--rounds": ["1"],
                       "--train-limit": ["300"]},
+    "cross_resolution.py": {"--seeds": ["0"], "--epochs": ["1"], "--teacher-epochs": ["1"], "--train-limit": ["300"]},
     "softlabels.py": {"--steps": ["1"], "--warmup": ["0"], "--batch": ["16"], "--epochs": ["1"], "--seeds": ["0"],
                       "--teacher-epochs": ["1"], "--aug-views": ["2"]},
     "fashion_methods.py": {"--seeds": ["0"], "--epochs": ["1"], "--teacher-epochs": ["1"], "--train-limit": ["500"],

@@ -107,7 +107,8 @@ def _labels(ys: list[np.ndarray | None], n: int, names: list[str] | None, source
 
 
 def from_arrays(x: Any, y: Any = None, *, name: str = "arrays", classes: Sequence[str] | None = None,
-                layout: str = "auto", test_x: Any = None, test_y: Any = None) -> ImageData:
+                layout: str = "auto", test_x: Any = None, test_y: Any = None,
+                inputs: dict[str, Any] | None = None, test_inputs: dict[str, Any] | None = None) -> ImageData:
     """In-memory data from arrays or tensors (see the module docstring for dtypes and shapes).
 
     Args:
@@ -118,6 +119,8 @@ def from_arrays(x: Any, y: Any = None, *, name: str = "arrays", classes: Sequenc
         layout: ``auto``, ``NCHW``, ``NHWC``, ``NHW`` (3-axis arrays are grayscale images), ``NCL`` or ``NLC``
             (3-axis signals, channels first or last).
         test_x, test_y: a predefined test part, appended and marked in ``test_indices``.
+        inputs, test_inputs: further named inputs of the same samples (name -> (N, ...) array; same dtype rules,
+            layout detected), for the main part and the test part.
     """
     if layout not in LAYOUTS:
         raise ConfigError(f"{name}: layout must be one of {', '.join(LAYOUTS)}, got '{layout}'")
@@ -129,12 +132,22 @@ def from_arrays(x: Any, y: Any = None, *, name: str = "arrays", classes: Sequenc
     if len({(a.shape[1:], a.dtype) for a in xs}) != 1:
         raise DataError(f"{name}: train and test inputs differ in shape or dtype ({xs[0].shape[1:]} {xs[0].dtype} "
                         f"vs {xs[1].shape[1:]} {xs[1].dtype})")
-    inputs = np.concatenate(xs) if len(xs) > 1 else xs[0]
-    n = inputs.shape[0]
+    main = np.concatenate(xs) if len(xs) > 1 else xs[0]
+    n = main.shape[0]
     targets, names = _labels(ys, n, list(classes) if classes is not None else None, name)
     test_idx = torch.arange(xs[0].shape[0], n) if len(xs) == 2 else None
-    return ImageData(torch.from_numpy(np.ascontiguousarray(inputs)), targets, [str(c) for c in names], name,
-                     test_indices=test_idx)
+    named = {}
+    for key, arr in (inputs or {}).items():
+        parts = [_inputs(_as_numpy(arr, f"{name} input '{key}'"), "auto", f"{name} input '{key}'")]
+        if len(xs) == 2:
+            if key not in (test_inputs or {}):
+                raise DataError(f"{name}: input '{key}' has no test part")
+            parts.append(_inputs(_as_numpy(test_inputs[key], name), "auto", f"{name} test input '{key}'"))
+        if sum(a.shape[0] for a in parts) != n:
+            raise DataError(f"{name}: input '{key}' has {sum(a.shape[0] for a in parts)} rows for {n} samples")
+        named[key] = torch.from_numpy(np.ascontiguousarray(np.concatenate(parts) if len(parts) > 1 else parts[0]))
+    return ImageData(torch.from_numpy(np.ascontiguousarray(main)), targets, [str(c) for c in names], name,
+                     test_indices=test_idx, inputs=named)
 
 
 # ------------------------------------------------------------------------------------------------------------- npz
@@ -145,24 +158,30 @@ def npz(
     split: str = "train",
     layout: str = "auto",
     classes: Sequence[str] | None = None,
+    inputs: Sequence[str] | None = None,
 ) -> ImageData:
     """A NumPy ``.npz`` file with inputs and labels.
 
-    Keys: inputs in ``x`` or ``images`` (or ``x_train``/``x_test``, as in Keras' ``mnist.npz``, chosen by ``split``),
-    labels in ``y`` or ``labels`` (or ``y_train``/``y_test``); (N,) class indices, or (N, K) multi-hot for
+    Keys: inputs in ``x`` or ``images`` (or ``x_train``/``x_val``/``x_test``, as in Keras' ``mnist.npz``, chosen by
+    ``split``), labels in ``y`` or ``labels`` (or ``y_train``/``y_val``/``y_test``); (N,) class indices, or (N, K)
+    multi-hot for
     multi-label; no labels = unlabelled (-1). Optional ``classes``/``class_names`` array of names. uint8 inputs are
     images; float (or integer) inputs of any shape stay float32 in their own units. Object arrays are refused (they
     would need pickle).
 
     Args:
         path: the .npz file.
-        split: with ``x_train``/``x_test`` keys: ``train``, ``test`` or ``all`` (both, the test part marked in
-            ``test_indices``, see :func:`kdkit.data.split.predefined_split`).
+        split: with ``x_train``/``x_val``/``x_test`` keys: ``train``, ``val``, ``test``, or ``all``: the training
+            part plus the file's own held-out part (``x_val``, else ``x_test``) marked in ``test_indices``, which a run
+            then validates on (:func:`kdkit.data.split.predefined_split`). A file with one set (``x``) has no
+            ``val``/``test`` part: a run holds out ``data.val_fraction`` of it.
         layout: ``auto``, ``NCHW``, ``NHWC``, ``NHW``, ``NCL`` or ``NLC`` (see :func:`from_arrays`).
         classes: class names, overriding any stored in the file.
+        inputs: names of further inputs of the same samples (another modality) to read: array ``x_NAME`` (with
+            split parts: ``x_NAME_train``, ``x_NAME_val``, ``x_NAME_test``); a model reads one with ``input: NAME``.
     """
     file = _as_path(path, "npz")
-    _check_split(split, "npz")
+    _check_split(split, "npz", ("train", "val", "test", "all"))
     try:
         with np.load(file, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
@@ -176,17 +195,36 @@ def npz(
     names = list(classes) if classes is not None else ([str(c) for c in stored.tolist()] if stored is not None
                                                        else None)
     source = f"npz:{file}"
+    wanted_inputs = [str(n) for n in (inputs or [])]
+
+    def named(part: str | None) -> dict[str, np.ndarray]:
+        out = {}
+        for n in wanted_inputs:
+            key = f"x_{n}" if part is None else f"x_{n}_{part}"
+            if key not in arrays:
+                raise DataError(f"npz: {file} has no array '{key}' for input '{n}' (found: {', '.join(arrays)})")
+            out[n] = arrays[key]
+        return out
+
     if pick("x", "images") is not None:
-        return from_arrays(pick("x", "images"), pick("y", "labels"), name=source, classes=names, layout=layout)
-    if "x_train" in arrays or "x_test" in arrays:
-        wanted = {"train": ["train"], "test": ["test"], "all": ["train", "test"]}[split]
-        missing = [f"x_{s}" for s in wanted if f"x_{s}" not in arrays]
-        if missing:
-            raise DataError(f"npz: {file} has no array '{missing[0]}' for split '{split}'")
-        first = wanted[0]
-        extra = {"test_x": arrays["x_test"], "test_y": arrays.get("y_test")} if split == "all" else {}
-        return from_arrays(arrays[f"x_{first}"], arrays.get(f"y_{first}"), name=source, classes=names,
-                           layout=layout, **extra)
+        if split in ("val", "test"):
+            raise DataError(f"npz: {file} holds one set (x) with no x_{split} part; use split: train (kdkit then "
+                            f"holds out data.val_fraction of it) or give data.val another file")
+        return from_arrays(pick("x", "images"), pick("y", "labels"), name=source, classes=names, layout=layout,
+                           inputs=named(None))
+    if any(f"x_{s}" in arrays for s in ("train", "val", "test")):
+        if split == "all":  # the training part plus the file's own held-out part (x_val, else x_test) as validation
+            held = next((s for s in ("val", "test") if f"x_{s}" in arrays), None)
+            if "x_train" not in arrays:
+                raise DataError(f"npz: {file} has no array 'x_train' for split 'all'")
+            extra = {"test_x": arrays[f"x_{held}"], "test_y": arrays.get(f"y_{held}"),
+                     "test_inputs": named(held)} if held else {}
+            return from_arrays(arrays["x_train"], arrays.get("y_train"), name=source, classes=names, layout=layout,
+                               inputs=named("train"), **extra)
+        if f"x_{split}" not in arrays:
+            raise DataError(f"npz: {file} has no array 'x_{split}' for split '{split}' (found: {', '.join(arrays)})")
+        return from_arrays(arrays[f"x_{split}"], arrays.get(f"y_{split}"), name=source, classes=names,
+                           layout=layout, inputs=named(split))
     raise DataError(f"npz: {file} needs an input array named x or images (found: {', '.join(arrays) or 'none'})")
 
 

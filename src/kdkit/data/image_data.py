@@ -74,6 +74,9 @@ class ImageData:
         std: optional per-channel standard deviation (same scale as ``mean``).
         test_indices: positions of the samples that form the dataset's own predefined test split (CIFAR
             ``test_batch``) when the source loaded it alongside the training data, else None.
+        inputs: further named inputs of the same samples from the source (another modality: an ``.npz`` array
+            ``x_NAME``), one row per sample, any shape; uint8 (N, C, H, W) pixels or float32 like ``images``. A model
+            reads one with ``input: NAME`` (:mod:`kdkit.data.views`).
     """
 
     images: Tensor
@@ -84,9 +87,17 @@ class ImageData:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     test_indices: Tensor | None = field(default=None)
+    inputs: dict[str, Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         imgs, tg = self.images, self.targets
+        for key, arr in self.inputs.items():
+            ok = isinstance(arr, Tensor) and arr.shape[:1] == imgs.shape[:1] and (
+                (arr.dtype == torch.uint8 and arr.dim() == 4) or (arr.dtype == torch.float32 and arr.dim() >= 2))
+            if not ok:
+                got = f"{arr.dtype} {tuple(arr.shape)}" if isinstance(arr, Tensor) else type(arr).__name__
+                raise DataError(f"dataset '{self.name}': input '{key}' must be a uint8 (N, C, H, W) or float32 "
+                                f"(N, ...) tensor with one row per sample (N = {imgs.shape[0]}), got {got}")
         ok = isinstance(imgs, Tensor) and (
             (imgs.dtype == torch.uint8 and imgs.dim() == 4) or (imgs.dtype == torch.float32 and imgs.dim() >= 2))
         if not ok:
@@ -204,6 +215,7 @@ class ImageData:
             mean=self.mean,
             std=self.std,
             test_indices=test,
+            inputs={k: v.index_select(0, idx.to(v.device)) for k, v in self.inputs.items()},
         )
 
     def fingerprint(self) -> str:
@@ -213,7 +225,9 @@ class ImageData:
         a label or the sample order changes it.
         """
         h = hashlib.sha256()
-        for t in (self.images, self.targets):
+        for key in sorted(self.inputs):
+            h.update(f"input:{key};".encode())
+        for t in (self.images, self.targets, *(self.inputs[k] for k in sorted(self.inputs))):
             t = t.detach().cpu().contiguous()
             h.update(f"{t.dtype}{tuple(t.shape)};".encode())
             h.update(memoryview(t.numpy()).cast("B"))

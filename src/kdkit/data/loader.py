@@ -178,6 +178,8 @@ class BatchLoader(EpochLoader):
         shard: this process's rank.
         view_fn: epoch -> view number; default identity (a new view every epoch).
         device: move batches there; pixels are moved as uint8 before augmentation (4x less traffic).
+        inputs: makes every named input of a batch (``input`` and ``input.NAME``) instead of ``augment``
+            (:class:`kdkit.data.views.NamedInputs`, which applies the same augmentation).
 
     Yields:
         :data:`kdkit.types.Batch` dicts: ``input`` (B, C, H, W) float32, ``target`` (B,) int64 or (B, K) float,
@@ -197,11 +199,13 @@ class BatchLoader(EpochLoader):
         shard: int = 0,
         view_fn: Callable[[int], int] | None = None,
         device: torch.device | str | None = None,
+        inputs: Callable[[Tensor, Tensor, Any], dict[str, Tensor]] | None = None,
     ) -> None:
         super().__init__(data.name, len(data), indices, batch_size, shuffle, seed, drop_last, num_shards, shard,
                          view_fn, device)
         self.data = data
         self.augment = augment
+        self.inputs = inputs  # several named inputs (kdkit.data.views.NamedInputs): they replace `augment`
 
     def _gather(self, pos: Tensor) -> tuple[Tensor, Tensor]:
         rows = self.indices.index_select(0, pos)
@@ -224,6 +228,12 @@ class BatchLoader(EpochLoader):
         if self.device is not None:
             pos = pos.to(self.device, non_blocking=True)
         views = torch.full_like(pos, view)
+        if self.inputs is not None:
+            rows = self.indices.index_select(0, pos.cpu())  # the dataset rows of this batch (pos may be on the device)
+            arrays = {k: a.index_select(0, rows.to(a.device)) for k, a in self.data.inputs.items()}
+            if self.device is not None:
+                arrays = {k: a.to(self.device, non_blocking=True) for k, a in arrays.items()}
+            return {**self.inputs(images, pos, view, arrays), "target": target, "index": pos, "view": views}
         return {"input": self.augment(images, pos, view), "target": target, "index": pos, "view": views}
 
     def _mixed_batch(self, pos: Tensor, view: int, images: Tensor, target: Tensor) -> Batch:

@@ -128,12 +128,16 @@ def stratified_subset(targets: Tensor | np.ndarray, groups: Tensor | np.ndarray 
 
 
 def evaluation_subset(data: Any, split: str, val_fraction: float, seed: int) -> Any:
-    """What ``kdkit eval`` scores: ``split="val"`` re-creates a recipe's stratified validation split of ``data`` (same
-    ``val_fraction`` and ``seed`` as ``data.val_fraction`` / ``data.split_seed``), ``"all"`` keeps every sample.
+    """What ``kdkit eval`` scores: ``split="val"`` re-creates a recipe's validation split of ``data`` -- the source's
+    own held-out part when it has one (``test_indices``: npz ``x_val``/``x_test`` or CIFAR with ``split: all``), else
+    the stratified split (same ``val_fraction`` and ``seed`` as ``data.val_fraction`` / ``data.split_seed``) -- and
+    ``"all"`` keeps every sample.
 
     ``data`` is any source with ``targets``, ``groups`` and ``subset`` (:class:`ImageData`, text data).
     """
     if split == "val":
+        if getattr(data, "test_indices", None) is not None:  # the source's own held-out part, as in training
+            return data.subset(data.test_indices)
         _, idx = stratified_split(data.targets, data.groups, val_fraction, seed)
         return data.subset(torch.as_tensor(idx))
     if split != "all":

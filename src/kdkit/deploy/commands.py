@@ -21,8 +21,9 @@ import typer
 from rich.console import Console
 from torch import nn
 
-from kdkit.data import Augment, BatchLoader, load_source, stratified_split
+from kdkit.data import Augment, BatchLoader, load_source, predefined_split, stratified_split
 from kdkit.data.run import build_data
+from kdkit.data.views import model_data, model_transform
 from kdkit.deploy.bench import BenchEntry, bench_models, dump_json, dump_markdown, print_table, torch_accuracy
 from kdkit.deploy.export import export_onnx
 from kdkit.deploy.measure import cpu_info
@@ -213,19 +214,23 @@ def load_run(target: str | os.PathLike[str], data: str | None = None, calibratio
 
     model, meta = load_model(target)
     run_dir = Path(target)
-    plain = Augment(mean=meta["mean"], std=meta["std"], crop_padding=0, flip=False, seed=0)
+    # A student that read a derived named input (data.inputs, e.g. 14x14 digits) is fed that input again.
+    plain = model_transform(meta, Augment(mean=meta["mean"], std=meta["std"], crop_padding=0, flip=False, seed=0))
     if run_dir.is_dir() and (run_dir / "config.yaml").is_file() and data is None:
         recipe = load_recipe(run_dir / "config.yaml")
         d = build_data(recipe)
-        train, val = d.train, d.val
+        train, val = model_data(meta, d.train), model_data(meta, d.val)  # a model of another array reads that array
     else:
         trained_on = meta.get("data") or {}
         if data is None and not trained_on.get("name"):
             raise KdkitError(f"{target}: the checkpoint does not record its dataset; pass --data NAME")
         params = trained_on.get("params") or {} if data is None or data == trained_on.get("name") else {}
-        src = load_source(data or trained_on["name"], **params)
-        tr, va = stratified_split(src.targets, src.groups, trained_on.get("val_fraction", 0.2),
-                                  trained_on.get("split_seed", 0))
+        src = model_data(meta, load_source(data or trained_on["name"], **params))
+        if src.test_indices is not None:  # the source's own held-out part (npz x_val/x_test), as in training
+            tr, va = predefined_split(src)
+        else:
+            tr, va = stratified_split(src.targets, src.groups, trained_on.get("val_fraction", 0.2),
+                                      trained_on.get("split_seed", 0))
         train, val = src.subset(torch.as_tensor(tr)), src.subset(torch.as_tensor(va))
     check_input_shape(val, meta, f"{target}: the data")
     if val.num_classes != meta["num_classes"]:

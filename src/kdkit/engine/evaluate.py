@@ -12,8 +12,10 @@ from kdkit.types import Batch, logits_of, to_device
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, loader: Iterable[Batch], device: torch.device | str = "cpu") -> dict[str, float]:
-    """Accuracy of ``model`` on every batch of ``loader`` (labels -1 are skipped).
+def evaluate(model: nn.Module, loader: Iterable[Batch], device: torch.device | str = "cpu", key: str = "input"
+             ) -> dict[str, float]:
+    """Accuracy of ``model`` on every batch of ``loader`` (labels -1 are skipped); the model reads ``batch[key]`` (a
+    named input, :func:`kdkit.types.input_key`).
 
     Returns:
         ``{"top1": %, "top5": % (when there are ≥5 classes), "loss": mean CE, "n": samples}``. For multi-label
@@ -27,7 +29,7 @@ def evaluate(model: nn.Module, loader: Iterable[Batch], device: torch.device | s
     try:
         for batch in loader:
             batch = to_device(batch, device)
-            logits = logits_of(model(batch["input"])).float()
+            logits = logits_of(model(batch[key])).float()
             y = batch["target"]
             if y.ndim == 2:  # multi-label
                 multilabel = True

@@ -152,6 +152,7 @@ class Engine:
                 self.console.print(f"[bold]resuming[/] {self.run_dir} at epoch {state.epoch + 1}, batch {start_batch}")
 
         eval_models = scheme.eval_models()
+        eval_inputs = scheme.eval_inputs()  # the named input each evaluated model reads (default: "input")
         primary = next(iter(eval_models))
         student: Mode | None = None  # the student's mode, decided on the first batch (precision/channels_last)
         decided = not self._has_student_policy()
@@ -202,7 +203,7 @@ class Engine:
             record = self._epoch_record(epoch, self._global_sums(sums), train_seconds, lr)
             if (epoch + 1) % r.eval_every == 0 or epoch + 1 == r.epochs:
                 for name, m in eval_models.items():
-                    metrics = evaluate(m, val_loader, device)
+                    metrics = evaluate(m, val_loader, device, eval_inputs.get(name, "input"))
                     prefix = "val" if name == primary else f"val_{name}"
                     record.update({f"{prefix}_{k}": v for k, v in metrics.items() if k != "n"})
                 if record.get("val_top1", -math.inf) > best["top1"]:

@@ -23,6 +23,7 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import torch
 from torch import nn
 
 from kdkit.errors import ConfigError, KdkitError
@@ -265,6 +266,37 @@ def _build_object(ref: str, num_classes: int, in_channels: int, image_size: int,
     return _OBJECTS[ref]
 
 
+def object_rebuild(name: str, num_classes: int, in_channels: int, image_size: int,
+                   input_shape: Any = None) -> dict[str, Any] | None:
+    """How ``kdkit eval``/``export`` can rebuild a model that was handed over as an object (``object:ROLE:mod.Class``),
+    or None when they cannot.
+
+    Rebuildable means: its class is a top-level class of an importable module (not ``__main__``, not defined inside a
+    function), and calling it the way a recipe's ``py:module:Class`` is called -- with no params, only
+    ``num_classes``/``in_channels``/``image_size``/``input_shape`` when its signature takes them -- gives a model of
+    the very same parameter names and shapes. Then the checkpoint records ``{"name": "py:module:Class", "params":
+    {}}``. Constructor arguments kdkit cannot know (``Net(width=64)``) make it None: the weights would not fit.
+    """
+    ref = name[len("object:"):]
+    obj = _OBJECTS.get(ref)
+    if obj is None:
+        return None
+    cls = type(obj)
+    if cls.__module__ == "__main__" or "." in cls.__qualname__:
+        return None
+    py = f"{cls.__module__}:{cls.__qualname__}"
+    try:
+        if import_object(py, "model") is not cls:
+            return None
+        with torch.random.fork_rng(devices=[]):  # building draws initial weights: leave the run's RNG untouched
+            fresh = _build_py(py, num_classes, in_channels, image_size, input_shape=input_shape)
+    except Exception:  # noqa: BLE001 - any failure just means "not rebuildable by name"
+        return None
+    want = {k: tuple(v.shape) for k, v in obj.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in fresh.state_dict().items()}
+    return {"name": f"py:{py}", "params": {}} if want == got else None
+
+
 MODEL_SOURCES.add("object", _build_object, "a model passed as a Python object to kdkit.train/distill (API only)")
 MODEL_SOURCES.add("kdkit", _build_zoo, "the kdkit zoo (`kdkit models`); the default when a name has no prefix",
                   input_shape=True)
@@ -332,12 +364,18 @@ def load_model(checkpoint: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]
     if "model" not in meta:
         raise ConfigError(f"checkpoint '{path}' has no kdkit metadata; pass --model NAME (and classes) to evaluate it")
     name = str(meta["model"]["name"])
+    params = meta["model"].get("params", {})
     if name.startswith("object:"):
-        raise ConfigError(f"checkpoint '{path}' holds a model passed as a Python object ({name[7:]}); build that model "
-                          f"yourself and load the weights with kdkit.weights.load_weights(model, '{path}')")
+        rebuild = meta["model"].get("rebuild")
+        if not rebuild:
+            raise ConfigError(f"checkpoint '{path}' holds a model passed as a Python object ({name[7:]}) that kdkit "
+                              f"cannot rebuild by name (its class is in __main__ or takes arguments kdkit does not "
+                              f"know); build it yourself and load the weights with kdkit.weights.load_weights(model, "
+                              f"'{path}'), or train it from a recipe naming py:module:Class with its params")
+        name, params = str(rebuild["name"]), rebuild.get("params", {})
     if name.startswith("py:"):
         check_checkpoint_ref(name[3:], f"checkpoint '{path}'", meta["model"].get("code_dir"))
     model = create_model(name, num_classes=meta["num_classes"], in_channels=meta["in_channels"],
                          image_size=meta["image_size"], checkpoint=str(path), input_shape=meta.get("input_shape"),
-                         **meta["model"].get("params", {}))
+                         **params)
     return model.eval(), meta

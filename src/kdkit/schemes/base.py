@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from kdkit.taps import FeatureTap
 from kdkit.terms.base import LossTerm, SetupContext, TermInputs, setup_terms, total_loss
-from kdkit.types import Batch, ModelOutput, StepOutput, TeacherSignal, TeacherSource, TrainState, logits_of
+from kdkit.types import Batch, ModelOutput, StepOutput, TeacherSignal, TeacherSource, TrainState, input_key, logits_of
 
 
 class DistillModule(nn.Module):
@@ -23,8 +23,10 @@ class DistillModule(nn.Module):
     through the (DDP-)wrapped module keeps gradient synchronisation correct.
     """
 
-    def __init__(self, student: nn.Module, terms: Sequence[LossTerm], setup: SetupContext | None = None) -> None:
+    def __init__(self, student: nn.Module, terms: Sequence[LossTerm], setup: SetupContext | None = None,
+                 input_name: str | None = None) -> None:
         super().__init__()
+        self.input_key = input_key(input_name)  # the batch key of the named input the student reads
         self.teacher_taps: dict[int, list[str]] = setup_terms(terms, setup) if setup is not None else {}
         self.student = student
         self.terms = nn.ModuleList(terms)
@@ -33,9 +35,10 @@ class DistillModule(nn.Module):
         self.input_grad = any(t.needs_input_grad for t in terms)
 
     def forward(self, batch: Batch, signal: TeacherSignal | None, state: TrainState) -> StepOutput:
+        key = self.input_key
         if self.input_grad:  # derivative-matching terms differentiate the outputs w.r.t. this very tensor
-            batch = dict(batch, input=batch["input"].detach().requires_grad_(True))
-        logits = logits_of(self.student(batch["input"]))
+            batch = {**batch, key: batch[key].detach().requires_grad_(True)}
+        logits = logits_of(self.student(batch[key]))
         feats = self.tap.pop() if self.tap is not None else {}
         out = ModelOutput(logits=logits, features=feats)
         teacher = signal.combined if signal is not None else None
@@ -62,6 +65,7 @@ class BuildContext:
         store: the soft-label store as a teacher source, when the recipe reads one (then teachers need not exist).
         data: the run's :class:`kdkit.data.RunData` (specialists train on it; BSS reads the pixel range).
         teacher_policy: how frozen teachers run (:class:`kdkit.teachers.policy.TeacherPolicy`); None is fp32.
+        examples: a few real inputs per named input (``input``, ``small`` ...); ``example`` is the student's.
     """
 
     recipe: Any
@@ -76,13 +80,19 @@ class BuildContext:
     store: TeacherSource | None = None
     data: Any = None
     teacher_policy: Any = None
+    examples: dict[str, Tensor] | None = None
 
     def setup_context(self, student: nn.Module, teachers: Sequence[nn.Module], has_teacher_features: bool = True
                       ) -> SetupContext:
         targets = getattr(getattr(self.data, "train", None), "targets", None)
+        specs = list(getattr(self.recipe, "teachers", []) or [])
+        teacher_examples = None
+        if self.examples and len(specs) == len(teachers):  # each teacher is probed with the input it reads
+            teacher_examples = [self.examples[s.input or "input"] for s in specs]
         return SetupContext(student=student, teachers=list(teachers), example=self.example,
                             num_classes=self.num_classes, num_train=self.num_train,
-                            has_teacher_features=has_teacher_features, targets=targets)
+                            has_teacher_features=has_teacher_features, targets=targets,
+                            teacher_examples=teacher_examples)
 
 
 class Scheme:
@@ -97,6 +107,7 @@ class Scheme:
 
     name: str = "scheme"
     accepts_store: ClassVar[bool] = False
+    accepts_named_inputs: ClassVar[bool] = False  # models may read their own named input (``input:`` in a spec)
 
     @classmethod
     def build(cls, ctx: BuildContext, **params: Any) -> Scheme:
@@ -110,6 +121,10 @@ class Scheme:
 
     def eval_models(self) -> dict[str, nn.Module]:
         raise NotImplementedError
+
+    def eval_inputs(self) -> dict[str, str]:
+        """The batch key each of :meth:`eval_models` reads; models not listed read the main ``input``."""
+        return {}
 
     def to(self, device: torch.device) -> Scheme:
         """Move non-trainable parts (teachers) to ``device``; the engine moves ``trainable()``."""

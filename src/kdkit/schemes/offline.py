@@ -32,11 +32,16 @@ def offline_parts(ctx: BuildContext, combine: str = "mean_logits", teacher_weigh
     if needs and not models and store is None:
         raise ConfigError(f"loss terms {needs} need a teacher; add `teachers:` to the recipe or drop them")
     setup = ctx.setup_context(student, models, has_teacher_features=store is None and bool(models))
-    module = DistillModule(student, terms, setup)
+    reads = [t.input or "input" for t in r.teachers]
+    if any(t.needs_input_grad for t in terms) and any(n != (r.student.input or "input") for n in reads):
+        raise ConfigError(f"loss terms {[t.name for t in terms if t.needs_input_grad]} match input gradients, which "
+                          f"needs teacher and student to read the same input; the student reads "
+                          f"'{r.student.input or 'input'}', the teachers {reads}")
+    module = DistillModule(student, terms, setup, input_name=r.student.input)
     if store is not None:
         return module, store
     source = FrozenTeachers(models, module.teacher_taps, combine, teacher_weights, r.seed,
-                            policy=ctx.teacher_policy) if models else None
+                            policy=ctx.teacher_policy, inputs=[t.input for t in r.teachers]) if models else None
     return module, source
 
 
@@ -52,6 +57,7 @@ class OfflineScheme(Scheme):
 
     name = "offline"
     accepts_store = True
+    accepts_named_inputs = True
 
     def __init__(self, module: DistillModule, teachers: TeacherSource | None) -> None:
         self.module = module
@@ -96,6 +102,9 @@ class OfflineScheme(Scheme):
 
     def eval_models(self) -> dict[str, nn.Module]:
         return {"student": self.module.student}
+
+    def eval_inputs(self) -> dict[str, str]:
+        return {"student": self.module.input_key}
 
     def explain_nonfinite(self, batch: Batch) -> str | None:
         return teacher_nonfinite(self.teachers, batch)

@@ -137,7 +137,7 @@ def build_cache(recipe: Recipe | str | Path | dict[str, Any], views: int = 1, to
     models = frozen_teacher_models(recipe, data)
     # The same teacher source the offline scheme distils from, so several teachers combine exactly as online.
     source = FrozenTeachers(models, combine=combine, weights=params.get("teacher_weights"), seed=recipe.seed,
-                            policy=recipe_policy(recipe, None))
+                            policy=recipe_policy(recipe, None), inputs=[t.input for t in recipe.teachers])
     identity = run_identity(recipe, data, models)
     device = _device(recipe)
     source.to(device)
@@ -217,9 +217,11 @@ def _fill(*, store_path: Path, manifest: dict[str, Any], overwrite: bool, views:
             lo, hi = blk * chunk_size, min(n, (blk + 1) * chunk_size)
             for s in range(lo, hi, bs):
                 pos = torch.arange(s, min(hi, s + bs), dtype=torch.int64)
-                # The student's loader makes exactly this tensor for sample `pos` in any epoch e with e mod V = v.
-                x = data.train_loader.batch_at(pos, v)["input"].to(device)
-                logits = source.outputs({"input": x}).combined.logits.float().cpu()
+                # The student's loader makes exactly these inputs (every named input: each teacher reads its own)
+                # for sample `pos` in any epoch e with e mod V = v.
+                batch = {k: x.to(device) for k, x in data.train_loader.batch_at(pos, v).items()
+                         if k == "input" or k.startswith("input.")}
+                logits = source.outputs(batch).combined.logits.float().cpu()
                 if logits.shape[1] != num_classes:
                     raise ConfigError(f"teachers output {logits.shape[1]} classes, the data has {num_classes}")
                 store.write(v, s, *encode_topk(logits, k))

@@ -43,8 +43,21 @@ def run_identity(recipe: Recipe, data: Any, teachers: Sequence[nn.Module] | None
     }
     if teachers is not None:
         ident["teachers"] = [{"name": s.name, "params": s.params, "checkpoint": s.checkpoint,
-                              "sha256": state_dict_sha256(m)} for s, m in zip(recipe.teachers, teachers, strict=True)]
+                              "sha256": state_dict_sha256(m), "input": _input_of(s, data)}
+                             for s, m in zip(recipe.teachers, teachers, strict=True)]
     return ident
+
+
+def _input_of(spec: Any, data: Any) -> dict[str, Any] | None:
+    """The named input a teacher reads and how it is derived (None: the main input)."""
+    name = getattr(spec, "input", None)
+    if name in (None, "input"):
+        return None
+    view = data.view_of(name)
+    if view is not None:
+        return {"name": name, "view": view.to_dict()}
+    array = (getattr(data, "arrays", None) or {}).get(name, {})  # the source's own array: its statistics
+    return {"name": name, "array": {"mean": array.get("mean"), "std": array.get("std")}}
 
 
 def training_source_index(data: Any) -> np.ndarray:
@@ -111,6 +124,8 @@ def identity_diff(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
                 out.append(f"teacher {i} model (store '{s['name']}', recipe '{c['name']}')")
             elif s["params"] != c["params"]:
                 out.append(f"teacher {i} params (store {s['params']}, recipe {c['params']})")
+            if "input" in s and s.get("input") != c.get("input"):  # stores written before named inputs lack it
+                out.append(f"teacher {i} input (store {s.get('input')}, recipe {c.get('input')})")
             if s["sha256"] != c["sha256"]:
                 out.append(f"teacher {i} weights (store sha256 {_short(s['sha256'])}, recipe {_short(c['sha256'])} "
                            f"from {c['checkpoint']})")

@@ -15,7 +15,9 @@ Where the teacher's expectations come from, per teacher (``scheme.params.teacher
   missing keys default to the student's);
 * ``"none"``: never adapt.
 
-An adapter that would do nothing (same size, channels and statistics to 1e-6) is not attached.
+An adapter that would do nothing (same size, channels and statistics to 1e-6) is not attached. A teacher whose spec
+reads a named input of its own (``input: NAME``, declared under ``data.inputs``; :mod:`kdkit.data.views`) is fed that
+input and gets no adapter.
 """
 
 from __future__ import annotations
@@ -156,7 +158,8 @@ def build_teachers(ctx: Any, specs: Sequence[Any] | None = None, teacher_inputs:
     data = getattr(ctx, "data", None)
     teachers: list[nn.Module] = []
     for i, (spec, want) in enumerate(zip(specs, wants, strict=True)):
-        if data is None:
+        if data is None or getattr(spec, "input", None) not in (None, "input"):
+            # A teacher reading its own named input (data.inputs) gets that input as declared, never adapted.
             teachers.append(ctx.make_model(spec))
             continue
         if want is None and teacher_inputs == "auto":

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from kdkit.errors import ConfigError
 from kdkit.taps import FeatureTap
 from kdkit.teachers.policy import FP32, Mode, TeacherPolicy, mode_context
-from kdkit.types import Batch, ModelOutput, TeacherSignal, is_logits_only, logits_of
+from kdkit.types import Batch, ModelOutput, TeacherSignal, input_key, is_logits_only, logits_of
 
 Combine = Literal["mean_logits", "mean_probs", "weighted", "random"]
 COMBINES = ("mean_logits", "mean_probs", "weighted", "random")
@@ -120,13 +120,14 @@ class FrozenTeachers:
         seed: seeds the ``random`` draw.
         policy: how the teachers run (precision, channels-last, compile; :mod:`kdkit.teachers.policy`); fp32 when
             None.
+        inputs: the named input each teacher reads (None = the main ``input``); see :mod:`kdkit.data.views`.
     """
 
     has_features = True
 
     def __init__(self, models: Sequence[nn.Module], taps: Mapping[int, Sequence[str]] | None = None,
                  combine: str = "mean_logits", weights: Sequence[float] | None = None, seed: int = 0,
-                 policy: TeacherPolicy | None = None) -> None:
+                 policy: TeacherPolicy | None = None, inputs: Sequence[str | None] | None = None) -> None:
         if combine not in COMBINES:
             raise ConfigError(f"scheme.params.combine: '{combine}' is not one of {', '.join(COMBINES)}")
         if weights is not None and len(weights) != len(models):
@@ -141,10 +142,12 @@ class FrozenTeachers:
         self.has_features = not any(is_logits_only(m) for m in self.models)  # an ONNX teacher gives logits only
         self.combine, self.weights = combine, None if weights is None else [float(w) for w in weights]
         self._gen = torch.Generator().manual_seed(seed + 7919)
+        self.input_keys = [input_key(n) for n in (inputs if inputs is not None else [None] * len(models))]
+        if len(self.input_keys) != len(models):
+            raise ConfigError(f"FrozenTeachers: {len(self.input_keys)} input names for {len(models)} teachers")
 
     def outputs(self, batch: Batch) -> TeacherSignal:
-        x = batch["input"]
-        each = [t(x) for t in self.teachers]
+        each = [t(batch[k]) for t, k in zip(self.teachers, self.input_keys, strict=True)]
         if len(each) == 1:
             return TeacherSignal(each[0], each)
         if self.combine == "random":

@@ -50,7 +50,7 @@ class SetupContext:
     Attributes:
         student: the student network.
         teachers: the teacher networks that exist as PyTorch modules (``TeacherSource.models``); empty with a store.
-        example: a small real input batch, e.g. (B, C, H, W).
+        example: a small real input batch, e.g. (B, C, H, W) -- of the input the student reads.
         num_classes: K.
         num_train: size of the training split (CRD's memory bank).
         has_teacher_features: False when the teacher signal holds logits only (a soft-label store).
@@ -64,6 +64,7 @@ class SetupContext:
     num_train: int
     has_teacher_features: bool = True
     targets: Tensor | None = None
+    teacher_examples: list[Tensor] | None = None  # per teacher, when teachers read another named input
 
     def student_shapes(self, paths: Sequence[str]) -> dict[str, tuple[int, ...]]:
         return probe_shapes(self.student, self.example, list(paths), role="student")
@@ -74,7 +75,8 @@ class SetupContext:
                               f"teacher model(s)")
         if is_logits_only(self.teachers[i]):
             raise ConfigError(_logits_only_message("a term", i, self.teachers[i]))
-        return probe_shapes(self.teachers[i], self.example, list(paths), role=f"teacher {i}")
+        example = self.teacher_examples[i] if self.teacher_examples else self.example
+        return probe_shapes(self.teachers[i], example, list(paths), role=f"teacher {i}")
 
 
 def _logits_only_message(who: str, i: int, teacher: nn.Module) -> str:
