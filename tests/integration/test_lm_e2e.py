@@ -78,7 +78,10 @@ def test_teacher_trains_and_exports_to_hf(teacher, out):
                  [{"name": "lm_jsd", "params": {"beta": 0.5}}, {"name": "ce", "weight": 0.5}], marks=pytest.mark.slow),
     pytest.param({"params": {"layers": 1}}, [{"name": "lm_skew_kl", "params": {"alpha": 0.1}}],
                  marks=pytest.mark.slow),
-], ids=["cut-fkl", "config-jsd+ce", "cut-skew"])
+    pytest.param({"params": {"config": {"n_layer": 1, "n_embd": 16, "n_head": 2}}},  # fresh: far from the teacher
+                 [{"name": "lm_skew_reverse_kl", "params": {"alpha": 0.1}}, {"name": "lm_ce", "weight": 0.5}],
+                 marks=pytest.mark.slow),
+], ids=["cut-fkl", "config-jsd+ce", "cut-skew", "config-skew-rkl+lm_ce"])
 def test_student_distils_loss_falls_and_perplexity_is_reported(teacher, out, tok, student, terms):
     name = "s_" + "_".join(t["name"] for t in terms)
     r = recipe_from_dict(_recipe(out, name, tok, student={"name": f"hf:{out / 'teacher_hf'}", **student},

@@ -35,6 +35,6 @@ def test_quickstart_smoke(tmp_path):
     for run in ("mnist_teacher", "mnist_scratch", "mnist_kd"):
         assert (out / run / "checkpoints" / "best.safetensors").is_file()
     # the KD student read the teacher's logits from a store filled once, not from the teacher at every epoch
-    manifest = json.loads((out / "mnist_kd_store" / "manifest.json").read_text())
+    manifest = json.loads((out / "softlabels-mnist_kd" / "manifest.json").read_text())
     assert manifest["complete"] and manifest["views"] == 1 and manifest["num_samples"] == 600
-    assert f"soft_labels: {out / 'mnist_kd_store'}" in (out / "mnist_kd" / "config.yaml").read_text()
+    assert f"soft_labels: {out / 'softlabels-mnist_kd'}" in (out / "mnist_kd" / "config.yaml").read_text()
