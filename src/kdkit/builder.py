@@ -21,9 +21,9 @@ from kdkit.registry import LOSSES, MODEL_SOURCES, SCHEMES
 from kdkit.schemes.base import BuildContext, Scheme
 from kdkit.teachers.adapters import build_teachers
 from kdkit.teachers.policy import recipe_policy
-from kdkit.teachers.store import StoreTeacher, open_store_teacher
+from kdkit.teachers.store import StoreTeacher, check_recipe_can_use_store, open_store_teacher
 from kdkit.terms.base import build_terms
-from kdkit.types import input_key, logits_of
+from kdkit.types import TeacherSource, input_key, logits_of
 from kdkit.weights import resolve_checkpoint
 
 
@@ -112,15 +112,21 @@ def build_context(recipe: Recipe, data: RunData) -> BuildContext:
     return ctx
 
 
-def store_teacher(recipe: Recipe, data: RunData, ctx: BuildContext) -> StoreTeacher:
+def store_teacher(recipe: Recipe, data: RunData, ctx: BuildContext) -> StoreTeacher | TeacherSource:
     """The soft-label store as the run's teacher source, checked against the recipe (and its teachers' weights when
-    it lists them). Teacher networks stay loaded only when a term differentiates the teacher (Sobolev)."""
+    it lists them). Teacher networks stay loaded only when a term differentiates the teacher (Sobolev). A language-model
+    recipe reads a token logit store (:mod:`kdkit.lm.store`) instead."""
     teachers = None
     if recipe.teachers:
         # Building a model draws its initial weights from the global RNG; fork it so that the student the scheme
         # builds next starts from the same weights as in the online run with the same seed.
         with torch.random.fork_rng(devices=[]):
             teachers = ctx.make_teachers(recipe.scheme.params.get("teacher_inputs", "auto"))
+    if getattr(data.train, "blocks", None) is not None:  # a language-model corpus: a token logit store
+        from kdkit.lm.store import open_token_store_teacher  # the text extra
+
+        check_recipe_can_use_store(recipe)
+        return open_token_store_teacher(recipe, data, teachers)
     store = open_store_teacher(recipe, data, teachers)
     if teachers and any(LOSSES.get(t.name).needs_input_grad for t in recipe.terms):
         store.models = teachers

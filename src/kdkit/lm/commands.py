@@ -39,6 +39,33 @@ def lm_tokenizer(
                     markup=False, soft_wrap=True)
 
 
+@COMMANDS.register("lm-cache")
+def lm_cache(
+    recipe: Annotated[str, typer.Argument(help="language-model recipe (YAML path or bundled name) with one teacher")],
+    k: Annotated[int, typer.Option("--topk", "-k", help="log-probabilities kept per token (with --sample: ids "
+                                   "drawn per token)")] = 32,
+    out: Annotated[str | None, typer.Option("--out", "-o", help="store directory (default: the recipe's "
+                                               "soft_labels, else OUTPUT_DIR/NAME-tokens)")] = None,
+    sample: Annotated[bool, typer.Option("--sample", help="store importance-sampled ids (unbiased forward KL, "
+                                         "term lm_sampled_kl) instead of the top k")] = False,
+    proposal_temperature: Annotated[float, typer.Option(help="with --sample: draw from softmax(log p / this)")] = 1.0,
+    compress: Annotated[bool, typer.Option("--compress", help="zlib per block (lossless, top-k only)")] = False,
+    batch_size: Annotated[int | None, typer.Option(help="blocks per teacher forward")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace a store made from something else")] = False,
+    set_: Annotated[list[str] | None, typer.Option("--set", "-s", help="override a recipe field: key.path=value")]
+    = None,
+) -> None:
+    """Run the recipe's teacher once over its training blocks and write the token logit store; then distil with
+    `soft_labels: PATH` (no teacher forward per step)."""
+    from kdkit.lm.cache import cache_lm_recipe  # imports the builder: only when the command runs
+
+    store = cache_lm_recipe(recipe, k=k, out=out, overrides=set_, batch_size=batch_size, compress=compress,
+                            sample=sample, proposal_temperature=proposal_temperature, overwrite=overwrite)
+    Console().print(f"token store ({'sampled' if store.kind == 'sampled' else 'top'}-{store.k}, {len(store)} blocks "
+                    f"of {store.block} tokens, {store.bytes_per_token:.1f} bytes/token) -> {store.path}",
+                    markup=False, soft_wrap=True)
+
+
 @COMMANDS.register("lm-export")
 def lm_export(
     checkpoint: Annotated[str, typer.Argument(help="run directory or weights file of a language model")],
@@ -95,4 +122,4 @@ def lm_eval(
                     f"({int(m['n'])} {split} tokens)", markup=False, soft_wrap=True)
 
 
-__all__ = ["lm_eval", "lm_export", "lm_generate", "lm_tokenizer"]
+__all__ = ["lm_cache", "lm_eval", "lm_export", "lm_generate", "lm_tokenizer"]

@@ -47,6 +47,8 @@ from kdkit.utils import atomic_write_json
 FORMAT = "kdkit-token-logits"
 VERSION = 1
 MANIFEST = "manifest.json"
+# Keys of a sampled store's draws in the teacher signal (``combined.features``), read by ``lm_sampled_kl``.
+SAMPLED_IDS, SAMPLED_RATIOS, SAMPLED_ENTROPY = "token_store.ids", "token_store.ratios", "token_store.entropy"
 
 
 def _sha256(model: nn.Module) -> str:
@@ -54,6 +56,13 @@ def _sha256(model: nn.Module) -> str:
     for k, v in sorted(model.state_dict().items()):
         h.update(k.encode())
         h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def blocks_sha256(blocks: Tensor) -> str:
+    """SHA-256 of a split's packed token blocks (shape and int64 ids): the identity of the tokens a store covers."""
+    h = hashlib.sha256(str(tuple(blocks.shape)).encode())
+    h.update(blocks.detach().cpu().to(torch.int64).contiguous().numpy().tobytes())
     return h.hexdigest()
 
 
@@ -78,7 +87,12 @@ class TokenStore:
         self.block = int(manifest["block"])
         self.compressed = bool(manifest.get("compressed"))
         self.id_dtype = np.dtype(manifest.get("id_dtype", "uint16"))
-        if self.compressed:
+        self.kind = str(manifest.get("kind", "topk"))
+        if self.kind == "sampled":
+            self.ids = np.load(path / "ids.npy", mmap_mode="r")
+            self.ratios = np.load(path / "ratios.npy", mmap_mode="r")
+            self.entropy = np.load(path / "entropy.npy", mmap_mode="r")
+        elif self.compressed:
             self.offsets = np.load(path / "offsets.npy")
             self.packed = np.memmap(path / "blocks.zlib", dtype=np.uint8, mode="r") if self.offsets[-1] else \
                 np.zeros(0, np.uint8)
@@ -109,6 +123,8 @@ class TokenStore:
     def bytes_per_token(self) -> float:
         """Bytes on disk per stored token (array data; the compressed layout counts its offsets too)."""
         n = len(self) * self.block
+        if self.kind == "sampled":
+            return (self.ids.nbytes + self.ratios.nbytes + self.entropy.nbytes) / max(1, n)
         if self.compressed:
             return (int(self.offsets[-1]) + self.offsets.nbytes) / max(1, n)
         return (self.logprobs.nbytes + self.ids.nbytes + self.tail.nbytes) / max(1, n)
@@ -122,11 +138,27 @@ class TokenStore:
         tail = np.frombuffer(raw, np.float16, t, offset=n_lp + n_id)
         return lp, ids, tail
 
-    def lookup(self, index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Blocks ``index`` (B,) -> log-probs (B, T, k) fp16, ids (B, T, k) int64, tail log-mass (B, T) fp16."""
+    def _rows(self, index: Tensor) -> np.ndarray:
         idx = index.detach().cpu().numpy().astype(np.int64)
         if idx.size and (idx.min() < 0 or idx.max() >= len(self)):
             raise KdkitError(f"token store '{self.path}' holds {len(self)} blocks; asked for block {int(idx.max())}")
+        return idx
+
+    def lookup_sampled(self, index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Blocks ``index`` (B,) of a sampled store -> ids (B, T, n) int64, ratios p/r (B, T, n) float32, teacher
+        entropy (B, T) float32 -- the inputs of :func:`kdkit.losses.tokens.sampled_forward_kl`."""
+        if self.kind != "sampled":
+            raise KdkitError(f"token store '{self.path}' holds the top-{self.k}, not sampled ids")
+        idx = self._rows(index)
+        return (torch.from_numpy(np.ascontiguousarray(self.ids[idx]).astype(np.int64)),
+                torch.from_numpy(np.ascontiguousarray(self.ratios[idx]).astype(np.float32)),
+                torch.from_numpy(np.ascontiguousarray(self.entropy[idx]).astype(np.float32)))
+
+    def lookup(self, index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Blocks ``index`` (B,) -> log-probs (B, T, k) fp16, ids (B, T, k) int64, tail log-mass (B, T) fp16."""
+        if self.kind == "sampled":
+            raise KdkitError(f"token store '{self.path}' holds sampled ids; read it with lookup_sampled")
+        idx = self._rows(index)
         if self.compressed:
             got = [self._block(int(i)) for i in idx]
             return (torch.from_numpy(np.stack([g[0] for g in got])) if got else torch.zeros(0, self.block, self.k,
@@ -141,7 +173,13 @@ class TokenStore:
 
     def teacher_logits(self, index: Tensor) -> Tensor:
         """(B·T, V) float32 logits whose softmax is the stored distribution: the top-k log-probabilities, and the tail
-        mass spread evenly over the other V − k tokens (see the module docstring)."""
+        mass spread evenly over the other V − k tokens (see the module docstring). A sampled store gives the logits of
+        its importance-weighted empirical distribution Σ_j ρ_j·δ(x_j) / n (normalised by the softmax: a dense term on
+        it sees a consistent but not unbiased teacher; ``lm_sampled_kl`` reads the samples themselves)."""
+        if self.kind == "sampled":
+            ids, ratios, _ = self.lookup_sampled(index)
+            mass = torch.zeros(*ids.shape[:-1], self.vocab).scatter_add_(-1, ids, ratios / ids.shape[-1])
+            return mass.clamp_min(1e-30).log().clamp_min(-1e4).reshape(-1, self.vocab)
         lp, ids, tail = self.lookup(index)
         rest = self.vocab - self.k
         fill = tail.float() - (math.log(rest) if rest > 0 else 0.0)
@@ -151,8 +189,23 @@ class TokenStore:
 
 
 @torch.no_grad()
+def sample_tokens(log_probs: Tensor, n: int, proposal_temperature: float = 1.0,
+                  generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """(…, V) float32 teacher log-probabilities -> n ids drawn i.i.d. with replacement from the proposal
+    r = softmax(log p / proposal_temperature) (…, n), their importance ratios p/r (…, n) float32, and the teacher's
+    entropy H(p) (…,) -- what :func:`kdkit.losses.tokens.sampled_forward_kl` needs for an unbiased forward KL."""
+    flat = log_probs.reshape(-1, log_probs.shape[-1])
+    log_r = flat if proposal_temperature == 1.0 else torch.log_softmax(flat / proposal_temperature, dim=-1)
+    ids = torch.multinomial(log_r.exp(), n, replacement=True, generator=generator)
+    ratio = (flat.gather(-1, ids) - log_r.gather(-1, ids)).exp()
+    entropy = -(flat.exp() * flat.clamp_min(-1e4)).sum(-1)
+    lead = log_probs.shape[:-1]
+    return ids.reshape(*lead, n), ratio.reshape(*lead, n), entropy.reshape(lead)
+
+
 def write_token_store(teacher: nn.Module, data: Any, out: str | os.PathLike[str], k: int = 32, batch_size: int = 16,
-                      extra: dict[str, Any] | None = None, compress: bool = False) -> TokenStore:
+                      extra: dict[str, Any] | None = None, compress: bool = False, sample: bool = False,
+                      proposal_temperature: float = 1.0, seed: int = 0) -> TokenStore:
     """Run ``teacher`` (a :class:`kdkit.lm.models.CausalLM`) once over every block of ``data`` (an
     :class:`kdkit.lm.data.LMData`) and write the store to ``out``.
 
@@ -164,7 +217,15 @@ def write_token_store(teacher: nn.Module, data: Any, out: str | os.PathLike[str]
         batch_size: blocks per teacher forward.
         extra: more facts for the manifest (corpus, split ...).
         compress: zlib-compress each block (lossless; ~40 % smaller at k = 32 on the demo, see docs/benchmarks.md).
+        sample: keep k importance-sampled ids per token instead of the top k (:func:`sample_tokens`; the layout
+            ``ids.npy`` (N, T, k), ``ratios.npy`` (N, T, k) fp16 p/r, ``entropy.npy`` (N, T) fp16): an unbiased
+            forward KL (``lm_sampled_kl``), 4k + 2 bytes per token.
+        proposal_temperature: with ``sample``, draw from softmax(log p / this); 1 draws from the teacher itself
+            (every ratio is then exactly 1), larger values reach further into the tail.
+        seed: with ``sample``, the draws' seed (the store is reproducible).
     """
+    if sample:
+        return _write_sampled(teacher, data, Path(out), k, batch_size, extra, compress, proposal_temperature, seed)
     vocab = int(data.vocab_size)
     if not 1 <= k <= vocab:
         raise ConfigError(f"k must lie in 1..{vocab} (the vocabulary), got {k}")
@@ -184,7 +245,7 @@ def write_token_store(teacher: nn.Module, data: Any, out: str | os.PathLike[str]
     try:
         for a in range(0, n, batch_size):
             ids = data.blocks[a : a + batch_size, :-1]
-            log_probs = torch.log_softmax(teacher(ids).float(), dim=-1).reshape(ids.shape[0], t, vocab)
+            log_probs = torch.log_softmax(teacher(ids).detach().float(), dim=-1).reshape(ids.shape[0], t, vocab)
             lp, top, tail = encode_tokens(log_probs, k)
             lp_np, id_np, tail_np = lp.numpy(), top.numpy().astype(id_dtype), tail.numpy()
             if compress:
@@ -208,7 +269,53 @@ def write_token_store(teacher: nn.Module, data: Any, out: str | os.PathLike[str]
     manifest = {"format": FORMAT, "version": VERSION, "k": k, "vocab": vocab, "blocks": n, "block": t,
                 "compressed": bool(compress), "id_dtype": np.dtype(id_dtype).name,
                 "tokenizer": getattr(data, "tokenizer", ""), "corpus": getattr(data, "name", ""),
-                "teacher_sha256": _sha256(teacher), "complete": True, **(extra or {})}
+                "blocks_sha256": blocks_sha256(data.blocks), "teacher_sha256": _sha256(teacher), "complete": True,
+                **(extra or {})}
+    atomic_write_json(path / MANIFEST, manifest)
+    return TokenStore.open(path)
+
+
+def _manifest(teacher: nn.Module, data: Any, /, **fields: Any) -> dict[str, Any]:
+    return {"format": FORMAT, "version": VERSION, "vocab": int(data.vocab_size), "blocks": int(data.blocks.shape[0]),
+            "block": int(data.blocks.shape[1] - 1), "tokenizer": getattr(data, "tokenizer", ""),
+            "corpus": getattr(data, "name", ""), "blocks_sha256": blocks_sha256(data.blocks),
+            "teacher_sha256": _sha256(teacher), "complete": True, **fields}
+
+
+@torch.no_grad()
+def _write_sampled(teacher: nn.Module, data: Any, path: Path, k: int, batch_size: int, extra: dict[str, Any] | None,
+                   compress: bool, proposal_temperature: float, seed: int) -> TokenStore:
+    vocab = int(data.vocab_size)
+    if compress:
+        raise ConfigError("a sampled token store is not compressed (its ids are random: zlib gains little); drop "
+                          "compress")
+    if k < 1:
+        raise ConfigError(f"k (samples per token) must be >= 1, got {k}")
+    if not (math.isfinite(proposal_temperature) and proposal_temperature > 0):
+        raise ConfigError(f"proposal_temperature must be a finite number > 0, got {proposal_temperature}")
+    path.mkdir(parents=True, exist_ok=True)
+    n, t = data.blocks.shape[0], data.blocks.shape[1] - 1
+    id_dtype = np.uint16 if vocab <= 65535 else np.int32
+    id_arr = np.lib.format.open_memmap(path / "ids.npy", mode="w+", dtype=id_dtype, shape=(n, t, k))
+    ratio_arr = np.lib.format.open_memmap(path / "ratios.npy", mode="w+", dtype=np.float16, shape=(n, t, k))
+    ent_arr = np.lib.format.open_memmap(path / "entropy.npy", mode="w+", dtype=np.float16, shape=(n, t))
+    gen = torch.Generator().manual_seed(int(seed))
+    was = teacher.training
+    teacher.eval()
+    try:
+        for a in range(0, n, batch_size):
+            ids = data.blocks[a : a + batch_size, :-1]
+            log_probs = torch.log_softmax(teacher(ids).detach().float(), dim=-1).reshape(ids.shape[0], t, vocab)
+            got, ratio, ent = sample_tokens(log_probs, k, proposal_temperature, gen)
+            id_arr[a : a + ids.shape[0]] = got.numpy().astype(id_dtype)
+            ratio_arr[a : a + ids.shape[0]] = ratio.clamp_max(65504.0).half().numpy()
+            ent_arr[a : a + ids.shape[0]] = ent.half().numpy()
+    finally:
+        teacher.train(was)
+    for arr in (id_arr, ratio_arr, ent_arr):
+        arr.flush()
+    manifest = _manifest(teacher, data, kind="sampled", k=k, compressed=False, id_dtype=np.dtype(id_dtype).name,
+                         proposal_temperature=proposal_temperature, seed=int(seed), **(extra or {}))
     atomic_write_json(path / MANIFEST, manifest)
     return TokenStore.open(path)
 
@@ -230,11 +337,52 @@ class TokenStoreTeacher:
             raise KdkitError(f"token store '{self.store.path}' has blocks of {self.store.manifest['block']} tokens, "
                              f"the batch {batch['input'].shape[-1]}; make the store from the recipe's data")
         logits = logits.to(batch["input"].device)
-        return TeacherSignal(combined=ModelOutput(logits=logits), each=[])
+        features: dict[str, Tensor] = {}
+        if self.store.kind == "sampled":  # what lm_sampled_kl reads (dense terms read the logits)
+            ids, ratios, entropy = self.store.lookup_sampled(batch["index"])
+            features = {SAMPLED_IDS: ids.to(logits.device), SAMPLED_RATIOS: ratios.to(logits.device),
+                        SAMPLED_ENTROPY: entropy.to(logits.device)}
+        return TeacherSignal(combined=ModelOutput(logits=logits, features=features), each=[])
 
     def to(self, device: torch.device) -> TokenStoreTeacher:
         self.device = device
         return self
 
 
-__all__ = ["FORMAT", "TokenStore", "TokenStoreTeacher", "encode_tokens", "write_token_store"]
+def store_mismatch(store: TokenStore, data: Any, teacher: nn.Module | None = None) -> list[str]:
+    """What differs between ``store`` and the training blocks ``data`` (an :class:`kdkit.lm.data.LMData`) -- and
+    ``teacher``'s weights when given: one phrase per difference, [] when the store was made from them."""
+    m = store.manifest
+    diffs = []
+    if store.vocab != int(data.vocab_size):
+        diffs.append(f"vocabulary {store.vocab} vs the data's {int(data.vocab_size)}")
+    if store.block != data.blocks.shape[1] - 1:
+        diffs.append(f"blocks of {store.block} tokens vs the recipe's data.params.block {data.blocks.shape[1] - 1}")
+    if len(store) != data.blocks.shape[0]:
+        diffs.append(f"{len(store)} training blocks vs the recipe's {data.blocks.shape[0]} (data.train_limit, "
+                     f"val_fraction, split_seed, max_docs)")
+    if not diffs and m.get("blocks_sha256") and m["blocks_sha256"] != blocks_sha256(data.blocks):
+        diffs.append("the training tokens differ (corpus, tokenizer or split)")
+    if teacher is not None and m.get("teacher_sha256") and m["teacher_sha256"] != _sha256(teacher):
+        diffs.append("the teacher's weights differ (SHA-256 of its state dict)")
+    return diffs
+
+
+def open_token_store_teacher(recipe: Any, data: Any, teachers: list[nn.Module] | None = None) -> TokenStoreTeacher:
+    """``recipe.soft_labels`` as the teacher source of a language-model recipe, checked against its training blocks
+    (count, block length, vocabulary, SHA-256 of the token ids) and -- when the recipe lists its teacher -- that
+    teacher's weights; each difference is named in one line with the command that re-creates the store."""
+    store = TokenStore.open(recipe.soft_labels)
+    if teachers is not None and len(teachers) > 1:
+        raise ConfigError(f"soft_labels: a token store holds one teacher; the recipe lists {len(teachers)} teachers "
+                          f"(keep one, or drop soft_labels)")
+    diffs = store_mismatch(store, data.train, teachers[0] if teachers else None)
+    if diffs:
+        raise ConfigError(f"soft_labels: token store '{store.path}' does not match the recipe: {'; '.join(diffs)}; "
+                          f"re-create it with `kdkit lm-cache RECIPE --overwrite`")
+    return TokenStoreTeacher(store)
+
+
+__all__ = ["FORMAT", "SAMPLED_ENTROPY", "SAMPLED_IDS", "SAMPLED_RATIOS", "TokenStore", "TokenStoreTeacher",
+           "blocks_sha256", "encode_tokens", "open_token_store_teacher", "sample_tokens", "store_mismatch",
+           "write_token_store"]

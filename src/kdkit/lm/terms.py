@@ -13,6 +13,7 @@ ordinary ``ce`` term, which reads the same flattened targets, or ``lm_ce`` -- th
 | ``lm_skew_kl`` | KL(p ‖ αp + (1−α)q), DistiLLM | alpha (0.1), temperature |
 | ``lm_skew_reverse_kl`` | KL(q ‖ αq + (1−α)p), DistiLLM | alpha (0.1), temperature |
 | ``lm_tvd`` | ½Σ|p − q| | temperature |
+| ``lm_sampled_kl`` | KL(p‖q), unbiased estimate from a sampled token store (exact online) | |
 
 Every term also takes ``chunk_tokens`` (token rows per chunk of the loss; default ~4M vocabulary entries).
 """
@@ -24,6 +25,7 @@ from typing import ClassVar
 from torch import Tensor
 
 from kdkit.errors import ConfigError
+from kdkit.lm.store import SAMPLED_ENTROPY, SAMPLED_IDS, SAMPLED_RATIOS
 from kdkit.losses import tokens
 from kdkit.terms.base import LossTerm, TermInputs, check_temperature, register_term
 
@@ -94,6 +96,30 @@ class LMCrossEntropy(LossTerm):
         return tokens.token_cross_entropy(inp.student.logits, inp.batch["target"], -1, self.chunk_tokens)
 
 
+@register_term("lm_sampled_kl", description="token-level forward KL, unbiased from an importance-sampled token store "
+               "(exact with a teacher online)")
+class LMSampledKL(LossTerm):
+    """Forward KL(p‖q) per token (T = 1) that a *sampled* token store estimates without bias (random-sampling KD,
+    :func:`kdkit.losses.tokens.sampled_forward_kl`): with ``soft_labels:`` a store written with ``--sample`` it reads
+    the stored draws; with a teacher online (or a top-k store) it is ``lm_forward_kl``."""
+
+    def __init__(self, chunk_tokens: int | None = None) -> None:
+        super().__init__()
+        if chunk_tokens is not None and (not isinstance(chunk_tokens, int) or chunk_tokens < 1):
+            raise ConfigError(f"chunk_tokens must be a positive integer, got {chunk_tokens!r}")
+        self.chunk_tokens = chunk_tokens
+
+    def compute(self, inp: TermInputs) -> Tensor:
+        s, feats, target = inp.student.logits, inp.teacher.features, inp.batch["target"]
+        if target.dim() != 1 or target.numel() != s.shape[0]:
+            raise ConfigError(f"loss term '{self.name}' compares next-token distributions; it needs a language-model "
+                              f"dataset (docs/lm.md), got targets of shape {tuple(target.shape)}")
+        if SAMPLED_IDS in feats:
+            return tokens.sampled_forward_kl(s, feats[SAMPLED_IDS], feats[SAMPLED_RATIOS], feats[SAMPLED_ENTROPY],
+                                             target >= 0, self.chunk_tokens)
+        return tokens.token_divergence(s, inp.teacher.logits, target >= 0, "forward_kl", chunk_tokens=self.chunk_tokens)
+
+
 LMForwardKL = _term("lm_forward_kl", "forward_kl", "token-level forward KL(p_teacher ‖ q_student), mean per token",
                     "temperature")
 LMReverseKL = _term("lm_reverse_kl", "reverse_kl", "token-level reverse KL(q_student ‖ p_teacher), mean per token",
@@ -106,4 +132,5 @@ LMSkewReverseKL = _term("lm_skew_reverse_kl", "skew_reverse_kl", "token-level sk
                         "(DistiLLM), mean per token", "alpha, temperature")
 LMTVD = _term("lm_tvd", "total_variation", "token-level total variation 1/2·Σ|p − q|, mean per token", "temperature")
 
-__all__ = ["LMCrossEntropy", "LMForwardKL", "LMJSD", "LMReverseKL", "LMSkewKL", "LMSkewReverseKL", "LMTVD", "TokenTerm"]
+__all__ = ["LMCrossEntropy", "LMForwardKL", "LMJSD", "LMReverseKL", "LMSampledKL", "LMSkewKL", "LMSkewReverseKL",
+           "LMTVD", "TokenTerm"]

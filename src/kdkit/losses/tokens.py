@@ -350,6 +350,99 @@ def sparse_token_divergence(student_logits: Tensor, teacher_log_probs: Tensor, t
     return total / m.sum().clamp_min(1)
 
 
+def sampled_forward_kl(student_logits: Tensor, sample_ids: Tensor, sample_weights: Tensor, teacher_entropy: Tensor,
+                       mask: Tensor | None = None, chunk_tokens: int | None = None) -> Tensor:
+    """Unbiased importance-sampled estimate of the mean per valid token of KL(p ‖ q), from n sampled teacher tokens.
+
+    Random-sampling KD (Anshumann et al., ACL 2025, "Sparse Logit Sampling: Accelerating Knowledge Distillation in
+    LLMs"): per token, n ids x_1..x_n are drawn i.i.d. from a proposal r (the teacher p itself, or p tempered) and
+    stored with importance ratios ρ_j = p(x_j) / r(x_j). Then, with q = softmax(student logits),
+
+        K̂ = −H(p) − (1/n) Σ_j ρ_j · log q(x_j),     H(p) = −Σ_v p(v) log p(v)  (stored per token)
+
+    and E_r[K̂] = −H(p) − Σ_v p(v) log q(v) = KL(p ‖ q): the estimate and its gradient with respect to the student
+    are unbiased (not the top-k store's coarsening, :func:`sparse_token_divergence`, which is biased low). Only
+    losses linear in p have such an estimator: forward KL and cross-entropy against the teacher (reverse KL, JSD and
+    TVD do not). Temperature 1 (the store keeps the teacher at T = 1).
+
+    Args:
+        student_logits: (B, T, V) or (N, V).
+        sample_ids: (B, T, n) or (N, n) int sampled token ids.
+        sample_weights: same shape, the ratios ρ_j = p(x_j)/r(x_j) (1 when r = p); upcast here.
+        teacher_entropy: (B, T) or (N,) H(p) in nats.
+        mask: (B, T) or (N,) True at the tokens that count; None = all.
+        chunk_tokens: token rows per chunk.
+
+    Returns:
+        Scalar estimate; 0 when no token is valid.
+    """
+    v = student_logits.shape[-1]
+    n = sample_ids.shape[-1]
+    s = _rows(student_logits, v, "student_logits")
+    ids = _rows(sample_ids, n, "sample_ids").to(torch.int64)
+    w = _rows(sample_weights.detach(), n, "sample_weights")
+    h = teacher_entropy.detach().reshape(-1)
+    if not (ids.shape[0] == w.shape[0] == h.shape[0] == s.shape[0]):
+        raise ValueError(f"sampled teacher rows ({ids.shape[0]}, {w.shape[0]}, {h.shape[0]}) do not match the "
+                         f"student's {s.shape[0]} token rows")
+    if ids.numel() and (int(ids.max()) >= v or int(ids.min()) < 0):
+        raise ValueError(f"sampled token id {int(ids.max())} is outside the student's vocabulary of {v}")
+    m = _flat_mask(mask, s.shape[0], s)
+    dtype = _work_dtype(s)
+
+    def per_chunk(sc: Tensor, idc: Tensor, wc: Tensor, hc: Tensor, mc: Tensor) -> Tensor:
+        log_q = F.log_softmax(sc.to(dtype), dim=-1).gather(-1, idc)
+        d = -hc.to(dtype) - (wc.to(dtype) * log_q).sum(-1) / n
+        return torch.where(mc, d, torch.zeros((), dtype=d.dtype, device=d.device)).sum()
+
+    total = _chunked_sum(per_chunk, [s, ids, w, h], m, chunk_rows(v, chunk_tokens))
+    return total / m.sum().clamp_min(1)
+
+
+def universal_logit_distance(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor | None = None,
+                             temperature: float = 1.0) -> Tensor:
+    """ULD loss: mean per valid token of the sorted-probability distance between teacher and student distributions
+    over *different* vocabularies (Boizard et al., 2024, "Towards Cross-Tokenizer Distillation: the Universal Logit
+    Distillation Loss for LLMs", eq. 5-6).
+
+    With p = softmax(t/T) over the teacher's V_t tokens and q = softmax(s/T) over the student's V_s, both sorted in
+    decreasing order and padded with zeros to V = max(V_t, V_s),
+
+        ULD(p, q) = Σ_{i=1..V} | p_(i) − q_(i) |
+
+    -- the closed form the paper uses for the Wasserstein-1 distance between the two distributions when the token
+    supports are matched by rank (uniform transport cost). It needs no shared vocabulary, is 0 when the sorted
+    distributions are equal, and is invariant under any permutation of either vocabulary. Position t of the student
+    is compared with position t of the teacher (responses aligned by position; the caller masks positions one side
+    does not have).
+
+    Args:
+        student_logits: (B, T, V_s) or (N, V_s).
+        teacher_logits: (B, T, V_t) or (N, V_t), same leading shape (no gradient flows into it).
+        mask: (B, T) or (N,) True at the positions that count; None = all.
+        temperature: T > 0 (scales both; the result is not multiplied by T²: it is not a KL).
+
+    Returns:
+        Scalar loss in [0, 2]; 0 when no position is valid.
+    """
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
+    s = student_logits.reshape(-1, student_logits.shape[-1])
+    t = teacher_logits.detach().reshape(-1, teacher_logits.shape[-1])
+    if s.shape[0] != t.shape[0]:
+        raise ValueError(f"universal_logit_distance: {s.shape[0]} student token rows vs {t.shape[0]} teacher rows; "
+                         f"align the two sequences by position first")
+    m = _flat_mask(mask, s.shape[0], s)
+    dtype = _work_dtype(s, t)
+    q = torch.softmax(s.to(dtype) / temperature, dim=-1).sort(dim=-1, descending=True).values
+    p = torch.softmax(t.to(dtype) / temperature, dim=-1).sort(dim=-1, descending=True).values
+    width = max(p.shape[-1], q.shape[-1])
+    q = F.pad(q, (0, width - q.shape[-1]))
+    p = F.pad(p, (0, width - p.shape[-1]))
+    d = (p - q).abs().sum(-1)
+    return torch.where(m, d, torch.zeros((), dtype=d.dtype, device=d.device)).sum() / m.sum().clamp_min(1)
+
+
 __all__ = ["KINDS", "chunk_rows", "coarsen_student", "divergence_from_log_probs", "forward_kl", "generalized_jsd",
-           "reverse_kl", "skew_forward_kl", "skew_reverse_kl", "sparse_token_divergence", "token_cross_entropy",
-           "token_divergence", "total_variation"]
+           "reverse_kl", "sampled_forward_kl", "skew_forward_kl", "skew_reverse_kl", "sparse_token_divergence",
+           "token_cross_entropy", "token_divergence", "total_variation", "universal_logit_distance"]

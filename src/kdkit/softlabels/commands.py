@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from kdkit.data.sources import resolve_dataset
 from kdkit.errors import ConfigError
 from kdkit.recipe import load_recipe
 from kdkit.registry import COMMANDS
@@ -41,6 +42,13 @@ def cache(
     file's logits (another framework, an API) are checked against the recipe's dataset and stored.
     """
     r = load_recipe(recipe, set_)
+    if resolve_dataset(r.data.name)[0].meta.get("task") == "causal_lm" and from_logits is None:
+        from kdkit.lm.cache import cache_lm_recipe  # a language-model recipe: the token logit store (text extra)
+
+        store = cache_lm_recipe(r, k=topk, out=out, batch_size=batch_size, overwrite=overwrite)
+        Console().print(f"token store (top-{store.k}, {store.bytes_per_token:.1f} bytes/token) -> {store.path}",
+                        markup=False, soft_wrap=True)
+        return
     if from_logits is not None:
         if views != 1:
             raise ConfigError("--from-logits: imported logits are of the plain samples, one view; drop --views")
