@@ -13,6 +13,7 @@ from rich.console import Console
 from torch import nn
 
 from kdkit.data.run import RunData
+from kdkit.data.sources import resolve_dataset
 from kdkit.errors import ConfigError, ShapeError
 from kdkit.models.factory import create_model
 from kdkit.models.pretrained import load_pretrained
@@ -122,11 +123,10 @@ def store_teacher(recipe: Recipe, data: RunData, ctx: BuildContext) -> StoreTeac
         # builds next starts from the same weights as in the online run with the same seed.
         with torch.random.fork_rng(devices=[]):
             teachers = ctx.make_teachers(recipe.scheme.params.get("teacher_inputs", "auto"))
-    if getattr(data.train, "blocks", None) is not None:  # a language-model corpus: a token logit store
-        from kdkit.lm.store import open_token_store_teacher  # the text extra
-
+    opener = resolve_dataset(recipe.data.name)[0].meta.get("store_teacher")
+    if opener is not None:  # the data's own store (language models: kdkit.lm.store's token logit store)
         check_recipe_can_use_store(recipe)
-        return open_token_store_teacher(recipe, data, teachers)
+        return opener(recipe, data, teachers)
     store = open_store_teacher(recipe, data, teachers)
     if teachers and any(LOSSES.get(t.name).needs_input_grad for t in recipe.terms):
         store.models = teachers

@@ -213,7 +213,7 @@ def shrink_one(cmd: str) -> str:
     words = shlex.split(cmd)
     if words[:1] != ["kdkit"] or len(words) < 2:
         return cmd
-    if words[1] in ("train", "distill", "cache", "seeds"):
+    if words[1] in ("train", "distill", "cache", "lm-cache", "seeds"):
         extra = ["epochs=1", f"data.train_limit={TEXT_LIMIT if _is_text(words) else IMAGE_LIMIT}"]
         if _is_text(words):
             extra.append("data.val_fraction=0.02")  # 256 validation snippets instead of 2,562
@@ -635,7 +635,7 @@ def test_lm_doc(tmp_path, token_cache):
     """docs/lm.md: tokenizer, teacher, export, scratch and distilled students, eval (shrunk), then the store block."""
     cwd = workspace(tmp_path, "docs/lm.md")
     done = run_doc_commands("docs/lm.md", cwd, token_cache)
-    assert len(done) == 11
+    assert len(done) == 15  # + lm-cache and distil from a top-k and a sampled store
     run_python_blocks("docs/lm.md", cwd, token_cache)
 
 

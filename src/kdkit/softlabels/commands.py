@@ -42,12 +42,9 @@ def cache(
     file's logits (another framework, an API) are checked against the recipe's dataset and stored.
     """
     r = load_recipe(recipe, set_)
-    if resolve_dataset(r.data.name)[0].meta.get("task") == "causal_lm" and from_logits is None:
-        from kdkit.lm.cache import cache_lm_recipe  # a language-model recipe: the token logit store (text extra)
-
-        store = cache_lm_recipe(r, k=topk, out=out, batch_size=batch_size, overwrite=overwrite)
-        Console().print(f"token store (top-{store.k}, {store.bytes_per_token:.1f} bytes/token) -> {store.path}",
-                        markup=False, soft_wrap=True)
+    own = resolve_dataset(r.data.name)[0].meta.get("cache_command")
+    if own is not None and from_logits is None:  # the data caches its own way (language models: kdkit lm-cache)
+        COMMANDS.get(own)(recipe, k=topk, out=out, batch_size=batch_size, overwrite=overwrite, set_=set_)
         return
     if from_logits is not None:
         if views != 1:
