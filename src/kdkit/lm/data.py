@@ -163,13 +163,26 @@ def check_model_tokenizers(recipe: Any, tokenizer: str) -> None:
     """Every ``hf:`` model must read the data's token ids: the same vocabulary, or a refusal naming the difference."""
     ref = load_tokenizer(tokenizer)
     specs = [("student", recipe.student)] + [(f"teachers.{i}", t) for i, t in enumerate(recipe.teachers)]
+    uld = any(t.name == "lm_uld" for t in recipe.terms)
     for field_name, spec in specs:
         if not spec.name.startswith("hf:"):
             continue
+        other = spec.params.get("input_tokenizer")
+        if other is not None and field_name != "student":  # a cross-tokenizer teacher (kdkit.lm.crosstok)
+            if not uld:
+                raise ConfigError(f"{field_name}.params.input_tokenizer: a teacher with its own tokenizer is compared "
+                                  f"only by the lm_uld term; add {{name: lm_uld}} to terms, or drop input_tokenizer")
+            diff = vocabulary_difference(load_tokenizer(str(other)), ref)
+            if diff is not None:
+                raise ConfigError(f"{field_name}.params.input_tokenizer '{other}' is not data.params.tokenizer "
+                                  f"'{tokenizer}' ({diff}); name the data's tokenizer there")
+            continue
         diff = vocabulary_difference(load_tokenizer(spec.name), ref)
         if diff is not None:
+            hint = (f"; or distil across tokenizers with the lm_uld term and {field_name}.params.input_tokenizer: "
+                    f"{tokenizer}") if field_name != "student" else ""
             raise ConfigError(f"{field_name} '{spec.name}' uses another tokenizer than data.params.tokenizer "
-                              f"'{tokenizer}' ({diff}); teacher, student and data must share one tokenizer")
+                              f"'{tokenizer}' ({diff}); teacher, student and data must share one tokenizer{hint}")
 
 
 def build_lm_data(recipe: Any, num_shards: int = 1, shard: int = 0) -> RunData:

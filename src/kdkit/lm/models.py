@@ -157,9 +157,16 @@ def build_causal_lm(name: str, num_classes: int, in_channels: int = 1, image_siz
     source = f"hf:{name}"
     if kwargs.pop("pretrained", None) or kwargs.pop("weights", None) is not None:
         raise ConfigError(f"model '{source}': kdkit never downloads; hf: models load from a local directory")
+    input_tokenizer = kwargs.pop("input_tokenizer", None)
     if kwargs:
         raise ConfigError(f"model '{source}' has no parameter {', '.join(repr(k) for k in sorted(kwargs))}; its "
-                          f"parameters: layers, config, init")
+                          f"parameters: layers, config, init, input_tokenizer")
+    if input_tokenizer is not None:  # another tokenizer than the data's: re-tokenise the text (kdkit.lm.crosstok)
+        from kdkit.lm.crosstok import RetokenizedLM  # it imports this module
+
+        own = len(load_tokenizer(f"hf:{name}"))
+        return RetokenizedLM(build_causal_lm(name, own, in_channels, image_size, layers, config, init), str(
+            input_tokenizer), f"hf:{name}")
     path = resolve_hf_path(name)
     overrides = dict(config or {})
     shape_keys = sorted(set(overrides) - _SHAPE_FREE_KEYS)

@@ -13,6 +13,7 @@ ordinary ``ce`` term, which reads the same flattened targets, or ``lm_ce`` -- th
 | ``lm_skew_kl`` | KL(p ‖ αp + (1−α)q), DistiLLM | alpha (0.1), temperature |
 | ``lm_skew_reverse_kl`` | KL(q ‖ αq + (1−α)p), DistiLLM | alpha (0.1), temperature |
 | ``lm_tvd`` | ½Σ|p − q| | temperature |
+| ``lm_uld`` | Σ|sorted p − sorted q|, any two tokenizers (ULD) | temperature |
 | ``lm_sampled_kl`` | KL(p‖q), unbiased estimate from a sampled token store (exact online) | |
 
 Every term also takes ``chunk_tokens`` (token rows per chunk of the loss; default ~4M vocabulary entries).
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import torch
 from torch import Tensor
 
 from kdkit.errors import ConfigError
@@ -120,6 +122,28 @@ class LMSampledKL(LossTerm):
         return tokens.token_divergence(s, inp.teacher.logits, target >= 0, "forward_kl", chunk_tokens=self.chunk_tokens)
 
 
+@register_term("lm_uld", description="Universal Logit Distillation: sorted-probability distance per token, for a "
+               "teacher with another tokenizer (Boizard et al. 2024)")
+class LMULD(LossTerm):
+    """ULD loss (:func:`kdkit.losses.tokens.universal_logit_distance`): Σ_i |p_(i) − q_(i)| between the teacher's and
+    the student's sorted next-token probabilities, mean over the tokens that count. The teacher may use another
+    tokenizer (``teachers[i].params.input_tokenizer``, :mod:`kdkit.lm.crosstok`); its vocabulary size then differs,
+    and positions its tokenization does not reach (NaN rows) are left out. Used beside ``ce`` in the paper."""
+
+    def __init__(self, temperature: float = 1.0) -> None:
+        super().__init__()
+        self.temperature = check_temperature(temperature)
+
+    def compute(self, inp: TermInputs) -> Tensor:
+        s, t, target = inp.student.logits, inp.teacher.logits, inp.batch["target"]
+        if target.dim() != 1 or target.numel() != s.shape[0] or t.shape[0] != s.shape[0]:
+            raise ConfigError(f"loss term '{self.name}' compares next-token distributions position by position; it "
+                              f"needs a language-model dataset (docs/lm.md), got student rows {s.shape[0]}, teacher "
+                              f"rows {t.shape[0]}, targets {tuple(target.shape)}")
+        reached = ~torch.isnan(t[:, 0])
+        return tokens.universal_logit_distance(s, torch.nan_to_num(t), (target >= 0) & reached, self.temperature)
+
+
 LMForwardKL = _term("lm_forward_kl", "forward_kl", "token-level forward KL(p_teacher ‖ q_student), mean per token",
                     "temperature")
 LMReverseKL = _term("lm_reverse_kl", "reverse_kl", "token-level reverse KL(q_student ‖ p_teacher), mean per token",
@@ -133,4 +157,4 @@ LMSkewReverseKL = _term("lm_skew_reverse_kl", "skew_reverse_kl", "token-level sk
 LMTVD = _term("lm_tvd", "total_variation", "token-level total variation 1/2·Σ|p − q|, mean per token", "temperature")
 
 __all__ = ["LMCrossEntropy", "LMForwardKL", "LMJSD", "LMReverseKL", "LMSampledKL", "LMSkewKL", "LMSkewReverseKL",
-           "LMTVD", "TokenTerm"]
+           "LMTVD", "LMULD", "TokenTerm"]
