@@ -5,10 +5,14 @@ Needs the LM demo's teacher and a student (benchmarks/lm_distill.py makes them, 
 for the held-out blocks (fast; the same code writes the training split). Bias: the mean token divergence of the student
 from the teacher, computed from full teacher logits, from the store's rebuilt logits (top-k exact, tail spread
 evenly; what TokenStoreTeacher feeds the dense terms) and from the sparse k + 1 coarsening
-(``sparse_token_divergence``). Speed: one KD step (forward KL, AdamW) with the teacher run online vs read from the
-store (plain and zlib-compressed), alternating step by step so that load hits all alike; medians of thread CPU time.
+(``sparse_token_divergence``). The sampled store (``--samples``: n importance-sampled ids per token, random-sampling
+KD) is measured the same way over ``--draws`` independent draws: the mean of its forward-KL estimate (bias: ~0 by
+construction), the spread of that whole-split estimate across draws, and the per-token error against the full-logit
+KL per token (rms; the top-k store's per-token error is given beside it: bias without variance). Speed: one KD step
+(forward KL, AdamW) with the teacher run online vs read from the store (plain and zlib-compressed), alternating step
+by step so that load hits all alike; medians of thread CPU time.
 
-    .venv/bin/python benchmarks/lm_store.py --student runs/lm/lee_scratch-seed0 --k 8 32 --steps 10
+    .venv/bin/python benchmarks/lm_store.py --student runs/lm/lee_scratch-seed0 --k 8 32 --samples 8 24 --steps 10
 
 Prints one JSON object.
 """
@@ -29,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from kdkit.lm.data import load_lm_split  # noqa: E402
 from kdkit.lm.models import build_causal_lm  # noqa: E402
-from kdkit.lm.store import write_token_store  # noqa: E402
+from kdkit.lm.store import sample_tokens, write_token_store  # noqa: E402
 from kdkit.losses import tokens as tl  # noqa: E402
 from kdkit.models.factory import load_model  # noqa: E402
 
@@ -39,6 +43,8 @@ def main() -> None:
     ap.add_argument("--teacher", default="runs/lm/teacher_hf")
     ap.add_argument("--student", default="runs/lm/lee_scratch-seed0")
     ap.add_argument("--k", nargs="+", type=int, default=[8, 32])
+    ap.add_argument("--samples", nargs="+", type=int, default=[8, 24], help="sampled-store draws per token")
+    ap.add_argument("--draws", type=int, default=4, help="independent sampled stores per n (bias and spread)")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--batch", type=int, default=16)
     a = ap.parse_args()
@@ -70,6 +76,35 @@ def main() -> None:
                 row[kind] = {"full": ref, "store_rebuilt": dense, "store_sparse": sparse,
                              "rebuilt_rel_bias": dense / ref - 1, "sparse_rel_bias": sparse / ref - 1}
             rows.append(row)
+        # per-token forward KL from full logits, and the top-k (rebuilt) store's per-token error: bias, no variance
+        log_p = torch.log_softmax(t_logits.float(), -1)
+        log_q = torch.log_softmax(s_logits.float(), -1)
+        kl_tok = tl.divergence_from_log_probs("forward_kl", log_p, log_q)
+        for row in rows:
+            store_k = write_token_store(teacher, val, Path(tmp) / f"k{row['k']}", k=row["k"])
+            rebuilt_tok = tl.divergence_from_log_probs(
+                "forward_kl", torch.log_softmax(store_k.teacher_logits(torch.arange(len(val))), -1), log_q)
+            err = rebuilt_tok - kl_tok
+            row["forward_kl"]["rebuilt_token_error"] = {"mean": float(err.mean()),
+                                                        "rms": float(err.pow(2).mean().sqrt())}
+        sampled_rows = []
+        for n in a.samples:
+            store_s = write_token_store(teacher, val, Path(tmp) / f"s{n}", k=n, sample=True)
+            estimates, token_err = [], []
+            for d in range(a.draws):
+                ids, ratio, ent = sample_tokens(log_p, n, 1.0, torch.Generator().manual_seed(d))
+                # per token: -H - (1/n) sum_j ratio_j log q(x_j), with the store's fp16 rounding of ratio and H
+                est_tok = -ent.half().float() - (ratio.half().float() * log_q.gather(-1, ids)).sum(-1) / n
+                estimates.append(float(est_tok.mean()))
+                token_err.append(est_tok - kl_tok)
+            errs = torch.stack(token_err)
+            mean_est = statistics.mean(estimates)
+            sampled_rows.append({
+                "samples": n, "bytes_per_token": store_s.bytes_per_token, "draws": a.draws,
+                "forward_kl": {"full": full["forward_kl"], "sampled_mean": mean_est,
+                               "sampled_rel_bias": mean_est / full["forward_kl"] - 1,
+                               "sampled_std_across_draws": statistics.stdev(estimates) if a.draws > 1 else 0.0,
+                               "token_error": {"mean": float(errs.mean()), "rms": float(errs.pow(2).mean().sqrt())}}})
         # speed: online teacher forward vs store lookup, one KD step each, alternating
         sub = train.subset(torch.arange(min(len(train), 8 * a.batch)))
         big = write_token_store(teacher, sub, Path(tmp) / "train", k=max(a.k))
@@ -95,7 +130,7 @@ def main() -> None:
                 if step:  # the first step warms up
                     times[mode].append(time.thread_time() - t0)
     speed = {m: statistics.median(v) for m, v in times.items()}
-    print(json.dumps({"val_tokens": val.tokens, "vocab": val.vocab_size, "rows": rows,
+    print(json.dumps({"val_tokens": val.tokens, "vocab": val.vocab_size, "rows": rows, "sampled": sampled_rows,
                       "step_seconds_median": speed, "store_vs_online": speed["store"] / speed["online"],
                       "compressed_store_vs_online": speed["store_compressed"] / speed["online"],
                       "tokens_per_s": {m: a.batch * val.block / v for m, v in speed.items()}}, indent=1))
