@@ -23,7 +23,10 @@ from kdkit.types import TrainState
 
 # Terms on image models; the TinyBERT/DistilBERT terms need text models and have their own contract
 # (tests/unit/test_text_terms.py).
-IMAGE_TERMS = [n for n in LOSSES.names() if not getattr(LOSSES.get(n), "__module__", "").startswith("kdkit.text")]
+# The decoder hidden-state terms read text layouts too: tests/integration/test_lm_hidden.py is their contract.
+LM_LAYOUT_TERMS = {"lm_hidden_mse", "lm_hidden_cosine"}
+IMAGE_TERMS = [n for n in LOSSES.names() if not getattr(LOSSES.get(n), "__module__", "").startswith("kdkit.text")
+               and n not in LM_LAYOUT_TERMS]
 MULTILABEL = {"bce", "multilabel_kd"}
 PARAMS = {"crd": {"n_neg": 63}, "tf_kd": {"temperature": 4.0},
           "fsp": {"connector": "conv1x1"}}  # FSP compares equal widths; these two CNNs differ

@@ -636,7 +636,7 @@ def test_lm_doc(tmp_path, token_cache):
     """docs/lm.md: tokenizer, teacher, export, scratch and distilled students, eval (shrunk), then the store block."""
     cwd = workspace(tmp_path, "docs/lm.md")
     done = run_doc_commands("docs/lm.md", cwd, token_cache)
-    assert len(done) == 17  # + lm-cache and distil from a top-k and a sampled store; ULD tokenizer and distil
+    assert len(done) == 18  # + lm-cache, distil from a top-k and a sampled store; ULD tokenizer and distil; lee_hidden
     run_python_blocks("docs/lm.md", cwd, token_cache)
 
 

@@ -89,6 +89,17 @@ class CausalLM(nn.Module):
         path = layer_list_path(self.hf)
         return [f"hf.{path}.{i}" for i in range(int(self.config.num_hidden_layers))]
 
+    def text_layout(self) -> Any:
+        """Where the decoder's hidden states are (:class:`kdkit.text.layout.TextLayout`): each block's output, for
+        the hidden-state terms (``lm_hidden_mse``, ``lm_hidden_cosine``, ``tinybert_hidden``); no attention maps."""
+        from kdkit.text.layout import TextLayout
+
+        emb = self.hf.get_input_embeddings()
+        path = next(name for name, m in self.named_modules() if m is emb)
+        return TextLayout(embedding=path, hidden=self.kd_stages, attention_scores=None, attention_probs=None,
+                          hidden_size=int(getattr(self.config, "hidden_size", 0) or self.config.n_embd),
+                          num_heads=None, pad_token_id=-1 if self.pad_token_id is None else self.pad_token_id)
+
     def attention_mask(self, input_ids: Tensor) -> Tensor | None:
         if self.pad_token_id is None:
             return None

@@ -13,6 +13,8 @@ ordinary ``ce`` term, which reads the same flattened targets, or ``lm_ce`` -- th
 | ``lm_skew_kl`` | KL(p ‖ αp + (1−α)q), DistiLLM | alpha (0.1), temperature |
 | ``lm_skew_reverse_kl`` | KL(q ‖ αq + (1−α)p), DistiLLM | alpha (0.1), temperature |
 | ``lm_tvd`` | ½Σ|p − q| | temperature |
+| ``lm_hidden_mse`` | Σ MSE(H_S W, H_T) over a layer map of decoder blocks (TinyBERT) | layer_map, shared_map |
+| ``lm_hidden_cosine`` | Σ 1 − cos(h_S W, h_T) over a layer map (DistilBERT) | layer_map |
 | ``lm_uld`` | Σ|sorted p − sorted q|, any two tokenizers (ULD) | temperature |
 | ``lm_sampled_kl`` | KL(p‖q), unbiased estimate from a sampled token store (exact online) | |
 
@@ -30,6 +32,7 @@ from kdkit.errors import ConfigError
 from kdkit.lm.store import SAMPLED_ENTROPY, SAMPLED_IDS, SAMPLED_RATIOS
 from kdkit.losses import tokens
 from kdkit.terms.base import LossTerm, TermInputs, check_temperature, register_term
+from kdkit.text.terms import DistilBertCosineTerm, TinyBertHiddenTerm
 
 
 class TokenTerm(LossTerm):
@@ -144,6 +147,24 @@ class LMULD(LossTerm):
         return tokens.universal_logit_distance(s, torch.nan_to_num(t), (target >= 0) & reached, self.temperature)
 
 
+@register_term("lm_hidden_mse", description="decoder hidden-state MSE per mapped layer, learnt linear map when widths "
+               "differ (TinyBERT eq. 8 for causal LMs)")
+class LMHiddenMSE(TinyBertHiddenTerm):
+    """``Σ_(m, n) MSE(H_S^m W, H_T^n)`` over the pairs of ``layer_map`` between decoder block outputs (B, T, D): the
+    TinyBERT hidden-state loss (Jiao et al., EMNLP 2020, eq. 8) generalised to causal LMs, means over the tokens that
+    are not padding. ``layer_map``: ``{student layer: teacher layer}`` 0-based (``{0: 0, 1: 5}``), or ``uniform``
+    (default), ``last``, ``final`` (:func:`kdkit.text.terms.layer_pairs`); W is learnt with the student when the
+    widths differ (one shared, or one per pair with ``shared_map: false``)."""
+
+
+@register_term("lm_hidden_cosine", description="decoder hidden-state cosine 1 - cos(h_S W, h_T) per mapped layer "
+               "(DistilBERT's cosine for causal LMs)")
+class LMHiddenCosine(DistilBertCosineTerm):
+    """``Σ_(m, n) mean_t (1 − cos(h_S^m W, h_T^n))`` over the pairs of ``layer_map`` (DistilBERT's cosine loss, Sanh et
+    al. 2019, on decoder block outputs), means over the tokens that are not padding; ``layer_map`` as
+    ``lm_hidden_mse`` (default ``final``: the last block of each)."""
+
+
 LMForwardKL = _term("lm_forward_kl", "forward_kl", "token-level forward KL(p_teacher ‖ q_student), mean per token",
                     "temperature")
 LMReverseKL = _term("lm_reverse_kl", "reverse_kl", "token-level reverse KL(q_student ‖ p_teacher), mean per token",
@@ -156,5 +177,5 @@ LMSkewReverseKL = _term("lm_skew_reverse_kl", "skew_reverse_kl", "token-level sk
                         "(DistiLLM), mean per token", "alpha, temperature")
 LMTVD = _term("lm_tvd", "total_variation", "token-level total variation 1/2·Σ|p − q|, mean per token", "temperature")
 
-__all__ = ["LMCrossEntropy", "LMForwardKL", "LMJSD", "LMReverseKL", "LMSampledKL", "LMSkewKL", "LMSkewReverseKL",
-           "LMTVD", "LMULD", "TokenTerm"]
+__all__ = ["LMCrossEntropy", "LMForwardKL", "LMHiddenCosine", "LMHiddenMSE", "LMJSD", "LMReverseKL", "LMSampledKL",
+           "LMSkewKL", "LMSkewReverseKL", "LMTVD", "LMULD", "TokenTerm"]

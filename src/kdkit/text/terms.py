@@ -74,8 +74,20 @@ def layer_pairs(n_student: int, n_teacher: int, strategy: str | Sequence[int] = 
     """0-based (student layer, teacher layer) pairs for a layer mapping.
 
     ``uniform``, ``last`` and explicit lists (M teacher layers, 1-based) are :func:`kdkit.losses.transformer.layer_map`;
-    ``final`` pairs only the last student layer with the last teacher layer (DistilBERT's cosine on the output).
+    ``final`` pairs only the last student layer with the last teacher layer (DistilBERT's cosine on the output); a dict
+    ``{student layer: teacher layer}`` names the pairs, 0-based (``{0: 0, 1: 5}``).
     """
+    if isinstance(strategy, dict):  # {student layer: teacher layer}, 0-based (e.g. {0: 0, 1: 5})
+        try:
+            pairs = sorted((int(a), int(b)) for a, b in strategy.items())
+        except (TypeError, ValueError):
+            raise ConfigError(f"layer_map {strategy!r} must map student layer numbers to teacher layer numbers "
+                              f"(0-based integers)") from None
+        bad = [(a, b) for a, b in pairs if not (0 <= a < n_student and 0 <= b < n_teacher)]
+        if bad or not pairs:
+            raise ConfigError(f"layer_map {strategy!r}: layers are 0-based, student 0..{n_student - 1}, teacher "
+                              f"0..{n_teacher - 1}")
+        return pairs
     if strategy == "final":
         if n_student < 1 or n_teacher < 1:
             raise ConfigError(f"layer_map: layer counts must be >= 1, got student {n_student}, teacher {n_teacher}")
