@@ -13,6 +13,18 @@ store was made from (:class:`kdkit.lm.data.LMData`). At k = 32 and V ≤ 65535 a
 order) compressed with zlib into ``blocks.zlib``, with ``offsets.npy`` ((N + 1,) int64 byte offsets) for random access
 by block; the values are identical (the compression is lossless).
 
+A *sampled* store (``write_token_store(..., sample=True)``, ``kdkit lm-cache --sample``; manifest ``kind: sampled``)
+keeps instead, per token, k ids drawn with replacement from a proposal r (the teacher itself, or softmax(log p / τ)),
+their importance ratios p/r and the teacher's entropy, for an unbiased forward KL (random-sampling KD, Anshumann et
+al. 2025; :func:`kdkit.losses.tokens.sampled_forward_kl`, the ``lm_sampled_kl`` term)::
+
+    ids.npy         (N, T, k) uint16   sampled token ids (int32 when V > 65535)
+    ratios.npy      (N, T, k) float16  p(x)/r(x) of each draw (exactly 1 when r = p)
+    entropy.npy     (N, T)    float16  H(p) in nats
+
+4k + 2 bytes per token (98 at k = 24). Both kinds record the SHA-256 of the token blocks and of the teacher's weights,
+which :func:`open_token_store_teacher` checks when a recipe reads the store (``soft_labels: PATH``).
+
 The tail is stored as a log-sum-exp computed from the float32 log-probabilities, not as ``1 − Σ top-k``: that
 difference loses every digit when the tail is small and the top-k are rounded to fp16 (the soft-label store's rule).
 
