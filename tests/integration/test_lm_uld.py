@@ -63,6 +63,15 @@ def test_other_tokenizer_without_uld_is_refused_in_one_line(setup):
                                             {"input_tokenizer": str(setup / "tok320")})))
 
 
+def test_cross_tokenizer_teacher_is_not_cached(setup):
+    from kdkit.lm.cache import cache_lm_recipe
+
+    r = _recipe(setup, [{"name": "ce"}, {"name": "lm_uld"}], {"input_tokenizer": str(setup / "tok320")})
+    with pytest.raises(ConfigError, match="run that teacher online"):
+        cache_lm_recipe(r, k=4, out=setup / "no_store")
+    assert not (setup / "no_store").exists()
+
+
 def test_teacher_reads_the_same_text_in_its_own_tokens(setup):
     tok320, tok480 = load_tokenizer(str(setup / "tok320")), load_tokenizer(str(setup / "tok480"))
     torch.manual_seed(0)

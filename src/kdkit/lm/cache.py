@@ -59,6 +59,10 @@ def cache_lm_recipe(recipe: Recipe | str | Path | dict[str, Any], k: int = 32, o
         raise ConfigError(f"kdkit lm-cache: data '{recipe.data.name}' is not a language-model corpus; use `kdkit "
                           f"cache` for classifiers")
     teacher = frozen_teacher_models(recipe, data)[0]
+    if recipe.teachers[0].params.get("input_tokenizer") is not None:
+        raise ConfigError("kdkit lm-cache: teachers.0 reads its own tokenizer (params.input_tokenizer); a token store "
+                          "holds distributions over the data's vocabulary, so run that teacher online (drop "
+                          "soft_labels)")
     path = Path(out) if out is not None else default_token_store_path(recipe)
     if (path / MANIFEST).exists():
         try:
