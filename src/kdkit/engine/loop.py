@@ -149,6 +149,11 @@ class Engine:
         scheme.to(device)
         optimizer = build_optimizer(r.optim, raw)
         model, optimizer = acc.prepare(raw, optimizer)
+        # compile: the student networks themselves, in place (nn.Module.compile): the optimizer's parameters, DDP's
+        # buckets and the checkpoint keys stay those of the eager modules; compilation happens at the first step
+        compiled = [m for m in scheme.eval_models().values()] if r.compile else []
+        for m in compiled:
+            m.compile()
         steps_per_epoch = len(train_loader)
         if steps_per_epoch == 0:
             raise KdkitError("the training split has fewer samples than one batch; lower data.batch_size")
@@ -196,14 +201,27 @@ class Engine:
                         student, decided = self._student_mode(scheme, model, batch, state), True
                         first_cl_ddp = student.channels_last and acc.num_processes > 1 and not _has_term_windows(r)
                     batch = input_in(batch, student)
-                    with acc.autocast(), self._student_context(student, device):
-                        out = scheme.step(model, batch, state)
-                    if self._check_now(device) and not torch.isfinite(out.loss):
-                        self._raise_nonfinite(scheme, batch, out, lr, f"at epoch {epoch + 1}, batch {b}")
-                    optimizer.zero_grad(set_to_none=True)
-                    with _no_first_step_stride_warning() if first_cl_ddp else contextlib.nullcontext():
+                    try:
+                        with acc.autocast(), self._student_context(student, device):
+                            out = scheme.step(model, batch, state)
+                        if self._check_now(device) and not torch.isfinite(out.loss):
+                            self._raise_nonfinite(scheme, batch, out, lr, f"at epoch {epoch + 1}, batch {b}")
+                        optimizer.zero_grad(set_to_none=True)
+                        with _no_first_step_stride_warning() if first_cl_ddp else contextlib.nullcontext():
+                            acc.backward(out.loss)
+                    except KdkitError:
+                        raise
+                    except Exception as err:  # compilation fails at the first forward or backward: run eagerly
+                        if not compiled:
+                            raise
+                        self._compile_failed(compiled, err)
+                        compiled = []
+                        with acc.autocast(), self._student_context(student, device):
+                            out = scheme.step(model, batch, state)
+                        optimizer.zero_grad(set_to_none=True)
                         acc.backward(out.loss)
                     first_cl_ddp = False
+                    compiled = []  # compiled (or fallen back) by the first step: later errors are errors
                     if r.grad_clip:
                         acc.clip_grad_norm_(model.parameters(), r.grad_clip)
                     optimizer.step()
@@ -266,6 +284,12 @@ class Engine:
         return decide_student(self.recipe, self.accelerator, lambda b: scheme.step(raw, b, state), model, batch,
                               self.run_dir / "student_policy.json", lambda m: self._student_context(m, device),
                               None if self.quiet else self.console)
+
+    def _compile_failed(self, modules: list[torch.nn.Module], err: BaseException) -> None:
+        for m in modules:
+            m._compiled_call_impl = None  # nn.Module.compile's slot: None is the eager forward again
+        line = f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:200]}"
+        self.console.print(f"student: torch.compile failed ({line}); training eagerly", markup=False, soft_wrap=True)
 
     def _check_now(self, device: torch.device) -> bool:
         """Whether to test the loss for NaN/inf at every step: on the CPU reading a value costs nothing; on a GPU it
