@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from rich.console import Console
 
 from kdkit.data import Augment, BatchLoader, load_source
 from kdkit.data.split import evaluation_subset
@@ -28,6 +29,8 @@ from kdkit.softlabels.cache import CacheResult, build_cache
 from kdkit.softlabels.importer import ImportResult, import_logits
 from kdkit.study.seeds import SeedsResult, run_seeds
 from kdkit.study.tune import TuneResult, run_tune
+from kdkit.teachers.frozen import FrozenTeacher
+from kdkit.teachers.policy import PRECISIONS, TeacherPolicy
 from kdkit.weights import check_input_shape, read_metadata, resolve_checkpoint
 
 
@@ -154,15 +157,23 @@ def cache(recipe: Recipe | str | Path | dict[str, Any], overrides: list[str] | N
 
 
 def evaluate(checkpoint: str | Path, data: str | None = None, split: str = "val", val_fraction: float | None = None,
-             split_seed: int | None = None, batch_size: int = 512, params: dict[str, Any] | None = None
-             ) -> dict[str, float]:
+             split_seed: int | None = None, batch_size: int = 512, params: dict[str, Any] | None = None,
+             precision: str = "fp32", channels_last: bool | str = False) -> dict[str, Any]:
     """Top-1/top-5 of a saved student on a dataset: ``split="val"`` re-creates the recipe's held-out split,
     ``"all"`` uses every sample. Normalisation comes from the checkpoint's metadata.
+
+    ``precision`` (``fp32`` | ``bf16`` | ``fp16`` | ``auto``) and ``channels_last`` (False | True | ``auto``) run the
+    model as a frozen teacher runs (:mod:`kdkit.teachers.policy`, docs/speed.md): ``auto`` measures every mode on the
+    first batch and keeps the fastest whose outputs agree with fp32 (KL ≤ 1e-3 at T = 4, ≥ 99% argmax agreement).
+    The result then also holds ``mode`` (what ran) and ``policy`` (the measurements). fp32, the default, gives the
+    exact reference figures.
 
     ``data``, ``val_fraction``, ``split_seed`` and ``params`` default to the recipe the checkpoint was trained with
     (recorded in its metadata), so ``kdkit eval RUN`` re-evaluates on the run's own validation split. Text students
     (``hf:``/``textnn:``) are evaluated by :func:`kdkit.text.evaluate.evaluate_text`.
     """
+    if precision not in PRECISIONS:
+        raise ConfigError(f"--precision: '{precision}' is not one of {', '.join(PRECISIONS)}")
     saved = read_metadata(resolve_checkpoint(str(checkpoint), "checkpoint"))
     trained_on = saved.get("data") or {}
     if data is None and split == "val" and trained_on.get("val"):
@@ -178,6 +189,9 @@ def evaluate(checkpoint: str | Path, data: str | None = None, split: str = "val"
     val_fraction = trained_on.get("val_fraction", 0.2) if val_fraction is None else val_fraction
     split_seed = trained_on.get("split_seed", 0) if split_seed is None else split_seed
     if str(saved.get("model", {}).get("name", "")).startswith(("hf:", "textnn:")):
+        if (precision, channels_last) != ("fp32", False):
+            raise ConfigError(f"--precision/--channels-last: text models ('{checkpoint}') are evaluated in fp32 only; "
+                              f"drop the option")
         from kdkit.text.evaluate import evaluate_text
 
         return evaluate_text(checkpoint, data=data, split=split, val_fraction=val_fraction, split_seed=split_seed,
@@ -193,5 +207,17 @@ def evaluate(checkpoint: str | Path, data: str | None = None, split: str = "val"
     # A student that read a derived named input (data.inputs, e.g. 14x14 digits) is fed that input again.
     loader = BatchLoader(src, torch.arange(len(src.targets)), batch_size, model_transform(meta, aug), shuffle=False,
                          seed=0)
-    out = run_eval(model, loader)
+    if (precision, channels_last) == ("fp32", False):
+        return run_eval(model, loader)
+    # The model runs like a frozen teacher: inference mode, the policy's precision and memory format, float32 logits.
+    policy = TeacherPolicy(precision, channels_last, log=_stderr_line, role="model")
+    net = FrozenTeacher(model, policy=policy)
+    out: dict[str, Any] = dict(run_eval(net, loader))
+    out["mode"] = net.mode.label if net.mode is not None else "fp32"
+    if policy.decisions:
+        out["policy"] = policy.decisions[0]
     return out
+
+
+def _stderr_line(line: str) -> None:
+    Console(stderr=True, soft_wrap=True).print(line, markup=False)

@@ -73,16 +73,25 @@ def eval_(checkpoint: Annotated[str, typer.Argument(help="weights file (.safeten
           val_fraction: Annotated[float | None, typer.Option(
               help="held-out fraction of the split (default: the recipe's)")] = None,
           split_seed: Annotated[int | None, typer.Option(help="seed of the split (default: the recipe's)")] = None,
+          precision: Annotated[str, typer.Option(
+              help="fp32 (exact, default) | bf16 | fp16 | auto: the fastest mode that agrees with fp32, measured on "
+                   "the first batch (docs/speed.md)")] = "fp32",
+          channels_last: Annotated[str, typer.Option(
+              "--channels-last", help="false (default) | true | auto (image models)")] = "false",
           as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
     """Accuracy of a saved model on a dataset."""
-    out = api.evaluate(checkpoint, data=data, split=split, val_fraction=val_fraction, split_seed=split_seed)
+    cl = {"false": False, "true": True, "auto": "auto"}.get(channels_last.lower())
+    if cl is None:
+        raise ConfigError(f"--channels-last: '{channels_last}' is not one of false, true, auto")
+    out = api.evaluate(checkpoint, data=data, split=split, val_fraction=val_fraction, split_seed=split_seed,
+                       precision=precision, channels_last=cl)
     if as_json:
         console.print_json(json.dumps(out))
     else:
         top5 = f", top-5 {out['top5']:.2f}%" if "top5" in out else ""
         console.print(f"{checkpoint} on {data or 'its training data'} ({split}, n={int(out['n'])}): top-1 "
                       f"{out['top1']:.2f}%{top5}, "
-                      f"loss {out['loss']:.4f}")
+                      f"loss {out['loss']:.4f}" + (f" ({out['mode']})" if "mode" in out else ""))
 
 
 def _listing(title: str, registry: Registry, extra: str | None = None) -> None:

@@ -188,6 +188,8 @@ class Recipe(_Strict):
                                                             "is faster and trains as well (docs/speed.md)")
     channels_last: bool | Literal["auto"] = Field(default=False, description="train the student in channels-last "
                                                   "memory format (4-D inputs); auto measures both on the first batch")
+    compile: bool = Field(default=False, description="torch.compile the student network(s) in place (same weights, "
+                          "same checkpoint keys); eager, said in one line, when compilation fails (docs/speed.md)")
     teacher_policy: TeacherPolicySpec = Field(default_factory=TeacherPolicySpec,
                                               description="how frozen teachers run; see docs/speed.md")
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -1,10 +1,11 @@
-"""Small shared helpers: atomic writes, seeding, hashing."""
+"""Small shared helpers: atomic writes, seeding, hashing, the CPU a timing was taken on."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import platform
 import random
 import tempfile
 from pathlib import Path
@@ -126,3 +127,29 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+_SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
+
+
+def cpu_info() -> dict[str, Any]:
+    """What a timing depends on: CPU model, the SIMD flags that pick PyTorch's and ONNX Runtime's kernels (AVX2,
+    AVX-512, VNNI, AMX), logical CPUs and the load average. Read from ``/proc/cpuinfo`` where it exists (Linux);
+    elsewhere the model is ``platform.processor()`` and the flags are empty."""
+    model, flags = "", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name" and not model:
+                    model = value.strip()
+                elif key == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:
+        pass
+    model = model or platform.processor() or platform.machine()
+    load = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    return {"model": model, "simd": [f for f in _SIMD_FLAGS if f in flags], "logical_cpus": os.cpu_count(),
+            "load_average": load}

@@ -571,6 +571,7 @@ def test_speed_doc(tmp_path, token_cache):
     student = json.loads((run / "student_policy.json").read_text())
     assert teacher["request"]["precision"] == "auto" and len(teacher["measurements"]) == 4
     assert student["request"] == {"precision": "auto", "channels_last": "auto"} and len(student["measurements"]) == 4
+    assert any(c.startswith("kdkit eval runs/mnist_kd --precision auto") for c in done)
 
 
 def test_tuning_doc(tmp_path, token_cache):

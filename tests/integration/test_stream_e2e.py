@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import kdkit
+from kdkit.errors import ConfigError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 from test_stream import write_jpeg_folder  # noqa: E402
@@ -84,3 +85,10 @@ def test_store_caches_mixed_streamed_views_exactly(teacher):
     res = kdkit.distill(recipe, quiet=True)
     hist = _lines(res.run_dir)
     assert hist[-1]["train_loss"] < hist[0]["train_loss"]
+
+
+def test_specialists_scheme_on_a_streamed_folder_says_what_to_change(teacher):
+    """The specialists are found and trained on in-memory images; on a streamed folder the run stops before
+    training with one line naming the field and the fix."""
+    with pytest.raises(ConfigError, match=r"scheme 'specialists' needs its training images in memory.*stream: false"):
+        kdkit.distill(_student(teacher, "spec", scheme={"name": "specialists"}), quiet=True)

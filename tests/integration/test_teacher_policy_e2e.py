@@ -5,6 +5,8 @@ Which mode ``auto`` picks depends on the CPU and is never asserted."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,7 @@ import pytest
 import torch
 
 import kdkit
+from kdkit.errors import ConfigError
 from kdkit.softlabels import SoftLabelStore
 
 DATA = {"name": "mnist_5k", "val_fraction": 0.2, "batch_size": 64, "train_limit": 384}
@@ -80,3 +83,28 @@ def test_cache_with_a_bf16_teacher_is_close_to_fp32(teacher, tmp_path):
     err = float((a - b).abs().max() / a.abs().max())
     assert err < 0.02, err
     assert np.mean((a.argmax(1) == b.argmax(1)).numpy()) >= 0.99
+
+
+def test_eval_runs_the_checkpoint_under_the_policy(teacher):
+    """``kdkit eval --precision/--channels-last``: the model runs in the requested (or measured) mode and the accuracy
+    stays that of fp32 within the policy's tolerance."""
+    ref = kdkit.evaluate(teacher)
+    assert "mode" not in ref  # the default is plain fp32, the exact reference
+    bf = kdkit.evaluate(teacher, precision="bf16", channels_last=True)
+    assert bf["mode"] == "bf16+channels_last" and bf["n"] == ref["n"] == 1000
+    assert bf["loss"] != ref["loss"]  # it really ran in bf16
+    # bf16 keeps 8 mantissa bits (~0.4% per rounding): only near-tied logits can flip their argmax, and the policy
+    # demands >= 99% agreement, so top-1 moves by at most 1 point on these 1,000 digits; the mean CE by well under 2%
+    assert abs(bf["top1"] - ref["top1"]) <= 1.0 and abs(bf["loss"] - ref["loss"]) <= 0.02 * ref["loss"]
+    auto = kdkit.evaluate(teacher, precision="auto", channels_last="auto")
+    assert auto["mode"] == auto["policy"]["chosen"] and len(auto["policy"]["measurements"]) == 4
+    assert abs(auto["top1"] - ref["top1"]) <= 1.0
+    # the command line: the same options, the mode in the JSON and a clear line for a wrong value
+    cmd = [sys.executable, "-m", "kdkit.cli", "eval", str(teacher)]
+    out = subprocess.run(cmd + ["--precision", "bf16", "--channels-last", "true", "--json"], capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    assert got["mode"] == "bf16+channels_last" and got["top1"] == bf["top1"]
+    with pytest.raises(ConfigError, match="--precision: 'half' is not one of"):
+        kdkit.evaluate(teacher, precision="half")

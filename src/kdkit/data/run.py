@@ -46,6 +46,12 @@ class RunData:
     # name -> {"mean", "std", "shape", "dtype"} (statistics of the training split, or data.inputs.NAME's)
 
     @property
+    def streamed(self) -> bool:
+        """Whether the training images are decoded from files batch by batch (``data.params.stream: true``) rather
+        than held in memory (``train.images``)."""
+        return isinstance(self.train, FileImageData)
+
+    @property
     def input_names(self) -> list[str]:
         """Every named input of a batch, the main one (``input``) first."""
         return ["input", *self.views, *self.arrays]

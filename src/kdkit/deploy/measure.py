@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from kdkit.errors import KdkitError
+from kdkit.utils import cpu_info  # noqa: F401 - re-exported: benchmarks and deploy read it from here
 
 __all__ = ["LatencyStats", "count_params", "size_on_disk_mb", "cpu_latency", "model_card"]
 
@@ -52,34 +53,6 @@ class LatencyStats:
 
     def as_dict(self) -> dict[str, float | int]:
         return asdict(self)
-
-
-_SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
-
-
-def cpu_info() -> dict[str, Any]:
-    """What a timing depends on: CPU model, the SIMD flags that pick PyTorch's and ONNX Runtime's kernels (AVX2,
-    AVX-512, VNNI, AMX), logical CPUs and the load average. Read from ``/proc/cpuinfo`` where it exists (Linux);
-    elsewhere the model is ``platform.processor()`` and the flags are empty."""
-    import platform
-
-    model, flags = "", set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key == "model name" and not model:
-                    model = value.strip()
-                elif key == "flags":
-                    flags = set(value.split())
-                    break
-    except OSError:
-        pass
-    model = model or platform.processor() or platform.machine()
-    load = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
-    return {"model": model, "simd": [f for f in _SIMD_FLAGS if f in flags], "logical_cpus": os.cpu_count(),
-            "load_average": load}
 
 
 def count_params(model: nn.Module, trainable_only: bool = False) -> int:

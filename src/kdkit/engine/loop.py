@@ -13,7 +13,8 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -69,13 +70,31 @@ def make_accelerator(recipe: Recipe):
     mixed = "no" if recipe.precision == "auto" else recipe.precision
     _fresh_accelerator_state(mixed)
     handlers = []
-    if any(t.start_epoch > 0 or t.stop_epoch is not None for t in recipe.terms):
+    if _has_term_windows(recipe):
         # A term outside its epoch window is not computed, so its connector gets no gradient in those epochs: DDP
         # must be told that some parameters may go unused (it errors otherwise).
         from accelerate import DistributedDataParallelKwargs
 
         handlers.append(DistributedDataParallelKwargs(find_unused_parameters=True))
     return Accelerator(cpu=cpu, mixed_precision=mixed, kwargs_handlers=handlers, **accelerator_kwargs(recipe))
+
+
+def _has_term_windows(recipe: Recipe) -> bool:
+    return any(t.start_epoch > 0 or t.stop_epoch is not None for t in recipe.terms)
+
+
+@contextlib.contextmanager
+def _no_first_step_stride_warning() -> Iterator[None]:
+    """Silence DDP's "grad strides do not match bucket view strides" on the first backward after a channels-last
+    pick. Why it is harmless: DDP sized its gradient buckets from the contiguous parameters it wrapped; the student's
+    mode (and so its memory format) is chosen after wrapping, on the first batch. After that first backward DDP
+    rebuilds its buckets once from the parameters' current strides, so from the second step on gradients and buckets
+    match and nothing is copied (measured: torch 2.14, gloo, two processes). Not silenced when DDP runs with
+    ``find_unused_parameters`` (term windows): it never rebuilds its buckets, and the warning's one copy per step is
+    then real."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+        yield
 
 
 def _fresh_accelerator_state(precision: str) -> None:
@@ -130,6 +149,11 @@ class Engine:
         scheme.to(device)
         optimizer = build_optimizer(r.optim, raw)
         model, optimizer = acc.prepare(raw, optimizer)
+        # compile: the student networks themselves, in place (nn.Module.compile): the optimizer's parameters, DDP's
+        # buckets and the checkpoint keys stay those of the eager modules; compilation happens at the first step
+        compiled = [m for m in scheme.eval_models().values()] if r.compile else []
+        for m in compiled:
+            m.compile()
         steps_per_epoch = len(train_loader)
         if steps_per_epoch == 0:
             raise KdkitError("the training split has fewer samples than one batch; lower data.batch_size")
@@ -156,6 +180,7 @@ class Engine:
         primary = next(iter(eval_models))
         student: Mode | None = None  # the student's mode, decided on the first batch (precision/channels_last)
         decided = not self._has_student_policy()
+        first_cl_ddp = False  # the first backward after a channels-last pick under DDP (_no_first_step_stride_warning)
         for epoch in range(state.epoch, r.epochs):
             state.epoch = epoch
             train_loader.set_epoch(epoch)
@@ -174,13 +199,29 @@ class Engine:
                     batch = to_device(batch, device)
                     if not decided:
                         student, decided = self._student_mode(scheme, model, batch, state), True
+                        first_cl_ddp = student.channels_last and acc.num_processes > 1 and not _has_term_windows(r)
                     batch = input_in(batch, student)
-                    with acc.autocast(), self._student_context(student, device):
-                        out = scheme.step(model, batch, state)
-                    if self._check_now(device) and not torch.isfinite(out.loss):
-                        self._raise_nonfinite(scheme, batch, out, lr, f"at epoch {epoch + 1}, batch {b}")
-                    optimizer.zero_grad(set_to_none=True)
-                    acc.backward(out.loss)
+                    try:
+                        with acc.autocast(), self._student_context(student, device):
+                            out = scheme.step(model, batch, state)
+                        if self._check_now(device) and not torch.isfinite(out.loss):
+                            self._raise_nonfinite(scheme, batch, out, lr, f"at epoch {epoch + 1}, batch {b}")
+                        optimizer.zero_grad(set_to_none=True)
+                        with _no_first_step_stride_warning() if first_cl_ddp else contextlib.nullcontext():
+                            acc.backward(out.loss)
+                    except KdkitError:
+                        raise
+                    except Exception as err:  # compilation fails at the first forward or backward: run eagerly
+                        if not compiled:
+                            raise
+                        self._compile_failed(compiled, err)
+                        compiled = []
+                        with acc.autocast(), self._student_context(student, device):
+                            out = scheme.step(model, batch, state)
+                        optimizer.zero_grad(set_to_none=True)
+                        acc.backward(out.loss)
+                    first_cl_ddp = False
+                    compiled = []  # compiled (or fallen back) by the first step: later errors are errors
                     if r.grad_clip:
                         acc.clip_grad_norm_(model.parameters(), r.grad_clip)
                     optimizer.step()
@@ -243,6 +284,12 @@ class Engine:
         return decide_student(self.recipe, self.accelerator, lambda b: scheme.step(raw, b, state), model, batch,
                               self.run_dir / "student_policy.json", lambda m: self._student_context(m, device),
                               None if self.quiet else self.console)
+
+    def _compile_failed(self, modules: list[torch.nn.Module], err: BaseException) -> None:
+        for m in modules:
+            m._compiled_call_impl = None  # nn.Module.compile's slot: None is the eager forward again
+        line = f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:200]}"
+        self.console.print(f"student: torch.compile failed ({line}); training eagerly", markup=False, soft_wrap=True)
 
     def _check_now(self, device: torch.device) -> bool:
         """Whether to test the loss for NaN/inf at every step: on the CPU reading a value costs nothing; on a GPU it

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from kdkit.errors import ConfigError
-from kdkit.utils import atomic_write_text
+from kdkit.utils import atomic_write_text, cpu_info
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -114,6 +114,23 @@ def candidates(precision: str, channels_last: bool | str, device_type: str, inpu
     else:
         layouts = [bool(channels_last) and input_dims == 4]
     return [Mode(p, c) for p in precs for c in layouts]
+
+
+def hardware(device: torch.device | str) -> dict[str, Any]:
+    """What a recorded choice depends on: the GPU's name, or the CPU model and its SIMD flags (AVX2, AVX-512, VNNI,
+    AVX-512 BF16, AMX). A recorded choice is reused only on equal hardware: a run resumed on another CPU kind (bf16
+    fast on one, emulated on an AVX2-only one) measures again."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return {"gpu": torch.cuda.get_device_name(device)}
+    cpu = cpu_info()
+    return {"cpu_model": cpu["model"], "cpu_flags": cpu["simd"]}
+
+
+def same_hardware(entry: dict[str, Any], device: torch.device | str) -> bool:
+    """Whether a recorded choice was made on this device's hardware (a record without one, from an older kdkit, was
+    not: it is measured again)."""
+    return entry.get("device") == str(torch.device(device)) and entry.get("hardware") == hardware(device)
 
 
 def clock() -> tuple[str, Callable[[], float]]:
@@ -264,8 +281,11 @@ def decide_student(recipe: Any, acc: Any, step: Callable[[dict], Any], model: to
             saved = json.loads(record.read_text())
         except (OSError, ValueError):
             saved = {}
-        if saved.get("request") == request and saved.get("device") == str(device):
+        if saved.get("request") == request and same_hardware(saved, device):
             entry = dict(saved, reused=True)
+        elif saved.get("request") == request and console is not None and acc.is_main_process:
+            console.print(f"student: {record} was measured on {saved.get('hardware') or 'unrecorded hardware'}; "
+                          f"measuring again on {hardware(device)}", markup=False, soft_wrap=True)
     if entry is not None:
         mode = Mode(entry["precision"], entry["channels_last"])
     else:
@@ -282,6 +302,7 @@ def decide_student(recipe: Any, acc: Any, step: Callable[[dict], Any], model: to
                 mode = modes[int(idx)]
         entry = {"request": request, "chosen": mode.label, "precision": mode.precision,
                  "channels_last": mode.channels_last, "reason": why, "device": str(device),
+                 "hardware": hardware(device),
                  "batch_shape": list(x.shape) if dims else None, "threads": torch.get_num_threads(),
                  "clock": clock_name, "tolerance": asdict(StudentTolerance()),
                  "measurements": [m.as_dict() for m in measured]}
@@ -297,4 +318,5 @@ def decide_student(recipe: Any, acc: Any, step: Callable[[dict], Any], model: to
 
 
 __all__ = ["DTYPES", "FP32", "PRECISIONS", "Measurement", "Mode", "StudentTolerance", "candidates", "choose", "clock",
-           "decide_student", "input_in", "measure_student", "mode_context", "timed_interleaved", "to_mode"]
+           "decide_student", "hardware", "input_in", "measure_student", "mode_context", "same_hardware",
+           "timed_interleaved", "to_mode"]

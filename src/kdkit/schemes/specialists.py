@@ -358,6 +358,10 @@ class SpecialistsScheme(Scheme):
         data = ctx.data
         if data is None:
             raise ConfigError("scheme 'specialists' needs the training data (build it with kdkit.builder.build_scheme)")
+        if data.streamed:  # finding and training the specialists indexes data.train.images, held in memory
+            raise ConfigError(f"scheme 'specialists' needs its training images in memory, but data '{r.data.name}' is "
+                              f"streamed (data.params.stream: true); set stream: false if the set fits in memory, or "
+                              f"use scheme 'offline' with several teachers")
         if solver not in ("gd", "em"):
             raise ConfigError(f"scheme.params.solver must be 'gd' or 'em', got '{solver}'")
         student = ctx.make_model(r.student)

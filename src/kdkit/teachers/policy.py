@@ -25,7 +25,17 @@ import torch.nn.functional as F
 from rich.console import Console
 from torch import Tensor
 
-from kdkit.engine.precision import FP32, PRECISIONS, Measurement, Mode, candidates, clock, mode_context
+from kdkit.engine.precision import (
+    FP32,
+    PRECISIONS,
+    Measurement,
+    Mode,
+    candidates,
+    clock,
+    hardware,
+    mode_context,
+    same_hardware,
+)
 from kdkit.engine.precision import choose as choose_mode
 from kdkit.engine.precision import timed_interleaved as _timed
 from kdkit.types import ModelOutput
@@ -93,8 +103,10 @@ class TeacherPolicy:
         tolerance: when a mode agrees with fp32.
         repeats: timed forwards per candidate (after one warm-up each), interleaved round by round.
         record: JSON file the choice and measurements are written to (the run directory's ``teacher_policy.json``);
-            a choice already recorded there for the same teacher and request is reused, so a resumed run keeps it.
+            a choice already recorded there for the same teacher, request and hardware (CPU model and SIMD flags, or
+            GPU name) is reused, so a resumed run keeps it; on other hardware it is measured again.
         log: called with one line per teacher (the console).
+        role: what the log lines call the model (``teacher``; ``model`` when ``kdkit eval`` runs a checkpoint).
     """
 
     precision: str = "fp32"
@@ -104,6 +116,7 @@ class TeacherPolicy:
     repeats: int = 3
     record: Path | None = None
     log: Callable[[str], None] | None = None
+    role: str = "teacher"
     decisions: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
@@ -142,7 +155,8 @@ class TeacherPolicy:
                     measured.append(Measurement(m, secs[m], {"kl": kl, "argmax_agreement": agree}))
             mode, why = choose(measured, self.tolerance)
         entry = {"teacher": index, "request": self.request(), "chosen": mode.label, **asdict(mode), "reason": why,
-                 "batch_shape": list(x.shape), "device": str(x.device), "threads": torch.get_num_threads(),
+                 "batch_shape": list(x.shape), "device": str(x.device), "hardware": hardware(x.device),
+                 "threads": torch.get_num_threads(),
                  "clock": clock_name, "tolerance": asdict(self.tolerance), "agreement_temperature": AGREE_T,
                  "measurements": [m.as_dict() for m in measured]}
         self.decisions.append(entry)
@@ -150,7 +164,7 @@ class TeacherPolicy:
         if self.log is not None:
             figures = ", ".join(f"{m.mode.label} {m.seconds * 1e3:.1f} ms" if m.error is None else
                                 f"{m.mode.label} failed" for m in measured)
-            self.log(f"teacher {index}: {mode.label} — {why}" + (f" [{figures}]" if figures else ""))
+            self.log(f"{self.role} {index}: {mode.label} — {why}" + (f" [{figures}]" if figures else ""))
         return mode
 
     def compile_failed(self, index: int, err: BaseException) -> None:
@@ -160,7 +174,7 @@ class TeacherPolicy:
                 d["compile_error"] = line
         self._write()
         if self.log is not None:
-            self.log(f"teacher {index}: torch.compile failed ({line}); running it eagerly")
+            self.log(f"{self.role} {index}: torch.compile failed ({line}); running it eagerly")
 
     def _recorded(self, index: int, x: Tensor) -> Mode | None:
         if self.record is None or not self.record.is_file():
@@ -170,13 +184,19 @@ class TeacherPolicy:
         except (OSError, ValueError):
             return None
         for d in saved.get("teachers", []):
-            if d.get("teacher") == index and d.get("request") == self.request() and d.get("device") == str(x.device) \
-                    and d.get("batch_shape", [None])[1:] == list(x.shape[1:]):
-                self.decisions.append(dict(d, reused=True))
-                self._write()
+            if d.get("teacher") != index or d.get("request") != self.request() \
+                    or d.get("batch_shape", [None])[1:] != list(x.shape[1:]):
+                continue
+            if not same_hardware(d, x.device):  # another CPU kind (or GPU): what was fastest there may not be here
                 if self.log is not None:
-                    self.log(f"teacher {index}: {d['chosen']} (recorded in {self.record})")
-                return Mode(d["precision"], d["channels_last"])
+                    self.log(f"{self.role} {index}: the choice in {self.record} was measured on "
+                             f"{d.get('hardware') or 'unrecorded hardware'}; measuring again")
+                continue
+            self.decisions.append(dict(d, reused=True))
+            self._write()
+            if self.log is not None:
+                self.log(f"{self.role} {index}: {d['chosen']} (recorded in {self.record})")
+            return Mode(d["precision"], d["channels_last"])
         return None
 
     def _write(self) -> None:
