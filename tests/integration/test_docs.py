@@ -635,7 +635,7 @@ def test_lm_doc(tmp_path, token_cache):
     """docs/lm.md: tokenizer, teacher, export, scratch and distilled students, eval (shrunk), then the store block."""
     cwd = workspace(tmp_path, "docs/lm.md")
     done = run_doc_commands("docs/lm.md", cwd, token_cache)
-    assert len(done) == 11
+    assert len(done) == 12
     run_python_blocks("docs/lm.md", cwd, token_cache)
 
 

@@ -96,6 +96,22 @@ def test_student_distils_loss_falls_and_perplexity_is_reported(teacher, out, tok
     assert m["n"] > 0 and 0 <= m["top1"] <= 100
 
 
+def test_on_policy_gkd_student_loss_falls(teacher, out, tok):
+    """GKD on the real corpus: half the batches are the student's own continuations of 8-token prompts."""
+    r = recipe_from_dict(_recipe(out, "s_gkd", tok, student={"name": f"hf:{out / 'teacher_hf'}",
+                                                              "params": {"config": {"n_layer": 1, "n_embd": 16,
+                                                                                    "n_head": 2}}},
+                                 teachers=[{"name": f"hf:{out / 'teacher_hf'}"}],
+                                 scheme={"name": "gkd", "params": {"lmbda": 0.5, "prompt_tokens": 8}},
+                                 terms=[{"name": "lm_jsd", "params": {"beta": 0.5}}]))
+    res = run(r, quiet=True)
+    hist = _history(res.run_dir)
+    assert hist[-1]["train_lm_jsd"] < hist[0]["train_lm_jsd"]  # the divergence to the teacher falls
+    on = [h["train_on_policy"] for h in hist]
+    assert 0 < sum(on) / len(on) < 1  # both kinds of batch were trained on (18 coin flips at 0.5)
+    assert all(math.isfinite(h["val_loss"]) for h in hist) and (res.run_dir / "last.safetensors").is_file()
+
+
 @pytest.mark.slow  # trains a second tokenizer
 def test_differing_tokenizer_is_refused_in_one_line(teacher, out, tok):
     other = out / "other_tok"
