@@ -73,6 +73,7 @@ BENCH_SHRINK: dict[str, dict[str, list[str]]] = {
     "lm_distill.py": {"--recipes": ["lee_scratch", "lee_fkl"], "--seeds": ["0"], "--epochs": ["1"],
                       "--teacher-epochs": ["1"], "--train-limit": ["16"]},
     "lm_store.py": {"--k": ["8"], "--steps": ["1"], "--batch": ["2"]},  # reads the runs lm_distill.py just made
+    "lm_teacher_precision.py": {"--batches": ["2"], "--batch": ["2"]},  # reads the runs lm_distill.py just made
     "tune_store.py": {"--trials": ["1"], "--epochs": ["1"], "--teacher-epochs": ["1"], "--rounds": ["1"],
                       "--train-limit": ["300"]},
     "cross_resolution.py": {"--seeds": ["0"], "--epochs": ["1"], "--teacher-epochs": ["1"], "--train-limit": ["300"]},
