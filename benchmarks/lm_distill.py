@@ -24,7 +24,8 @@ import sys
 import time
 from pathlib import Path
 
-STUDENTS = ["lee_scratch", "lee_fkl", "lee_rkl", "lee_jsd", "lee_skew", "lee_tvd", "lee_cut_fkl"]
+STUDENTS = ["lee_scratch", "lee_fkl", "lee_rkl", "lee_jsd", "lee_skew", "lee_tvd", "lee_gkd", "lee_cut_ce",
+            "lee_cut_fkl", "lee_cut_fkl_ce"]
 
 
 def _kdkit(*args: str) -> None:
@@ -62,7 +63,8 @@ def main() -> None:
         for seed in a.seeds:
             run_dir = Path(f"runs/lm/{name}-seed{seed}")
             if not (run_dir / "summary.json").is_file():
-                cmd = "train" if name == "lee_scratch" else "distill"
+                # a recipe without teachers (scratch, the cut student with CE only) is trained, the others distilled
+                cmd = "distill" if "teachers:" in Path(f"recipes/lm/{name}.yaml").read_text() else "train"
                 t = time.time()
                 _kdkit(cmd, f"recipes/lm/{name}.yaml", "--set", f"seed={seed}", "--set", f"epochs={a.epochs}",
                        "--set", f"name={name}-seed{seed}", *limit, "--quiet")

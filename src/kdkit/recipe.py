@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -166,6 +167,19 @@ class TeacherPolicySpec(_Strict):
                                                   "format; auto measures both")
     compile: bool = Field(default=False, description="torch.compile the teacher (eager fallback, said in one line, "
                           "when compilation fails)")
+    device: str | None = Field(default=None, description="run the frozen teachers on this device ('cpu', 'cuda:1', "
+                               "...) instead of the student's; their outputs are moved to the student's device")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        try:
+            torch_device = torch.device(v)
+        except (RuntimeError, TypeError) as err:
+            raise ValueError(f"'{v}' is not a torch device (e.g. cpu, cuda, cuda:1): {err}") from None
+        return str(torch_device)
 
 
 class Recipe(_Strict):

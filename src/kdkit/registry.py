@@ -84,6 +84,7 @@ PLUGINS: list[Plugin] = [
     Plugin("kdkit.lm.data", "text"),
     Plugin("kdkit.lm.terms", "text"),
     Plugin("kdkit.lm.commands", "text"),
+    Plugin("kdkit.lm.onpolicy", "text"),
 ]
 
 _loaded: set[str] = set()

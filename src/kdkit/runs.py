@@ -31,7 +31,8 @@ from kdkit.yamlio import read_yaml_file
 LOCK_NAME = ".kdkit.lock"
 # Fields added to the recipe after runs were saved: a saved recipe without them had them empty.
 ADDED_FIELDS: dict[str, object] = {"search": {}, "track": [], "channels_last": False,
-                                   "teacher_policy": {"precision": "fp32", "channels_last": False, "compile": False}}
+                                   "teacher_policy": {"precision": "fp32", "channels_last": False, "compile": False,
+                                                      "device": None}}
 
 
 class RunLock(DirLock):
@@ -173,7 +174,14 @@ def _check_same_recipe(recipe: Recipe, run_dir: Path) -> None:
     if not isinstance(saved, dict):
         raise ConfigError(f"--resume: '{run_dir}/config.yaml' is not a recipe; start afresh in a new run directory")
     now = json.loads(json.dumps(recipe.model_dump(mode="json")))
-    diff = [k for k in now if saved.get(k, ADDED_FIELDS.get(k)) != now[k]
+
+    def was(k: str) -> object:
+        default = ADDED_FIELDS.get(k)
+        if isinstance(default, dict) and isinstance(saved.get(k), dict):  # a field added inside a section since
+            return {**default, **saved[k]}
+        return saved.get(k, default)
+
+    diff = [k for k in now if was(k) != now[k]
             and k not in ("epochs", "threads", "output_dir", "track")]
     if diff:
         raise ConfigError(f"--resume: the recipe differs from the one saved in '{run_dir}/config.yaml' in "

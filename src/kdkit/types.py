@@ -52,11 +52,14 @@ class StepOutput:
         loss: scalar to back-propagate (the weighted sum of terms).
         logits: (B, K) student logits, for training accuracy.
         terms: every loss term under its own name, *unweighted* and detached, for logging.
+        target: the targets ``logits`` answer when the scheme trained on a batch of its own making (on-policy
+            generations, :mod:`kdkit.lm.onpolicy`); None: the batch's ``target``.
     """
 
     loss: Tensor
     logits: Tensor
     terms: dict[str, Tensor] = field(default_factory=dict)
+    target: Tensor | None = None
 
 
 @dataclass

@@ -41,6 +41,24 @@ def test_every_scheme_has_a_description_and_a_bundled_recipe():
     assert not missing, f"schemes without a single-stage recipe in recipes/: {missing}"
 
 
+def _lm_artefacts(tmp_path: Path) -> list[str]:
+    """An LM recipe reads a tokenizer and an exported teacher (runs/lm/...): tiny, made from the real corpus."""
+    from kdkit.lm.corpora import read_corpus
+    from kdkit.lm.data import split_documents
+    from kdkit.lm.models import build_gpt2, save_hf
+    from kdkit.lm.tokenizer import train_tokenizer
+
+    docs = read_corpus("lee_background")
+    train, _ = split_documents(len(docs), 0.1, 0)
+    tok = str(train_tokenizer([docs[i] for i in train], tmp_path / "tok", 300))
+    teacher = save_hf(build_gpt2("gpt2", 300, image_size=16, layers=2, width=32, heads=2), tmp_path / "t", tok)
+    return [f"data.params.tokenizer={tok}", "data.params.block=16", f"teachers.0.name=hf:{teacher}"]
+
+
+# schemes whose only bundled recipe reads artefacts a user makes first (a tokenizer, an exported teacher)
+ARTEFACTS = {"gkd": _lm_artefacts}
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread():
     before = torch.get_num_threads()
@@ -56,6 +74,7 @@ def test_scheme_contract(name: str, tmp_path: Path) -> None:
     overrides = [f"output_dir={tmp_path}", "data.train_limit=64", "data.batch_size=16", "epochs=2"]
     # No trained teacher here: teachers start from random weights (the contract does not depend on them).
     overrides += [f"teachers.{i}.checkpoint=null" for i in range(len(r.teachers))]
+    overrides += ARTEFACTS[name](tmp_path) if name in ARTEFACTS else []
     r = load_recipe(path, overrides)
     torch.manual_seed(0)
     data = build_data(r)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -81,3 +82,34 @@ def test_ddp_with_channels_last_trains_in_sync_without_the_stride_warning(tmp_pa
     assert saved["chosen"] == "fp32+channels_last"
     a, b = load_file(str(tmp_path / "rank0.safetensors")), load_file(str(tmp_path / "rank1.safetensors"))
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a if "running_" not in k)
+
+
+@pytest.mark.slow  # two processes each import transformers and train a tiny GPT-2 (~40 s)
+def test_two_process_lm_distillation_keeps_the_teacher_out_of_ddp(tmp_path):
+    """A causal-LM recipe (on-policy GKD, JSD) on two CPU processes: ranks agree, the loss falls, the teacher is
+    never wrapped nor trained, and only rank 0 writes weights and checkpoints."""
+    from kdkit.lm.corpora import read_corpus
+    from kdkit.lm.data import split_documents
+    from kdkit.lm.models import build_gpt2, save_hf
+    from kdkit.lm.tokenizer import train_tokenizer
+
+    docs = read_corpus("lee_background")
+    train, _ = split_documents(len(docs), 0.05, 0)
+    tok = str(train_tokenizer([docs[i] for i in train], tmp_path / "tok", 300))
+    torch.manual_seed(0)
+    teacher = save_hf(build_gpt2("gpt2", 300, image_size=32, layers=2, width=32, heads=2), tmp_path / "t", tok)
+    _torchrun("lm_ddp_worker.py", 29567, str(tmp_path), tok, str(teacher))
+    info = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [i["world"] for i in info] == [2, 2]
+    for i in info:
+        assert i["teacher_types"] == ["CausalLM"] and not i["teacher_in_trainable"]
+        assert not i["teacher_requires_grad"] and not i["teacher_training"]
+    a, b = load_file(str(tmp_path / "rank0.safetensors")), load_file(str(tmp_path / "rank1.safetensors"))
+    # each rank generated its own continuations of its own shard; identical weights: gradients were all-reduced
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    # DDP wraps exactly what the scheme says is trainable (the student), never the teacher
+    assert [i["stepped"] for i in info] == ["DistributedDataParallel"] * 2
+    assert info[0]["writes"] and not info[1]["writes"]  # weights and checkpoints: written once, by rank 0
+    assert any(w.endswith("last.safetensors") for w in info[0]["writes"])
+    hist = [json.loads(x) for x in (tmp_path / "lm_ddp" / "metrics.jsonl").read_text().splitlines()]
+    assert hist[-1]["train_lm_jsd"] < hist[0]["train_lm_jsd"] and 0 < hist[0]["train_on_policy"] <= 1

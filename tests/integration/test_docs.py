@@ -74,6 +74,7 @@ BENCH_SHRINK: dict[str, dict[str, list[str]]] = {
                       "--teacher-epochs": ["1"], "--train-limit": ["16"]},
     # reads the runs lm_distill.py just made
     "lm_store.py": {"--k": ["8"], "--steps": ["1"], "--batch": ["2"], "--samples": ["4"], "--draws": ["2"]},
+    "lm_teacher_precision.py": {"--batches": ["2"], "--batch": ["2"]},  # reads the runs lm_distill.py just made
     "tune_store.py": {"--trials": ["1"], "--epochs": ["1"], "--teacher-epochs": ["1"], "--rounds": ["1"],
                       "--train-limit": ["300"]},
     "cross_resolution.py": {"--seeds": ["0"], "--epochs": ["1"], "--teacher-epochs": ["1"], "--train-limit": ["300"]},
@@ -637,7 +638,8 @@ def test_lm_doc(tmp_path, token_cache):
     """docs/lm.md: tokenizer, teacher, export, scratch and distilled students, eval (shrunk), then the store block."""
     cwd = workspace(tmp_path, "docs/lm.md")
     done = run_doc_commands("docs/lm.md", cwd, token_cache)
-    assert len(done) == 18  # + lm-cache, distil from a top-k and a sampled store; ULD tokenizer and distil; lee_hidden
+    # + lm-cache, distil from a top-k and a sampled store; ULD tokenizer and distil; lee_hidden; lee_gkd
+    assert len(done) == 19
     run_python_blocks("docs/lm.md", cwd, token_cache)
 
 

@@ -96,6 +96,80 @@ def test_student_distils_loss_falls_and_perplexity_is_reported(teacher, out, tok
     assert m["n"] > 0 and 0 <= m["top1"] <= 100
 
 
+def test_on_policy_gkd_student_loss_falls(teacher, out, tok):
+    """GKD on the real corpus: half the batches are the student's own continuations of 8-token prompts."""
+    r = recipe_from_dict(_recipe(out, "s_gkd", tok, student={"name": f"hf:{out / 'teacher_hf'}",
+                                                              "params": {"config": {"n_layer": 1, "n_embd": 16,
+                                                                                    "n_head": 2}}},
+                                 teachers=[{"name": f"hf:{out / 'teacher_hf'}"}],
+                                 scheme={"name": "gkd", "params": {"lmbda": 0.5, "prompt_tokens": 8}},
+                                 terms=[{"name": "lm_jsd", "params": {"beta": 0.5}}]))
+    res = run(r, quiet=True)
+    hist = _history(res.run_dir)
+    assert hist[-1]["train_lm_jsd"] < hist[0]["train_lm_jsd"]  # the divergence to the teacher falls
+    on = [h["train_on_policy"] for h in hist]
+    assert 0 < sum(on) / len(on) < 1  # both kinds of batch were trained on (18 coin flips at 0.5)
+    assert all(math.isfinite(h["val_loss"]) for h in hist) and (res.run_dir / "last.safetensors").is_file()
+
+
+def test_bf16_teacher_gives_the_fp32_kd_loss_within_tolerance(teacher, out, tok):
+    """``teacher_policy: {precision: bf16}`` runs an LM teacher under bf16 autocast; the token losses barely move."""
+    import torch
+
+    from kdkit.lm.data import LMBatchLoader, load_lm_split
+    from kdkit.losses.tokens import token_divergence
+    from kdkit.models.factory import create_model
+    from kdkit.teachers.frozen import FrozenTeacher
+    from kdkit.teachers.policy import TeacherPolicy
+
+    _, val, _ = load_lm_split("lee_background", tok, block=32, val_fraction=0.05)
+    batch = next(iter(LMBatchLoader(val, 16, False, 0)))
+    name, v = f"hf:{out / 'teacher_hf'}", val.vocab_size
+    fp32 = FrozenTeacher(create_model(name, num_classes=v, in_channels=1, image_size=32))
+    bf16 = FrozenTeacher(create_model(name, num_classes=v, in_channels=1, image_size=32),
+                         policy=TeacherPolicy(precision="bf16"))
+    torch.manual_seed(0)
+    student = create_model(name, num_classes=v, in_channels=1, image_size=32,
+                           config={"n_layer": 1, "n_embd": 16, "n_head": 2}).eval()
+    with torch.no_grad():
+        s = student(batch["input"])
+    t32, t16 = fp32(batch["input"]).logits, bf16(batch["input"]).logits
+    assert t16.dtype == torch.float32 and not torch.equal(t16, t32)  # bf16 really ran; outputs come back as float32
+    keep = batch["target"] >= 0
+    for kind in ("forward_kl", "reverse_kl", "generalized_jsd"):
+        a, b = token_divergence(s, t32, keep, kind), token_divergence(s, t16, keep, kind)
+        # bf16 keeps 8 significant bits: each logit is off by ~0.4 %, and the loss, a mean over hundreds of tokens,
+        # moves far less (measured on the demo teacher: 5e-5 relative, docs/benchmarks.md); 1 % is a loose bound
+        assert float(b) == pytest.approx(float(a), rel=1e-2), kind
+
+
+def test_recipe_puts_the_teacher_in_bf16_on_its_own_device(teacher, out, tok):
+    import torch
+
+    from kdkit.teachers.frozen import FrozenTeacher
+    from kdkit.teachers.policy import TeacherPolicy
+
+    pinned = FrozenTeacher(torch.nn.Linear(2, 2), policy=TeacherPolicy(device="cpu"))
+    pinned.to("meta")  # the engine moves teachers to the student's device; a pinned one stays on its own
+    assert pinned.model.weight.device.type == "cpu"
+    r = recipe_from_dict(_recipe(out, "s_bf16", tok, epochs=2,
+                                 student={"name": f"hf:{out / 'teacher_hf'}", "params": {"layers": 1}},
+                                 teachers=[{"name": f"hf:{out / 'teacher_hf'}"}], terms=[{"name": "lm_forward_kl"}],
+                                 teacher_policy={"precision": "bf16", "device": "cpu"}))
+    res = run(r, quiet=True)
+    hist = _history(res.run_dir)
+    assert hist[-1]["train_lm_forward_kl"] < hist[0]["train_lm_forward_kl"]
+    rec = json.loads((res.run_dir / "teacher_policy.json").read_text())["teachers"][0]
+    assert rec["chosen"].startswith("bf16") and rec["request"]["device"] == "cpu"
+
+
+def test_a_teacher_device_that_is_not_one_is_refused_in_one_line(tok, out):
+    from kdkit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="teacher_policy.device.*not a torch device"):
+        recipe_from_dict(_recipe(out, "bad", tok, student={"name": "lm:gpt2"}, teacher_policy={"device": "gpu2"}))
+
+
 @pytest.mark.slow  # trains a second tokenizer
 def test_differing_tokenizer_is_refused_in_one_line(teacher, out, tok):
     other = out / "other_tok"

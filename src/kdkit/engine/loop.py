@@ -405,7 +405,7 @@ class DeviceSums:
         for k, v in out.terms.items():
             v = torch.as_tensor(v, device=self.device).detach().to(self.dtype)
             self._add(f"term:{k}", v * bs, self.base["terms"].get(k, 0.0))
-        y = batch["target"]
+        y = batch["target"] if getattr(out, "target", None) is None else out.target  # a scheme's own batch
         if y.ndim == 1:
             keep = y >= 0
             self._add("correct", ((out.logits.detach().argmax(1) == y) & keep).sum(), self.base["correct"])

@@ -36,7 +36,8 @@ class FrozenTeacher(nn.Module):
 
     ``policy`` (:class:`~kdkit.teachers.policy.TeacherPolicy`) says how it runs: fp32 by default, otherwise the mode
     the policy forces or measures on the first batch (``index`` names this teacher in its record). Outputs are always
-    float32, whatever the mode.
+    float32, whatever the mode. A policy ``device`` keeps the teacher there: each batch goes to it and the outputs
+    come back to the batch's device (a teacher on another GPU than the student, or on the CPU).
     """
 
     def __init__(self, model: nn.Module, taps: Sequence[str] = (), policy: TeacherPolicy | None = None,
@@ -45,6 +46,7 @@ class FrozenTeacher(nn.Module):
         self.model = freeze(model)
         self.tap = FeatureTap(self.model, taps, detach=True, role="teacher") if taps else None
         self.policy, self.index = policy, index
+        self.device = None if policy is None or policy.device is None else torch.device(policy.device)
         self.mode: Mode | None = None if policy is not None else FP32
         self._channels_last = False
         object.__setattr__(self, "_compiled", None)  # not a submodule: it shares the teacher's weights
@@ -55,13 +57,27 @@ class FrozenTeacher(nn.Module):
         return self
 
     def forward(self, x: Tensor) -> ModelOutput:
+        home = x.device
+        if self.device is not None and x.device != self.device:
+            x = x.to(self.device)
         if self.mode is None:
             self.mode = self.policy.decide(self.index, self.run, x)
             self._try_compile(x, self.mode)
         out = self.run(x, self.mode, self._compiled)
+
         # Inference tensors cannot be saved for backward; the terms use these outputs in the student's graph, so they
-        # leave as ordinary tensors (one copy of the logits and tapped features, small next to the forward).
-        return ModelOutput(logits=out.logits.clone(), features={k: v.clone() for k, v in out.features.items()})
+        # leave as ordinary tensors (one copy of the logits and tapped features, small next to the forward): a clone,
+        # or the copy to the student's device.
+        def back(t: Tensor) -> Tensor:
+            return t.clone() if t.device == home else t.to(home)
+
+        return ModelOutput(logits=back(out.logits), features={k: back(v) for k, v in out.features.items()})
+
+    def to(self, *args, **kwargs) -> FrozenTeacher:  # noqa: ANN002, ANN003 - nn.Module.to's signature
+        """Move the teacher, unless the policy pins it to a device (then it stays there)."""
+        if self.device is not None:
+            return super().to(self.device)
+        return super().to(*args, **kwargs)
 
     def run(self, x: Tensor, mode: Mode, net: nn.Module | None = None) -> ModelOutput:
         """One forward of the teacher in ``mode`` (float32 outputs, inference tensors)."""

@@ -100,6 +100,7 @@ class TeacherPolicy:
         channels_last: ``auto`` | True | False.
         compile: ``torch.compile`` the teacher after the mode is chosen (falls back to eager with one line when
             compilation fails).
+        device: run the teachers on this device (None: the student's); their outputs come back to the student's.
         tolerance: when a mode agrees with fp32.
         repeats: timed forwards per candidate (after one warm-up each), interleaved round by round.
         record: JSON file the choice and measurements are written to (the run directory's ``teacher_policy.json``);
@@ -112,6 +113,7 @@ class TeacherPolicy:
     precision: str = "fp32"
     channels_last: bool | str = False
     compile: bool = False
+    device: str | None = None
     tolerance: Tolerance = field(default_factory=Tolerance)
     repeats: int = 3
     record: Path | None = None
@@ -123,15 +125,16 @@ class TeacherPolicy:
     def from_spec(cls, spec: Any, record: Path | None = None, log: Callable[[str], None] | None = None
                   ) -> TeacherPolicy:
         """From the recipe's ``teacher_policy`` (a :class:`kdkit.recipe.TeacherPolicySpec`)."""
-        return cls(precision=spec.precision, channels_last=spec.channels_last, compile=spec.compile, record=record,
-                   log=log)
+        return cls(precision=spec.precision, channels_last=spec.channels_last, compile=spec.compile,
+                   device=getattr(spec, "device", None), record=record, log=log)
 
     @property
     def measures(self) -> bool:
         return self.precision == "auto" or self.channels_last == "auto"
 
     def request(self) -> dict[str, Any]:
-        return {"precision": self.precision, "channels_last": self.channels_last, "compile": self.compile}
+        req = {"precision": self.precision, "channels_last": self.channels_last, "compile": self.compile}
+        return req if self.device is None else {**req, "device": self.device}  # records made before it stay valid
 
     def decide(self, index: int, run: Callable[[Tensor, Mode], ModelOutput], x: Tensor) -> Mode:
         """Choose teacher ``index``'s mode on its first batch ``x``; ``run(x, mode)`` is one forward in that mode."""
