@@ -88,8 +88,16 @@ GRIDS: dict[str, dict[str, list[dict]]] = {
     "reviewkd": {"w1": [CE, {"name": "reviewkd", "weight": 1.0, "warmup_epochs": 2.0}]},
     "kd_reviewkd": {"T4_w0.9": [*_kd(4.0, 0.9), {"name": "reviewkd", "weight": 1.0, "warmup_epochs": 2.0}]},
 }
+# Rows that augment the student's batch (so they run the teacher online: it sees the student's exact augmented view).
+# scratch_crop is the fairness row for kd_crop (what the crops alone give); consistent is Beyer et al.'s function
+# matching (KL at T = 1 only, crops + flip + mixup, the same view to both; recipes/consistent/).
+CROP = {"crop_padding": 2, "flip": True}
+AUGMENT: dict[str, dict[str, Any]] = {"scratch_crop": CROP, "kd_crop": CROP, "consistent": {**CROP, "mixup": 1.0}}
+GRIDS["scratch_crop"] = {"ce": [CE]}
+GRIDS["kd_crop"] = {"T4_w0.9": _kd(4.0, 0.9)}
+GRIDS["consistent"] = {"T1": [{"name": "kd", "params": {"temperature": 1.0}}]}
 FEATURE = {"fitnet", "at", "sp", "rkd", "pkt", "cc", "nst", "vid", "crd", "reviewkd", "kd_reviewkd"}
-NO_TEACHER = {"scratch", "label_smoothing", "tf_kd", "confidence_penalty"}
+NO_TEACHER = {"scratch", "scratch_crop", "label_smoothing", "tf_kd", "confidence_penalty"}
 
 RUN = r"""
 import json, sys
@@ -123,8 +131,11 @@ def run_one(recipe: dict, run_dir: Path) -> dict:
 
 
 def recipe_for(name: str, out: Path, student: str, terms: list[dict], seed: int, epochs: int, final: bool,
-               teacher: Path | None, store: Path | None, threads: int, limit: int | None = None) -> dict:
+               teacher: Path | None, store: Path | None, threads: int, limit: int | None = None,
+               augment: dict[str, Any] | None = None, precision: str = "auto", channels_last: str = "auto") -> dict:
     data: dict[str, Any] = {"name": "fashion_mnist", "batch_size": 128}
+    if augment:
+        data["augment"] = dict(augment)
     if limit:  # a stratified subset of the training images (smoke runs)
         data["train_limit"] = limit
     if final:  # all 60,000 training images; the official test split scores
@@ -134,9 +145,15 @@ def recipe_for(name: str, out: Path, student: str, terms: list[dict], seed: int,
     r: dict[str, Any] = {"name": name, "seed": seed, "output_dir": str(out), "data": data,
                          "student": STUDENTS[student], "terms": terms,
                          "optim": {"name": "adamw", "lr": 0.003, "weight_decay": 0.0005},
-                         "schedule": {"name": "onecycle"}, "epochs": epochs, "threads": threads}
+                         "schedule": {"name": "onecycle"}, "epochs": epochs, "threads": threads,
+                         # the student policy: bf16 / channels-last only where they measure faster and agree with fp32
+                         # (it keeps fp32 for the MLP; the run's student_policy.json says why)
+                         "precision": precision, "channels_last": channels_last}
     if teacher is not None:
         r["teachers"] = [{**teacher_spec(teacher), "checkpoint": str(teacher)}]
+        if store is None:  # an online teacher: the teacher policy picks its fastest mode that agrees with fp32
+            r["teacher_policy"] = {"precision": precision if precision == "auto" else "fp32",
+                                   "channels_last": channels_last}
     if store is not None:
         r["soft_labels"] = str(store)
     return r
@@ -171,11 +188,18 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=list(GRIDS), choices=list(GRIDS))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--epochs", type=int, default=15)
+    ap.add_argument("--tune-epochs", type=int, default=None,
+                    help="epochs of the tuning runs (default: --epochs; a shorter tuning budget is a CPU saving, said "
+                    "in the output)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run (1 is fastest on a shared CPU)")
     ap.add_argument("--no-tune", action="store_true", help="skip tuning: use each grid's first variant")
     ap.add_argument("--variants", nargs="+", default=None,
                     help="tune only these grid variants (to spread a grid over processes; use with --tune-only)")
     ap.add_argument("--tune-only", action="store_true", help="stop after the tuning runs (no final runs)")
+    ap.add_argument("--precision", default="auto", choices=["auto", "no", "bf16"],
+                    help="the students' precision (auto: the student policy measures and picks; no = fp32)")
+    ap.add_argument("--channels-last", default="auto", choices=["auto", "true", "false"],
+                    help="the students' memory format (auto: the student policy measures and picks)")
     ap.add_argument("--out", default="bench_runs/fashion")
     ap.add_argument("--teacher-epochs", type=int, default=None,
                     help="epochs of the teacher trained when --teacher is not given (default: the recipe's)")
@@ -202,22 +226,26 @@ def main() -> None:
         return stores[final]
 
     rows = []
+    tune_epochs = args.tune_epochs or args.epochs
     for student in args.students:
         for method in args.methods:
             if method in FEATURE and student == "mlp":
                 continue  # the MLP has no feature maps to match
             needs_teacher = method not in NO_TEACHER
-            use_store = needs_teacher and method not in FEATURE
+            use_store = needs_teacher and method not in FEATURE and method not in AUGMENT
+            cl = {"auto": "auto", "true": True, "false": False}[args.channels_last]
+            opts = {"augment": AUGMENT.get(method), "precision": args.precision, "channels_last": cl}
             grid = GRIDS[method]
             tuned: dict[str, float] = {}
             if len(grid) > 1 and not args.no_tune:
                 for variant, terms in grid.items():
-                    name = f"tune_{student}_{method}_{variant}"
+                    name = f"tune_{student}_{method}_{variant}" if tune_epochs == args.epochs else \
+                        f"tune_e{tune_epochs}_{student}_{method}_{variant}"
                     if args.variants and variant not in args.variants and not (out / name / "bench.json").is_file():
                         continue
-                    rec = recipe_for(name, out, student, terms, 0, args.epochs, False,
+                    rec = recipe_for(name, out, student, terms, 0, tune_epochs, False,
                                      teacher if needs_teacher else None, store(False) if use_store else None,
-                                     args.threads, args.train_limit)
+                                     args.threads, args.train_limit, **opts)
                     tuned[variant] = run_one(rec, out / name)["last"]
                     print(f"tune {student} {method} {variant}: val {tuned[variant]:.2f}", file=sys.stderr, flush=True)
             if args.tune_only:
@@ -228,7 +256,7 @@ def main() -> None:
                 name = f"{student}_{method}_{chosen}_s{seed}"
                 rec = recipe_for(name, out, student, grid[chosen], seed, args.epochs, True,
                                  teacher if needs_teacher else None, store(True) if use_store else None, args.threads,
-                                 args.train_limit)
+                                 args.train_limit, **opts)
                 results.append(run_one(rec, out / name))
                 print(f"final {student} {method} {chosen} seed {seed}: {results[-1]}", file=sys.stderr, flush=True)
 
@@ -241,7 +269,8 @@ def main() -> None:
                          "best_mean": bm, "best_std": bs, "last_mean": lm, "last_std": ls, "seeds": len(results),
                          "teacher_signal": "store" if use_store else ("online" if needs_teacher else "none"),
                          "images_per_s": statistics.median(r["images_per_s"] for r in results)})
-    print(json.dumps({"benchmark": "fashion_methods", "epochs": args.epochs, "seeds": args.seeds,
+    print(json.dumps({"benchmark": "fashion_methods", "epochs": args.epochs, "tune_epochs": tune_epochs,
+                      "seeds": args.seeds, "precision": args.precision, "channels_last": args.channels_last,
                       "train_limit": args.train_limit,
                       "teacher": {"run": str(teacher), "best_top1": tsum.get("best", {}).get("top1"),
                                   "last_top1": tsum.get("last", {}).get("val_top1")},
