@@ -111,11 +111,14 @@ print(json.dumps({"best": res.best["top1"], "best_epoch": res.best.get("epoch"),
 """
 
 
-def run_one(recipe: dict, run_dir: Path) -> dict:
-    """Train one recipe in its own process (or read back its finished result)."""
+def run_one(recipe: dict, run_dir: Path, collect: bool = False) -> dict | None:
+    """Train one recipe in its own process (or read back its finished result; with ``collect``, only read back: None
+    when the run has not finished)."""
     done = run_dir / "bench.json"
     if done.is_file():
         return json.loads(done.read_text())
+    if collect:
+        return None
     resume = "1" if (run_dir / "checkpoints" / "latest.json").is_file() else "0"
     if resume == "0" and run_dir.exists():
         shutil.rmtree(run_dir)
@@ -196,6 +199,11 @@ def main() -> None:
     ap.add_argument("--variants", nargs="+", default=None,
                     help="tune only these grid variants (to spread a grid over processes; use with --tune-only)")
     ap.add_argument("--tune-only", action="store_true", help="stop after the tuning runs (no final runs)")
+    ap.add_argument("--choose", nargs="+", default=[], metavar="METHOD=VARIANT",
+                    help="skip tuning METHOD and use VARIANT (e.g. the variant another student's tuning chose; the "
+                    "output marks the row 'chosen: given')")
+    ap.add_argument("--collect", action="store_true",
+                    help="train nothing: report the finished runs under --out (rows with the seeds that finished)")
     ap.add_argument("--precision", default="auto", choices=["auto", "no", "bf16"],
                     help="the students' precision (auto: the student policy measures and picks; no = fp32)")
     ap.add_argument("--channels-last", default="auto", choices=["auto", "true", "false"],
@@ -221,6 +229,8 @@ def main() -> None:
     stores: dict[bool, Path] = {}
 
     def store(final: bool) -> Path:
+        if args.collect:  # nothing is trained, so no store is built
+            return out / ("softlabels_final" if final else "softlabels_tune")
         if final not in stores:
             stores[final] = build_store(out, teacher, args.threads, final, args.train_limit)
         return stores[final]
@@ -237,7 +247,10 @@ def main() -> None:
             opts = {"augment": AUGMENT.get(method), "precision": args.precision, "channels_last": cl}
             grid = GRIDS[method]
             tuned: dict[str, float] = {}
-            if len(grid) > 1 and not args.no_tune:
+            given = dict(c.split("=", 1) for c in args.choose).get(method)
+            if given is not None and given not in grid:
+                raise SystemExit(f"--choose {method}={given}: no such variant; the grid has {', '.join(grid)}")
+            if len(grid) > 1 and not args.no_tune and given is None:
                 for variant, terms in grid.items():
                     name = f"tune_{student}_{method}_{variant}" if tune_epochs == args.epochs else \
                         f"tune_e{tune_epochs}_{student}_{method}_{variant}"
@@ -246,19 +259,30 @@ def main() -> None:
                     rec = recipe_for(name, out, student, terms, 0, tune_epochs, False,
                                      teacher if needs_teacher else None, store(False) if use_store else None,
                                      args.threads, args.train_limit, **opts)
-                    tuned[variant] = run_one(rec, out / name)["last"]
+                    res = run_one(rec, out / name, args.collect)
+                    if res is None:
+                        continue
+                    tuned[variant] = res["last"]
                     print(f"tune {student} {method} {variant}: val {tuned[variant]:.2f}", file=sys.stderr, flush=True)
             if args.tune_only:
                 continue
-            chosen = max(tuned, key=lambda v: tuned[v]) if tuned else next(iter(grid))
+            chosen = given or (max(tuned, key=lambda v: tuned[v]) if tuned else next(iter(grid)))
+            if args.collect and len(grid) > 1 and not given and not args.no_tune and len(tuned) < len(grid):
+                continue  # an unfinished tuning: no row
             results = []
             for seed in args.seeds:
                 name = f"{student}_{method}_{chosen}_s{seed}"
                 rec = recipe_for(name, out, student, grid[chosen], seed, args.epochs, True,
                                  teacher if needs_teacher else None, store(True) if use_store else None, args.threads,
                                  args.train_limit, **opts)
-                results.append(run_one(rec, out / name))
+                res = run_one(rec, out / name, args.collect)
+                if res is None:
+                    continue
+                results.append({**res, "seed": seed})
                 print(f"final {student} {method} {chosen} seed {seed}: {results[-1]}", file=sys.stderr, flush=True)
+
+            if not results:
+                continue
 
             def ms(key: str, results: list[dict] = results) -> tuple[float, float]:
                 v = [r[key] for r in results]
@@ -266,6 +290,9 @@ def main() -> None:
 
             (bm, bs), (lm, ls) = ms("best"), ms("last")
             rows.append({"student": student, "method": method, "variant": chosen, "tuning_val_top1": tuned,
+                         "chosen": "given" if given else ("validation" if tuned else "grid's first"),
+                         "augment": AUGMENT.get(method), "runs": [{k: r[k] for k in ("seed", "last", "best")}
+                                                                   for r in results],
                          "best_mean": bm, "best_std": bs, "last_mean": lm, "last_std": ls, "seeds": len(results),
                          "teacher_signal": "store" if use_store else ("online" if needs_teacher else "none"),
                          "images_per_s": statistics.median(r["images_per_s"] for r in results)})
