@@ -206,9 +206,9 @@ def main() -> None:
     ap.add_argument("--variants", nargs="+", default=None,
                     help="tune only these grid variants (to spread a grid over processes; use with --tune-only)")
     ap.add_argument("--tune-only", action="store_true", help="stop after the tuning runs (no final runs)")
-    ap.add_argument("--choose", nargs="+", default=[], metavar="METHOD=VARIANT",
-                    help="skip tuning METHOD and use VARIANT (e.g. the variant another student's tuning chose; the "
-                    "output marks the row 'chosen: given')")
+    ap.add_argument("--choose", nargs="+", default=[], metavar="[STUDENT.]METHOD=VARIANT",
+                    help="skip tuning METHOD (for every student, or only STUDENT's) and use VARIANT (e.g. the variant "
+                    "another student's tuning chose; the output marks the row 'chosen: given')")
     ap.add_argument("--collect", action="store_true",
                     help="train nothing: report the finished runs under --out (rows with the seeds that finished)")
     ap.add_argument("--precision", default="auto", choices=["auto", "no", "bf16"],
@@ -254,7 +254,8 @@ def main() -> None:
             opts = {"augment": AUGMENT.get(method), "precision": args.precision, "channels_last": cl}
             grid = GRIDS[method]
             tuned: dict[str, float] = {}
-            given = dict(c.split("=", 1) for c in args.choose).get(method)
+            chosen_by_hand = dict(c.split("=", 1) for c in args.choose)
+            given = chosen_by_hand.get(f"{student}.{method}", chosen_by_hand.get(method))
             if given is not None and given not in grid:
                 raise SystemExit(f"--choose {method}={given}: no such variant; the grid has {', '.join(grid)}")
             if len(grid) > 1 and not args.no_tune and given is None:
