@@ -2,8 +2,12 @@
 
 One teacher (recipes/fashion/fashion_teacher.yaml: a 0.58M-parameter VGG-style CNN, crop + flip, official test
 split), two students: the MLP 784-64-10 (50,890 parameters) and a 10,078-parameter CNN (conv 12 | pool, 24 | pool, 32,
-global pooling). Every run uses AdamW 3e-3, weight decay 5e-4, one-cycle, no augmentation (so the logit terms read a
-soft-label store of the teacher's logits instead of running the teacher).
+global pooling). Every run uses AdamW 3e-3, weight decay 5e-4, one-cycle, batch 128, and the student policy
+(``precision: auto``, ``channels_last: auto``: bf16 / channels-last where they measure faster and agree with fp32; each
+run's student_policy.json says what was picked and why). Without augmentation the logit terms read a soft-label store
+of the teacher's logits instead of running the teacher; the augmented rows (``scratch_crop``, ``kd_crop``:
+crop padding 2 + flip; ``consistent``: the same plus mixup, KL at T = 1 only) run the teacher online under the teacher
+policy, so it sees the student's exact view; ``scratch_crop`` is there so a reader sees what the crops alone give.
 
 Protocol, so that no number is chosen on the test split:
 
@@ -15,10 +19,13 @@ Protocol, so that no number is chosen on the test split:
    best epoch is chosen on the test split itself, so it is an optimistic figure, shown for comparison with papers
    that report it).
 
-Each run is its own process; finished runs are read back (``bench.json``), so an interrupted benchmark continues.
+A method can skip its tuning with ``--choose METHOD=VARIANT`` (e.g. the variant another student's tuning chose: the
+row says ``chosen: given``), or be tuned on a shorter budget (``--tune-epochs``); both are CPU savings the output
+states. Each run is its own process; finished runs are read back (``bench.json``), so an interrupted benchmark
+continues, and ``--collect`` trains nothing and reports what has finished (rows with the seeds that did).
 
     .venv/bin/python benchmarks/fashion_methods.py --teacher bench_runs/fashion_teacher --students mlp cnn10k \
-        --methods scratch label_smoothing kd dkd dist --epochs 15 --out bench_runs/fashion
+        --methods scratch label_smoothing kd dkd dist --epochs 20 --out bench_runs/fashion
 """
 
 from __future__ import annotations
@@ -88,8 +95,16 @@ GRIDS: dict[str, dict[str, list[dict]]] = {
     "reviewkd": {"w1": [CE, {"name": "reviewkd", "weight": 1.0, "warmup_epochs": 2.0}]},
     "kd_reviewkd": {"T4_w0.9": [*_kd(4.0, 0.9), {"name": "reviewkd", "weight": 1.0, "warmup_epochs": 2.0}]},
 }
+# Rows that augment the student's batch (so they run the teacher online: it sees the student's exact augmented view).
+# scratch_crop is the fairness row for kd_crop (what the crops alone give); consistent is Beyer et al.'s function
+# matching (KL at T = 1 only, crops + flip + mixup, the same view to both; recipes/consistent/).
+CROP = {"crop_padding": 2, "flip": True}
+AUGMENT: dict[str, dict[str, Any]] = {"scratch_crop": CROP, "kd_crop": CROP, "consistent": {**CROP, "mixup": 1.0}}
+GRIDS["scratch_crop"] = {"ce": [CE]}
+GRIDS["kd_crop"] = dict(GRIDS["kd"])  # KD's grid (--choose kd_crop=V reuses KD's validation choice, a CPU saving)
+GRIDS["consistent"] = {"T1": [{"name": "kd", "params": {"temperature": 1.0}}]}
 FEATURE = {"fitnet", "at", "sp", "rkd", "pkt", "cc", "nst", "vid", "crd", "reviewkd", "kd_reviewkd"}
-NO_TEACHER = {"scratch", "label_smoothing", "tf_kd", "confidence_penalty"}
+NO_TEACHER = {"scratch", "scratch_crop", "label_smoothing", "tf_kd", "confidence_penalty"}
 
 RUN = r"""
 import json, sys
@@ -103,11 +118,14 @@ print(json.dumps({"best": res.best["top1"], "best_epoch": res.best.get("epoch"),
 """
 
 
-def run_one(recipe: dict, run_dir: Path) -> dict:
-    """Train one recipe in its own process (or read back its finished result)."""
+def run_one(recipe: dict, run_dir: Path, collect: bool = False) -> dict | None:
+    """Train one recipe in its own process (or read back its finished result; with ``collect``, only read back: None
+    when the run has not finished)."""
     done = run_dir / "bench.json"
     if done.is_file():
         return json.loads(done.read_text())
+    if collect:
+        return None
     resume = "1" if (run_dir / "checkpoints" / "latest.json").is_file() else "0"
     if resume == "0" and run_dir.exists():
         shutil.rmtree(run_dir)
@@ -123,8 +141,11 @@ def run_one(recipe: dict, run_dir: Path) -> dict:
 
 
 def recipe_for(name: str, out: Path, student: str, terms: list[dict], seed: int, epochs: int, final: bool,
-               teacher: Path | None, store: Path | None, threads: int, limit: int | None = None) -> dict:
+               teacher: Path | None, store: Path | None, threads: int, limit: int | None = None,
+               augment: dict[str, Any] | None = None, precision: str = "auto", channels_last: str = "auto") -> dict:
     data: dict[str, Any] = {"name": "fashion_mnist", "batch_size": 128}
+    if augment:
+        data["augment"] = dict(augment)
     if limit:  # a stratified subset of the training images (smoke runs)
         data["train_limit"] = limit
     if final:  # all 60,000 training images; the official test split scores
@@ -134,9 +155,15 @@ def recipe_for(name: str, out: Path, student: str, terms: list[dict], seed: int,
     r: dict[str, Any] = {"name": name, "seed": seed, "output_dir": str(out), "data": data,
                          "student": STUDENTS[student], "terms": terms,
                          "optim": {"name": "adamw", "lr": 0.003, "weight_decay": 0.0005},
-                         "schedule": {"name": "onecycle"}, "epochs": epochs, "threads": threads}
+                         "schedule": {"name": "onecycle"}, "epochs": epochs, "threads": threads,
+                         # the student policy: bf16 / channels-last only where they measure faster and agree with fp32
+                         # (it keeps fp32 for the MLP; the run's student_policy.json says why)
+                         "precision": precision, "channels_last": channels_last}
     if teacher is not None:
         r["teachers"] = [{**teacher_spec(teacher), "checkpoint": str(teacher)}]
+        if store is None:  # an online teacher: the teacher policy picks its fastest mode that agrees with fp32
+            r["teacher_policy"] = {"precision": precision if precision == "auto" else "fp32",
+                                   "channels_last": channels_last}
     if store is not None:
         r["soft_labels"] = str(store)
     return r
@@ -171,11 +198,23 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=list(GRIDS), choices=list(GRIDS))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--epochs", type=int, default=15)
+    ap.add_argument("--tune-epochs", type=int, default=None,
+                    help="epochs of the tuning runs (default: --epochs; a shorter tuning budget is a CPU saving, said "
+                    "in the output)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run (1 is fastest on a shared CPU)")
     ap.add_argument("--no-tune", action="store_true", help="skip tuning: use each grid's first variant")
     ap.add_argument("--variants", nargs="+", default=None,
                     help="tune only these grid variants (to spread a grid over processes; use with --tune-only)")
     ap.add_argument("--tune-only", action="store_true", help="stop after the tuning runs (no final runs)")
+    ap.add_argument("--choose", nargs="+", default=[], metavar="[STUDENT.]METHOD=VARIANT",
+                    help="skip tuning METHOD (for every student, or only STUDENT's) and use VARIANT (e.g. the variant "
+                    "another student's tuning chose; the output marks the row 'chosen: given')")
+    ap.add_argument("--collect", action="store_true",
+                    help="train nothing: report the finished runs under --out (rows with the seeds that finished)")
+    ap.add_argument("--precision", default="auto", choices=["auto", "no", "bf16"],
+                    help="the students' precision (auto: the student policy measures and picks; no = fp32)")
+    ap.add_argument("--channels-last", default="auto", choices=["auto", "true", "false"],
+                    help="the students' memory format (auto: the student policy measures and picks)")
     ap.add_argument("--out", default="bench_runs/fashion")
     ap.add_argument("--teacher-epochs", type=int, default=None,
                     help="epochs of the teacher trained when --teacher is not given (default: the recipe's)")
@@ -197,40 +236,61 @@ def main() -> None:
     stores: dict[bool, Path] = {}
 
     def store(final: bool) -> Path:
+        if args.collect:  # nothing is trained, so no store is built
+            return out / ("softlabels_final" if final else "softlabels_tune")
         if final not in stores:
             stores[final] = build_store(out, teacher, args.threads, final, args.train_limit)
         return stores[final]
 
     rows = []
+    tune_epochs = args.tune_epochs or args.epochs
     for student in args.students:
         for method in args.methods:
             if method in FEATURE and student == "mlp":
                 continue  # the MLP has no feature maps to match
             needs_teacher = method not in NO_TEACHER
-            use_store = needs_teacher and method not in FEATURE
+            use_store = needs_teacher and method not in FEATURE and method not in AUGMENT
+            cl = {"auto": "auto", "true": True, "false": False}[args.channels_last]
+            opts = {"augment": AUGMENT.get(method), "precision": args.precision, "channels_last": cl}
             grid = GRIDS[method]
             tuned: dict[str, float] = {}
-            if len(grid) > 1 and not args.no_tune:
+            chosen_by_hand = dict(c.split("=", 1) for c in args.choose)
+            given = chosen_by_hand.get(f"{student}.{method}", chosen_by_hand.get(method))
+            if given is not None and given not in grid:
+                raise SystemExit(f"--choose {method}={given}: no such variant; the grid has {', '.join(grid)}")
+            if len(grid) > 1 and not args.no_tune and given is None:
                 for variant, terms in grid.items():
-                    name = f"tune_{student}_{method}_{variant}"
+                    name = f"tune_{student}_{method}_{variant}" if tune_epochs == args.epochs else \
+                        f"tune_e{tune_epochs}_{student}_{method}_{variant}"
                     if args.variants and variant not in args.variants and not (out / name / "bench.json").is_file():
                         continue
-                    rec = recipe_for(name, out, student, terms, 0, args.epochs, False,
+                    rec = recipe_for(name, out, student, terms, 0, tune_epochs, False,
                                      teacher if needs_teacher else None, store(False) if use_store else None,
-                                     args.threads, args.train_limit)
-                    tuned[variant] = run_one(rec, out / name)["last"]
+                                     args.threads, args.train_limit, **opts)
+                    res = run_one(rec, out / name, args.collect)
+                    if res is None:
+                        continue
+                    tuned[variant] = res["last"]
                     print(f"tune {student} {method} {variant}: val {tuned[variant]:.2f}", file=sys.stderr, flush=True)
             if args.tune_only:
                 continue
-            chosen = max(tuned, key=lambda v: tuned[v]) if tuned else next(iter(grid))
+            chosen = given or (max(tuned, key=lambda v: tuned[v]) if tuned else next(iter(grid)))
+            if args.collect and len(grid) > 1 and not given and not args.no_tune and len(tuned) < len(grid):
+                continue  # an unfinished tuning: no row
             results = []
             for seed in args.seeds:
                 name = f"{student}_{method}_{chosen}_s{seed}"
                 rec = recipe_for(name, out, student, grid[chosen], seed, args.epochs, True,
                                  teacher if needs_teacher else None, store(True) if use_store else None, args.threads,
-                                 args.train_limit)
-                results.append(run_one(rec, out / name))
+                                 args.train_limit, **opts)
+                res = run_one(rec, out / name, args.collect)
+                if res is None:
+                    continue
+                results.append({**res, "seed": seed})
                 print(f"final {student} {method} {chosen} seed {seed}: {results[-1]}", file=sys.stderr, flush=True)
+
+            if not results:
+                continue
 
             def ms(key: str, results: list[dict] = results) -> tuple[float, float]:
                 v = [r[key] for r in results]
@@ -238,10 +298,14 @@ def main() -> None:
 
             (bm, bs), (lm, ls) = ms("best"), ms("last")
             rows.append({"student": student, "method": method, "variant": chosen, "tuning_val_top1": tuned,
+                         "chosen": "given" if given else ("validation" if tuned else "grid's first"),
+                         "augment": AUGMENT.get(method), "runs": [{k: r[k] for k in ("seed", "last", "best")}
+                                                                   for r in results],
                          "best_mean": bm, "best_std": bs, "last_mean": lm, "last_std": ls, "seeds": len(results),
                          "teacher_signal": "store" if use_store else ("online" if needs_teacher else "none"),
                          "images_per_s": statistics.median(r["images_per_s"] for r in results)})
-    print(json.dumps({"benchmark": "fashion_methods", "epochs": args.epochs, "seeds": args.seeds,
+    print(json.dumps({"benchmark": "fashion_methods", "epochs": args.epochs, "tune_epochs": tune_epochs,
+                      "seeds": args.seeds, "precision": args.precision, "channels_last": args.channels_last,
                       "train_limit": args.train_limit,
                       "teacher": {"run": str(teacher), "best_top1": tsum.get("best", {}).get("top1"),
                                   "last_top1": tsum.get("last", {}).get("val_top1")},
