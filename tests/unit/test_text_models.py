@@ -9,7 +9,7 @@ import torch
 from kdkit.errors import CheckpointError, ConfigError
 from kdkit.models import count_params, create_model, save_weights
 from kdkit.taps import FeatureTap
-from kdkit.text.models import _pick_layers, load_tokenizer, resolve_hf_path
+from kdkit.text.models import load_tokenizer, pick_layers, resolve_hf_path
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,7 @@ def test_layer_cut_copies_the_chosen_teacher_layers(minilm):
         b = minilm.hf.bert.encoder.layer[old].output.dense.weight
         assert torch.equal(a, b)
     assert torch.equal(cut.hf.bert.embeddings.word_embeddings.weight, minilm.hf.bert.embeddings.word_embeddings.weight)
-    assert _pick_layers(2, 6, "x") == [0, 5] and _pick_layers(3, 6, "x") == [0, 2, 5] and _pick_layers(1, 6, "x") == [5]
+    assert pick_layers(2, 6, "x") == [0, 5] and pick_layers(3, 6, "x") == [0, 2, 5] and pick_layers(1, 6, "x") == [5]
     with pytest.raises(ConfigError, match="indices in 0..5"):
         create_model("hf:minilm", num_classes=2, layers=[0, 6])
 

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -45,7 +44,7 @@ from rich.console import Console
 from torch import Tensor, nn
 
 from kdkit.errors import CheckpointError, ConfigError
-from kdkit.lm.models import build_causal_lm, is_causal_lm_folder
+from kdkit.lm.models import build_causal_lm, is_causal_lm_folder, pick_layers
 from kdkit.registry import MODEL_SOURCES
 from kdkit.text.cache import FeatureCache
 from kdkit.text.layout import TextLayout, text_layout  # noqa: F401  (re-exported)
@@ -231,22 +230,6 @@ class HFTextClassifier(nn.Module):
         return out.logits
 
 
-def _pick_layers(layers: int | Sequence[int], n: int, source: str) -> list[int]:
-    if isinstance(layers, bool):
-        raise ConfigError(f"model '{source}': layers must be a list of layer indices or a count, got {layers!r}")
-    if isinstance(layers, int):
-        if not 1 <= layers <= n:
-            raise ConfigError(f"model '{source}': layers={layers} must lie in 1..{n} (the checkpoint has {n} layers)")
-        if layers == 1:
-            return [n - 1]
-        return sorted({round(i * (n - 1) / (layers - 1)) for i in range(layers)})
-    picked = [int(i) for i in layers]
-    if not picked or any(not 0 <= i < n for i in picked):
-        raise ConfigError(f"model '{source}': layers {picked} must be indices in 0..{n - 1} (the checkpoint has {n} "
-                          f"layers)")
-    return picked
-
-
 def build_hf_classifier(name: str, num_classes: int, in_channels: int = 1, image_size: int = 512,
                         layers: int | list[int] | None = None, config: dict[str, Any] | None = None,
                         init: str | None = None, feature_cache: str | None = None,
@@ -320,7 +303,7 @@ def build_hf_classifier(name: str, num_classes: int, in_channels: int = 1, image
         else:
             hf = AutoModelForSequenceClassification.from_config(cfg, attn_implementation=ATTN_IMPLEMENTATION)
     if layers is not None:
-        keep = _pick_layers(layers, full_layers, source)
+        keep = pick_layers(layers, full_layers, source)
         base = getattr(hf, hf.base_model_prefix)
         list_path = _find_layer_list(base, full_layers)
         old = base.get_submodule(list_path)
