@@ -8,14 +8,11 @@ quickstart: env
 	.venv/bin/kdkit quickstart
 
 test: env
-	bash scripts/install_chromium.sh
 	bash scripts/install_debian.sh
-	bash scripts/install_postgresql.sh
 	.venv/bin/python -m pytest -q
 
 test-all: env
 	bash scripts/install_debian.sh
-	bash scripts/install_postgresql.sh
 	.venv/bin/python -m pytest -q -m "slow or not slow"
 
 bench: env

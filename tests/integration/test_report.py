@@ -2,7 +2,7 @@
 headless Chromium as a reader would see it: the screenshot must show the plots, and every <img> of the rendered DOM
 must carry a PNG that decodes to a real picture.
 
-Chromium is Debian's `chromium` package, installed by `scripts/install_chromium.sh` (the Makefile's test target runs
+Chromium is Debian's `chromium` package, installed by `scripts/install_debian.sh` (the Makefile's test target runs
 it); without it the browser tests are skipped with that reason.
 """
 
@@ -40,7 +40,7 @@ def _chromium() -> str | None:
 
 CHROMIUM = _chromium()
 needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed; run "
-                                                             "scripts/install_chromium.sh as root (make test does)")
+                                                             "scripts/install_debian.sh as root (make test does)")
 
 
 @pytest.fixture(scope="module")

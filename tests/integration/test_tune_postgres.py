@@ -1,6 +1,6 @@
 """``kdkit tune --storage postgresql://...``: two worker processes share one study in a real PostgreSQL server.
 
-The test starts its own throwaway server (Debian's ``postgresql`` package; ``scripts/install_postgresql.sh`` installs
+The test starts its own throwaway server (Debian's ``postgresql`` package; ``scripts/install_debian.sh`` installs
 it, ``make test`` calls that) in a temporary directory, listening only on a Unix socket there, with ``trust``
 authentication for the one database user it creates. PostgreSQL refuses to run as root, so under root (as in CI) the
 server runs as the ``postgres`` user (or ``nobody``) through ``runuser``. Skipped, with the reason, when the server
@@ -54,7 +54,7 @@ def _as_user() -> tuple[list[str], int | None]:
 def postgres():
     initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
     if not initdb or not pg_ctl:
-        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found; run scripts/install_postgresql.sh "
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found; run scripts/install_debian.sh "
                     "(Debian's postgresql package)")
     prefix, uid = _as_user()
     root = Path(tempfile.mkdtemp(prefix="kdpg"))  # short: a Unix socket path is limited to ~100 characters
