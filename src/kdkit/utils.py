@@ -153,3 +153,12 @@ def cpu_info() -> dict[str, Any]:
     load = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     return {"model": model, "simd": [f for f in _SIMD_FLAGS if f in flags], "logical_cpus": os.cpu_count(),
             "load_average": load}
+
+
+def mean_pm_std(ms: dict[str, Any] | None, digits: int = 2, signed: bool = False) -> str:
+    """``{"mean": m, "std": s}`` as ``"m ± s"`` for tables (``–`` without a mean, ``n/a`` for a one-seed std)."""
+    if not ms or ms.get("mean") is None:
+        return "–"
+    mean = f"{ms['mean']:+.{digits}f}" if signed else f"{ms['mean']:.{digits}f}"
+    std = "n/a" if ms.get("std") is None else f"{ms['std']:.{digits}f}"
+    return f"{mean} ± {std}"

@@ -13,6 +13,7 @@ from typing import Any
 
 from kdkit.errors import KdkitError
 from kdkit.report.html import Plot, Section, Table
+from kdkit.utils import mean_pm_std
 
 _CAPTIONS = {
     "history.png": "Each finished trial's objective (dots) and the best so far (line), by trial number.",
@@ -50,14 +51,6 @@ def study_sections(dirs: list[str | Path]) -> list[Section]:
     return out
 
 
-def _pm(ms: dict[str, Any] | None, digits: int = 2, signed: bool = False) -> str:
-    if not ms or ms.get("mean") is None:
-        return "–"
-    mean = f"{ms['mean']:+.{digits}f}" if signed else f"{ms['mean']:.{digits}f}"
-    std = "n/a" if ms.get("std") is None else f"{ms['std']:.{digits}f}"
-    return f"{mean} ± {std}"
-
-
 def seeds_section(table: dict[str, Any], where: Path) -> Section:
     """The ``kdkit seeds`` table: per recipe, mean ± sample std over seeds, and the paired gain against the
     baseline."""
@@ -69,10 +62,11 @@ def seeds_section(table: dict[str, Any], where: Path) -> Section:
     rows = []
     for name, row in table.get("recipes", {}).items():
         cells = [name + (" (baseline)" if name == base else ""), " ".join(map(str, row.get("seeds", []))),
-                 _pm(row.get("best_top1")), _pm(row.get("last_top1"))]
+                 mean_pm_std(row.get("best_top1")), mean_pm_std(row.get("last_top1"))]
         if base:
-            cells += [_pm(row.get("gain_best_top1"), signed=True), _pm(row.get("gain_last_top1"), signed=True)]
-        cells.append(_pm(row.get("train_seconds"), 1))
+            cells += [mean_pm_std(row.get("gain_best_top1"), signed=True),
+                      mean_pm_std(row.get("gain_last_top1"), signed=True)]
+        cells.append(mean_pm_std(row.get("train_seconds"), 1))
         rows.append(cells)
     intro = (f"kdkit seeds ({where}): each recipe run over the same seeds; mean ± sample standard deviation (n − 1) "
              f"over seeds, top-1 on each recipe's validation split.")

@@ -30,7 +30,7 @@ from rich.console import Console
 from kdkit.errors import ConfigError
 from kdkit.recipe import Recipe, as_recipe
 from kdkit.runs import ADDED_FIELDS, run
-from kdkit.utils import atomic_write_json, atomic_write_text
+from kdkit.utils import atomic_write_json, atomic_write_text, mean_pm_std
 from kdkit.yamlio import read_yaml_file
 
 SEED_RUN = "{name}-seed{seed}"
@@ -127,14 +127,6 @@ def seeds_table(runs: dict[str, dict[int, Path]], baseline: str | None = None) -
             "baseline": baseline, "recipes": rows}
 
 
-def _pm(ms: dict[str, Any] | None, digits: int = 2, signed: bool = False) -> str:
-    if not ms or ms.get("mean") is None:
-        return "–"
-    mean = f"{ms['mean']:+.{digits}f}" if signed else f"{ms['mean']:.{digits}f}"
-    std = "n/a" if ms.get("std") is None else f"{ms['std']:.{digits}f}"
-    return f"{mean} ± {std}"
-
-
 def table_markdown(table: dict[str, Any]) -> str:
     """The table as Markdown (what ``kdkit seeds`` prints and saves as ``seeds.md``)."""
     base = table.get("baseline")
@@ -145,10 +137,11 @@ def table_markdown(table: dict[str, Any]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, row in table["recipes"].items():
         cells = [name + (" (baseline)" if name == base else ""), " ".join(map(str, row["seeds"])),
-                 _pm(row["best_top1"]), _pm(row["last_top1"])]
+                 mean_pm_std(row["best_top1"]), mean_pm_std(row["last_top1"])]
         if base:
-            cells += [_pm(row.get("gain_best_top1"), signed=True), _pm(row.get("gain_last_top1"), signed=True)]
-        cells += [_pm(row["images_per_s"], 0), _pm(row["train_seconds"], 1)]
+            cells += [mean_pm_std(row.get("gain_best_top1"), signed=True),
+                      mean_pm_std(row.get("gain_last_top1"), signed=True)]
+        cells += [mean_pm_std(row["images_per_s"], 0), mean_pm_std(row["train_seconds"], 1)]
         lines.append("| " + " | ".join(cells) + " |")
     notes = ["", "mean ± sample std (ddof=1) over seeds; top-1 on each recipe's validation split; best epoch = highest "
                  "val_top1 over the epochs, last = after the final epoch."]
