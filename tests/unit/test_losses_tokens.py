@@ -241,3 +241,15 @@ def test_token_cross_entropy_matches_torch_and_chunks(logits):
     torch.nn.functional.cross_entropy(x.reshape(-1, 11), y.reshape(-1), ignore_index=-1).backward()
     for g in grads:
         torch.testing.assert_close(g, x.grad, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("term", ["lm_forward_kl", "lm_ce", "lm_sampled_kl"])
+@pytest.mark.parametrize("bad", [0, -4, True, 2.5, "64"])
+def test_token_terms_refuse_a_bad_chunk_size_by_name(term, bad):
+    from kdkit.errors import ConfigError
+    from kdkit.recipe import TermSpec
+    from kdkit.terms.base import build_term
+
+    with pytest.raises(ConfigError, match=rf"loss term '{term}': chunk_tokens must be a positive integer"):
+        build_term(TermSpec(name=term, params={"chunk_tokens": bad}))
+    assert build_term(TermSpec(name=term, params={"chunk_tokens": 64})).chunk_tokens == 64

@@ -35,6 +35,14 @@ from kdkit.terms.base import LossTerm, TermInputs, check_temperature, register_t
 from kdkit.text.terms import DistilBertCosineTerm, TinyBertHiddenTerm
 
 
+def check_chunk_tokens(chunk_tokens: int | None) -> int | None:
+    """``chunk_tokens`` as given, after checking it is ``None`` (no chunking) or a positive integer."""
+    if chunk_tokens is not None and (isinstance(chunk_tokens, bool) or not isinstance(chunk_tokens, int)
+                                     or chunk_tokens < 1):
+        raise ConfigError(f"chunk_tokens must be a positive integer (or null for no chunking), got {chunk_tokens!r}")
+    return chunk_tokens
+
+
 class TokenTerm(LossTerm):
     """Base of the token-level terms: a divergence ``kind`` of :mod:`kdkit.losses.tokens` over valid tokens."""
 
@@ -44,8 +52,7 @@ class TokenTerm(LossTerm):
                  alpha: float = 0.1) -> None:
         super().__init__()
         self.temperature = check_temperature(temperature)
-        if chunk_tokens is not None and (not isinstance(chunk_tokens, int) or chunk_tokens < 1):
-            raise ConfigError(f"chunk_tokens must be a positive integer, got {chunk_tokens!r}")
+        check_chunk_tokens(chunk_tokens)
         if not 0.0 <= float(beta) <= 1.0:
             raise ConfigError(f"beta must lie in [0, 1], got {beta}")
         if not 0.0 <= float(alpha) < 1.0:
@@ -93,9 +100,7 @@ class LMCrossEntropy(LossTerm):
 
     def __init__(self, chunk_tokens: int | None = None) -> None:
         super().__init__()
-        if chunk_tokens is not None and (not isinstance(chunk_tokens, int) or chunk_tokens < 1):
-            raise ConfigError(f"chunk_tokens must be a positive integer, got {chunk_tokens!r}")
-        self.chunk_tokens = chunk_tokens
+        self.chunk_tokens = check_chunk_tokens(chunk_tokens)
 
     def compute(self, inp: TermInputs) -> Tensor:
         return tokens.token_cross_entropy(inp.student.logits, inp.batch["target"], -1, self.chunk_tokens)
@@ -110,9 +115,7 @@ class LMSampledKL(LossTerm):
 
     def __init__(self, chunk_tokens: int | None = None) -> None:
         super().__init__()
-        if chunk_tokens is not None and (not isinstance(chunk_tokens, int) or chunk_tokens < 1):
-            raise ConfigError(f"chunk_tokens must be a positive integer, got {chunk_tokens!r}")
-        self.chunk_tokens = chunk_tokens
+        self.chunk_tokens = check_chunk_tokens(chunk_tokens)
 
     def compute(self, inp: TermInputs) -> Tensor:
         s, feats, target = inp.student.logits, inp.teacher.features, inp.batch["target"]
