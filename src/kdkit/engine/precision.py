@@ -118,13 +118,18 @@ def candidates(precision: str, channels_last: bool | str, device_type: str, inpu
 
 def hardware(device: torch.device | str) -> dict[str, Any]:
     """What a recorded choice depends on: the GPU's name, or the CPU model and its SIMD flags (AVX2, AVX-512, VNNI,
-    AVX-512 BF16, AMX). A recorded choice is reused only on equal hardware: a run resumed on another CPU kind (bf16
-    fast on one, emulated on an AVX2-only one) measures again."""
+    AVX-512 BF16, AMX), plus the instruction-set caps set in the environment, if any (``ATEN_CPU_CAPABILITY``,
+    ``ONEDNN_MAX_CPU_ISA``, ...: the same CPU capped to AVX2 runs bf16 in other kernels). A recorded choice is
+    reused only on equal hardware: a run resumed on another CPU kind (bf16 fast on one, emulated on an AVX2-only one)
+    measures again."""
     device = torch.device(device)
     if device.type == "cuda":
         return {"gpu": torch.cuda.get_device_name(device)}
     cpu = cpu_info()
-    return {"cpu_model": cpu["model"], "cpu_flags": cpu["simd"]}
+    hw: dict[str, Any] = {"cpu_model": cpu["model"], "cpu_flags": cpu["simd"]}
+    if cpu["isa"]["caps"]:  # an instruction set capped below the CPU's (an emulated AVX2-only CPU) is another kind
+        hw["isa_caps"] = cpu["isa"]["caps"]
+    return hw
 
 
 def same_hardware(entry: dict[str, Any], device: torch.device | str) -> bool:
