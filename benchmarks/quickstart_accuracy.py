@@ -44,6 +44,8 @@ VARIANTS = {
     "cnn_scratch_auto": ("methods/at", ["teachers=[]", "terms=[{name: ce}]", "precision=auto", "channels_last=auto"]),
     "cnn_at": ("methods/at", []),
     "cnn_at_teacher_auto": ("methods/at", ["teacher_policy.precision=auto", "teacher_policy.channels_last=auto"]),
+    # the teacher forced to bf16 + channels-last: what the mode auto refused (on the tapped features) does to accuracy
+    "cnn_at_teacher_bf16": ("methods/at", ["teacher_policy.precision=bf16", "teacher_policy.channels_last=true"]),
 }
 
 
