@@ -5,6 +5,10 @@ recipe (recipes/mnist_scratch.yaml / mnist_kd.yaml: MLP 784-64-10, AdamW one-cyc
 stratified split) for every seed. Prints JSON.
 
     .venv/bin/python benchmarks/quickstart_accuracy.py --seeds 0 1 2 --out runs/bench_quickstart
+
+The ``cnn_*`` variants train cnn_student with recipes/methods/at.yaml (scratch: CE only; ``cnn_at``: attention
+transfer from the same teacher, fp32 or in the mode its auto policy picks); each result lists what the auto policies
+chose per seed (``policy``).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import kdkit  # noqa: E402
 from kdkit.deploy.measure import cpu_info  # noqa: E402
+from kdkit.recipe import load_recipe  # noqa: E402
 
 VARIANTS = {
     "scratch": ("mnist_scratch", []),
@@ -32,7 +37,28 @@ VARIANTS = {
     "kd_T8_w0.5_teacher_auto_student_bf16": ("mnist_kd", ["teacher_policy.precision=auto",
                                                           "teacher_policy.channels_last=auto", "precision=bf16"]),
     "scratch_bf16": ("mnist_scratch", ["precision=bf16"]),
+    # issue 15 on cnn_student (recipes/methods/at.yaml: 30 epochs, AdamW one-cycle): a bf16 student from scratch, and
+    # a feature method (attention transfer, which reads the teacher's tapped features) with the auto teacher
+    "cnn_scratch": ("methods/at", ["teachers=[]", "terms=[{name: ce}]"]),
+    "cnn_scratch_bf16": ("methods/at", ["teachers=[]", "terms=[{name: ce}]", "precision=bf16"]),
+    "cnn_scratch_auto": ("methods/at", ["teachers=[]", "terms=[{name: ce}]", "precision=auto", "channels_last=auto"]),
+    "cnn_at": ("methods/at", []),
+    "cnn_at_teacher_auto": ("methods/at", ["teacher_policy.precision=auto", "teacher_policy.channels_last=auto"]),
+    # the teacher forced to bf16 + channels-last: what the mode auto refused (on the tapped features) does to accuracy
+    "cnn_at_teacher_bf16": ("methods/at", ["teacher_policy.precision=bf16", "teacher_policy.channels_last=true"]),
 }
+
+
+def _choices(run_dir: Path) -> dict:
+    """What the auto policies picked in a run (student_policy.json / teacher_policy.json), when they ran."""
+    picked = {}
+    for who in ("student", "teacher"):
+        f = run_dir / f"{who}_policy.json"
+        if f.is_file():
+            d = json.loads(f.read_text())
+            entries = d.get("teachers", [d]) if isinstance(d, dict) else d
+            picked[who] = [{"chosen": e.get("chosen"), "reason": e.get("reason")} for e in entries]
+    return picked
 
 
 def main() -> None:
@@ -55,15 +81,17 @@ def main() -> None:
     s_over = common + ([f"epochs={args.student_epochs}"] if args.student_epochs else [])
     for name in args.variants:
         recipe, extra = VARIANTS[name]
-        best, last, secs, ips = [], [], [], []
+        best, last, secs, ips, picks = [], [], [], [], []
+        distil = bool(load_recipe(recipe, extra).teachers)
         for seed in args.seeds:
             ov = s_over + extra + [f"seed={seed}", f"name={name}_s{seed}"]
-            if recipe == "mnist_kd":
+            if distil:
                 ov.append(f"teachers.0.checkpoint={teacher_dir}")
             run_dir = out / f"{name}_s{seed}"
             t1 = time.perf_counter()
-            fn = kdkit.distill if recipe == "mnist_kd" else kdkit.train
+            fn = kdkit.distill if distil else kdkit.train
             res = fn(recipe, ov, resume=(run_dir / "checkpoints" / "latest.json").is_file(), quiet=True)
+            picks.append(_choices(run_dir))
             secs.append(time.perf_counter() - t1)
             best.append(res.best["top1"])
             last.append(res.last["val_top1"])
@@ -72,7 +100,7 @@ def main() -> None:
             "best_mean": statistics.mean(best), "best_std": statistics.stdev(best) if len(best) > 1 else 0.0,
             "last_mean": statistics.mean(last), "last_std": statistics.stdev(last) if len(last) > 1 else 0.0,
             "best": best, "last": last, "seconds_per_run": statistics.mean(secs),
-            "images_per_s": statistics.median(ips),
+            "images_per_s": statistics.median(ips), "policy": picks,
         }
     print(json.dumps({"benchmark": "quickstart_accuracy", "seeds": args.seeds, "cpu": cpu_info(), "results": results,
                       "wall_seconds": time.perf_counter() - t0}, indent=2))

@@ -15,7 +15,12 @@ time (robust to other jobs on the machine), otherwise wall time. Prints one JSON
 Targets: t(KD step) <= (t(student step) + t(teacher forward)) * 1.05 (issue 2);
 t(cached KD step) <= t(student step) * 1.05 (issue 5). Issue 15, on a bf16-capable CPU: t(online KD step, auto
 policies) <= 0.35 * t(fp32 KD step), t(cached KD step, auto student) <= 0.2 * t(fp32 KD step); on an AVX2-only CPU
-never slower than fp32 (auto keeps fp32). The CPU model and SIMD flags (AVX2 / AVX-512 / AMX) are in the output.
+never slower than fp32 (auto keeps fp32). The CPU model and SIMD flags (AVX2 / AVX-512 / AMX) are in the output,
+with the instruction set the kernels really use (``cpu.isa``: ATen's dispatch level and any cap set in the
+environment). ``--emulate-avx2`` caps ATen, oneDNN and MKL to AVX2 before torch loads: an AVX2-only CPU emulated on
+a newer one (an emulation, not an AVX2 CPU: same caches, clock and memory); ``cpu.isa`` then shows the caps.
+
+    .venv/bin/python benchmarks/step_speed.py --emulate-avx2 --threads 1 --steps 3
 """
 
 from __future__ import annotations
@@ -31,14 +36,20 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
+# An AVX2-only CPU emulated on a newer one: ATen's kernels, oneDNN's convolutions/matmuls and MKL's BLAS capped to AVX2.
+# Set before torch loads: each library reads its cap once, at its first use.
+EMULATE_AVX2 = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+if "--emulate-avx2" in sys.argv:
+    os.environ.update(EMULATE_AVX2)
+
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from kdkit.deploy.measure import cpu_info  # noqa: E402
 from kdkit.engine.loop import build_optimizer  # noqa: E402
 from kdkit.engine.precision import FP32, Mode, candidates, input_in, measure_student, mode_context  # noqa: E402
-from kdkit.models import create_model  # noqa: E402
+from kdkit.models import create_model, load_model  # noqa: E402
 from kdkit.recipe import OptimSpec, TermSpec  # noqa: E402
 from kdkit.schemes.offline import OfflineScheme  # noqa: E402
 from kdkit.softlabels import SoftLabelStore, encode_topk  # noqa: E402
@@ -47,6 +58,7 @@ from kdkit.teachers.policy import TeacherPolicy  # noqa: E402
 from kdkit.teachers.store import StoreTeacher  # noqa: E402
 from kdkit.terms.base import build_term  # noqa: E402
 from kdkit.types import TrainState  # noqa: E402
+from kdkit.weights import read_metadata, resolve_checkpoint  # noqa: E402
 
 PAIRS = {
     "resnet32x4-resnet8x4": ("resnet32x4", "resnet8x4", (3, 32, 32), 100),
@@ -82,16 +94,31 @@ def _store(path: Path, n: int, k: int, classes: int) -> SoftLabelStore:
     return SoftLabelStore.open(path)
 
 
-def bench_pair(name: str, batch: int, steps: int, warmup: int, store_dir: Path) -> dict:
+def bench_pair(name: str, batch: int, steps: int, warmup: int, store_dir: Path, teacher_weights: str | None = None,
+               fashion: bool = False) -> dict:
     teacher_name, student_name, shape, classes = PAIRS[name]
+    trained = None
+    if teacher_weights:  # a trained teacher (kdkit weights file) of this pair's architecture: its classes count
+        trained, meta = load_model(teacher_weights)
+        if meta["model"]["name"] != teacher_name or [meta["in_channels"], meta["image_size"]] != list(shape[:2]):
+            raise SystemExit(f"--teacher-weights {teacher_weights}: a {meta['model']['name']} for "
+                             f"{meta['in_channels']}x{meta['image_size']} inputs, not this pair's {teacher_name}")
+        classes = meta["num_classes"]
     torch.manual_seed(0)
     x = torch.randn(batch, *shape)
     y = torch.randint(0, classes, (batch,))
+    if fashion:  # real images: Fashion-MNIST test images as (3, 32, 32) inputs (benchmarks/trained_wrn_teacher.py)
+        from trained_wrn_teacher import fashion_32x3
+
+        if tuple(shape) != (3, 32, 32):
+            raise SystemExit(f"--fashion: the images are 3x32x32, pair {name} reads {'x'.join(map(str, shape))}")
+        x, y = fashion_32x3("test", batch)
+        y = y % classes
     n = 10_000
     store = _store(store_dir / name, n, min(10, classes), classes)
     g = torch.Generator().manual_seed(1)
     kw = dict(num_classes=classes, in_channels=shape[0], image_size=shape[1])
-    teacher, student = create_model(teacher_name, **kw), create_model(student_name, **kw)
+    teacher, student = trained or create_model(teacher_name, **kw), create_model(student_name, **kw)
     opt_spec = OptimSpec(name="sgd", lr=0.01)
     state = TrainState(steps_per_epoch=100, epochs=1)
 
@@ -169,6 +196,7 @@ def bench_pair(name: str, batch: int, steps: int, warmup: int, store_dir: Path) 
     }
     return {
         "pair": name, "teacher": teacher_name, "student": student_name, "input": list(shape), "classes": classes,
+        "teacher_weights": teacher_weights, "inputs": "fashion_mnist test, 3x32x32" if fashion else "random",
         "batch": batch, "steps": steps, "clock": clock_name,
         **{f"{k}_ms": round(1e3 * v, 3) for k, v in med.items()},
         "student_step_img_s": batch / med["student"], "kd_step_img_s": batch / med["kd"],
@@ -215,6 +243,10 @@ def plain_floor(batch: int, steps: int) -> dict:
             "student_ms": round(1e3 * a, 3), "kd_in_memory_ms": round(1e3 * b, 3), "kd_in_memory_over_student": b / a}
 
 
+def _arch(weights: str | None) -> str | None:
+    return read_metadata(resolve_checkpoint(weights, "--teacher-weights"))["model"]["name"] if weights else None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--pairs", nargs="*", default=list(PAIRS), choices=list(PAIRS))
@@ -222,17 +254,28 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--emulate-avx2", action="store_true",
+                    help="cap ATen, oneDNN and MKL to AVX2 (" + " ".join(f"{k}={v}" for k, v in EMULATE_AVX2.items())
+                    + "): an AVX2-only CPU emulated on this one, not a real AVX2 CPU (same caches and clock)")
+    ap.add_argument("--teacher-weights", default=None,
+                    help="a trained teacher (kdkit weights file, e.g. from trained_wrn_teacher.py) for the pairs of "
+                         "its architecture; default: untrained teachers")
+    ap.add_argument("--fashion", action="store_true", help="real inputs: Fashion-MNIST test images as 3x32x32 (the "
+                    "32x32 pairs); default: random inputs")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as d:
         rows = [bench_pair(p, args.batch, args.steps if p != "quickstart" else max(args.steps, 100), args.warmup,
-                           Path(d)) for p in args.pairs]
+                           Path(d), args.teacher_weights if _arch(args.teacher_weights) == PAIRS[p][0] else None,
+                           args.fashion) for p in args.pairs]
     if "quickstart" in args.pairs:
         rows.append(plain_floor(args.batch, max(args.steps, 300)))
     load = os.getloadavg()
+    cpu = cpu_info()
     print(json.dumps({"benchmark": "step_speed", "torch": torch.__version__, "threads": torch.get_num_threads(),
-                      "machine": platform.processor() or platform.machine(), "cpu": cpu_info(),
+                      "machine": platform.processor() or platform.machine(), "cpu": cpu,
+                      "emulated_isa_cap": bool(cpu["isa"]["caps"]),
                       "load_average": [round(v, 2) for v in load], "rows": rows}, indent=2))
 
 

@@ -152,7 +152,29 @@ def cpu_info() -> dict[str, Any]:
     model = model or platform.processor() or platform.machine()
     load = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     return {"model": model, "simd": [f for f in _SIMD_FLAGS if f in flags], "logical_cpus": os.cpu_count(),
-            "load_average": load}
+            "load_average": load, "isa": effective_isa()}
+
+
+# Environment variables that cap the instruction set PyTorch's kernels use below what the CPU has: ATen's own kernels
+# (ATEN_CPU_CAPABILITY), oneDNN's convolutions and matmuls (ONEDNN_MAX_CPU_ISA, formerly DNNL_MAX_CPU_ISA) and MKL's
+# BLAS (MKL_ENABLE_INSTRUCTIONS). Setting them emulates an older CPU (e.g. AVX2-only) on a newer one.
+ISA_CAP_VARS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+
+
+def isa_caps() -> dict[str, str]:
+    """The instruction-set caps set in this process's environment (:data:`ISA_CAP_VARS`), by variable name."""
+    return {k: os.environ[k] for k in ISA_CAP_VARS if os.environ.get(k)}
+
+
+def effective_isa() -> dict[str, Any]:
+    """The instruction set PyTorch's CPU kernels actually use: ATen's dispatch level (``AVX512``, ``AVX2``, ...: what
+    ``torch.backends.cpu.get_cpu_capability()`` says, after ATEN_CPU_CAPABILITY) and any caps set in the environment
+    (:func:`isa_caps`). With no caps the SIMD flags say it all; with caps the CPU's flags overstate what runs."""
+    try:
+        aten = torch.backends.cpu.get_cpu_capability()
+    except (AttributeError, RuntimeError):  # a torch without the query
+        aten = None
+    return {"aten_capability": aten, "caps": isa_caps()}
 
 
 def mean_pm_std(ms: dict[str, Any] | None, digits: int = 2, signed: bool = False) -> str:

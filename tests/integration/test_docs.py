@@ -65,6 +65,7 @@ NOT_RUN: dict[tuple[str, str], str] = {
 BENCH_SHRINK: dict[str, dict[str, list[str]]] = {
     "quickstart_accuracy.py": {"--seeds": ["0"], "--teacher-epochs": ["1"], "--student-epochs": ["1"]},
     "step_speed.py": {"--steps": ["1"], "--warmup": ["0"], "--batch": ["16"]},
+    "trained_wrn_teacher.py": {"--steps": ["2"]},  # its weights file is read by the step_speed.py command after it
     "gpu.py": {"--steps": ["1"], "--warmup": ["0"], "--batch": ["16"]},  # without a GPU it says so and exits 0
     "methods.py": {"--datasets": ["mnist_5k"], "--seeds": ["0"], "--epochs": ["1"], "--teacher-epochs": ["1"],
                    "--train-limit": ["300"], "--students": ["mlp"], "--methods": ["scratch", "kd", "dkd"]},

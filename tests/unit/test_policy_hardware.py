@@ -92,3 +92,20 @@ def test_student_choice_from_another_cpu_is_measured_again(tmp_path):
     record.write_text(json.dumps(dict(entry, hardware=hardware("cpu"))))
     assert decide_student(recipe, acc, step, model, batch, record, ctx) == Mode("bf16", True) and not steps
     assert json.loads(record.read_text())["reused"] is True
+
+
+def test_an_instruction_set_cap_is_another_cpu_kind(monkeypatch):
+    """The same CPU with ATen and oneDNN capped to AVX2 (the emulation of docs/benchmarks.md) runs bf16 in other
+    kernels: a choice recorded uncapped is not reused capped, and the effective ISA is reported."""
+    for var in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS"):
+        monkeypatch.delenv(var, raising=False)
+    plain = hardware("cpu")
+    assert "isa_caps" not in plain  # records written without caps keep matching
+    assert cpu_info()["isa"] == {"aten_capability": torch.backends.cpu.get_cpu_capability(), "caps": {}}
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    capped = hardware("cpu")
+    assert capped == dict(plain, isa_caps={"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"})
+    assert not same_hardware({"device": "cpu", "hardware": plain}, "cpu")
+    assert same_hardware({"device": "cpu", "hardware": capped}, "cpu")
+    assert cpu_info()["isa"]["caps"] == {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}

@@ -26,7 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from kdkit.engine.checkpoint import CheckpointManager, write_weights
 from kdkit.engine.evaluate import evaluate
-from kdkit.engine.precision import Mode, decide_student, input_in, mode_context
+from kdkit.engine.precision import Mode, decide_student, input_in, mode_context, note_compile_error
 from kdkit.engine.schedule import lr_at
 from kdkit.engine.tracking import accelerator_kwargs
 from kdkit.errors import KdkitError
@@ -150,10 +150,11 @@ class Engine:
         optimizer = build_optimizer(r.optim, raw)
         model, optimizer = acc.prepare(raw, optimizer)
         # compile: the student networks themselves, in place (nn.Module.compile): the optimizer's parameters, DDP's
-        # buckets and the checkpoint keys stay those of the eager modules; compilation happens at the first step
+        # buckets and the checkpoint keys stay those of the eager modules. Compiled after the student's mode is chosen
+        # (precision/channels_last auto measure the eager student: compiling every candidate mode would cost one
+        # compilation each, and a failing compiler would fail every mode); compilation happens at the first step
         compiled = [m for m in scheme.eval_models().values()] if r.compile else []
-        for m in compiled:
-            m.compile()
+        to_compile = bool(compiled)
         steps_per_epoch = len(train_loader)
         if steps_per_epoch == 0:
             raise KdkitError("the training split has fewer samples than one batch; lower data.batch_size")
@@ -200,6 +201,10 @@ class Engine:
                     if not decided:
                         student, decided = self._student_mode(scheme, model, batch, state), True
                         first_cl_ddp = student.channels_last and acc.num_processes > 1 and not _has_term_windows(r)
+                    if to_compile:
+                        for m in compiled:
+                            m.compile()
+                        to_compile = False
                     batch = input_in(batch, student)
                     try:
                         with acc.autocast(), self._student_context(student, device):
@@ -290,6 +295,9 @@ class Engine:
             m._compiled_call_impl = None  # nn.Module.compile's slot: None is the eager forward again
         line = f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:200]}"
         self.console.print(f"student: torch.compile failed ({line}); training eagerly", markup=False, soft_wrap=True)
+        record = self.run_dir / "student_policy.json"
+        if self._has_student_policy() and record.is_file() and self.accelerator.is_main_process:
+            note_compile_error(record, line)
 
     def _check_now(self, device: torch.device) -> bool:
         """Whether to test the loss for NaN/inf at every step: on the CPU reading a value costs nothing; on a GPU it

@@ -118,13 +118,18 @@ def candidates(precision: str, channels_last: bool | str, device_type: str, inpu
 
 def hardware(device: torch.device | str) -> dict[str, Any]:
     """What a recorded choice depends on: the GPU's name, or the CPU model and its SIMD flags (AVX2, AVX-512, VNNI,
-    AVX-512 BF16, AMX). A recorded choice is reused only on equal hardware: a run resumed on another CPU kind (bf16
-    fast on one, emulated on an AVX2-only one) measures again."""
+    AVX-512 BF16, AMX), plus the instruction-set caps set in the environment, if any (``ATEN_CPU_CAPABILITY``,
+    ``ONEDNN_MAX_CPU_ISA``, ...: the same CPU capped to AVX2 runs bf16 in other kernels). A recorded choice is
+    reused only on equal hardware: a run resumed on another CPU kind (bf16 fast on one, emulated on an AVX2-only one)
+    measures again."""
     device = torch.device(device)
     if device.type == "cuda":
         return {"gpu": torch.cuda.get_device_name(device)}
     cpu = cpu_info()
-    return {"cpu_model": cpu["model"], "cpu_flags": cpu["simd"]}
+    hw: dict[str, Any] = {"cpu_model": cpu["model"], "cpu_flags": cpu["simd"]}
+    if cpu["isa"]["caps"]:  # an instruction set capped below the CPU's (an emulated AVX2-only CPU) is another kind
+        hw["isa_caps"] = cpu["isa"]["caps"]
+    return hw
 
 
 def same_hardware(entry: dict[str, Any], device: torch.device | str) -> bool:
@@ -283,6 +288,7 @@ def decide_student(recipe: Any, acc: Any, step: Callable[[dict], Any], model: to
             saved = {}
         if saved.get("request") == request and same_hardware(saved, device):
             entry = dict(saved, reused=True)
+            entry.pop("compile_error", None)  # this run compiles (or fails to) afresh
         elif saved.get("request") == request and console is not None and acc.is_main_process:
             console.print(f"student: {record} was measured on {saved.get('hardware') or 'unrecorded hardware'}; "
                           f"measuring again on {hardware(device)}", markup=False, soft_wrap=True)
@@ -305,6 +311,8 @@ def decide_student(recipe: Any, acc: Any, step: Callable[[dict], Any], model: to
                  "hardware": hardware(device),
                  "batch_shape": list(x.shape) if dims else None, "threads": torch.get_num_threads(),
                  "clock": clock_name, "tolerance": asdict(StudentTolerance()),
+                 # compile: true compiles the student after this choice: the modes were measured eagerly
+                 "measured_eagerly": bool(getattr(recipe, "compile", False)),
                  "measurements": [m.as_dict() for m in measured]}
     to_mode(raw, batch, mode)
     if acc.is_main_process:
@@ -317,6 +325,16 @@ def decide_student(recipe: Any, acc: Any, step: Callable[[dict], Any], model: to
     return mode
 
 
+def note_compile_error(record: Path, line: str) -> None:
+    """Add the student's ``torch.compile`` failure (one line) to its policy record: it trained eagerly in the mode
+    the record gives."""
+    try:
+        entry = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return
+    atomic_write_text(record, json.dumps(dict(entry, compile_error=line), indent=2) + "\n")
+
+
 __all__ = ["DTYPES", "FP32", "PRECISIONS", "Measurement", "Mode", "StudentTolerance", "candidates", "choose", "clock",
-           "decide_student", "hardware", "input_in", "measure_student", "mode_context", "same_hardware",
-           "timed_interleaved", "to_mode"]
+           "decide_student", "hardware", "input_in", "measure_student", "mode_context", "note_compile_error",
+           "same_hardware", "timed_interleaved", "to_mode"]

@@ -8,8 +8,9 @@ a stated tolerance (:class:`Tolerance`), and keeps the fastest agreeing one (:fu
 measurements). The choice and every measurement go to the run directory (``teacher_policy.json``) and to the console.
 
 Agreement, per output tensor (the logits and every tapped feature, flattened per sample to (B, D)):
-``KL(softmax(ref / T) || softmax(out / T))`` averaged over the batch (T = :data:`AGREE_T`), and the fraction of
-samples whose argmax is the same. The worst tensor decides.
+``KL(softmax(ref / T) || softmax(out / T))`` averaged over the batch (T = :data:`AGREE_T`); for the logits, the
+fraction of samples whose argmax (the class decision) is the same; for the features, the relative L2 error
+``||out - ref|| / ||ref||``. The worst tensor decides.
 """
 
 from __future__ import annotations
@@ -53,14 +54,21 @@ class Tolerance:
     fails one that really changes the teacher's distribution. ``argmax``: at least 99% of samples keep their top
     class (a tie that flips is allowed, a shifted decision is not). ``min_gain``: a mode replaces fp32 only when it is
     at least 5% faster — smaller differences are within timing noise, and fp32 is the exact reference.
+    ``feature_rel``: a tapped feature's relative L2 error is at most 5% (bf16 rounding through the cnn_teacher gives
+    0.3-0.4%; a feature read by FitNets' MSE or attention transfer then moves by far less than the student's own
+    error). The argmax test is for the logits only: the argmax of a flattened feature map is the position of its
+    largest activation among thousands, often a near-tie (median top-2 gap 4-7% of the maximum on the cnn_teacher's
+    stages), which bf16 rounding flips in ~5% of the samples while the map itself moves by 0.3%.
     """
 
     kl: float = 1e-3
     argmax: float = 0.99
     min_gain: float = 0.05
+    feature_rel: float = 0.05
 
     def agrees(self, figures: dict[str, float]) -> bool:
-        return figures.get("kl", 0.0) <= self.kl and figures.get("argmax_agreement", 1.0) >= self.argmax
+        return (figures.get("kl", 0.0) <= self.kl and figures.get("argmax_agreement", 1.0) >= self.argmax
+                and figures.get("feature_rel_err", 0.0) <= self.feature_rel)
 
 
 def choose(measurements: Sequence[Measurement], tol: Tolerance = Tolerance()) -> tuple[Mode, str]:
@@ -68,27 +76,33 @@ def choose(measurements: Sequence[Measurement], tol: Tolerance = Tolerance()) ->
     return choose_mode(measurements, tol.agrees, tol.min_gain)
 
 
-def agreement(ref: ModelOutput, out: ModelOutput, temperature: float = AGREE_T) -> tuple[float, float]:
-    """(worst mean KL, worst argmax agreement) of ``out`` against ``ref`` over the logits and every feature.
+def agreement(ref: ModelOutput, out: ModelOutput, temperature: float = AGREE_T) -> tuple[float, float, float]:
+    """(worst mean KL, logits' argmax agreement, worst feature relative error) of ``out`` against ``ref``.
 
-    Each tensor is flattened to (B, D) and compared in float64: ``KL(softmax(ref/T) || softmax(out/T))`` summed over
-    D and averaged over B, and the fraction of rows whose argmax agrees.
+    Each tensor (the logits and every feature) is flattened to (B, D) and compared in float64:
+    ``KL(softmax(ref/T) || softmax(out/T))`` summed over D and averaged over B, the worst over all tensors; the
+    fraction of rows whose logits' argmax agrees; and, over the features, the worst ``||out - ref|| / ||ref||`` over
+    the whole batch (0.0 without features).
     """
-    kl_worst, agree_worst = 0.0, 1.0
+    kl_worst, agree, rel_worst = 0.0, 1.0, 0.0
     pairs = [(ref.logits, out.logits)] + [(ref.features[k], out.features[k]) for k in ref.features
                                           if k in out.features]
-    for a, b in pairs:
+    for i, (a, b) in enumerate(pairs):
         a = a.detach().reshape(a.shape[0], -1).double()
         b = b.detach().reshape(b.shape[0], -1).double()
         if a.shape != b.shape:
-            return float("inf"), 0.0
+            return float("inf"), 0.0, float("inf")
         la, lb = F.log_softmax(a / temperature, 1), F.log_softmax(b / temperature, 1)
         kl = float((la.exp() * (la - lb)).sum(1).mean())
-        agree = float((a.argmax(1) == b.argmax(1)).double().mean())
         if not (kl == kl):  # NaN: outputs overflowed (fp16 range)
             kl = float("inf")
-        kl_worst, agree_worst = max(kl_worst, kl), min(agree_worst, agree)
-    return kl_worst, agree_worst
+        kl_worst = max(kl_worst, kl)
+        if i == 0:
+            agree = float((a.argmax(1) == b.argmax(1)).double().mean())
+        else:
+            rel = float((b - a).norm() / a.norm().clamp_min(1e-30))
+            rel_worst = max(rel_worst, rel if rel == rel else float("inf"))
+    return kl_worst, agree, rel_worst
 
 
 @dataclass
@@ -154,8 +168,11 @@ class TeacherPolicy:
                 if m not in secs:
                     measured.append(Measurement(m, float("inf"), {}, outs[m].error))
                 else:
-                    kl, agree = agreement(ref, outs[m])
-                    measured.append(Measurement(m, secs[m], {"kl": kl, "argmax_agreement": agree}))
+                    kl, agree, rel = agreement(ref, outs[m])
+                    fig = {"kl": kl, "argmax_agreement": agree}
+                    if ref.features:
+                        fig["feature_rel_err"] = rel
+                    measured.append(Measurement(m, secs[m], fig))
             mode, why = choose(measured, self.tolerance)
         entry = {"teacher": index, "request": self.request(), "chosen": mode.label, **asdict(mode), "reason": why,
                  "batch_shape": list(x.shape), "device": str(x.device), "hardware": hardware(x.device),
