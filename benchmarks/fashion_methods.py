@@ -39,6 +39,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,17 +72,31 @@ GRIDS: dict[str, dict[str, list[dict]]] = {
                            "params": {"alpha": 1.0, "beta": b, "temperature": 4.0}}] for b in (8.0, 2.0)},
     "dist": {f"T{t}": [CE, {"name": "dist", "params": {"beta": 2.0, "gamma": 2.0, "temperature": t}}]
              for t in (4.0, 1.0)},
+    # The six grids below each had only the published setting; on this student (50k parameters, a near-one-hot
+    # teacher) KD's validation chose T 1 with weight 0.9 over the published T 4, so each gets a second variant in that
+    # direction (a low temperature / a narrow temperature range, more weight on the teacher), tuned on validation.
     "ctkd": {"ramp": [{"name": "ce", "weight": 0.1},
                       {"name": "ctkd", "weight": 0.9,
-                       "params": {"t_start": 1.0, "t_range": 20.0, "ramp_epochs": 5.0}}]},
+                       "params": {"t_start": 1.0, "t_range": 20.0, "ramp_epochs": 5.0}}],
+             "r3": [{"name": "ce", "weight": 0.1},
+                    {"name": "ctkd", "weight": 0.9, "params": {"t_start": 1.0, "t_range": 3.0, "ramp_epochs": 5.0}}]},
     "soft_ce": {"T4": [{"name": "ce", "weight": 0.5}, {"name": "soft_ce", "weight": 0.5,
-                                                       "params": {"temperature": 4.0}}]},
-    "logit_mse": {"w0.5": [{"name": "ce", "weight": 0.5}, {"name": "logit_mse", "weight": 0.5}]},
+                                                       "params": {"temperature": 4.0}}],
+                "T1_w0.9": [{"name": "ce", "weight": 0.1}, {"name": "soft_ce", "weight": 0.9,
+                                                            "params": {"temperature": 1.0}}]},
+    "logit_mse": {"w0.5": [{"name": "ce", "weight": 0.5}, {"name": "logit_mse", "weight": 0.5}],
+                  "w0.9": [{"name": "ce", "weight": 0.1}, {"name": "logit_mse", "weight": 0.9}]},
     "noisy_kd": {"s0.1": [{"name": "ce", "weight": 0.5},
-                          {"name": "noisy_kd", "weight": 0.5, "params": {"sigma": 0.1, "p": 0.5, "temperature": 4.0}}]},
+                          {"name": "noisy_kd", "weight": 0.5, "params": {"sigma": 0.1, "p": 0.5, "temperature": 4.0}}],
+                 "s0.1_T1_w0.9": [{"name": "ce", "weight": 0.1},
+                                  {"name": "noisy_kd", "weight": 0.9,
+                                   "params": {"sigma": 0.1, "p": 0.5, "temperature": 1.0}}]},
     "tf_kd": {"a0.9": [{"name": "ce", "weight": 0.5}, {"name": "tf_kd", "weight": 0.5,
-                                                      "params": {"a": 0.9, "temperature": 4.0}}]},
-    "confidence_penalty": {"b0.1": [CE, {"name": "confidence_penalty", "params": {"beta": 0.1}}]},
+                                                      "params": {"a": 0.9, "temperature": 4.0}}],
+              "a0.95_T1": [{"name": "ce", "weight": 0.5}, {"name": "tf_kd", "weight": 0.5,
+                                                          "params": {"a": 0.95, "temperature": 1.0}}]},
+    "confidence_penalty": {"b0.1": [CE, {"name": "confidence_penalty", "params": {"beta": 0.1}}],
+                           "b0.5": [CE, {"name": "confidence_penalty", "params": {"beta": 0.5}}]},
     # feature terms (the CNN student only; they run the teacher)
     "fitnet": {"w100": [CE, {"name": "fitnet", "weight": 100.0}]},
     "at": {"w1000": [CE, {"name": "at", "weight": 1000.0}]},
@@ -103,6 +118,9 @@ AUGMENT: dict[str, dict[str, Any]] = {"scratch_crop": CROP, "kd_crop": CROP, "co
 GRIDS["scratch_crop"] = {"ce": [CE]}
 GRIDS["kd_crop"] = dict(GRIDS["kd"])  # KD's grid (--choose kd_crop=V reuses KD's validation choice, a CPU saving)
 GRIDS["consistent"] = {"T1": [{"name": "kd", "params": {"temperature": 1.0}}]}
+# The softer-teacher experiment's grid (docs/benchmarks.md, "A softer teacher"): KD at T 1 / 2 / 4 with weight 0.9 or
+# 1.0 on the soft targets (1.0: no hard-label CE at all).
+GRIDS["kd_soft"] = {f"T{t}_w{w}": _kd(t, w) for t in (1.0, 2.0, 4.0) for w in (0.9, 1.0)}
 FEATURE = {"fitnet", "at", "sp", "rkd", "pkt", "cc", "nst", "vid", "crd", "reviewkd", "kd_reviewkd"}
 NO_TEACHER = {"scratch", "scratch_crop", "label_smoothing", "tf_kd", "confidence_penalty"}
 
@@ -190,6 +208,81 @@ def build_store(out: Path, teacher: Path, threads: int, final: bool, limit: int 
     return path
 
 
+def seen_by(teacher: Path) -> np.ndarray:
+    """The dataset indices (positions in ``data.name``) of the images a teacher run trained on, from its split.json."""
+    split = json.loads((teacher / "split.json").read_text())
+    idx = np.asarray(split["train_idx"], dtype=np.int64) if "train_idx" in split else \
+        np.arange(int(split["n_train"]), dtype=np.int64)
+    if "train_limit_positions" in split:
+        idx = idx[np.asarray(split["train_limit_positions"], dtype=np.int64)]
+    return idx
+
+
+def build_fold_store(out: Path, teachers: list[Path], combine: str, threads: int, final: bool,
+                     limit: int | None = None) -> Path:
+    """A store of soft labels from several teachers trained on different parts of the training images, imported
+    through kdkit's public API (``kdkit.cache(recipe, from_logits=..., index=...)``).
+
+    ``combine="oof"`` (cross-fitting): each image's target is the teacher(s) that never trained on it -- the mean of
+    their probabilities, stored as its log -- so every target looks like a test-time prediction. An image no teacher
+    trained on (the 6,000 validation images, in the final runs' training set) gets the mean of all teachers. An image
+    every teacher trained on is refused. ``combine="mean"``: every image gets the mean probability of all teachers (an
+    ensemble; at T = 1 KD on it equals multi-teacher KD that averages probabilities; at T > 1 the temperature divides
+    the log of the mean, not each teacher's logits).
+
+    Why here and not in ``kdkit cache``: a store is the function of one set of teachers over every training image
+    (its identity hashes them), while a cross-fitted target picks the teacher per image; the import path keeps the
+    store's integrity checks (dataset fingerprint, split, index coverage) and records the table's hash.
+    """
+    import torch
+
+    import kdkit
+    from kdkit.recipe import recipe_from_dict
+    from kdkit.softlabels.cache import build_cache
+    from kdkit.softlabels.store import SoftLabelStore
+
+    tag = "final" if final else "tune"
+    path = out / f"softlabels_{tag}"
+    if (path / "manifest.json").is_file():
+        return path
+    logps, samples = [], None
+    for i, teacher in enumerate(teachers):  # each teacher's logits on this split's training images, once
+        part = out / f"softlabels_{tag}_teacher{i}"
+        if not (part / "manifest.json").is_file():
+            r = recipe_for(f"store_teacher{i}", out, "mlp", _kd(4.0, 0.9), 0, 1, final, teacher, None, threads, limit)
+            r["soft_labels"] = str(part)
+            build_cache(recipe_from_dict(r), views=1, topk=10, quiet=True)
+        st = SoftLabelStore.open(part)
+        s = np.load(part / "samples.npy")
+        if samples is not None and not np.array_equal(s, samples):
+            raise SystemExit(f"{part}: its training images differ from the other teacher's store")
+        samples = s
+        logps.append(torch.log_softmax(st.teacher_logits(torch.arange(len(s)), 0).double(), dim=1))
+    assert samples is not None
+    lp = torch.stack(logps)  # (M, N, K)
+    use = torch.ones(lp.shape[:2], dtype=torch.bool)
+    if combine == "oof":
+        for i, teacher in enumerate(teachers):
+            use[i] = torch.from_numpy(~np.isin(samples, seen_by(teacher)))
+        nobody = ~use.any(0)
+        if bool(nobody.any()):
+            raise SystemExit(f"--fold-teachers: {int(nobody.sum())} training images were seen by every teacher; "
+                             f"train each teacher on a different part (data.train_limit + data.held_out)")
+    w = use.double().unsqueeze(-1)
+    logits = torch.logsumexp(lp + torch.log(w), dim=0) - torch.log(w.sum(0))  # log of the mean probability
+    r = recipe_for(f"store_{combine}", out, "mlp", _kd(4.0, 0.9), 0, 1, final, None, path, threads, limit)
+    kdkit.cache(recipe_from_dict(r), from_logits=logits.float(), index=samples, topk=10, quiet=True)
+    p = torch.softmax(logits, 1)
+    ent = -(p * torch.log(p.clamp_min(1e-300))).sum(1)
+    stats = {"combine": combine, "teachers": [str(t) for t in teachers], "num_samples": len(samples),
+             "teachers_per_image": {str(k): int((use.sum(0) == k).sum()) for k in range(1, len(teachers) + 1)},
+             "entropy_median_nats": float(ent.median()), "entropy_mean_nats": float(ent.mean()),
+             "top_prob_mean": float(p.max(1).values.mean()),
+             "label_agreement": json.loads((path / "manifest.json").read_text())["source"]["label_agreement"]}
+    (out / f"softlabels_{tag}.json").write_text(json.dumps(stats, indent=1))
+    return path
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--teacher", default=None, help="a trained teacher run dir (default: train "
@@ -215,6 +308,12 @@ def main() -> None:
                     help="the students' precision (auto: the student policy measures and picks; no = fp32)")
     ap.add_argument("--channels-last", default="auto", choices=["auto", "true", "false"],
                     help="the students' memory format (auto: the student policy measures and picks)")
+    ap.add_argument("--fold-teachers", nargs="+", default=None, metavar="RUN_DIR",
+                    help="instead of --teacher: teacher runs trained on different parts of the training images; the "
+                    "logit terms read a store built from them (see --fold-combine); logit terms only")
+    ap.add_argument("--fold-combine", default="oof", choices=["oof", "mean"],
+                    help="oof: each image's target from the teacher(s) that never trained on it (cross-fitting); "
+                    "mean: every image's target is the mean probability of all the teachers (an ensemble)")
     ap.add_argument("--out", default="bench_runs/fashion")
     ap.add_argument("--teacher-epochs", type=int, default=None,
                     help="epochs of the teacher trained when --teacher is not given (default: the recipe's)")
@@ -222,7 +321,13 @@ def main() -> None:
                     help="train every run on a stratified subset of N training images (smoke runs)")
     args = ap.parse_args()
     out = Path(args.out)
-    if args.teacher:
+    folds = [Path(t) for t in args.fold_teachers] if args.fold_teachers else None
+    if folds and (args.teacher or set(args.methods) & (FEATURE | set(AUGMENT))):
+        raise SystemExit("--fold-teachers: give no --teacher, and logit methods only (the teachers are read from a "
+                         "store of their combined logits)")
+    if folds:
+        teacher = None
+    elif args.teacher:
         teacher = Path(args.teacher)
     else:
         teacher = out / "teacher"
@@ -232,14 +337,16 @@ def main() -> None:
         if args.train_limit:
             t["data"]["train_limit"] = args.train_limit
         run_one({**t, "output_dir": str(out), "name": "teacher"}, teacher)
-    tsum = json.loads((teacher / "summary.json").read_text()) if (teacher / "summary.json").is_file() else {}
+    tsum = json.loads((teacher / "summary.json").read_text()) \
+        if teacher is not None and (teacher / "summary.json").is_file() else {}
     stores: dict[bool, Path] = {}
 
     def store(final: bool) -> Path:
         if args.collect:  # nothing is trained, so no store is built
             return out / ("softlabels_final" if final else "softlabels_tune")
         if final not in stores:
-            stores[final] = build_store(out, teacher, args.threads, final, args.train_limit)
+            stores[final] = build_fold_store(out, folds, args.fold_combine, args.threads, final, args.train_limit) \
+                if folds else build_store(out, teacher, args.threads, final, args.train_limit)
         return stores[final]
 
     rows = []
@@ -309,6 +416,10 @@ def main() -> None:
                       "train_limit": args.train_limit,
                       "teacher": {"run": str(teacher), "best_top1": tsum.get("best", {}).get("top1"),
                                   "last_top1": tsum.get("last", {}).get("val_top1")},
+                      "fold_teachers": None if not folds else
+                      {"runs": [str(t) for t in folds], "combine": args.fold_combine,
+                       "stores": {k: json.loads((out / f"softlabels_{k}.json").read_text())
+                                  for k in ("tune", "final") if (out / f"softlabels_{k}.json").is_file()}},
                       "cpu": cpu_info(), "rows": rows}, indent=1))
 
 
