@@ -39,7 +39,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -208,78 +207,36 @@ def build_store(out: Path, teacher: Path, threads: int, final: bool, limit: int 
     return path
 
 
-def seen_by(teacher: Path) -> np.ndarray:
-    """The dataset indices (positions in ``data.name``) of the images a teacher run trained on, from its split.json."""
-    split = json.loads((teacher / "split.json").read_text())
-    idx = np.asarray(split["train_idx"], dtype=np.int64) if "train_idx" in split else \
-        np.arange(int(split["n_train"]), dtype=np.int64)
-    if "train_limit_positions" in split:
-        idx = idx[np.asarray(split["train_limit_positions"], dtype=np.int64)]
-    return idx
-
-
 def build_fold_store(out: Path, teachers: list[Path], combine: str, threads: int, final: bool,
                      limit: int | None = None) -> Path:
-    """A store of soft labels from several teachers trained on different parts of the training images, imported
-    through kdkit's public API (``kdkit.cache(recipe, from_logits=..., index=...)``).
-
-    ``combine="oof"`` (cross-fitting): each image's target is the teacher(s) that never trained on it -- the mean of
-    their probabilities, stored as its log -- so every target looks like a test-time prediction. An image no teacher
-    trained on (the 6,000 validation images, in the final runs' training set) gets the mean of all teachers. An image
-    every teacher trained on is refused. ``combine="mean"``: every image gets the mean probability of all teachers (an
-    ensemble; at T = 1 KD on it equals multi-teacher KD that averages probabilities; at T > 1 the temperature divides
-    the log of the mean, not each teacher's logits).
-
-    Why here and not in ``kdkit cache``: a store is the function of one set of teachers over every training image
-    (its identity hashes them), while a cross-fitted target picks the teacher per image; the import path keeps the
-    store's integrity checks (dataset fingerprint, split, index coverage) and records the table's hash.
-    """
+    """A store of soft labels from several teachers trained on different parts of the training images
+    (:func:`kdkit.softlabels.crossfit.cross_fit`, what ``kdkit cache RECIPE --cross-fit RUN --cross-fit RUN`` does):
+    ``combine="oof"`` gives each image the mean probability of the teacher(s) that never trained on it (an image no
+    teacher trained on -- the 6,000 validation images, in the final runs' training set -- the mean of all);
+    ``combine="mean"`` gives every image the mean probability of all the teachers (an ensemble; at T = 1 KD on it
+    equals multi-teacher KD that averages probabilities; at T > 1 the temperature divides the log of the mean, not
+    each teacher's logits). Beside the store, ``softlabels_{tune,final}.json`` records how soft its targets are."""
     import torch
 
-    import kdkit
     from kdkit.recipe import recipe_from_dict
-    from kdkit.softlabels.cache import build_cache
+    from kdkit.softlabels.crossfit import cross_fit
     from kdkit.softlabels.store import SoftLabelStore
 
     tag = "final" if final else "tune"
     path = out / f"softlabels_{tag}"
-    if (path / "manifest.json").is_file():
-        return path
-    logps, samples = [], None
-    for i, teacher in enumerate(teachers):  # each teacher's logits on this split's training images, once
-        part = out / f"softlabels_{tag}_teacher{i}"
-        if not (part / "manifest.json").is_file():
-            r = recipe_for(f"store_teacher{i}", out, "mlp", _kd(4.0, 0.9), 0, 1, final, teacher, None, threads, limit)
-            r["soft_labels"] = str(part)
-            build_cache(recipe_from_dict(r), views=1, topk=10, quiet=True)
-        st = SoftLabelStore.open(part)
-        s = np.load(part / "samples.npy")
-        if samples is not None and not np.array_equal(s, samples):
-            raise SystemExit(f"{part}: its training images differ from the other teacher's store")
-        samples = s
-        logps.append(torch.log_softmax(st.teacher_logits(torch.arange(len(s)), 0).double(), dim=1))
-    assert samples is not None
-    lp = torch.stack(logps)  # (M, N, K)
-    use = torch.ones(lp.shape[:2], dtype=torch.bool)
-    if combine == "oof":
-        for i, teacher in enumerate(teachers):
-            use[i] = torch.from_numpy(~np.isin(samples, seen_by(teacher)))
-        nobody = ~use.any(0)
-        if bool(nobody.any()):
-            raise SystemExit(f"--fold-teachers: {int(nobody.sum())} training images were seen by every teacher; "
-                             f"train each teacher on a different part (data.train_limit + data.held_out)")
-    w = use.double().unsqueeze(-1)
-    logits = torch.logsumexp(lp + torch.log(w), dim=0) - torch.log(w.sum(0))  # log of the mean probability
-    r = recipe_for(f"store_{combine}", out, "mlp", _kd(4.0, 0.9), 0, 1, final, None, path, threads, limit)
-    kdkit.cache(recipe_from_dict(r), from_logits=logits.float(), index=samples, topk=10, quiet=True)
-    p = torch.softmax(logits, 1)
-    ent = -(p * torch.log(p.clamp_min(1e-300))).sum(1)
-    stats = {"combine": combine, "teachers": [str(t) for t in teachers], "num_samples": len(samples),
-             "teachers_per_image": {str(k): int((use.sum(0) == k).sum()) for k in range(1, len(teachers) + 1)},
-             "entropy_median_nats": float(ent.median()), "entropy_mean_nats": float(ent.mean()),
-             "top_prob_mean": float(p.max(1).values.mean()),
-             "label_agreement": json.loads((path / "manifest.json").read_text())["source"]["label_agreement"]}
-    (out / f"softlabels_{tag}.json").write_text(json.dumps(stats, indent=1))
+    if not (path / "manifest.json").is_file():
+        r = recipe_for(f"store_{combine}", out, "mlp", _kd(4.0, 0.9), 0, 1, final, None, path, threads, limit)
+        cross_fit(recipe_from_dict(r), teachers, combine=combine, topk=10, quiet=True)
+    info = out / f"softlabels_{tag}.json"
+    if not info.is_file():
+        st = SoftLabelStore.open(path)
+        p = torch.softmax(st.teacher_logits(torch.arange(st.num_samples), 0).double(), dim=1)
+        ent = -(p * torch.log(p.clamp_min(1e-300))).sum(1)
+        src = st.manifest["source"]
+        info.write_text(json.dumps({"combine": combine, "teachers": src.get("teachers"), "num_samples": st.num_samples,
+                                    "label_agreement": src["label_agreement"],
+                                    "entropy_median_nats": float(ent.median()), "entropy_mean_nats": float(ent.mean()),
+                                    "top_prob_mean": float(p.max(1).values.mean())}, indent=1))
     return path
 
 
