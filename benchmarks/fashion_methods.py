@@ -24,6 +24,12 @@ row says ``chosen: given``), or be tuned on a shorter budget (``--tune-epochs``)
 states. Each run is its own process; finished runs are read back (``bench.json``), so an interrupted benchmark
 continues, and ``--collect`` trains nothing and reports what has finished (rows with the seeds that did).
 
+A softer teacher (docs/benchmarks.md, "A softer teacher"): ``--teacher`` any teacher run (e.g. a shorter one), or
+``--fold-teachers RUN_A RUN_B`` -- teachers trained on different parts of the training images -- whose store holds
+cross-fitted targets (``--fold-combine oof``: each image from the teacher that never trained on it; ``mean``: the
+mean probability of all of them), built with ``kdkit.softlabels.crossfit.cross_fit``; logit methods only, and the
+``kd_soft`` grid (T 1 / 2 / 4 x weight 0.9 / 1.0) is the one that experiment tuned.
+
     .venv/bin/python benchmarks/fashion_methods.py --teacher bench_runs/fashion_teacher --students mlp cnn10k \
         --methods scratch label_smoothing kd dkd dist --epochs 20 --out bench_runs/fashion
 """
