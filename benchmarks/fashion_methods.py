@@ -24,6 +24,12 @@ row says ``chosen: given``), or be tuned on a shorter budget (``--tune-epochs``)
 states. Each run is its own process; finished runs are read back (``bench.json``), so an interrupted benchmark
 continues, and ``--collect`` trains nothing and reports what has finished (rows with the seeds that did).
 
+A softer teacher (docs/benchmarks.md, "A softer teacher"): ``--teacher`` any teacher run (e.g. a shorter one), or
+``--fold-teachers RUN_A RUN_B`` -- teachers trained on different parts of the training images -- whose store holds
+cross-fitted targets (``--fold-combine oof``: each image from the teacher that never trained on it; ``mean``: the
+mean probability of all of them), built with ``kdkit.softlabels.crossfit.cross_fit``; logit methods only, and the
+``kd_soft`` grid (T 1 / 2 / 4 x weight 0.9 / 1.0) is the one that experiment tuned.
+
     .venv/bin/python benchmarks/fashion_methods.py --teacher bench_runs/fashion_teacher --students mlp cnn10k \
         --methods scratch label_smoothing kd dkd dist --epochs 20 --out bench_runs/fashion
 """
@@ -71,17 +77,31 @@ GRIDS: dict[str, dict[str, list[dict]]] = {
                            "params": {"alpha": 1.0, "beta": b, "temperature": 4.0}}] for b in (8.0, 2.0)},
     "dist": {f"T{t}": [CE, {"name": "dist", "params": {"beta": 2.0, "gamma": 2.0, "temperature": t}}]
              for t in (4.0, 1.0)},
+    # The six grids below each had only the published setting; on this student (50k parameters, a near-one-hot
+    # teacher) KD's validation chose T 1 with weight 0.9 over the published T 4, so each gets a second variant in that
+    # direction (a low temperature / a narrow temperature range, more weight on the teacher), tuned on validation.
     "ctkd": {"ramp": [{"name": "ce", "weight": 0.1},
                       {"name": "ctkd", "weight": 0.9,
-                       "params": {"t_start": 1.0, "t_range": 20.0, "ramp_epochs": 5.0}}]},
+                       "params": {"t_start": 1.0, "t_range": 20.0, "ramp_epochs": 5.0}}],
+             "r3": [{"name": "ce", "weight": 0.1},
+                    {"name": "ctkd", "weight": 0.9, "params": {"t_start": 1.0, "t_range": 3.0, "ramp_epochs": 5.0}}]},
     "soft_ce": {"T4": [{"name": "ce", "weight": 0.5}, {"name": "soft_ce", "weight": 0.5,
-                                                       "params": {"temperature": 4.0}}]},
-    "logit_mse": {"w0.5": [{"name": "ce", "weight": 0.5}, {"name": "logit_mse", "weight": 0.5}]},
+                                                       "params": {"temperature": 4.0}}],
+                "T1_w0.9": [{"name": "ce", "weight": 0.1}, {"name": "soft_ce", "weight": 0.9,
+                                                            "params": {"temperature": 1.0}}]},
+    "logit_mse": {"w0.5": [{"name": "ce", "weight": 0.5}, {"name": "logit_mse", "weight": 0.5}],
+                  "w0.9": [{"name": "ce", "weight": 0.1}, {"name": "logit_mse", "weight": 0.9}]},
     "noisy_kd": {"s0.1": [{"name": "ce", "weight": 0.5},
-                          {"name": "noisy_kd", "weight": 0.5, "params": {"sigma": 0.1, "p": 0.5, "temperature": 4.0}}]},
+                          {"name": "noisy_kd", "weight": 0.5, "params": {"sigma": 0.1, "p": 0.5, "temperature": 4.0}}],
+                 "s0.1_T1_w0.9": [{"name": "ce", "weight": 0.1},
+                                  {"name": "noisy_kd", "weight": 0.9,
+                                   "params": {"sigma": 0.1, "p": 0.5, "temperature": 1.0}}]},
     "tf_kd": {"a0.9": [{"name": "ce", "weight": 0.5}, {"name": "tf_kd", "weight": 0.5,
-                                                      "params": {"a": 0.9, "temperature": 4.0}}]},
-    "confidence_penalty": {"b0.1": [CE, {"name": "confidence_penalty", "params": {"beta": 0.1}}]},
+                                                      "params": {"a": 0.9, "temperature": 4.0}}],
+              "a0.95_T1": [{"name": "ce", "weight": 0.5}, {"name": "tf_kd", "weight": 0.5,
+                                                          "params": {"a": 0.95, "temperature": 1.0}}]},
+    "confidence_penalty": {"b0.1": [CE, {"name": "confidence_penalty", "params": {"beta": 0.1}}],
+                           "b0.5": [CE, {"name": "confidence_penalty", "params": {"beta": 0.5}}]},
     # feature terms (the CNN student only; they run the teacher)
     "fitnet": {"w100": [CE, {"name": "fitnet", "weight": 100.0}]},
     "at": {"w1000": [CE, {"name": "at", "weight": 1000.0}]},
@@ -103,6 +123,9 @@ AUGMENT: dict[str, dict[str, Any]] = {"scratch_crop": CROP, "kd_crop": CROP, "co
 GRIDS["scratch_crop"] = {"ce": [CE]}
 GRIDS["kd_crop"] = dict(GRIDS["kd"])  # KD's grid (--choose kd_crop=V reuses KD's validation choice, a CPU saving)
 GRIDS["consistent"] = {"T1": [{"name": "kd", "params": {"temperature": 1.0}}]}
+# The softer-teacher experiment's grid (docs/benchmarks.md, "A softer teacher"): KD at T 1 / 2 / 4 with weight 0.9 or
+# 1.0 on the soft targets (1.0: no hard-label CE at all).
+GRIDS["kd_soft"] = {f"T{t}_w{w}": _kd(t, w) for t in (1.0, 2.0, 4.0) for w in (0.9, 1.0)}
 FEATURE = {"fitnet", "at", "sp", "rkd", "pkt", "cc", "nst", "vid", "crd", "reviewkd", "kd_reviewkd"}
 NO_TEACHER = {"scratch", "scratch_crop", "label_smoothing", "tf_kd", "confidence_penalty"}
 
@@ -190,6 +213,39 @@ def build_store(out: Path, teacher: Path, threads: int, final: bool, limit: int 
     return path
 
 
+def build_fold_store(out: Path, teachers: list[Path], combine: str, threads: int, final: bool,
+                     limit: int | None = None) -> Path:
+    """A store of soft labels from several teachers trained on different parts of the training images
+    (:func:`kdkit.softlabels.crossfit.cross_fit`, what ``kdkit cache RECIPE --cross-fit RUN --cross-fit RUN`` does):
+    ``combine="oof"`` gives each image the mean probability of the teacher(s) that never trained on it (an image no
+    teacher trained on -- the 6,000 validation images, in the final runs' training set -- the mean of all);
+    ``combine="mean"`` gives every image the mean probability of all the teachers (an ensemble; at T = 1 KD on it
+    equals multi-teacher KD that averages probabilities; at T > 1 the temperature divides the log of the mean, not
+    each teacher's logits). Beside the store, ``softlabels_{tune,final}.json`` records how soft its targets are."""
+    import torch
+
+    from kdkit.recipe import recipe_from_dict
+    from kdkit.softlabels.crossfit import cross_fit
+    from kdkit.softlabels.store import SoftLabelStore
+
+    tag = "final" if final else "tune"
+    path = out / f"softlabels_{tag}"
+    if not (path / "manifest.json").is_file():
+        r = recipe_for(f"store_{combine}", out, "mlp", _kd(4.0, 0.9), 0, 1, final, None, path, threads, limit)
+        cross_fit(recipe_from_dict(r), teachers, combine=combine, topk=10, quiet=True)
+    info = out / f"softlabels_{tag}.json"
+    if not info.is_file():
+        st = SoftLabelStore.open(path)
+        p = torch.softmax(st.teacher_logits(torch.arange(st.num_samples), 0).double(), dim=1)
+        ent = -(p * torch.log(p.clamp_min(1e-300))).sum(1)
+        src = st.manifest["source"]
+        info.write_text(json.dumps({"combine": combine, "teachers": src.get("teachers"), "num_samples": st.num_samples,
+                                    "label_agreement": src["label_agreement"],
+                                    "entropy_median_nats": float(ent.median()), "entropy_mean_nats": float(ent.mean()),
+                                    "top_prob_mean": float(p.max(1).values.mean())}, indent=1))
+    return path
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--teacher", default=None, help="a trained teacher run dir (default: train "
@@ -215,6 +271,12 @@ def main() -> None:
                     help="the students' precision (auto: the student policy measures and picks; no = fp32)")
     ap.add_argument("--channels-last", default="auto", choices=["auto", "true", "false"],
                     help="the students' memory format (auto: the student policy measures and picks)")
+    ap.add_argument("--fold-teachers", nargs="+", default=None, metavar="RUN_DIR",
+                    help="instead of --teacher: teacher runs trained on different parts of the training images; the "
+                    "logit terms read a store built from them (see --fold-combine); logit terms only")
+    ap.add_argument("--fold-combine", default="oof", choices=["oof", "mean"],
+                    help="oof: each image's target from the teacher(s) that never trained on it (cross-fitting); "
+                    "mean: every image's target is the mean probability of all the teachers (an ensemble)")
     ap.add_argument("--out", default="bench_runs/fashion")
     ap.add_argument("--teacher-epochs", type=int, default=None,
                     help="epochs of the teacher trained when --teacher is not given (default: the recipe's)")
@@ -222,7 +284,13 @@ def main() -> None:
                     help="train every run on a stratified subset of N training images (smoke runs)")
     args = ap.parse_args()
     out = Path(args.out)
-    if args.teacher:
+    folds = [Path(t) for t in args.fold_teachers] if args.fold_teachers else None
+    if folds and (args.teacher or set(args.methods) & (FEATURE | set(AUGMENT))):
+        raise SystemExit("--fold-teachers: give no --teacher, and logit methods only (the teachers are read from a "
+                         "store of their combined logits)")
+    if folds:
+        teacher = None
+    elif args.teacher:
         teacher = Path(args.teacher)
     else:
         teacher = out / "teacher"
@@ -232,14 +300,16 @@ def main() -> None:
         if args.train_limit:
             t["data"]["train_limit"] = args.train_limit
         run_one({**t, "output_dir": str(out), "name": "teacher"}, teacher)
-    tsum = json.loads((teacher / "summary.json").read_text()) if (teacher / "summary.json").is_file() else {}
+    tsum = json.loads((teacher / "summary.json").read_text()) \
+        if teacher is not None and (teacher / "summary.json").is_file() else {}
     stores: dict[bool, Path] = {}
 
     def store(final: bool) -> Path:
         if args.collect:  # nothing is trained, so no store is built
             return out / ("softlabels_final" if final else "softlabels_tune")
         if final not in stores:
-            stores[final] = build_store(out, teacher, args.threads, final, args.train_limit)
+            stores[final] = build_fold_store(out, folds, args.fold_combine, args.threads, final, args.train_limit) \
+                if folds else build_store(out, teacher, args.threads, final, args.train_limit)
         return stores[final]
 
     rows = []
@@ -309,6 +379,10 @@ def main() -> None:
                       "train_limit": args.train_limit,
                       "teacher": {"run": str(teacher), "best_top1": tsum.get("best", {}).get("top1"),
                                   "last_top1": tsum.get("last", {}).get("val_top1")},
+                      "fold_teachers": None if not folds else
+                      {"runs": [str(t) for t in folds], "combine": args.fold_combine,
+                       "stores": {k: json.loads((out / f"softlabels_{k}.json").read_text())
+                                  for k in ("tune", "final") if (out / f"softlabels_{k}.json").is_file()}},
                       "cpu": cpu_info(), "rows": rows}, indent=1))
 
 

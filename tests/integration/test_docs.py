@@ -561,9 +561,11 @@ def test_softlabels_doc(tmp_path, token_cache):
     cwd = workspace(tmp_path, "docs/softlabels.md")
     assert (cwd / "my_kd.yaml").is_file()
     done = run_doc_commands("docs/softlabels.md", cwd, token_cache)
-    assert [c.split()[1] for c in done] == ["train", "cache", "distill"]
+    assert [c.split()[1] for c in done] == ["train", "cache", "distill", "train", "train", "cache", "distill"]
     saved = yaml.safe_load((cwd / "runs" / "my_kd" / "config.yaml").read_text())
     assert saved["soft_labels"] == "runs/my_kd_store"
+    oof = json.loads((cwd / "runs" / "my_oof_store" / "manifest.json").read_text())  # the cross-fitted store
+    assert oof["source"]["kind"] == "cross-fit" and len(oof["source"]["teachers"]) == 2
 
 
 def test_speed_doc(tmp_path, token_cache):

@@ -12,6 +12,7 @@ from kdkit.errors import ConfigError
 from kdkit.recipe import load_recipe
 from kdkit.registry import COMMANDS
 from kdkit.softlabels.cache import build_cache
+from kdkit.softlabels.crossfit import cross_fit as cross_fit_store
 from kdkit.softlabels.importer import import_logits
 
 
@@ -34,17 +35,29 @@ def cache(
     from_logits: Annotated[str | None, typer.Option("--from-logits", help="import a teacher that exists only as "
                                                     "logits: (N, K) rows in dataset order, or with an 'index' array "
                                                     "(.npy, .npz, .safetensors, .csv); see docs/teachers.md")] = None,
+    cross_fit: Annotated[list[str] | None, typer.Option("--cross-fit", help="a teacher run trained on part of the "
+                                                        "training images (repeat, 2 or more): each image's soft label "
+                                                        "comes from the teacher(s) that never trained on it; see "
+                                                        "docs/softlabels.md")] = None,
 ) -> None:
     """Run the teacher(s) once over V augmented views of every training sample and store the top-k logits.
 
     An interrupted run resumes when the same command is given again. Then distil with `soft_labels: PATH` in the
     recipe: the student trains without any teacher forward. With --from-logits FILE no teacher runs at all: the
-    file's logits (another framework, an API) are checked against the recipe's dataset and stored.
+    file's logits (another framework, an API) are checked against the recipe's dataset and stored. With
+    --cross-fit RUN (twice or more) each training image's target is out-of-fold: from the teacher(s) that never
+    trained on it.
     """
     r = load_recipe(recipe, set_)
     own = resolve_dataset(r.data.name)[0].meta.get("cache_command")
     if own is not None and from_logits is None:  # the data caches its own way (language models: kdkit lm-cache)
         COMMANDS.get(own)(recipe, k=topk, out=out, batch_size=batch_size, overwrite=overwrite, set_=set_)
+        return
+    if cross_fit:
+        if from_logits is not None or views != 1:
+            raise ConfigError("--cross-fit: the teachers' logits are of the plain images, one view; drop --from-logits "
+                              "and --views")
+        cross_fit_store(r, cross_fit, topk=topk, out=out, overwrite=overwrite, quiet=quiet, console=Console())
         return
     if from_logits is not None:
         if views != 1:

@@ -177,7 +177,7 @@ def rows_for_training(logits: np.ndarray, index: np.ndarray | None, data: RunDat
 
 def import_logits(recipe: Recipe, logits: str | Path | np.ndarray | torch.Tensor, index: Any = None, topk: int = 10,
                   out: str | Path | None = None, *, overwrite: bool = False, quiet: bool = False,
-                  console: Console | None = None) -> ImportResult:
+                  console: Console | None = None, source: dict[str, Any] | None = None) -> ImportResult:
     """Write a soft-label store from a table of teacher logits, checked against ``recipe``'s dataset.
 
     Args:
@@ -190,6 +190,8 @@ def import_logits(recipe: Recipe, logits: str | Path | np.ndarray | torch.Tensor
         overwrite: replace an existing store.
         quiet: no summary.
         console: where the summary goes (default: stderr).
+        source: recorded in the manifest's ``source`` instead of ``{"kind": "logits-array"}`` (an array only; e.g.
+            :func:`kdkit.softlabels.crossfit.cross_fit` records its teachers there).
 
     Returns:
         :class:`ImportResult`.
@@ -220,7 +222,7 @@ def import_logits(recipe: Recipe, logits: str | Path | np.ndarray | torch.Tensor
         table = logits.detach().cpu().numpy() if isinstance(logits, torch.Tensor) else np.asarray(logits)
         if isinstance(index, torch.Tensor):
             index = index.cpu().numpy()
-        name, source = "import_logits", {"kind": "logits-array"}
+        name, source = "import_logits", dict(source or {"kind": "logits-array"})
     rows = rows_for_training(table, index, data, name)
     n, num_classes = rows.shape
     k = min(topk, num_classes)
