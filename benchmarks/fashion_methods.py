@@ -103,6 +103,9 @@ AUGMENT: dict[str, dict[str, Any]] = {"scratch_crop": CROP, "kd_crop": CROP, "co
 GRIDS["scratch_crop"] = {"ce": [CE]}
 GRIDS["kd_crop"] = dict(GRIDS["kd"])  # KD's grid (--choose kd_crop=V reuses KD's validation choice, a CPU saving)
 GRIDS["consistent"] = {"T1": [{"name": "kd", "params": {"temperature": 1.0}}]}
+# Variants outside the tuning grids: only ``--choose METHOD=VARIANT`` runs them (single-seed probes between the grid's
+# temperatures; the tuned rows and their --collect stay as they were).
+EXTRA: dict[str, dict[str, list[dict]]] = {"kd": {"T2.0_w0.9": _kd(2.0, 0.9)}}
 FEATURE = {"fitnet", "at", "sp", "rkd", "pkt", "cc", "nst", "vid", "crd", "reviewkd", "kd_reviewkd"}
 NO_TEACHER = {"scratch", "scratch_crop", "label_smoothing", "tf_kd", "confidence_penalty"}
 
@@ -256,8 +259,9 @@ def main() -> None:
             tuned: dict[str, float] = {}
             chosen_by_hand = dict(c.split("=", 1) for c in args.choose)
             given = chosen_by_hand.get(f"{student}.{method}", chosen_by_hand.get(method))
-            if given is not None and given not in grid:
-                raise SystemExit(f"--choose {method}={given}: no such variant; the grid has {', '.join(grid)}")
+            if given is not None and given not in grid and given not in EXTRA.get(method, {}):
+                raise SystemExit(f"--choose {method}={given}: no such variant; the grid has "
+                                 f"{', '.join([*grid, *EXTRA.get(method, {})])}")
             if len(grid) > 1 and not args.no_tune and given is None:
                 for variant, terms in grid.items():
                     name = f"tune_{student}_{method}_{variant}" if tune_epochs == args.epochs else \
@@ -280,7 +284,7 @@ def main() -> None:
             results = []
             for seed in args.seeds:
                 name = f"{student}_{method}_{chosen}_s{seed}"
-                rec = recipe_for(name, out, student, grid[chosen], seed, args.epochs, True,
+                rec = recipe_for(name, out, student, {**grid, **EXTRA.get(method, {})}[chosen], seed, args.epochs, True,
                                  teacher if needs_teacher else None, store(True) if use_store else None, args.threads,
                                  args.train_limit, **opts)
                 res = run_one(rec, out / name, args.collect)
