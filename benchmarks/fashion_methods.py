@@ -103,9 +103,6 @@ AUGMENT: dict[str, dict[str, Any]] = {"scratch_crop": CROP, "kd_crop": CROP, "co
 GRIDS["scratch_crop"] = {"ce": [CE]}
 GRIDS["kd_crop"] = dict(GRIDS["kd"])  # KD's grid (--choose kd_crop=V reuses KD's validation choice, a CPU saving)
 GRIDS["consistent"] = {"T1": [{"name": "kd", "params": {"temperature": 1.0}}]}
-# Variants outside the tuning grids: only ``--choose METHOD=VARIANT`` runs them (single-seed probes between the grid's
-# temperatures; the tuned rows and their --collect stay as they were).
-EXTRA: dict[str, dict[str, list[dict]]] = {"kd": {"T2.0_w0.9": _kd(2.0, 0.9)}}
 FEATURE = {"fitnet", "at", "sp", "rkd", "pkt", "cc", "nst", "vid", "crd", "reviewkd", "kd_reviewkd"}
 NO_TEACHER = {"scratch", "scratch_crop", "label_smoothing", "tf_kd", "confidence_penalty"}
 
@@ -119,6 +116,11 @@ ips = sorted(h["images_per_s"] for h in res.history)
 print(json.dumps({"best": res.best["top1"], "best_epoch": res.best.get("epoch"), "last": res.last["val_top1"],
                   "images_per_s": ips[len(ips) // 2]}))
 """
+
+
+# Variants outside the tuning grids: only ``--choose METHOD=VARIANT`` runs them (single-seed probes between the grid's
+# temperatures; the tuned rows and their --collect stay as they were).
+EXTRA: dict[str, dict[str, list[dict]]] = {"kd": {"T2.0_w0.9": _kd(2.0, 0.9)}}
 
 
 def run_one(recipe: dict, run_dir: Path, collect: bool = False) -> dict | None:
