@@ -141,6 +141,11 @@ print(json.dumps({"best": res.best["top1"], "best_epoch": res.best.get("epoch"),
 """
 
 
+# Variants outside the tuning grids: only ``--choose METHOD=VARIANT`` runs them (single-seed probes between the grid's
+# temperatures; the tuned rows and their --collect stay as they were).
+EXTRA: dict[str, dict[str, list[dict]]] = {"kd": {"T2.0_w0.9": _kd(2.0, 0.9)}}
+
+
 def run_one(recipe: dict, run_dir: Path, collect: bool = False) -> dict | None:
     """Train one recipe in its own process (or read back its finished result; with ``collect``, only read back: None
     when the run has not finished)."""
@@ -326,8 +331,9 @@ def main() -> None:
             tuned: dict[str, float] = {}
             chosen_by_hand = dict(c.split("=", 1) for c in args.choose)
             given = chosen_by_hand.get(f"{student}.{method}", chosen_by_hand.get(method))
-            if given is not None and given not in grid:
-                raise SystemExit(f"--choose {method}={given}: no such variant; the grid has {', '.join(grid)}")
+            if given is not None and given not in grid and given not in EXTRA.get(method, {}):
+                raise SystemExit(f"--choose {method}={given}: no such variant; the grid has "
+                                 f"{', '.join([*grid, *EXTRA.get(method, {})])}")
             if len(grid) > 1 and not args.no_tune and given is None:
                 for variant, terms in grid.items():
                     name = f"tune_{student}_{method}_{variant}" if tune_epochs == args.epochs else \
@@ -350,7 +356,7 @@ def main() -> None:
             results = []
             for seed in args.seeds:
                 name = f"{student}_{method}_{chosen}_s{seed}"
-                rec = recipe_for(name, out, student, grid[chosen], seed, args.epochs, True,
+                rec = recipe_for(name, out, student, {**grid, **EXTRA.get(method, {})}[chosen], seed, args.epochs, True,
                                  teacher if needs_teacher else None, store(True) if use_store else None, args.threads,
                                  args.train_limit, **opts)
                 res = run_one(rec, out / name, args.collect)
