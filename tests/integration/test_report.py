@@ -85,10 +85,15 @@ def test_report_content_on_real_runs(runs, report):
     lines = [json.loads(x) for x in (runs[2] / "metrics.jsonl").read_text().splitlines()]
     best_kd = lines[-1]["val_top1"]  # the headline: last epoch, never a maximum chosen on the validation split
     # the verdict names the KD student's accuracy and its cost against the teacher (measured from the best weights)
-    # (faster or slower: a timing on a loaded machine may say either; the size ratio is deterministic)
-    m = re.search(rf"KD student: {best_kd:.1f}% \((\+\d+\.\d over|\d+\.\d below) scratch\), (\d+\.\d)× smaller, "
-                  rf"\d+\.\d× (faster|slower) than the teacher", html)
+    # (faster or slower: a timing on a loaded machine may say either; the size ratio is deterministic). On a busy
+    # machine a latency can stay implausible after its re-measurement (batch 64 slower per image than batch 1): the
+    # report then leaves it blank -- the headline has no speed -- and must say why, naming the run.
+    m = re.search(rf"KD student: {best_kd:.1f}% \((\+\d+\.\d over|\d+\.\d below) scratch\), (\d+\.\d)× smaller"
+                  rf"(, \d+\.\d× (faster|slower))? than the teacher", html)
     assert m, html[html.index("<h1>"):][:600]
+    if m.group(3) is None:
+        assert re.search(r"(teacher|kd): latency left blank, implausible timing", html), \
+            "the headline has no speed, but the page does not say which latency was left blank and why"
     from kdkit.api import load_student
     from kdkit.deploy.measure import size_on_disk_mb
 
