@@ -44,7 +44,7 @@ from rich.console import Console
 from torch import Tensor, nn
 
 from kdkit.errors import CheckpointError, ConfigError
-from kdkit.lm.models import build_causal_lm, is_causal_lm_folder, pick_layers
+from kdkit.lm.models import build_causal_lm, cut_layers, is_causal_lm_folder, layer_list_path, pick_layers
 from kdkit.registry import MODEL_SOURCES
 from kdkit.text.cache import FeatureCache
 from kdkit.text.layout import TextLayout, text_layout  # noqa: F401  (re-exported)
@@ -94,15 +94,6 @@ def register_attention() -> None:
 # ---------------------------------------------------------------------------------------------------- hf wrapper
 
 
-def _find_layer_list(base: nn.Module, n_layers: int) -> str:
-    """Path (inside the base model) of the ModuleList holding the ``n_layers`` transformer layers."""
-    cands = [n for n, m in base.named_modules() if isinstance(m, nn.ModuleList) and len(m) == n_layers
-             and n.split(".")[-1] in ("layer", "layers", "block", "blocks")]
-    if not cands:
-        raise ConfigError(f"cannot find the {n_layers} transformer layers in {type(base).__name__}")
-    return min(cands, key=len)
-
-
 def _find_embeddings(base: nn.Module) -> str:
     for name in ("embeddings", "embed_tokens", "wte"):
         if isinstance(getattr(base, name, None), nn.Module):
@@ -128,7 +119,7 @@ class HFTextClassifier(nn.Module):
         prefix = hf_model.base_model_prefix
         base = getattr(hf_model, prefix)
         self._base_path = f"hf.{prefix}"
-        self._layers_path = f"{self._base_path}.{_find_layer_list(base, cfg.num_hidden_layers)}"
+        self._layers_path = f"{self._base_path}.{layer_list_path(base)}"
         self._embeddings_path = f"{self._base_path}.{_find_embeddings(base)}"
         n = cfg.num_hidden_layers
         # Identity modules that attention scores / probabilities pass through, so FeatureTap can address them.
@@ -303,19 +294,7 @@ def build_hf_classifier(name: str, num_classes: int, in_channels: int = 1, image
         else:
             hf = AutoModelForSequenceClassification.from_config(cfg, attn_implementation=ATTN_IMPLEMENTATION)
     if layers is not None:
-        keep = pick_layers(layers, full_layers, source)
-        base = getattr(hf, hf.base_model_prefix)
-        list_path = _find_layer_list(base, full_layers)
-        old = base.get_submodule(list_path)
-        parent_path, _, attr = list_path.rpartition(".")
-        parent = base.get_submodule(parent_path) if parent_path else base
-        setattr(parent, attr, nn.ModuleList(old[i] for i in keep))
-        for new_idx, layer in enumerate(getattr(parent, attr)):
-            for m in layer.modules():
-                if hasattr(m, "layer_idx"):
-                    m.layer_idx = new_idx
-        hf.config.num_hidden_layers = len(keep)
-        hf.config.kdkit_kept_layers = keep
+        cut_layers(hf, pick_layers(layers, full_layers, source))
     model = HFTextClassifier(hf, tok.pad_token_id, source)
     if feature_cache:
         model.use_feature_cache(feature_cache)
