@@ -45,6 +45,7 @@ import json
 import math
 import os
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -252,25 +253,19 @@ def write_token_store(teacher: nn.Module, data: Any, out: str | os.PathLike[str]
         lp_arr = np.lib.format.open_memmap(path / "logprobs.npy", mode="w+", dtype=np.float16, shape=(n, t, k))
         id_arr = np.lib.format.open_memmap(path / "ids.npy", mode="w+", dtype=id_dtype, shape=(n, t, k))
         tail_arr = np.lib.format.open_memmap(path / "tail.npy", mode="w+", dtype=np.float16, shape=(n, t))
-    was = teacher.training
-    teacher.eval()
     try:
-        for a in range(0, n, batch_size):
-            ids = data.blocks[a : a + batch_size, :-1]
-            log_probs = torch.log_softmax(teacher(ids).detach().float(), dim=-1).reshape(ids.shape[0], t, vocab)
+        for a, log_probs in _teacher_log_probs(teacher, data, batch_size):
             lp, top, tail = encode_tokens(log_probs, k)
             lp_np, id_np, tail_np = lp.numpy(), top.numpy().astype(id_dtype), tail.numpy()
             if compress:
-                for j in range(ids.shape[0]):
+                for j in range(log_probs.shape[0]):
                     z = zlib.compress(lp_np[j].tobytes() + id_np[j].tobytes() + tail_np[j].tobytes(), 6)
                     packed.write(z)
                     offsets[a + j + 1] = offsets[a + j] + len(z)
             else:
-                lp_arr[a : a + ids.shape[0]] = lp_np
-                id_arr[a : a + ids.shape[0]] = id_np
-                tail_arr[a : a + ids.shape[0]] = tail_np
+                rows = slice(a, a + log_probs.shape[0])
+                lp_arr[rows], id_arr[rows], tail_arr[rows] = lp_np, id_np, tail_np
     finally:
-        teacher.train(was)
         if compress:
             packed.close()
     if compress:
@@ -278,13 +273,24 @@ def write_token_store(teacher: nn.Module, data: Any, out: str | os.PathLike[str]
     else:
         for arr in (lp_arr, id_arr, tail_arr):
             arr.flush()
-    manifest = {"format": FORMAT, "version": VERSION, "k": k, "vocab": vocab, "blocks": n, "block": t,
-                "compressed": bool(compress), "id_dtype": np.dtype(id_dtype).name,
-                "tokenizer": getattr(data, "tokenizer", ""), "corpus": getattr(data, "name", ""),
-                "blocks_sha256": blocks_sha256(data.blocks), "teacher_sha256": _sha256(teacher), "complete": True,
-                **(extra or {})}
+    manifest = _manifest(teacher, data, k=k, compressed=bool(compress), id_dtype=np.dtype(id_dtype).name,
+                         **(extra or {}))
     atomic_write_json(path / MANIFEST, manifest)
     return TokenStore.open(path)
+
+
+def _teacher_log_probs(teacher: nn.Module, data: Any, batch_size: int) -> Iterator[tuple[int, Tensor]]:
+    """Yield ``(first block, log_probs (b, T, V) float32)`` for every ``batch_size`` blocks of ``data``, the teacher in
+    eval mode meanwhile (its mode is restored after)."""
+    t, vocab = data.blocks.shape[1] - 1, int(data.vocab_size)
+    was = teacher.training
+    teacher.eval()
+    try:
+        for a in range(0, data.blocks.shape[0], batch_size):
+            ids = data.blocks[a : a + batch_size, :-1]
+            yield a, torch.log_softmax(teacher(ids).detach().float(), dim=-1).reshape(ids.shape[0], t, vocab)
+    finally:
+        teacher.train(was)
 
 
 def _manifest(teacher: nn.Module, data: Any, /, **fields: Any) -> dict[str, Any]:
@@ -312,18 +318,12 @@ def _write_sampled(teacher: nn.Module, data: Any, path: Path, k: int, batch_size
     ratio_arr = np.lib.format.open_memmap(path / "ratios.npy", mode="w+", dtype=np.float16, shape=(n, t, k))
     ent_arr = np.lib.format.open_memmap(path / "entropy.npy", mode="w+", dtype=np.float16, shape=(n, t))
     gen = torch.Generator().manual_seed(int(seed))
-    was = teacher.training
-    teacher.eval()
-    try:
-        for a in range(0, n, batch_size):
-            ids = data.blocks[a : a + batch_size, :-1]
-            log_probs = torch.log_softmax(teacher(ids).detach().float(), dim=-1).reshape(ids.shape[0], t, vocab)
-            got, ratio, ent = sample_tokens(log_probs, k, proposal_temperature, gen)
-            id_arr[a : a + ids.shape[0]] = got.numpy().astype(id_dtype)
-            ratio_arr[a : a + ids.shape[0]] = ratio.clamp_max(65504.0).half().numpy()
-            ent_arr[a : a + ids.shape[0]] = ent.half().numpy()
-    finally:
-        teacher.train(was)
+    for a, log_probs in _teacher_log_probs(teacher, data, batch_size):
+        got, ratio, ent = sample_tokens(log_probs, k, proposal_temperature, gen)
+        rows = slice(a, a + log_probs.shape[0])
+        id_arr[rows] = got.numpy().astype(id_dtype)
+        ratio_arr[rows] = ratio.clamp_max(65504.0).half().numpy()
+        ent_arr[rows] = ent.half().numpy()
     for arr in (id_arr, ratio_arr, ent_arr):
         arr.flush()
     manifest = _manifest(teacher, data, kind="sampled", k=k, compressed=False, id_dtype=np.dtype(id_dtype).name,
