@@ -82,7 +82,8 @@ class FrozenTeacher(nn.Module):
 
     def run(self, x: Tensor, mode: Mode, net: nn.Module | None = None) -> ModelOutput:
         """One forward of the teacher in ``mode`` (float32 outputs, inference tensors)."""
-        net = net or self.model
+        # `net or self.model` would call bool() on a compiled module, which asks the model for len(): TypeError
+        net = self.model if net is None else net
         cl = mode.channels_last and x.dim() == 4
         if cl != self._channels_last:
             self.model.to(memory_format=torch.channels_last if cl else torch.contiguous_format)
