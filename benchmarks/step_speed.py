@@ -246,9 +246,10 @@ def compile_phase(teacher, student, kd_terms, ex, classes, store, runner, kd_fp3
     (a) the teacher forward (kdkit's FrozenTeacher in ``t_mode``): eager, compiled, compiled with Inductor freezing;
     (b) the student step on the store (forward, loss, backward, SGD step) in ``s_mode``: eager, eager with a foreach
     SGD step, compiled student (``nn.Module.compile``, as ``compile: true`` does); (c) the whole online KD step with
-    the faster compiled teacher and the compiled student, and the cached step with the compiled student, against the
-    fp32 KD step. Each variant's first call (compilation) is reported apart, on the wall clock; the steady-state
-    figures are medians over ``steps`` calls after ``warmup`` calls, all variants of a phase interleaved.
+    the faster compiled teacher and the compiled student (and with the compiled teacher only), and the cached step
+    with the compiled student, against the fp32 KD step. Each variant's first call (compilation) is reported apart,
+    on the wall clock; the steady-state figures are medians over ``steps`` calls after ``warmup`` calls, all variants
+    of a phase interleaved.
     """
     def frozen(compile_flag, freezing: bool = True) -> FrozenTeachers:
         pol = TeacherPolicy(t_mode.precision, t_mode.channels_last, compile=compile_flag, freezing=freezing)
@@ -280,6 +281,7 @@ def compile_phase(teacher, student, kd_terms, ex, classes, store, runner, kd_fp3
     phase = {"kd_fp32": runner(kd_fp32),
              "kd_auto_eager": runner(online(copy.deepcopy(student), teachers["eager"]), s_mode),
              "kd_auto_compiled": runner(online(s_comp, teachers[t_best]), s_mode),
+             "kd_auto_compiled_teacher_only": runner(online(copy.deepcopy(student), teachers[t_best]), s_mode),
              "cached_auto_eager": runner(cached(s_eager), s_mode),
              "cached_auto_eager_foreach": runner(cached(s_foreach), s_mode, foreach=True),
              "cached_auto_compiled": runner(cached(s_comp), s_mode)}
@@ -298,6 +300,7 @@ def compile_phase(teacher, student, kd_terms, ex, classes, store, runner, kd_fp3
         "student_foreach_over_eager": m["cached_auto_eager_foreach"] / m["cached_auto_eager"],
         "kd_auto_eager_over_kd_fp32": m["kd_auto_eager"] / m["kd_fp32"],
         "kd_auto_compiled_over_kd_fp32": m["kd_auto_compiled"] / m["kd_fp32"],
+        "kd_auto_compiled_teacher_only_over_kd_fp32": m["kd_auto_compiled_teacher_only"] / m["kd_fp32"],
         "cached_auto_eager_over_kd_fp32": m["cached_auto_eager"] / m["kd_fp32"],
         "cached_auto_compiled_over_kd_fp32": m["cached_auto_compiled"] / m["kd_fp32"],
         "compiled_teacher_used": t_best,
