@@ -124,6 +124,7 @@ class FrozenTeacher(nn.Module):
         if self.policy.compiled(self.index, compile_s, secs[self.model], secs[compiled], clock_name):
             object.__setattr__(self, "_compiled", compiled)
 
+
 def combine_logits(logits: Sequence[Tensor], rule: str, weights: Sequence[float] | None = None) -> Tensor:
     """(B, K) teacher signal from N teachers' (B, K) logits.
 
