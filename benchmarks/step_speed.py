@@ -21,6 +21,13 @@ environment). ``--emulate-avx2`` caps ATen, oneDNN and MKL to AVX2 before torch 
 a newer one (an emulation, not an AVX2 CPU: same caches, clock and memory); ``cpu.isa`` then shows the caps.
 
     .venv/bin/python benchmarks/step_speed.py --emulate-avx2 --threads 1 --steps 3
+
+``--compile`` adds, per pair, torch.compile (Inductor) against eager in the auto policies' modes: the teacher forward
+(compiled, and compiled with Inductor freezing), the student step (compiled; and eager with a foreach SGD step), and
+the whole online and cached KD steps with the compiled teacher and student against the fp32 KD step; compilation (the
+first call, wall clock) is reported apart from the steady-state medians.
+
+    .venv/bin/python benchmarks/step_speed.py --threads 1 --steps 3 --compile --pairs resnet32x4-resnet8x4
 """
 
 from __future__ import annotations
@@ -84,6 +91,22 @@ def _interleaved(phase: dict, warmup: int, steps: int, clock) -> dict[str, list[
     return per
 
 
+def _interleaved_first(phase: dict, warmup: int, steps: int, clock) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """:func:`_interleaved` after one untimed first call of each variant, whose wall time is returned apart (for a
+    compiled variant: the compilation); then ``warmup`` calls, then ``steps`` timed calls."""
+    per: dict[str, list[float]] = {k: [] for k in phase}
+    first: dict[str, float] = {}
+    for i in range(1 + warmup + steps):
+        for k, f in phase.items():
+            t0, w0 = clock(), time.perf_counter()
+            f()
+            if i == 0:
+                first[k] = time.perf_counter() - w0
+            elif i > warmup:
+                per[k].append(clock() - t0)
+    return per, first
+
+
 def _store(path: Path, n: int, k: int, classes: int) -> SoftLabelStore:
     man = {"format": "kdkit-softlabels", "version": 1, "views": 1, "topk": k, "num_classes": classes,
            "num_samples": n, "chunks": 1, "arrays": SoftLabelStore.array_specs(1, n, k, classes), "identity": {}}
@@ -95,7 +118,7 @@ def _store(path: Path, n: int, k: int, classes: int) -> SoftLabelStore:
 
 
 def bench_pair(name: str, batch: int, steps: int, warmup: int, store_dir: Path, teacher_weights: str | None = None,
-               fashion: bool = False) -> dict:
+               fashion: bool = False, compile_cols: bool = False) -> dict:
     teacher_name, student_name, shape, classes = PAIRS[name]
     trained = None
     if teacher_weights:  # a trained teacher (kdkit weights file) of this pair's architecture: its classes count
@@ -122,9 +145,11 @@ def bench_pair(name: str, batch: int, steps: int, warmup: int, store_dir: Path, 
     opt_spec = OptimSpec(name="sgd", lr=0.01)
     state = TrainState(steps_per_epoch=100, epochs=1)
 
-    def runner(scheme, mode: Mode | None = None):
+    def runner(scheme, mode: Mode | None = None, foreach: bool = False):
         model = scheme.trainable().train()
         opt = build_optimizer(opt_spec, model)
+        if foreach:  # the same SGD with its multi-tensor (foreach) step: kdkit's default is the per-parameter loop
+            opt = torch.optim.SGD(opt.param_groups[0]["params"], **{**opt.defaults, "foreach": True})
         if mode is not None:
             model.to(memory_format=torch.channels_last if mode.channels_last else torch.contiguous_format)
 
@@ -194,6 +219,10 @@ def bench_pair(name: str, batch: int, steps: int, warmup: int, store_dir: Path, 
         "meets_auto_online_target_0.35": med["kd_auto"] <= 0.35 * med["kd_fp32"],
         "meets_auto_cached_target_0.2": med["cached_auto"] <= 0.2 * med["kd_fp32"],
     }
+    if compile_cols:
+        policy_cols["compile"] = compile_phase(teacher, student, kd_terms, ex, classes, store, runner, kd,
+                                               Mode(t_dec["precision"], t_dec["channels_last"]), s_mode, x, warmup,
+                                               steps, clock)
     return {
         "pair": name, "teacher": teacher_name, "student": student_name, "input": list(shape), "classes": classes,
         "teacher_weights": teacher_weights, "inputs": "fashion_mnist test, 3x32x32" if fashion else "random",
@@ -207,6 +236,76 @@ def bench_pair(name: str, batch: int, steps: int, warmup: int, store_dir: Path, 
         "meets_online_target": med["kd"] <= (med["student_online_phase"] + med["teacher_fwd"]) * 1.05,
         "meets_cached_target": med["cached"] <= med["student"] * 1.05,
         **policy_cols,
+    }
+
+
+def compile_phase(teacher, student, kd_terms, ex, classes, store, runner, kd_fp32, t_mode: Mode, s_mode: Mode,
+                  x, warmup: int, steps: int, clock) -> dict:
+    """torch.compile (Inductor) against eager, side by side, in the modes the auto policies picked.
+
+    (a) the teacher forward (kdkit's FrozenTeacher in ``t_mode``): eager, compiled, compiled with Inductor freezing;
+    (b) the student step on the store (forward, loss, backward, SGD step) in ``s_mode``: eager, eager with a foreach
+    SGD step, compiled student (``nn.Module.compile``, as ``compile: true`` does); (c) the whole online KD step with
+    the faster compiled teacher and the compiled student (and with the compiled teacher only), and the cached step
+    with the compiled student, against the fp32 KD step. Each variant's first call (compilation) is reported apart,
+    on the wall clock; the steady-state figures are medians over ``steps`` calls after ``warmup`` calls, all variants
+    of a phase interleaved.
+    """
+    def frozen(compile_flag, freezing: bool = True) -> FrozenTeachers:
+        pol = TeacherPolicy(t_mode.precision, t_mode.channels_last, compile=compile_flag, freezing=freezing)
+        return FrozenTeachers([copy.deepcopy(teacher)], policy=pol)
+
+    teachers = {"eager": frozen(False), "compiled": frozen(True, freezing=False), "compiled_freezing": frozen(True)}
+    # FrozenTeacher compiles at its first call and times eager vs compiled there itself: the first call is compilation
+    per, first = _interleaved_first({k: (lambda t=t: t.outputs({"input": x})) for k, t in teachers.items()},
+                                    warmup, steps, clock)
+    t_ms = {k: statistics.median(v) for k, v in per.items()}
+    t_best = min(("compiled", "compiled_freezing"), key=t_ms.get)
+    records = {k: t.teachers[0].policy.decisions[0].get("compile") or t.teachers[0].policy.decisions[0].get(
+        "compile_error") for k, t in teachers.items() if k != "eager"}
+
+    # one compiled student shared by the compiled online and cached steps (one compilation, the same graph)
+    s_eager, s_comp = copy.deepcopy(student), copy.deepcopy(student)
+    s_comp.compile()
+    ex_terms = kd_terms
+
+    def online(stu, tea):
+        sch = OfflineScheme.from_models(stu, [], ex_terms(), ex, classes)
+        sch.teachers = tea
+        return sch
+
+    def cached(stu):
+        return OfflineScheme.from_models(stu, [], ex_terms(), ex, classes, store=StoreTeacher(store))
+
+    s_foreach = copy.deepcopy(student)
+    phase = {"kd_fp32": runner(kd_fp32),
+             "kd_auto_eager": runner(online(copy.deepcopy(student), teachers["eager"]), s_mode),
+             "kd_auto_compiled": runner(online(s_comp, teachers[t_best]), s_mode),
+             "kd_auto_compiled_teacher_only": runner(online(copy.deepcopy(student), teachers[t_best]), s_mode),
+             "cached_auto_eager": runner(cached(s_eager), s_mode),
+             "cached_auto_eager_foreach": runner(cached(s_foreach), s_mode, foreach=True),
+             "cached_auto_compiled": runner(cached(s_comp), s_mode)}
+    per2, first2 = _interleaved_first(phase, warmup, steps, clock)
+    m = {k: statistics.median(v) for k, v in per2.items()}
+    return {
+        "teacher_mode": t_mode.label, "student_mode": s_mode.label,
+        "teacher_fwd_ms": {k: round(1e3 * v, 2) for k, v in t_ms.items()},
+        "teacher_compiled_over_eager": t_ms["compiled"] / t_ms["eager"],
+        "teacher_compiled_freezing_over_eager": t_ms["compiled_freezing"] / t_ms["eager"],
+        "teacher_first_call_s": {k: round(v, 2) for k, v in first.items()},
+        "teacher_policy_compile_records": records,
+        "step_ms": {k: round(1e3 * v, 2) for k, v in m.items()},
+        "step_first_call_s": {k: round(v, 2) for k, v in first2.items()},
+        "student_compiled_over_eager": m["cached_auto_compiled"] / m["cached_auto_eager"],
+        "student_foreach_over_eager": m["cached_auto_eager_foreach"] / m["cached_auto_eager"],
+        "kd_auto_eager_over_kd_fp32": m["kd_auto_eager"] / m["kd_fp32"],
+        "kd_auto_compiled_over_kd_fp32": m["kd_auto_compiled"] / m["kd_fp32"],
+        "kd_auto_compiled_teacher_only_over_kd_fp32": m["kd_auto_compiled_teacher_only"] / m["kd_fp32"],
+        "cached_auto_eager_over_kd_fp32": m["cached_auto_eager"] / m["kd_fp32"],
+        "cached_auto_compiled_over_kd_fp32": m["cached_auto_compiled"] / m["kd_fp32"],
+        "compiled_teacher_used": t_best,
+        "meets_online_target_0.35_compiled": m["kd_auto_compiled"] <= 0.35 * m["kd_fp32"],
+        "meets_cached_target_0.2_compiled": m["cached_auto_compiled"] <= 0.2 * m["kd_fp32"],
     }
 
 
@@ -262,13 +361,16 @@ def main() -> None:
                          "its architecture; default: untrained teachers")
     ap.add_argument("--fashion", action="store_true", help="real inputs: Fashion-MNIST test images as 3x32x32 (the "
                     "32x32 pairs); default: random inputs")
+    ap.add_argument("--compile", action="store_true", help="also torch.compile (Inductor) the teacher (with and "
+                    "without freezing) and the student in the auto modes, against eager, side by side: compilation "
+                    "time (first call) apart from the steady-state step (JSON key 'compile' per pair)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as d:
         rows = [bench_pair(p, args.batch, args.steps if p != "quickstart" else max(args.steps, 100), args.warmup,
                            Path(d), args.teacher_weights if _arch(args.teacher_weights) == PAIRS[p][0] else None,
-                           args.fashion) for p in args.pairs]
+                           args.fashion, args.compile) for p in args.pairs]
     if "quickstart" in args.pairs:
         rows.append(plain_floor(args.batch, max(args.steps, 300)))
     load = os.getloadavg()

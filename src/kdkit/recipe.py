@@ -165,8 +165,10 @@ class TeacherPolicySpec(_Strict):
         "that agrees with fp32 (KL and argmax of logits and tapped features); or force one")
     channels_last: bool | Literal["auto"] = Field(default=False, description="run 4-D inputs in channels-last memory "
                                                   "format; auto measures both")
-    compile: bool = Field(default=False, description="torch.compile the teacher (eager fallback, said in one line, "
-                          "when compilation fails)")
+    compile: bool | Literal["auto"] = Field(default=False, description="torch.compile the teacher after its mode is "
+                                            "chosen, with Inductor freezing (eager fallback, said in one line, when "
+                                            "compilation fails); auto keeps it only if >= 5% faster on the first "
+                                            "batch; the times go to teacher_policy.json")
     device: str | None = Field(default=None, description="run the frozen teachers on this device ('cpu', 'cuda:1', "
                                "...) instead of the student's; their outputs are moved to the student's device")
 

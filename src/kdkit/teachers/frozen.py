@@ -7,6 +7,7 @@ combines their logits for logit terms (multi-teacher KD).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
@@ -15,7 +16,7 @@ from torch import Tensor, nn
 
 from kdkit.errors import ConfigError
 from kdkit.taps import FeatureTap
-from kdkit.teachers.policy import FP32, Mode, TeacherPolicy, mode_context
+from kdkit.teachers.policy import FP32, Mode, TeacherPolicy, mode_context, timed_interleaved
 from kdkit.types import Batch, ModelOutput, TeacherSignal, input_key, is_logits_only, logits_of
 
 Combine = Literal["mean_logits", "mean_probs", "weighted", "random"]
@@ -81,7 +82,8 @@ class FrozenTeacher(nn.Module):
 
     def run(self, x: Tensor, mode: Mode, net: nn.Module | None = None) -> ModelOutput:
         """One forward of the teacher in ``mode`` (float32 outputs, inference tensors)."""
-        net = net or self.model
+        # `net or self.model` would call bool() on a compiled module, which asks the model for len(): TypeError
+        net = self.model if net is None else net
         cl = mode.channels_last and x.dim() == 4
         if cl != self._channels_last:
             self.model.to(memory_format=torch.channels_last if cl else torch.contiguous_format)
@@ -95,14 +97,32 @@ class FrozenTeacher(nn.Module):
         return ModelOutput(logits=logits, features=feats)
 
     def _try_compile(self, x: Tensor, mode: Mode) -> None:
+        """Compile the teacher in its chosen ``mode`` (the policy's ``compile``), time it, and keep it (or not).
+
+        Called after the mode is chosen, so only that mode is compiled. With ``policy.freezing`` (default) Inductor
+        folds the weights into the graph as constants (weight casts and layout conversions happen once, not per
+        call): safe here, because a frozen teacher's weights never change and it runs without autograd. The first
+        call (compilation included) is timed on the wall clock; then the compiled and the eager forward are timed in
+        turn on this batch, and the policy records both and whether the compiled one is kept
+        (:meth:`TeacherPolicy.compiled`). Any failure runs the teacher eagerly, said in one line.
+        """
         if self.policy is None or not self.policy.compile:
             return
         try:
-            compiled = torch.compile(self.model)
+            options = {"freezing": True} if self.policy.freezing else None
+            compiled = torch.compile(self.model, options=options)
+            t0 = time.perf_counter()
             self.run(x, mode, compiled)  # compilation happens at the first call: fail here, not mid-training
-            object.__setattr__(self, "_compiled", compiled)
+            compile_s = time.perf_counter() - t0
+            outs, secs, clock_name = timed_interleaved(lambda net: self.run(x, mode, net), [self.model, compiled],
+                                                       self.policy.repeats, x.device)
+            if compiled not in secs:
+                raise RuntimeError(outs[compiled].error)
         except Exception as err:  # compilation can fail for many reasons (no compiler, unsupported op): run eagerly
             self.policy.compile_failed(self.index, err)
+            return
+        if self.policy.compiled(self.index, compile_s, secs[self.model], secs[compiled], clock_name):
+            object.__setattr__(self, "_compiled", compiled)
 
 
 def combine_logits(logits: Sequence[Tensor], rule: str, weights: Sequence[float] | None = None) -> Tensor:

@@ -36,9 +36,9 @@ from kdkit.engine.precision import (
     hardware,
     mode_context,
     same_hardware,
+    timed_interleaved,
 )
 from kdkit.engine.precision import choose as choose_mode
-from kdkit.engine.precision import timed_interleaved as _timed
 from kdkit.types import ModelOutput
 from kdkit.utils import atomic_write_text
 
@@ -105,6 +105,25 @@ def agreement(ref: ModelOutput, out: ModelOutput, temperature: float = AGREE_T) 
     return kl_worst, agree, rel_worst
 
 
+def keep_compiled(eager_seconds: float, compiled_seconds: float, compile_seconds: float, min_gain: float = 0.05
+                  ) -> tuple[bool, str]:
+    """Whether a compiled forward replaces the eager one, and why (``compile: auto``); a pure function of the times.
+
+    Kept when the compiled forward takes at most ``1 - min_gain`` of the eager time (5%: smaller differences are
+    timing noise). Compilation time does not enter the decision: when it is made, compilation has already been
+    paid, and from then on only the per-call times matter. It is reported as the break-even point instead,
+    ``compile_seconds / (eager - compiled)`` calls, which says whether ``compile`` pays for a run of that length
+    (the next run with the same teacher pays it again unless Inductor's cache holds the kernels).
+    """
+    ratio = compiled_seconds / eager_seconds if eager_seconds > 0 else float("inf")
+    saved = eager_seconds - compiled_seconds
+    payback = f"; compilation ({compile_seconds:.1f} s) is paid back after {compile_seconds / saved:.0f} calls" \
+        if saved > 0 else ""
+    if ratio <= 1.0 - min_gain:
+        return True, f"compiled forward takes {ratio:.2f}x the eager time{payback}"
+    return False, f"compiled forward takes {ratio:.2f}x the eager time, not {1 - min_gain:.2f}x or less{payback}"
+
+
 @dataclass
 class TeacherPolicy:
     """A recipe's ``teacher_policy``: what to try, how to judge it, where to record the choice.
@@ -113,7 +132,11 @@ class TeacherPolicy:
         precision: ``auto`` | ``fp32`` | ``bf16`` | ``fp16``.
         channels_last: ``auto`` | True | False.
         compile: ``torch.compile`` the teacher after the mode is chosen (falls back to eager with one line when
-            compilation fails).
+            compilation fails). True keeps the compiled teacher; ``auto`` keeps it only when :func:`keep_compiled`
+            says so. Either way the compilation time and the compiled and eager forward times on the first batch
+            go to the record (``compile``).
+        freezing: compile with Inductor's ``freezing`` (weights folded into the graph as constants; safe for a
+            frozen teacher, whose weights never change and which runs without autograd).
         device: run the teachers on this device (None: the student's); their outputs come back to the student's.
         tolerance: when a mode agrees with fp32.
         repeats: timed forwards per candidate (after one warm-up each), interleaved round by round.
@@ -126,8 +149,9 @@ class TeacherPolicy:
 
     precision: str = "fp32"
     channels_last: bool | str = False
-    compile: bool = False
+    compile: bool | str = False
     device: str | None = None
+    freezing: bool = True
     tolerance: Tolerance = field(default_factory=Tolerance)
     repeats: int = 3
     record: Path | None = None
@@ -163,7 +187,7 @@ class TeacherPolicy:
         else:
             ref = run(x, FP32)
             # each mode's first call is its warm-up (weight reorder, kernel choice); then interleaved timed rounds
-            outs, secs, clock_name = _timed(lambda m: run(x, m), cands, self.repeats, x.device)
+            outs, secs, clock_name = timed_interleaved(lambda m: run(x, m), cands, self.repeats, x.device)
             for m in cands:
                 if m not in secs:
                     measured.append(Measurement(m, float("inf"), {}, outs[m].error))
@@ -186,6 +210,26 @@ class TeacherPolicy:
                                 f"{m.mode.label} failed" for m in measured)
             self.log(f"{self.role} {index}: {mode.label} — {why}" + (f" [{figures}]" if figures else ""))
         return mode
+
+    def compiled(self, index: int, compile_seconds: float, eager_seconds: float, compiled_seconds: float,
+                 clock_name: str) -> bool:
+        """Record teacher ``index``'s compilation (first call's wall time, then eager and compiled forward times on
+        the first batch) and say whether to keep the compiled teacher: always with ``compile: true``, by
+        :func:`keep_compiled` with ``compile: auto``."""
+        keep, why = keep_compiled(eager_seconds, compiled_seconds, compile_seconds, self.tolerance.min_gain)
+        if self.compile is True:
+            keep, why = True, "compile: true (" + why + ")"
+        fig = {"requested": self.compile, "freezing": self.freezing, "kept": keep, "reason": why,
+               "first_call_seconds": compile_seconds, "eager_seconds": eager_seconds,
+               "compiled_seconds": compiled_seconds, "clock": clock_name}
+        for d in self.decisions:
+            if d["teacher"] == index:
+                d["compile"] = fig
+                d.pop("compile_error", None)
+        self._write()
+        if self.log is not None:
+            self.log(f"{self.role} {index}: torch.compile {'kept' if keep else 'not kept'} — {why}")
+        return keep
 
     def compile_failed(self, index: int, err: BaseException) -> None:
         line = f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:200]}"
@@ -235,4 +279,4 @@ def recipe_policy(recipe: Any, record: Path | None) -> TeacherPolicy | None:
 
 
 __all__ = ["AGREE_T", "FP32", "PRECISIONS", "Measurement", "Mode", "TeacherPolicy", "Tolerance", "agreement",
-           "candidates", "choose", "mode_context", "recipe_policy"]
+           "candidates", "choose", "keep_compiled", "mode_context", "recipe_policy", "timed_interleaved"]
