@@ -176,6 +176,16 @@ def run_one(recipe: dict, run_dir: Path, collect: bool = False) -> dict | None:
     return res
 
 
+def last_train_top1(run_dir: Path) -> float | None:
+    """The run's training accuracy in its last epoch (its metrics.jsonl; None when absent): against the test accuracy,
+    how much the student over-fits."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    lines = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    return lines[-1].get("train_top1") if lines else None
+
+
 def recipe_for(name: str, out: Path, student: str, terms: list[dict], seed: int, epochs: int, final: bool,
                teacher: Path | None, store: Path | None, threads: int, limit: int | None = None,
                augment: dict[str, Any] | None = None, precision: str = "auto", channels_last: str = "auto") -> dict:
@@ -370,7 +380,7 @@ def main() -> None:
                 res = run_one(rec, out / name, args.collect)
                 if res is None:
                     continue
-                results.append({**res, "seed": seed})
+                results.append({**res, "seed": seed, "train_last": last_train_top1(out / name)})
                 print(f"final {student} {method} {chosen} seed {seed}: {results[-1]}", file=sys.stderr, flush=True)
 
             if not results:
@@ -383,8 +393,8 @@ def main() -> None:
             (bm, bs), (lm, ls) = ms("best"), ms("last")
             rows.append({"student": student, "method": method, "variant": chosen, "tuning_val_top1": tuned,
                          "chosen": "given" if given else ("validation" if tuned else "grid's first"),
-                         "augment": AUGMENT.get(method), "runs": [{k: r[k] for k in ("seed", "last", "best")}
-                                                                   for r in results],
+                         "augment": AUGMENT.get(method),
+                         "runs": [{k: r[k] for k in ("seed", "last", "best", "train_last")} for r in results],
                          "best_mean": bm, "best_std": bs, "last_mean": lm, "last_std": ls, "seeds": len(results),
                          "teacher_signal": "store" if use_store else ("online" if needs_teacher else "none"),
                          "images_per_s": statistics.median(r["images_per_s"] for r in results)})
