@@ -134,6 +134,10 @@ GRIDS["consistent"] = {"T1": [{"name": "kd", "params": {"temperature": 1.0}}]}
 # The softer-teacher experiment's grid (docs/benchmarks.md, "A softer teacher"): KD at T 1 / 2 / 4 with weight 0.9 or
 # 1.0 on the soft targets (1.0: no hard-label CE at all).
 GRIDS["kd_soft"] = {f"T{t}_w{w}": _kd(t, w) for t in (1.0, 2.0, 4.0) for w in (0.9, 1.0)}
+# A second KD round for the wider MLP (docs/benchmarks.md, "Wider students"): its kd validation chose the kd grid's
+# corner T 4, weight 0.5 (the kd_soft grid extends the other way, towards T 1 and weight 1.0), so this grid goes past
+# that corner -- a higher temperature, less weight on the soft targets -- and is tuned on validation like the others.
+GRIDS["kd_hot"] = {f"T{t}_w{w}": _kd(t, w) for t in (4.0, 8.0) for w in (0.5, 0.25)}
 FEATURE = {"fitnet", "at", "sp", "rkd", "pkt", "cc", "nst", "vid", "crd", "reviewkd", "kd_reviewkd"}
 NO_TEACHER = {"scratch", "scratch_crop", "label_smoothing", "tf_kd", "confidence_penalty"}
 
