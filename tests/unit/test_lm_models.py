@@ -13,7 +13,7 @@ import torch
 from kdkit.errors import ConfigError
 from kdkit.lm.corpora import read_corpus
 from kdkit.lm.data import LMBatchLoader, load_lm_split, pack, split_documents
-from kdkit.lm.models import CausalLM, build_gpt2, is_causal_lm_folder, save_hf
+from kdkit.lm.models import CausalLM, build_gpt2, is_causal_lm_folder, resolve_init, save_hf
 from kdkit.lm.tokenizer import train_tokenizer, vocabulary_difference
 from kdkit.models.factory import create_model
 from kdkit.text.tokenizers import load_tokenizer
@@ -148,3 +148,18 @@ def test_generation_is_seeded_and_resumes_to_the_same_text(tok, teacher_dir, tmp
     from kdkit.lm.corpora import read_corpus
 
     assert len(read_corpus("textfile", str(tmp_path / "a.txt"))) >= 1  # a textfile: corpus for a student
+
+
+def test_resolve_init_defaults_and_refusals():
+    """The one init rule both hf: builders share: a shape-changing override defaults to a random start and refuses a
+    pretrained one; a shape-free override (dropout) keeps the checkpoint; the overrides come back as a copy."""
+    free = {"dropout"}
+    cfg = {"dropout": 0.2}
+    overrides, init = resolve_init("hf:x", cfg, None, free)
+    assert (overrides, init) == ({"dropout": 0.2}, "pretrained") and overrides is not cfg
+    assert resolve_init("hf:x", {"n_layer": 2}, None, free) == ({"n_layer": 2}, "random")
+    assert resolve_init("hf:x", None, "random", free) == ({}, "random")
+    with pytest.raises(ConfigError, match=r"model 'hf:x': config overrides \['n_layer'\] change weight shapes"):
+        resolve_init("hf:x", {"n_layer": 2}, "pretrained", free)
+    with pytest.raises(ConfigError, match="init must be 'pretrained' or 'random', got 'warm'"):
+        resolve_init("hf:x", None, "warm", free)

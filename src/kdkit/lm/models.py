@@ -152,6 +152,24 @@ def cut_layers(hf: nn.Module, keep: list[int]) -> None:
     hf.config.kdkit_kept_layers = list(keep)
 
 
+def resolve_init(source: str, config: dict[str, Any] | None, init: str | None,
+                 shape_free: set[str]) -> tuple[dict[str, Any], str]:
+    """The config overrides of an ``hf:`` model and how its weights start: ``init`` defaults to ``random`` when an
+    override outside ``shape_free`` (the keys that leave every weight's shape alone, e.g. dropout rates) changes the
+    architecture, else ``pretrained``; a pretrained start with such an override is refused (the checkpoint cannot
+    fill the new shapes). Shared by the causal-LM and the sequence-classifier builders."""
+    overrides = dict(config or {})
+    shape_keys = sorted(set(overrides) - shape_free)
+    if init is None:
+        init = "random" if shape_keys else "pretrained"
+    if init not in ("pretrained", "random"):
+        raise ConfigError(f"model '{source}': init must be 'pretrained' or 'random', got {init!r}")
+    if init == "pretrained" and shape_keys:
+        raise ConfigError(f"model '{source}': config overrides {shape_keys} change weight shapes, so the checkpoint "
+                          f"cannot initialise it; set init: random (or use layers: [...] for a layer-cut copy)")
+    return overrides, init
+
+
 def _check_positions(cfg: Any, block: int, source: str) -> None:
     max_pos = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
     if max_pos is not None and block > int(max_pos):
@@ -179,15 +197,7 @@ def build_causal_lm(name: str, num_classes: int, in_channels: int = 1, image_siz
         return RetokenizedLM(build_causal_lm(name, own, in_channels, image_size, layers, config, init), str(
             input_tokenizer), f"hf:{name}")
     path = resolve_hf_path(name)
-    overrides = dict(config or {})
-    shape_keys = sorted(set(overrides) - _SHAPE_FREE_KEYS)
-    if init is None:
-        init = "random" if shape_keys else "pretrained"
-    if init not in ("pretrained", "random"):
-        raise ConfigError(f"model '{source}': init must be 'pretrained' or 'random', got {init!r}")
-    if init == "pretrained" and shape_keys:
-        raise ConfigError(f"model '{source}': config overrides {shape_keys} change weight shapes, so the checkpoint "
-                          f"cannot initialise it; set init: random (or use layers: [...] for a layer-cut copy)")
+    overrides, init = resolve_init(source, config, init, _SHAPE_FREE_KEYS)
     try:
         cfg = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
     except (OSError, ValueError) as err:

@@ -44,7 +44,14 @@ from rich.console import Console
 from torch import Tensor, nn
 
 from kdkit.errors import CheckpointError, ConfigError
-from kdkit.lm.models import build_causal_lm, cut_layers, is_causal_lm_folder, layer_list_path, pick_layers
+from kdkit.lm.models import (
+    build_causal_lm,
+    cut_layers,
+    is_causal_lm_folder,
+    layer_list_path,
+    pick_layers,
+    resolve_init,
+)
 from kdkit.registry import MODEL_SOURCES
 from kdkit.text.cache import FeatureCache
 from kdkit.text.layout import TextLayout, text_layout  # noqa: F401  (re-exported)
@@ -250,15 +257,7 @@ def build_hf_classifier(name: str, num_classes: int, in_channels: int = 1, image
     source = f"hf:{name}"
     path = resolve_hf_path(name)
     register_attention()
-    overrides = dict(config or {})
-    shape_keys = sorted(set(overrides) - _SHAPE_FREE_KEYS)
-    if init is None:
-        init = "random" if shape_keys else "pretrained"
-    if init not in ("pretrained", "random"):
-        raise ConfigError(f"model '{source}': init must be 'pretrained' or 'random', got {init!r}")
-    if init == "pretrained" and shape_keys:
-        raise ConfigError(f"model '{source}': config overrides {shape_keys} change weight shapes, so the checkpoint "
-                          f"cannot initialise it; set init: random (or use layers: [...] for a layer-cut copy)")
+    overrides, init = resolve_init(source, config, init, _SHAPE_FREE_KEYS)
     tok = load_tokenizer(str(path))
     try:
         cfg = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False,
