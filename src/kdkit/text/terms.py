@@ -31,7 +31,7 @@ tapped tensors, own the learnt maps W, and sum over mapped layers. Conventions (
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from torch import Tensor, nn
@@ -143,6 +143,18 @@ class _TextFeatureTerm(LossTerm):
                               f"(a soft-label store keeps logits only)")
         return inp.student.features, inp.teachers[self.teacher].features
 
+    def _pairwise_sum(self, inp: TermInputs, loss: Callable[[int, Tensor, Tensor, Tensor], Tensor]) -> Tensor:
+        """``Σ_k loss(k, student[s_k], teacher[t_k], mask)`` over the mapped layer pairs (``_s_paths`` /
+        ``_t_paths``, set by ``setup``); the mask marks real (non-padding) tokens."""
+        sf, tf = self._feats(inp)
+        mask = self._mask(inp)
+        total = None
+        for k, (a, b) in enumerate(zip(self._s_paths, self._t_paths, strict=True)):
+            v = loss(k, sf[a], tf[b], mask)
+            total = v if total is None else total + v
+        assert total is not None
+        return total
+
 
 def _linear_map(d_in: int, d_out: int) -> nn.Module:
     """TinyBERT's W: a learnt linear map from student to teacher width (identity when they agree)."""
@@ -201,14 +213,8 @@ class TinyBertHiddenTerm(_TextFeatureTerm):
             self.proj = nn.ModuleList(_linear_map(a, b) for a, b in widths)
 
     def compute(self, inp: TermInputs) -> Tensor:
-        sf, tf = self._feats(inp)
-        mask = self._mask(inp)
-        total = None
-        for k, (a, b) in enumerate(zip(self._s_paths, self._t_paths, strict=True)):
-            v = hidden_mse(sf[a], tf[b], self.proj[0 if self.shared_map else k], mask)
-            total = v if total is None else total + v
-        assert total is not None
-        return total
+        return self._pairwise_sum(inp, lambda k, s, t, mask: hidden_mse(
+            s, t, self.proj[0 if self.shared_map else k], mask))
 
 
 @register_term("tinybert_attention", description="TinyBERT attention-matrix MSE per head over mapped layers")
@@ -241,15 +247,7 @@ class TinyBertAttentionTerm(_TextFeatureTerm):
         self._t_paths = [t_list[j] for _, j in self.pairs]
 
     def compute(self, inp: TermInputs) -> Tensor:
-        sf, tf = self._feats(inp)
-        mask = self._mask(inp)
-        total = None
-        for a, b in zip(self._s_paths, self._t_paths, strict=True):
-            sa, ta = map_heads(sf[a], tf[b])
-            v = attention_mse(sa, ta, mask)
-            total = v if total is None else total + v
-        assert total is not None
-        return total
+        return self._pairwise_sum(inp, lambda k, s, t, mask: attention_mse(*map_heads(s, t), mask))
 
 
 @register_term("distilbert_cosine", description="DistilBERT cosine loss 1 − cos(h_S, h_T) on (last) hidden states")
@@ -275,14 +273,7 @@ class DistilBertCosineTerm(_TextFeatureTerm):
         self.proj = _linear_map(ds, dt)
 
     def compute(self, inp: TermInputs) -> Tensor:
-        sf, tf = self._feats(inp)
-        mask = self._mask(inp)
-        total = None
-        for a, b in zip(self._s_paths, self._t_paths, strict=True):
-            v = hidden_cosine(sf[a], tf[b], mask, self.proj)
-            total = v if total is None else total + v
-        assert total is not None
-        return total
+        return self._pairwise_sum(inp, lambda k, s, t, mask: hidden_cosine(s, t, mask, self.proj))
 
 
 @register_term("tinybert_prediction", description="TinyBERT prediction-layer soft CE with T (sigmoid BCE for "
