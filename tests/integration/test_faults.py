@@ -107,18 +107,23 @@ def assert_same(a: dict, b: dict) -> None:
             assert torch.equal(a[key][name], b[key][name]), (key, name)
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> dict:
-    d = tmp_path_factory.mktemp("reference")
+def train_uninterrupted(d: Path, recipe: Path) -> dict:
+    """Train ``recipe`` in this process through the CLI, without a fault, and return its outcome."""
     mp = pytest.MonkeyPatch()
     try:
-        mp.setattr(sys, "argv", ["kdkit", "train", str(write_recipe(d)), "-q"])
+        mp.setattr(sys, "argv", ["kdkit", "train", str(recipe), "-q"])
         with pytest.raises(SystemExit) as exc:
             cli.main()
         assert exc.value.code in (0, None)
     finally:
         mp.undo()
     return outcome(d / "runs" / "faults")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> dict:
+    d = tmp_path_factory.mktemp("reference")
+    return train_uninterrupted(d, write_recipe(d))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -369,15 +374,7 @@ LONG = "checkpoint_every_steps: 1\n"
 @pytest.fixture(scope="module")
 def reference_long(tmp_path_factory) -> dict:
     d = tmp_path_factory.mktemp("reference_long")
-    mp = pytest.MonkeyPatch()
-    try:
-        mp.setattr(sys, "argv", ["kdkit", "train", str(_long_recipe(d)), "-q"])
-        with pytest.raises(SystemExit) as exc:
-            cli.main()
-        assert exc.value.code in (0, None)
-    finally:
-        mp.undo()
-    return outcome(d / "runs" / "faults")
+    return train_uninterrupted(d, _long_recipe(d))
 
 
 def _long_recipe(d: Path) -> Path:
