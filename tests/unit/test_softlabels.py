@@ -293,6 +293,11 @@ def test_distill_loader_replays_exactly_the_views_the_teacher_saw(cached):
     ({"data.augment.crop_padding": 3}, "augmentation crop_padding (store 2, recipe 3)"),
     ({"data.augment.flip": False}, "augmentation flip"),
     ({"data.mean": [0.2], "data.std": [0.3]}, "normalisation mean"),
+    # the newer ops, which a description leaves out when off: a store made without them is not one made with them
+    # (resized_crop needs a streamed folder: the identity_diff unit test below covers it)
+    ({"data.augment.mixup": 1.0}, "augmentation mixup (store 0.0, recipe 1.0)"),
+    ({"data.augment.cutmix": 1.0}, "augmentation cutmix (store 0.0, recipe 1.0)"),
+    ({"data.augment.jitter": [0.4, 0.4, 0.0]}, "augmentation jitter (store [0.0, 0.0, 0.0], recipe [0.4, 0.4, 0.0])"),
     ({"data.train_limit": 150}, "training samples (store 2"),
     ({"data.split_seed": 1}, "data split"),
     ({"data.split_seed": 1}, "training data fingerprint"),
@@ -344,6 +349,28 @@ def test_identity_diff_names_every_teacher_field():
     cur = json.loads(json.dumps(base))
     cur["teachers"] = cur["teachers"][:1]
     assert "number of teachers (store 2, recipe 1)" in identity_diff(base, cur)
+
+
+def test_identity_diff_counts_every_random_op_and_reads_a_missing_one_as_off():
+    base = {"num_classes": 10, "data": {"name": "d", "num_samples": 5, "fingerprint": "a", "split_sha256": "s"},
+            "augment": {"mean": [0.1], "std": [0.3], "crop_padding": 0, "flip": False, "seed": 0},
+            "teachers": None, "combine": {"mode": "mean_logits", "teacher_weights": None}}
+    explicit_off = json.loads(json.dumps(base))
+    explicit_off["augment"].update(jitter=[0.0, 0.0, 0.0], mixup=0.0, cutmix=0.0, resized_crop=False)
+    assert identity_diff(base, explicit_off) == []  # a store written before the newer ops existed still matches
+    for op, value in (("mixup", 0.2), ("cutmix", 1.0), ("jitter", [0.0, 0.3, 0.0]), ("resized_crop", True)):
+        on = json.loads(json.dumps(base))
+        on["augment"][op] = value
+        assert any(d.startswith(f"augmentation {op} ") for d in identity_diff(base, on)), op
+        # with only this op random, the views depend on the seed: another seed is another store
+        other_seed = json.loads(json.dumps(on))
+        other_seed["augment"]["seed"] = 7
+        assert identity_diff(on, other_seed) == ["augmentation seed (store 0, recipe 7)"], op
+    rc = json.loads(json.dumps(base))
+    rc["augment"].update(resized_crop=True, crop_scale=[0.08, 1.0], crop_ratio=[0.75, 4 / 3])
+    narrower = json.loads(json.dumps(rc))
+    narrower["augment"]["crop_scale"] = [0.35, 1.0]
+    assert identity_diff(rc, narrower) == ["augmentation crop_scale (store [0.08, 1.0], recipe [0.35, 1.0])"]
 
 
 def test_an_interrupted_cache_run_resumes_and_matches_an_uninterrupted_one(cached):

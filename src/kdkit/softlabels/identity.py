@@ -88,6 +88,24 @@ def _close(a: Any, b: Any) -> bool:
     return all(math.isclose(float(x), float(y), rel_tol=_REL_TOL, abs_tol=1e-9) for x, y in zip(a, b, strict=True))
 
 
+def _augment_ops(aug: dict[str, Any]) -> dict[str, Any]:
+    """The random operations of an augmentation description (:meth:`kdkit.data.Augment.to_dict`), each with its
+    off value when the description leaves it out (``to_dict`` writes the newer ops only when they are on, so a store
+    made before they existed reads as "off"); the crop scale and ratio count only with ``resized_crop``."""
+    ops: dict[str, Any] = {
+        "crop_padding": int(aug.get("crop_padding", 0) or 0),
+        "flip": bool(aug.get("flip", False)),
+        "jitter": [float(v) for v in aug.get("jitter", (0.0, 0.0, 0.0))],
+        "mixup": float(aug.get("mixup", 0.0) or 0.0),
+        "cutmix": float(aug.get("cutmix", 0.0) or 0.0),
+        "resized_crop": bool(aug.get("resized_crop", False)),
+    }
+    if ops["resized_crop"]:
+        ops["crop_scale"] = [float(v) for v in aug.get("crop_scale", (0.08, 1.0))]
+        ops["crop_ratio"] = [float(v) for v in aug.get("crop_ratio", (3.0 / 4.0, 4.0 / 3.0))]
+    return ops
+
+
 def identity_diff(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """Human-readable differences between a store's identity and the recipe's, one short phrase each.
 
@@ -106,13 +124,15 @@ def identity_diff(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
     if sd["split_sha256"] != cd["split_sha256"]:
         out.append(f"data split (store {_short(sd['split_sha256'])}, recipe {_short(cd['split_sha256'])})")
     sa, ca = stored["augment"], current["augment"]
-    for key in ("crop_padding", "flip"):
-        if sa.get(key) != ca.get(key):
-            out.append(f"augmentation {key} (store {sa.get(key)}, recipe {ca.get(key)})")
+    so, co = _augment_ops(sa), _augment_ops(ca)
+    for key in dict.fromkeys([*so, *co]):  # crop_scale/ratio appear only with resized_crop on
+        if so.get(key) != co.get(key):
+            out.append(f"augmentation {key} (store {so.get(key)}, recipe {co.get(key)})")
     for key in ("mean", "std"):
         if not _close(sa.get(key), ca.get(key)):
             out.append(f"normalisation {key} (store {sa.get(key)}, recipe {ca.get(key)})")
-    random_aug = bool(ca.get("crop_padding")) or bool(ca.get("flip"))
+    random_aug = bool(co["crop_padding"] or co["flip"] or any(co["jitter"]) or co["mixup"] or co["cutmix"]
+                      or co["resized_crop"])
     if random_aug and sa.get("seed") != ca.get("seed"):
         out.append(f"augmentation seed (store {sa.get('seed')}, recipe {ca.get('seed')})")
     st, ct = stored.get("teachers"), current.get("teachers")

@@ -68,7 +68,7 @@ def open_store_teacher(recipe: Any, data: Any, teachers: list[nn.Module] | None 
 
     Checks, each failing with one line that names what differs: the store exists and is complete; the scheme and every
     loss term can be fed from stored logits; the training split (pixels, labels, order, split indices), the
-    augmentation (crop, flip, normalisation, seed) and -- when ``teachers`` are given (the recipe lists them) -- each
+    augmentation (random ops, normalisation, seed) and -- when ``teachers`` are given (the recipe lists them) -- each
     teacher's model, parameters and weights (SHA-256 of its state dict) are the ones the store was computed from.
 
     Args:
