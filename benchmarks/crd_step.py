@@ -1,0 +1,114 @@
+"""One CRD term step on the CPU: memory-bank scoring, NCE loss, backward into both heads, bank update (issue 17).
+
+A step is what ``CRDTerm.compute`` plus the backward does for one batch: the two ``CRDHead`` forwards (linear +
+L2 normalisation) on random features, the negative draw (other classes only), ``crd_loss`` (scores of each anchor
+against its 1 + N memory rows in both directions, the NCE loss, the momentum update of both memories) and the
+backward into both heads. No optimiser step, no network: the feature extractor's cost is not CRD's.
+
+Cases (the shapes of the runs in docs/benchmarks.md):
+
+* ``fashion``: n_data 60,000, batch 128, N 4,096 negatives, feat 128; student embedding 32-d, teacher 256-d (the 10k
+  CNN against the Fashion-MNIST teacher);
+* ``cifar``: n_data 50,000, batch 64, N 4,096, feat 128; both embeddings 256-d (CIFAR-100 students);
+* ``tiny``: n_data 2,000, batch 16, N 256, feat 32 (a crash check, what the docs test runs).
+
+Each case builds one bank per variant from the same seed; steps are interleaved (variant order rotated per step) so
+that machine load hits the variants alike, and each variant is fed the same batches and the same negatives. The
+median ms of ``--steps`` steps (after ``--warmup``) is reported per variant, and per step the ratio to the first
+variant, whose median is reported too; the losses of the first step are printed so that the variants can be seen to
+compute the same thing.
+
+    .venv/bin/python benchmarks/crd_step.py --threads 1 --steps 20
+
+Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from kdkit.deploy.measure import cpu_info  # noqa: E402
+from kdkit.losses.contrastive import CRDHead, MemoryBank, crd_loss  # noqa: E402
+
+CASES = {
+    "fashion": {"n_data": 60000, "batch": 128, "n_neg": 4096, "feat": 128, "dim_s": 32, "dim_t": 256, "classes": 10},
+    "cifar": {"n_data": 50000, "batch": 64, "n_neg": 4096, "feat": 128, "dim_s": 256, "dim_t": 256, "classes": 100},
+    "tiny": {"n_data": 2000, "batch": 16, "n_neg": 256, "feat": 32, "dim_s": 16, "dim_t": 24, "classes": 10},
+}
+# variant -> MemoryBank.scoring ("current": the bank as built)
+VARIANTS = {"current": None}
+
+
+def run_case(name: str, steps: int, warmup: int, variants: list[str]) -> dict:
+    c = CASES[name]
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, c["classes"], (c["n_data"],), generator=gen)
+    setups = {}
+    for v in variants:
+        torch.manual_seed(1)
+        bank = MemoryBank(c["n_data"], c["feat"], labels=labels, generator=torch.Generator().manual_seed(2))
+        if VARIANTS[v] is not None:
+            bank.scoring = VARIANTS[v]
+        setups[v] = (bank, CRDHead(c["dim_s"], c["feat"]), CRDHead(c["dim_t"], c["feat"]))
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    first_loss: dict[str, float] = {}
+    for step in range(warmup + steps):
+        index = torch.randperm(c["n_data"], generator=gen)[:c["batch"]]
+        fs = torch.randn(c["batch"], c["dim_s"], generator=gen)
+        ft = torch.randn(c["batch"], c["dim_t"], generator=gen)
+        neg_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
+        order = variants[step % len(variants):] + variants[:step % len(variants)]
+        for v in order:
+            bank, head_s, head_t = setups[v]
+            head_s.zero_grad(set_to_none=True)
+            head_t.zero_grad(set_to_none=True)
+            t0 = time.perf_counter()
+            loss = crd_loss(head_s(fs), head_t(ft), index, bank, c["n_neg"], torch.Generator().manual_seed(neg_seed))
+            loss.backward()
+            dt = time.perf_counter() - t0
+            if step == 0:
+                first_loss[v] = float(loss.detach())
+            if step >= warmup:
+                times[v].append(dt * 1e3)
+    base = variants[0]
+    out = {"shape": c, "ms_per_step_median": {v: round(statistics.median(t), 2) for v, t in times.items()},
+           "ms_per_step_min": {v: round(min(t), 2) for v, t in times.items()},
+           "first_step_loss": first_loss}
+    if len(variants) > 1:
+        out["speedup_vs_" + base] = {v: round(statistics.median(b / t for b, t in zip(times[base], times[v],
+                                                                                          strict=True)), 3)
+                                     for v in variants[1:]}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: what the training benchmarks use)")
+    ap.add_argument("--steps", type=int, default=20, help="timed steps per variant and case")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    ap.add_argument("--cases", nargs="+", default=["fashion", "cifar"], choices=sorted(CASES))
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
+                    help="the first is the baseline of the speed-up")
+    args = ap.parse_args()
+    if args.steps < 1 or args.warmup < 0 or args.threads < 1:
+        ap.error("--steps and --threads must be >= 1, --warmup >= 0")
+    torch.set_num_threads(args.threads)
+    started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    cpu_before = cpu_info()
+    cases = {name: run_case(name, args.steps, args.warmup, args.variants) for name in args.cases}
+    print(json.dumps({"benchmark": "crd_step", "started": started, "threads": args.threads, "steps": args.steps,
+                      "warmup": args.warmup, "torch": torch.__version__, "cpu": cpu_before,
+                      "load_average_after": cpu_info()["load_average"], "cases": cases}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
