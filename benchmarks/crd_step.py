@@ -14,9 +14,13 @@ Cases (the shapes of the runs in docs/benchmarks.md):
 
 Each case builds one bank per variant from the same seed; steps are interleaved (variant order rotated per step) so
 that machine load hits the variants alike, and each variant is fed the same batches and the same negatives. The
-median ms of ``--steps`` steps (after ``--warmup``) is reported per variant, and per step the ratio to the first
-variant, whose median is reported too; the losses of the first step are printed so that the variants can be seen to
-compute the same thing.
+median ms of ``--steps`` steps (after ``--warmup``) is reported per variant, and the median over steps of the ratio
+first variant / variant; the first step's loss and head gradients (relative to the first variant's) show that the
+variants compute the same thing.
+
+Variants: ``old`` -- the code before the gather path (kept here verbatim: scores against all n_data rows, autograd's
+dense backward, out-of-place bank update); ``auto`` -- ``crd_loss`` now (each evaluation picked by computed cost);
+``gather`` / ``full`` -- ``crd_loss`` with ``MemoryBank.scoring`` forced.
 
     .venv/bin/python benchmarks/crd_step.py --threads 1 --steps 20
 
@@ -37,15 +41,46 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from kdkit.deploy.measure import cpu_info  # noqa: E402
-from kdkit.losses.contrastive import CRDHead, MemoryBank, crd_loss  # noqa: E402
+from kdkit.losses.contrastive import CRDHead, MemoryBank, crd_loss, crd_nce_loss  # noqa: E402
 
 CASES = {
     "fashion": {"n_data": 60000, "batch": 128, "n_neg": 4096, "feat": 128, "dim_s": 32, "dim_t": 256, "classes": 10},
     "cifar": {"n_data": 50000, "batch": 64, "n_neg": 4096, "feat": 128, "dim_s": 256, "dim_t": 256, "classes": 100},
     "tiny": {"n_data": 2000, "batch": 16, "n_neg": 256, "feat": 32, "dim_s": 16, "dim_t": 24, "classes": 10},
 }
-# variant -> MemoryBank.scoring ("current": the bank as built)
-VARIANTS = {"current": None}
+# variant -> MemoryBank.scoring; "old" is the code before this benchmark's change, copied below
+VARIANTS = {"old": None, "auto": "auto", "gather": "gather", "full": "full"}
+
+
+def old_crd_loss(embed_s, embed_t, index, bank: MemoryBank, n_neg: int, generator) -> torch.Tensor:
+    """``crd_loss`` as it was before the gather path (kdkit 479aff9), kept to time it side by side: scores against the
+    whole memory by one (B, n_data) matmul then gathered (autograd's backward: a dense (B, n_data) gradient, a second
+    matmul), the NCE loss through autograd, and an out-of-place bank update (a fresh copy of each memory)."""
+    import torch.nn.functional as F
+
+    def scores(anchor, memory, idx):
+        mem = memory.detach()
+        if idx.shape[1] * mem.shape[1] < mem.shape[0]:
+            logits = torch.bmm(mem[idx], anchor[:, :, None]).squeeze(2)
+        else:
+            logits = (anchor @ mem.t()).gather(1, idx)
+        return torch.exp(logits / bank.temperature)
+
+    idx = bank.sample_indices(index, n_neg, generator)
+    out_s = scores(embed_s.float(), bank.memory_t, idx)
+    out_t = scores(embed_t.float(), bank.memory_s, idx)
+    with torch.no_grad():
+        if float(bank.z_s) < 0:
+            bank.z_s.fill_(float(out_s.mean()) * bank.n_data)
+        if float(bank.z_t) < 0:
+            bank.z_t.fill_(float(out_t.mean()) * bank.n_data)
+    loss = crd_nce_loss(out_s / bank.z_s, bank.n_data) + crd_nce_loss(out_t / bank.z_t, bank.n_data)
+    with torch.no_grad():
+        for name, v in (("memory_s", embed_s), ("memory_t", embed_t)):
+            mem = getattr(bank, name)
+            rows = mem[index] * bank.momentum + v.detach().to(mem.dtype) * (1.0 - bank.momentum)
+            setattr(bank, name, mem.index_copy(0, index, F.normalize(rows, p=2, dim=1)))
+    return loss
 
 
 def run_case(name: str, steps: int, warmup: int, variants: list[str]) -> dict:
@@ -56,11 +91,11 @@ def run_case(name: str, steps: int, warmup: int, variants: list[str]) -> dict:
     for v in variants:
         torch.manual_seed(1)
         bank = MemoryBank(c["n_data"], c["feat"], labels=labels, generator=torch.Generator().manual_seed(2))
-        if VARIANTS[v] is not None:
-            bank.scoring = VARIANTS[v]
+        bank.scoring = VARIANTS[v] or "auto"
         setups[v] = (bank, CRDHead(c["dim_s"], c["feat"]), CRDHead(c["dim_t"], c["feat"]))
     times: dict[str, list[float]] = {v: [] for v in variants}
     first_loss: dict[str, float] = {}
+    grads: dict[str, torch.Tensor] = {}
     for step in range(warmup + steps):
         index = torch.randperm(c["n_data"], generator=gen)[:c["batch"]]
         fs = torch.randn(c["batch"], c["dim_s"], generator=gen)
@@ -72,17 +107,24 @@ def run_case(name: str, steps: int, warmup: int, variants: list[str]) -> dict:
             head_s.zero_grad(set_to_none=True)
             head_t.zero_grad(set_to_none=True)
             t0 = time.perf_counter()
-            loss = crd_loss(head_s(fs), head_t(ft), index, bank, c["n_neg"], torch.Generator().manual_seed(neg_seed))
+            step_loss = old_crd_loss if v == "old" else crd_loss
+            loss = step_loss(head_s(fs), head_t(ft), index, bank, c["n_neg"], torch.Generator().manual_seed(neg_seed))
             loss.backward()
             dt = time.perf_counter() - t0
             if step == 0:
                 first_loss[v] = float(loss.detach())
+                grads[v] = torch.cat([p.grad.flatten() for p in (*head_s.parameters(), *head_t.parameters())])
             if step >= warmup:
                 times[v].append(dt * 1e3)
     base = variants[0]
     out = {"shape": c, "ms_per_step_median": {v: round(statistics.median(t), 2) for v, t in times.items()},
            "ms_per_step_min": {v: round(min(t), 2) for v, t in times.items()},
-           "first_step_loss": first_loss}
+           "first_step_loss": first_loss, "paths_auto": dict(zip(("scores", "gradient"),
+                                                                    setups[variants[0]][0].paths(c["n_neg"] + 1),
+                                                                    strict=True)),
+           # the first step's head gradients against the baseline's: max |difference| / max |baseline|
+           "first_step_grad_rel_diff": {v: float((grads[v] - grads[variants[0]]).abs().max()
+                                                 / grads[variants[0]].abs().max()) for v in variants[1:]}}
     if len(variants) > 1:
         out["speedup_vs_" + base] = {v: round(statistics.median(b / t for b, t in zip(times[base], times[v],
                                                                                           strict=True)), 3)
