@@ -280,18 +280,23 @@ class MemoryBank(nn.Module):
         dev = self.memory_s.device
         index = index.to(dev).long()
         u = torch.rand((index.shape[0], n_neg), generator=generator, device=dev, dtype=torch.float64)
-        # every sample but the anchor: a uniform position among n_data − 1, shifted past the anchor
-        other = (u * (self.n_data - 1)).long().clamp_(max=self.n_data - 2)
-        neg = other + (other >= index[:, None]).long()
-        if self.labels.numel():
-            labelled = self.labels[index] >= 0
+        out = torch.empty((index.shape[0], 1 + n_neg), dtype=torch.long, device=dev)
+        out[:, 0] = index
+        labelled = self.labels[index] >= 0 if self.labels.numel() else None
+        if labelled is None or not bool(labelled.all()):
+            # every sample but the anchor: a uniform position among n_data − 1, shifted past the anchor
+            other = (u * (self.n_data - 1)).long().clamp_(max=self.n_data - 2)
+            neg = other + (other >= index[:, None]).long()
+        if labelled is not None:
             start = self.neg_start[index][:, None]
             count = self.neg_count[index][:, None]
             pool = self.n_data - self.n_unlabelled - count  # labelled samples of the other classes
             pos = (u * pool).long().clamp_(max=pool - 1).clamp_(min=0) + self.n_unlabelled
             pos = torch.where(pos >= start, pos + count, pos)  # skip the anchor's class block
-            neg = torch.where(labelled[:, None], self.neg_order[pos.clamp_(max=self.n_data - 1)], neg)
-        return torch.cat([index[:, None], neg], dim=1)
+            drawn = self.neg_order[pos.clamp_(max=self.n_data - 1)]
+            neg = drawn if bool(labelled.all()) else torch.where(labelled[:, None], drawn, neg)
+        out[:, 1:] = neg
+        return out
 
     def paths(self, n_cols: int) -> tuple[str, str]:
         """How the scores (forward) and the anchors' gradient (backward) are evaluated for ``n_cols = 1 + N`` rows
