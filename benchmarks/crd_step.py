@@ -10,6 +10,7 @@ Cases (the shapes of the runs in docs/benchmarks.md):
 * ``fashion``: n_data 60,000, batch 128, N 4,096 negatives, feat 128; student embedding 32-d, teacher 256-d (the 10k
   CNN against the Fashion-MNIST teacher);
 * ``cifar``: n_data 50,000, batch 64, N 4,096, feat 128; both embeddings 256-d (CIFAR-100 students);
+* ``cifar_n16384``: the same with the published N = 16,384 (not run by default);
 * ``tiny``: n_data 2,000, batch 16, N 256, feat 32 (a crash check, what the docs test runs).
 
 Each case builds one bank per variant from the same seed; steps are interleaved (variant order rotated per step) so
@@ -46,6 +47,8 @@ from kdkit.losses.contrastive import CRDHead, MemoryBank, crd_loss, crd_nce_loss
 CASES = {
     "fashion": {"n_data": 60000, "batch": 128, "n_neg": 4096, "feat": 128, "dim_s": 32, "dim_t": 256, "classes": 10},
     "cifar": {"n_data": 50000, "batch": 64, "n_neg": 4096, "feat": 128, "dim_s": 256, "dim_t": 256, "classes": 100},
+    "cifar_n16384": {"n_data": 50000, "batch": 64, "n_neg": 16384, "feat": 128, "dim_s": 256, "dim_t": 256,
+                     "classes": 100},
     "tiny": {"n_data": 2000, "batch": 16, "n_neg": 256, "feat": 32, "dim_s": 16, "dim_t": 24, "classes": 10},
 }
 # variant -> MemoryBank.scoring; "old" is the code before this benchmark's change, copied below

@@ -89,7 +89,21 @@ GATHER_BWD_COST = 6
 _FULL_CHUNK = 1 << 23  # floats of one (anchors × n_data) block on the full path (32 MB)
 
 
-def _logits(anchor: Tensor, memory: Tensor, idx: Tensor, path: str) -> Tensor:
+def _block(memory: Tensor, rows: int, workspace: list[Tensor] | None) -> Tensor:
+    """A (rows, n_data) scratch block for the full path: a slice of ``workspace[0]`` (allocated on first use, kept by
+    the caller: a fresh 30 MB block a step costs page faults, ~10 ms a direction on the benchmark's CPU) or a new
+    tensor without one."""
+    n = memory.shape[0]
+    if workspace is None:
+        return memory.new_empty((rows, n))
+    ws = workspace[0] if workspace else None
+    if ws is None or ws.shape[1] != n or ws.shape[0] < rows or ws.dtype != memory.dtype or ws.device != memory.device:
+        ws = memory.new_empty((max(rows, 1), n))
+        workspace[:] = [ws]
+    return ws[:rows]
+
+
+def _logits(anchor: Tensor, memory: Tensor, idx: Tensor, path: str, workspace: list[Tensor] | None = None) -> Tensor:
     """(B, K) ``⟨memory[idx_ij], anchor_i⟩`` without autograd. ``"gather"``: each anchor's K rows are gathered into
     one reused (K, D) buffer and multiplied with it (never B × K × D at once); ``"full"``: anchors against the whole
     memory by a matmul, blocks of anchors so that one block's scores stay under 32 MB, then the sampled columns."""
@@ -103,11 +117,13 @@ def _logits(anchor: Tensor, memory: Tensor, idx: Tensor, path: str) -> Tensor:
     else:
         step = max(1, _FULL_CHUNK // memory.shape[0])
         for i in range(0, b, step):
-            torch.gather(anchor[i:i + step] @ memory.t(), 1, idx[i:i + step], out=out[i:i + step])
+            block = torch.mm(anchor[i:i + step], memory.t(), out=_block(memory, min(step, b - i), workspace))
+            torch.gather(block, 1, idx[i:i + step], out=out[i:i + step])
     return out
 
 
-def _weighted_rows(memory: Tensor, idx: Tensor, w: Tensor, path: str) -> Tensor:
+def _weighted_rows(memory: Tensor, idx: Tensor, w: Tensor, path: str,
+                   workspace: list[Tensor] | None = None) -> Tensor:
     """(B, D) ``Σ_j w_ij · memory[idx_ij]`` — the anchors' gradient given ``w = ∂L/∂logit``. ``"gather"``: one
     ``embedding_bag`` (a weighted sum over the sampled rows only); ``"full"``: ``w`` scattered into (anchors × n_data)
     blocks times the memory."""
@@ -116,7 +132,7 @@ def _weighted_rows(memory: Tensor, idx: Tensor, w: Tensor, path: str) -> Tensor:
     out = memory.new_empty((idx.shape[0], memory.shape[1]))
     step = max(1, _FULL_CHUNK // memory.shape[0])
     for i in range(0, idx.shape[0], step):
-        dense = memory.new_zeros((idx[i:i + step].shape[0], memory.shape[0]))
+        dense = _block(memory, idx[i:i + step].shape[0], workspace).zero_()
         torch.mm(dense.scatter_add_(1, idx[i:i + step], w[i:i + step].to(memory.dtype)), memory, out=out[i:i + step])
     return out
 
@@ -218,6 +234,7 @@ class MemoryBank(nn.Module):
         if scoring not in ("auto", "gather", "full"):
             raise ValueError(f"MemoryBank: scoring must be 'auto', 'gather' or 'full', got {scoring!r}")
         self.scoring = scoring
+        self._workspace: list[Tensor] = []  # the full path's scratch block (not state: rebuilt on use)
         if n_data < 2:
             raise ValueError(f"MemoryBank: n_data must be >= 2, got {n_data}")
         if not 0.0 <= momentum < 1.0 or temperature <= 0:
@@ -334,18 +351,18 @@ class MemoryBank(nn.Module):
         fwd, bwd = self.paths(idx.shape[1])
         want_grad = torch.is_grad_enabled() and anchor.requires_grad
         with torch.no_grad():
-            x = torch.exp(_logits(a, memory, idx, fwd) / self.temperature)
+            x = _logits(a, memory, idx, fwd, self._workspace).div_(self.temperature).exp_()
             if float(z) < 0:
                 z.fill_(float(x.mean()) * self.n_data)
-            x = x / z
+            x.div_(z)
             value = crd_nce_loss(x, self.n_data)
             if not want_grad:
                 return value
             k = (idx.shape[1] - 1) / float(self.n_data) + _EPS
-            w = x / (x + k)
+            w = x.div_(x + k)
             w[:, 0] -= 1.0
             w /= self.temperature * idx.shape[0]
-            grad = _weighted_rows(memory, idx, w, bwd).to(anchor.dtype)
+            grad = _weighted_rows(memory, idx, w, bwd, self._workspace).to(anchor.dtype)
         return _WithGrad.apply(anchor, value, grad)
 
     @torch.no_grad()
