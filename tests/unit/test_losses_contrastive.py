@@ -276,23 +276,30 @@ def test_crd_loss_and_head_gradients_match_a_float64_reference_over_two_steps(sc
             assert float((got.double() - want).abs().max()) <= 1e-5 * float(want.abs().max())
 
 
-def test_gather_and_full_paths_agree_and_auto_picks_by_cost():
+@pytest.mark.parametrize("block_rows", [None, 5])  # None: one block; 5: blocks of 5 anchors, the last of 2
+def test_gather_and_full_paths_agree_and_auto_picks_by_cost(block_rows, monkeypatch):
+    from kdkit.losses import contrastive
     from kdkit.losses.contrastive import GATHER_BWD_COST, GATHER_FWD_COST
 
     n_data, d = 5000, 16
+    if block_rows:
+        monkeypatch.setattr(contrastive, "_FULL_CHUNK", block_rows * n_data)
     losses, grads = {}, {}
     for scoring in ("gather", "full"):
         bank = MemoryBank(n_data, d, labels=torch.arange(n_data) % 10, generator=torch.Generator().manual_seed(40),
                           scoring=scoring)
-        es = _unit(32, d, 41).requires_grad_()
-        et = _unit(32, d, 42).requires_grad_()
-        index = torch.arange(100, 132)
-        losses[scoring] = crd_loss(es, et, index, bank, n_neg=300, generator=torch.Generator().manual_seed(43))
-        losses[scoring].backward()
-        grads[scoring] = torch.cat([es.grad, et.grad])
-    # the same float32 dot products summed in another order: a few ulps of the scores
-    assert float(losses["gather"]) == pytest.approx(float(losses["full"]), rel=1e-6)
-    torch.testing.assert_close(grads["gather"], grads["full"], rtol=1e-5, atol=1e-6 * float(grads["full"].abs().max()))
+        for step in range(2):  # the second step reuses the full path's scratch block
+            es = _unit(32, d, 41 + 2 * step).requires_grad_()
+            et = _unit(32, d, 42 + 2 * step).requires_grad_()
+            index = torch.arange(100, 132) + 50 * step
+            loss = crd_loss(es, et, index, bank, n_neg=300, generator=torch.Generator().manual_seed(43 + step))
+            loss.backward()
+            losses[scoring, step], grads[scoring, step] = loss.detach(), torch.cat([es.grad, et.grad])
+    for step in range(2):
+        # the same float32 dot products summed in another order: a few ulps of the scores
+        assert float(losses["gather", step]) == pytest.approx(float(losses["full", step]), rel=1e-6)
+        torch.testing.assert_close(grads["gather", step], grads["full", step], rtol=1e-5,
+                                   atol=1e-6 * float(grads["full", step].abs().max()))
     bank = MemoryBank(60000, 4)
     assert bank.paths(4097) == ("full", "gather")  # the Fashion shapes: dense scores, sparse gradient
     assert bank.paths(60000 // GATHER_FWD_COST - 1) == ("gather", "gather")
