@@ -276,7 +276,9 @@ def test_crd_loss_and_head_gradients_match_a_float64_reference_over_two_steps(sc
             assert float((got.double() - want).abs().max()) <= 1e-5 * float(want.abs().max())
 
 
-@pytest.mark.parametrize("block_rows", [None, 5])  # None: one block; 5: blocks of 5 anchors, the last of 2
+# None: one block of anchors (full path), each anchor's 301 rows gathered at once (gather path); 5: blocks of 5 anchors,
+# the last of 2, and rows gathered 64 at a time, the last 45
+@pytest.mark.parametrize("block_rows", [None, 5])
 def test_gather_and_full_paths_agree_and_auto_picks_by_cost(block_rows, monkeypatch):
     from kdkit.losses import contrastive
     from kdkit.losses.contrastive import GATHER_BWD_COST, GATHER_FWD_COST
@@ -284,6 +286,7 @@ def test_gather_and_full_paths_agree_and_auto_picks_by_cost(block_rows, monkeypa
     n_data, d = 5000, 16
     if block_rows:
         monkeypatch.setattr(contrastive, "_FULL_CHUNK", block_rows * n_data)
+        monkeypatch.setattr(contrastive, "_GATHER_ROWS", 64)
     losses, grads = {}, {}
     for scoring in ("gather", "full"):
         bank = MemoryBank(n_data, d, labels=torch.arange(n_data) % 10, generator=torch.Generator().manual_seed(40),

@@ -87,6 +87,7 @@ _EPS = 1e-7  # ε of crd_nce_loss (the reference implementation's)
 GATHER_FWD_COST = 20
 GATHER_BWD_COST = 6
 _FULL_CHUNK = 1 << 23  # floats of one (anchors × n_data) block on the full path (32 MB)
+_GATHER_ROWS = 4096  # rows gathered at once on the gather path (2 MB at D = 128: stays in cache for the product)
 
 
 def _block(memory: Tensor, rows: int, workspace: list[Tensor] | None) -> Tensor:
@@ -104,16 +105,20 @@ def _block(memory: Tensor, rows: int, workspace: list[Tensor] | None) -> Tensor:
 
 
 def _logits(anchor: Tensor, memory: Tensor, idx: Tensor, path: str, workspace: list[Tensor] | None = None) -> Tensor:
-    """(B, K) ``⟨memory[idx_ij], anchor_i⟩`` without autograd. ``"gather"``: each anchor's K rows are gathered into
-    one reused (K, D) buffer and multiplied with it (never B × K × D at once); ``"full"``: anchors against the whole
-    memory by a matmul, blocks of anchors so that one block's scores stay under 32 MB, then the sampled columns."""
+    """(B, K) ``⟨memory[idx_ij], anchor_i⟩`` without autograd. ``"gather"``: each anchor's rows are gathered, at
+    most 4,096 at a time, into one reused buffer and multiplied with it (never B × K × D at once); ``"full"``:
+    anchors against the whole memory by a matmul, blocks of anchors so that one block's scores stay under 32 MB,
+    then the sampled columns."""
     b, k = idx.shape
     out = anchor.new_empty((b, k))
     if path == "gather":
-        buf = memory.new_empty((k, memory.shape[1]))
+        rows = min(k, _GATHER_ROWS)
+        buf = memory.new_empty((rows, memory.shape[1]))
         for i in range(b):
-            torch.index_select(memory, 0, idx[i], out=buf)
-            torch.mv(buf, anchor[i], out=out[i])
+            for j in range(0, k, rows):
+                part = buf[:min(rows, k - j)]
+                torch.index_select(memory, 0, idx[i, j:j + rows], out=part)
+                torch.mv(part, anchor[i], out=out[i, j:j + rows])
     else:
         step = max(1, _FULL_CHUNK // memory.shape[0])
         for i in range(0, b, step):
