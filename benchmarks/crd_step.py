@@ -24,6 +24,7 @@ dense backward, out-of-place bank update); ``auto`` -- ``crd_loss`` now (each ev
 ``gather`` / ``full`` -- ``crd_loss`` with ``MemoryBank.scoring`` forced.
 
     .venv/bin/python benchmarks/crd_step.py --threads 1 --steps 20
+    .venv/bin/python benchmarks/crd_step.py --threads 1 --steps 7 --cases tiny --crossover   # the cost constants
 
 Prints one JSON object.
 """
@@ -35,6 +36,7 @@ import json
 import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -42,7 +44,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from kdkit.deploy.measure import cpu_info  # noqa: E402
-from kdkit.losses.contrastive import CRDHead, MemoryBank, crd_loss, crd_nce_loss  # noqa: E402
+from kdkit.losses.contrastive import CRDHead, MemoryBank, _logits, _weighted_rows, crd_loss, crd_nce_loss  # noqa: E402
 
 CASES = {
     "fashion": {"n_data": 60000, "batch": 128, "n_neg": 4096, "feat": 128, "dim_s": 32, "dim_t": 256, "classes": 10},
@@ -135,6 +137,43 @@ def run_case(name: str, steps: int, warmup: int, variants: list[str]) -> dict:
     return out
 
 
+# (n_data, B, 1 + N) for --crossover: around the cost rule's boundaries (feat 128)
+CROSSOVER = [(20000, 128, 4097), (50000, 64, 4097), (60000, 128, 4097), (50000, 64, 16385), (200000, 128, 4097)]
+
+
+def crossover(reps: int) -> list[dict]:
+    """Each of the two evaluations alone, both ways (median ms of ``reps`` after one warm-up call): the scores
+    (``_logits``) and the anchors' gradient (``_weighted_rows``), and the cost constant each measurement implies:
+    C = (n_data / (1 + N)) · t_gather / t_full (the gather is cheaper when C·(1+N) < n_data)."""
+    rows = []
+    for n, b, k in CROSSOVER:
+        gen = torch.Generator().manual_seed(0)
+        mem = torch.nn.functional.normalize(torch.randn(n, 128, generator=gen), dim=1)
+        a = torch.randn(b, 128, generator=gen)
+        idx = torch.randint(0, n, (b, k), generator=gen)
+        w = torch.randn(b, k, generator=gen)
+        ws: list[torch.Tensor] = []
+        calls = {"scores_gather": partial(_logits, a, mem, idx, "gather"),
+                 "scores_full": partial(_logits, a, mem, idx, "full", ws),
+                 "gradient_gather": partial(_weighted_rows, mem, idx, w, "gather"),
+                 "gradient_full": partial(_weighted_rows, mem, idx, w, "full", ws)}
+        ms = {}
+        for name, f in calls.items():
+            f()
+            ts = []
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                f()
+                ts.append((time.perf_counter() - t0) * 1e3)
+            ms[name] = round(statistics.median(ts), 2)
+        bank = MemoryBank(n, 4)
+        rows.append({"n_data": n, "batch": b, "cols": k, "ms": ms,
+                     "implied_C": {p: round(n / k * ms[f"{p}_gather"] / ms[f"{p}_full"], 1)
+                                   for p in ("scores", "gradient")},
+                     "auto_picks": dict(zip(("scores", "gradient"), bank.paths(k), strict=True))})
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: what the training benchmarks use)")
@@ -143,6 +182,9 @@ def main() -> None:
     ap.add_argument("--cases", nargs="+", default=["fashion", "cifar"], choices=sorted(CASES))
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
                     help="the first is the baseline of the speed-up")
+    ap.add_argument("--crossover", action="store_true",
+                    help="also time the scores and the gradient alone, gather vs full, at shapes around the cost "
+                         "rule's boundaries (--steps repetitions each)")
     args = ap.parse_args()
     if args.steps < 1 or args.warmup < 0 or args.threads < 1:
         ap.error("--steps and --threads must be >= 1, --warmup >= 0")
@@ -150,9 +192,10 @@ def main() -> None:
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     cpu_before = cpu_info()
     cases = {name: run_case(name, args.steps, args.warmup, args.variants) for name in args.cases}
+    extra = {"crossover": crossover(args.steps)} if args.crossover else {}
     print(json.dumps({"benchmark": "crd_step", "started": started, "threads": args.threads, "steps": args.steps,
                       "warmup": args.warmup, "torch": torch.__version__, "cpu": cpu_before,
-                      "load_average_after": cpu_info()["load_average"], "cases": cases}, indent=1))
+                      "load_average_after": cpu_info()["load_average"], "cases": cases, **extra}, indent=1))
 
 
 if __name__ == "__main__":

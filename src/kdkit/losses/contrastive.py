@@ -79,13 +79,14 @@ class CRDHead(nn.Module):
 _EPS = 1e-7  # ε of crd_nce_loss (the reference implementation's)
 
 # Cost of the gather path relative to the dense matmul against the whole memory, per element of a memory row, on the
-# CPU it was measured on (AMD EPYC, AVX-512, one thread; benchmarks/crd_step.py, docs/benchmarks.md): fetching a row at
-# a random position and taking its dot product with the anchor costs ~20 multiply-adds of a dense matmul (fashion
-# shapes: 524k rows gathered in 43-46 ms against the 128 × 60,000 × 128 matmul's 32 ms), a weighted row sum through
-# embedding_bag ~6 (16 ms against the 37 ms of zero-fill + scatter + matmul). So the gather is used when
-# COST · (1 + N) < n_data: the scores gather for N = 4,096 once n_data > ~82,000, the gradient once n_data > ~25,000.
+# CPU it was measured on (AMD EPYC, AVX-512, one thread; `benchmarks/crd_step.py --crossover`, docs/benchmarks.md):
+# C = (n_data / (1 + N)) · t_gather / t_full at five shapes (n_data 20k-200k, B 64-128, N 4,096 / 16,384). Fetching
+# a row at a random position and taking its dot product with the anchor costs C = 12-24 multiply-adds of a dense
+# matmul; a weighted row sum through embedding_bag (the gradient) C = 2.4-11 (cheaper while the memory fits the
+# caches). The gather is used when C · (1 + N) < n_data; with 20 and 4 every one of the five shapes gets its faster
+# evaluation (the scores gather for N = 4,096 once n_data > ~82,000, the gradient once n_data > ~16,400).
 GATHER_FWD_COST = 20
-GATHER_BWD_COST = 6
+GATHER_BWD_COST = 4
 _FULL_CHUNK = 1 << 23  # floats of one (anchors × n_data) block on the full path (32 MB)
 _GATHER_ROWS = 4096  # rows gathered at once on the gather path (2 MB at D = 128: stays in cache for the product)
 
