@@ -87,6 +87,7 @@ BENCH_SHRINK: dict[str, dict[str, list[str]]] = {
     "input_pipeline.py": {"--images": ["32"], "--rounds": ["1"]},
     "consistent.py": {"--epochs": ["1"], "--seeds": ["0"], "--teacher-epochs": ["1"]},
     "profile_student_step.py": {"--steps": ["1"], "--batch": ["8"]},
+    "crd_step.py": {"--steps": ["1"], "--warmup": ["0"], "--cases": ["tiny"]},
 }
 # What is measured, and where: set only where the doc leaves the default (an absolute output path the doc gives is
 # moved into the workspace).

@@ -217,3 +217,160 @@ def test_crd_term_passes_the_training_labels_to_its_bank():
     with pytest.raises(ConfigError, match="crd.*at least two"):
         one_class.setup(SetupContext(student=student, teachers=[teacher], example=torch.rand(4, 1, 28, 28),
                                      num_classes=10, num_train=50, targets=torch.zeros(50, dtype=torch.long)))
+
+
+# -- the step's evaluation: gather / full paths, gradient in the forward, in-place update (issue 17 speed) -------------
+
+def _ref_direction(anchor, memory, idx, tau, n_data, z=None):
+    """One direction in float64 through plain autograd (independent of kdkit's closed-form gradient): scores
+    exp(<memory[idx], anchor>/tau)/Z, NCE with P_n = 1/n_data, m = N, eps 1e-7; Z = mean score * n_data if not given."""
+    out = torch.exp(torch.einsum("bkd,bd->bk", memory[idx], anchor) / tau)
+    z = float(out.detach().mean()) * n_data if z is None else z
+    x = out / z
+    mpn = (idx.shape[1] - 1) / n_data
+    loss = -(torch.log(x[:, 0] / (x[:, 0] + mpn + 1e-7)).sum() + torch.log(mpn / (x[:, 1:] + mpn + 1e-7)).sum())
+    return loss / idx.shape[0], z
+
+
+@pytest.mark.parametrize("scoring", ["gather", "full", "auto"])
+def test_crd_loss_and_head_gradients_match_a_float64_reference_over_two_steps(scoring):
+    # Two steps (Z set on the first, kept on the second; the second scores the memory the first updated), each
+    # backward run after crd_loss has updated the bank: loss, both heads' gradients and both embeddings' gradients
+    # against float64 autograd on copies of the heads and of the pre-step memory.
+    n_data, d, tau = 300, 8, 0.07
+    labels = torch.arange(n_data) % 5
+    bank = MemoryBank(n_data, d, temperature=tau, labels=labels, generator=torch.Generator().manual_seed(30),
+                      scoring=scoring)
+    head_s, head_t = CRDHead(10, d), CRDHead(12, d)
+    ref_s, ref_t = CRDHead(10, d).double(), CRDHead(12, d).double()
+    ref_s.load_state_dict(head_s.state_dict())
+    ref_t.load_state_dict(head_t.state_dict())
+    gen = torch.Generator().manual_seed(31)
+    z_s = z_t = None
+    for step in range(2):
+        fs, ft = torch.randn(6, 10, generator=gen), torch.randn(6, 12, generator=gen)
+        index = torch.randperm(n_data, generator=gen)[:6]
+        idx = bank.sample_indices(index, 40, torch.Generator().manual_seed(32 + step))
+        mem_s, mem_t = bank.memory_s.double().clone(), bank.memory_t.double().clone()
+        es, et = head_s(fs), head_t(ft)
+        es.retain_grad()
+        et.retain_grad()
+        loss = crd_loss(es, et, index, bank, contrast_index=idx)
+        for h in (head_s, head_t, ref_s, ref_t):
+            h.zero_grad()
+        loss.backward()  # after the in-place update of the bank
+        res, ret = ref_s(fs.double()), ref_t(ft.double())
+        res.retain_grad()
+        ret.retain_grad()
+        l_s, z_s = _ref_direction(res, mem_t, idx, tau, n_data, z_s)
+        l_t, z_t = _ref_direction(ret, mem_s, idx, tau, n_data, z_t)
+        (l_s + l_t).backward()
+        # float32 scores, exp(.../0.07) amplifies their rounding 14x: observed <= 1.1e-6 relative, 1e-5 leaves 9x
+        assert float(loss.detach()) == pytest.approx(float(l_s + l_t), rel=1e-5)
+        assert float(bank.z_s) == pytest.approx(z_s, rel=1e-5) and float(bank.z_t) == pytest.approx(z_t, rel=1e-5)
+        for got, want in ((es.grad, res.grad), (et.grad, ret.grad),
+                          *((p.grad, q.grad) for p, q in zip(head_s.parameters(), ref_s.parameters(), strict=True)),
+                          *((p.grad, q.grad) for p, q in zip(head_t.parameters(), ref_t.parameters(), strict=True))):
+            # relative to the largest entry: float32 sums of 41 weighted rows, weights up to ~1/(tau*B); the observed
+            # error is <= 6.6e-7, 1e-5 leaves 15x
+            assert float((got.double() - want).abs().max()) <= 1e-5 * float(want.abs().max())
+
+
+# None: one block of anchors (full path), each anchor's 301 rows gathered at once (gather path); 5: blocks of 5 anchors,
+# the last of 2, and rows gathered 64 at a time, the last 45
+@pytest.mark.parametrize("block_rows", [None, 5])
+def test_gather_and_full_paths_agree_and_auto_picks_by_cost(block_rows, monkeypatch):
+    from kdkit.losses import contrastive
+    from kdkit.losses.contrastive import GATHER_BWD_COST, GATHER_FWD_COST
+
+    n_data, d = 5000, 16
+    if block_rows:
+        monkeypatch.setattr(contrastive, "_FULL_CHUNK", block_rows * n_data)
+        monkeypatch.setattr(contrastive, "_GATHER_ROWS", 64)
+    losses, grads = {}, {}
+    for scoring in ("gather", "full"):
+        bank = MemoryBank(n_data, d, labels=torch.arange(n_data) % 10, generator=torch.Generator().manual_seed(40),
+                          scoring=scoring)
+        for step in range(2):  # the second step reuses the full path's scratch block
+            es = _unit(32, d, 41 + 2 * step).requires_grad_()
+            et = _unit(32, d, 42 + 2 * step).requires_grad_()
+            index = torch.arange(100, 132) + 50 * step
+            loss = crd_loss(es, et, index, bank, n_neg=300, generator=torch.Generator().manual_seed(43 + step))
+            loss.backward()
+            losses[scoring, step], grads[scoring, step] = loss.detach(), torch.cat([es.grad, et.grad])
+    for step in range(2):
+        # the same float32 dot products summed in another order: a few ulps of the scores
+        assert float(losses["gather", step]) == pytest.approx(float(losses["full", step]), rel=1e-6)
+        torch.testing.assert_close(grads["gather", step], grads["full", step], rtol=1e-5,
+                                   atol=1e-6 * float(grads["full", step].abs().max()))
+    bank = MemoryBank(60000, 4)
+    assert bank.paths(4097) == ("full", "gather")  # the Fashion shapes: dense scores, sparse gradient
+    assert bank.paths(60000 // GATHER_FWD_COST - 1) == ("gather", "gather")
+    assert bank.paths(60000 // GATHER_BWD_COST + 1) == ("full", "full")
+    bank.scoring = "full"
+    assert bank.paths(10) == ("full", "full")
+    with pytest.raises(ValueError, match="scoring"):
+        MemoryBank(10, 4, scoring="fast")
+
+
+@pytest.mark.parametrize("scoring", ["gather", "full"])
+def test_bank_update_is_in_place_and_the_reference_formula(scoring):
+    bank = MemoryBank(50, 6, generator=torch.Generator().manual_seed(50), scoring=scoring)
+    mem_s, ptr = bank.memory_s, bank.memory_s.data_ptr()
+    old_s, old_t = bank.memory_s.clone(), bank.memory_t.clone()
+    es, et = _unit(5, 6, 51), _unit(5, 6, 52)
+    index = torch.tensor([4, 0, 49, 17, 3])
+    crd_loss(es, et, index, bank, n_neg=20, generator=torch.Generator().manual_seed(53))
+    assert bank.memory_s is mem_s and bank.memory_s.data_ptr() == ptr  # no copy of the memory per step
+    for new, old, v in ((bank.memory_s, old_s, es), (bank.memory_t, old_t, et)):
+        want = old.double().clone()
+        rows = 0.5 * want[index] + 0.5 * v.double()
+        want[index] = rows / rows.norm(dim=1, keepdim=True)
+        torch.testing.assert_close(new.double(), want, rtol=0, atol=1e-6)  # float32 rounding of unit-norm rows
+
+
+def test_scores_backward_after_an_update_is_refused_clearly():
+    bank = MemoryBank(200, 4, generator=torch.Generator().manual_seed(60))
+    anchor = _unit(3, 4, 61).requires_grad_()
+    idx = bank.sample_indices(torch.tensor([0, 1, 2]), 30, torch.Generator().manual_seed(62))
+    mem = bank.memory_t.double().clone()
+    out = bank.scores(anchor, bank.memory_t, idx)
+    ref = torch.exp(torch.einsum("bkd,bd->bk", mem[idx], anchor.detach().double()) / bank.temperature)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=0)  # float32 scores, x14 through exp(/0.07)
+    w = torch.rand(out.shape, generator=torch.Generator().manual_seed(63))
+    (out * w).sum().backward()  # the gradient only reaches the anchors, from the sampled rows
+    a64 = anchor.detach().double().requires_grad_()
+    (torch.exp(torch.einsum("bkd,bd->bk", mem[idx], a64) / bank.temperature) * w.double()).sum().backward()
+    torch.testing.assert_close(anchor.grad.double(), a64.grad, rtol=1e-4, atol=0)
+    out = bank.scores(anchor, bank.memory_t, idx)
+    bank.update(torch.tensor([0]), _unit(1, 4, 64), _unit(1, 4, 65))
+    with pytest.raises(RuntimeError, match="memory was updated .* before the update, or use crd_loss"):
+        out.sum().backward()
+
+
+def test_crd_loss_without_grad_and_bank_checkpoint_resume(tmp_path):
+    from safetensors.torch import load_file, save_model
+
+    def make():
+        return MemoryBank(400, 8, labels=torch.arange(400) % 4, generator=torch.Generator().manual_seed(70))
+
+    gen = torch.Generator().manual_seed(71)
+    batches = [(_unit(8, 8, 72 + 2 * i), _unit(8, 8, 73 + 2 * i), torch.randperm(400, generator=gen)[:8])
+               for i in range(4)]
+    bank = make()
+    with torch.no_grad():  # e.g. a validation pass: a plain value, no gradient computed
+        assert not crd_loss(*batches[0][:2], batches[0][2], bank, n_neg=50,
+                            generator=torch.Generator().manual_seed(0)).requires_grad
+    bank = make()
+    for es, et, index in batches[:2]:
+        crd_loss(es, et, index, bank, n_neg=50, generator=torch.Generator().manual_seed(1))
+    save_model(bank, str(tmp_path / "bank.safetensors"))
+    resumed = make()
+    resumed.load_state_dict(load_file(str(tmp_path / "bank.safetensors")))
+    for es, et, index in batches[2:]:
+        a = crd_loss(es.requires_grad_(), et, index, bank, n_neg=50, generator=torch.Generator().manual_seed(2))
+        b = crd_loss(es.detach().requires_grad_(), et, index, resumed, n_neg=50,
+                     generator=torch.Generator().manual_seed(2))
+        assert torch.equal(a, b)
+    for name in ("memory_s", "memory_t", "z_s", "z_t"):
+        assert torch.equal(getattr(bank, name), getattr(resumed, name))
