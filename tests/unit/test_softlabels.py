@@ -346,6 +346,28 @@ def test_identity_diff_names_every_teacher_field():
     assert "number of teachers (store 2, recipe 1)" in identity_diff(base, cur)
 
 
+def test_identity_diff_names_mixing_and_its_seed():
+    """A store of mixup views answers only a recipe with the same mixing and seed: the partner and λ of view v are
+    drawn from (seed, v, i), so another α or seed gives other images than the teacher saw -- even without crop/flip."""
+    base = {"num_classes": 10, "data": {"name": "d", "num_samples": 5, "fingerprint": "a", "split_sha256": "s"},
+            "augment": {"mean": [0.1], "std": [0.3], "crop_padding": 0, "flip": False, "seed": 0, "mixup": 1.0},
+            "teachers": None, "combine": {"mode": "mean_logits", "teacher_weights": None}}
+    assert identity_diff(base, json.loads(json.dumps(base))) == []
+    cur = json.loads(json.dumps(base))
+    cur["augment"]["mixup"] = 0.2
+    assert identity_diff(base, cur) == ["augmentation mixup (store 1.0, recipe 0.2)"]
+    del cur["augment"]["mixup"]  # Augment.to_dict omits an op that is off
+    assert identity_diff(base, cur) == ["augmentation mixup (store 1.0, recipe None)"]
+    cur = json.loads(json.dumps(base))
+    cur["augment"]["seed"] = 1  # mixup alone is random: the seed is part of the views
+    assert identity_diff(base, cur) == ["augmentation seed (store 0, recipe 1)"]
+    cur = json.loads(json.dumps(base))
+    cur["augment"]["cutmix"] = 1.0
+    cur["augment"]["jitter"] = [0.4, 0.0, 0.0]
+    assert identity_diff(base, cur) == ["augmentation jitter (store None, recipe [0.4, 0.0, 0.0])",
+                                        "augmentation cutmix (store None, recipe 1.0)"]
+
+
 def test_an_interrupted_cache_run_resumes_and_matches_an_uninterrupted_one(cached):
     tmp = cached["tmp"]
     recipe = recipe_from_dict(_recipe(tmp, cached["teacher"]))

@@ -106,13 +106,17 @@ def identity_diff(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
     if sd["split_sha256"] != cd["split_sha256"]:
         out.append(f"data split (store {_short(sd['split_sha256'])}, recipe {_short(cd['split_sha256'])})")
     sa, ca = stored["augment"], current["augment"]
-    for key in ("crop_padding", "flip"):
-        if sa.get(key) != ca.get(key):
-            out.append(f"augmentation {key} (store {sa.get(key)}, recipe {ca.get(key)})")
+    # Augment.to_dict writes the newer ops (jitter, mixup, cutmix, resized crop) only when on: absent = off.
+    for key, off in (("crop_padding", 0), ("flip", False), ("jitter", None), ("mixup", None), ("cutmix", None),
+                     ("resized_crop", None), ("crop_scale", None), ("crop_ratio", None)):
+        if sa.get(key, off) != ca.get(key, off):
+            out.append(f"augmentation {key} (store {sa.get(key, off)}, recipe {ca.get(key, off)})")
     for key in ("mean", "std"):
         if not _close(sa.get(key), ca.get(key)):
             out.append(f"normalisation {key} (store {sa.get(key)}, recipe {ca.get(key)})")
-    random_aug = bool(ca.get("crop_padding")) or bool(ca.get("flip"))
+    # every random op draws from the seed (a mixup partner and λ too), so the seed counts whenever one is on
+    random_aug = any(bool(ca.get(key)) for key in ("crop_padding", "flip", "jitter", "mixup", "cutmix",
+                                                    "resized_crop"))
     if random_aug and sa.get("seed") != ca.get("seed"):
         out.append(f"augmentation seed (store {sa.get('seed')}, recipe {ca.get('seed')})")
     st, ct = stored.get("teachers"), current.get("teachers")
