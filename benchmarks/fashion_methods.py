@@ -26,6 +26,11 @@ row says ``chosen: given``), or be tuned on a shorter budget (``--tune-epochs``)
 states. Each run is its own process; finished runs are read back (``bench.json``), so an interrupted benchmark
 continues, and ``--collect`` trains nothing and reports what has finished (rows with the seeds that did).
 
+Function matching from a store (``--methods fm``; docs/benchmarks.md, "Function matching on the wider MLP"): Beyer et
+al.'s KL-only distillation on flip + mixup views, the teacher's logits on ``--fm-views`` views of every training image
+precomputed once per split and seed (``kdkit.softlabels.cache.build_cache``), so a run costs about a plain KD run;
+``scratch_mix`` is CE on the same mixed views without a teacher.
+
 A softer teacher (docs/benchmarks.md, "A softer teacher"): ``--teacher`` any teacher run (e.g. a shorter one), or
 ``--fold-teachers RUN_A RUN_B`` -- teachers trained on different parts of the training images -- whose store holds
 cross-fitted targets (``--fold-combine oof``: each image from the teacher that never trained on it; ``mean``: the
@@ -138,8 +143,22 @@ GRIDS["kd_soft"] = {f"T{t}_w{w}": _kd(t, w) for t in (1.0, 2.0, 4.0) for w in (0
 # corner T 4, weight 0.5 (the kd_soft grid extends the other way, towards T 1 and weight 1.0), so this grid goes past
 # that corner -- a higher temperature, less weight on the soft targets -- and is tuned on validation like the others.
 GRIDS["kd_hot"] = {f"T{t}_w{w}": _kd(t, w) for t in (4.0, 8.0) for w in (0.5, 0.25)}
+# Function matching from a store (docs/benchmarks.md, "Function matching on the wider MLP"; declared 2026-12-04 before
+# any of its runs): Beyer et al. (CVPR 2022) -- KL to the teacher only (no hard labels), teacher and student on the
+# same mixup-ed view, a long schedule. The views are flip + mixup alpha 1 (crops cost the MLPs accuracy here: no
+# translation invariance), precomputed once: a store of --fm-views views per training image and per split (tuning,
+# final) and per seed (the augmentation seed is the run's seed), read at student speed -- epoch e shows view e mod V,
+# bit for bit the image the teacher labelled. The grid: Beyer's T 1 against T 4, this student's KD validation choice
+# (at T 1 the near-one-hot teacher's target on a mixed image is already two-hot-ish; T 4 adds its non-target mass);
+# both read the same store. scratch_mix is the fairness row: CE on the mixed labels with the same views, no teacher.
+# The declared budget (a CPU budget: the teacher's forward passes cost ~V/20 of a 20-epoch student run each): 8 views,
+# 40 epochs (the budget KD's validation chose for the wider MLP; each view is shown 5 times), tuned at 40 epochs.
+STORE_AUGMENT: dict[str, dict[str, Any]] = {"fm": {"flip": True, "mixup": 1.0}}
+GRIDS["fm"] = {f"T{t:g}": [{"name": "kd", "params": {"temperature": t}}] for t in (1.0, 4.0)}
+AUGMENT["scratch_mix"] = dict(STORE_AUGMENT["fm"])
+GRIDS["scratch_mix"] = {"ce": [CE]}
 FEATURE = {"fitnet", "at", "sp", "rkd", "pkt", "cc", "nst", "vid", "crd", "reviewkd", "kd_reviewkd"}
-NO_TEACHER = {"scratch", "scratch_crop", "label_smoothing", "tf_kd", "confidence_penalty"}
+NO_TEACHER = {"scratch", "scratch_crop", "scratch_mix", "label_smoothing", "tf_kd", "confidence_penalty"}
 
 RUN = r"""
 import json, sys
@@ -240,6 +259,24 @@ def build_store(out: Path, teacher: Path, threads: int, final: bool, limit: int 
     return path
 
 
+def build_view_store(out: Path, teacher: Path, threads: int, final: bool, seed: int, augment: dict[str, Any],
+                     views: int, limit: int | None = None) -> Path:
+    """The teacher's logits on ``views`` augmented views (e.g. flip + mixup) of every training image of one split, for
+    the runs with seed ``seed`` (the augmentation is a pure function of (seed, view, image), so a store serves one
+    seed): V teacher passes, once; a student epoch e then reads view e mod V."""
+    from kdkit.recipe import recipe_from_dict
+    from kdkit.softlabels.cache import build_cache
+
+    path = out / f"softlabels_{'final' if final else 'tune'}_views{views}_s{seed}"
+    if (path / "manifest.json").is_file():
+        return path
+    r = recipe_for("store_views", out, "mlp", _kd(1.0, 1.0), seed, 1, final, teacher, None, threads, limit,
+                   augment=augment)
+    r["soft_labels"] = str(path)
+    build_cache(recipe_from_dict(r), views=views, topk=10, batch_size=512, quiet=True)
+    return path
+
+
 def build_fold_store(out: Path, teachers: list[Path], combine: str, threads: int, final: bool,
                      limit: int | None = None) -> Path:
     """A store of soft labels from several teachers trained on different parts of the training images
@@ -305,6 +342,9 @@ def main() -> None:
                     help="oof: each image's target from the teacher(s) that never trained on it (cross-fitting); "
                     "mean: every image's target is the mean probability of all the teachers (an ensemble)")
     ap.add_argument("--out", default="bench_runs/fashion")
+    ap.add_argument("--fm-views", type=int, default=8,
+                    help="views per training image in the stores of the store-augmented methods (fm): epoch e reads "
+                    "view e mod V")
     ap.add_argument("--teacher-epochs", type=int, default=None,
                     help="epochs of the teacher trained when --teacher is not given (default: the recipe's)")
     ap.add_argument("--train-limit", type=int, default=None,
@@ -312,9 +352,11 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out)
     folds = [Path(t) for t in args.fold_teachers] if args.fold_teachers else None
-    if folds and (args.teacher or set(args.methods) & (FEATURE | set(AUGMENT))):
+    if folds and (args.teacher or set(args.methods) & (FEATURE | set(AUGMENT) | set(STORE_AUGMENT))):
         raise SystemExit("--fold-teachers: give no --teacher, and logit methods only (the teachers are read from a "
                          "store of their combined logits)")
+    if args.fm_views < 1:
+        raise SystemExit(f"--fm-views must be >= 1 (views per training image), got {args.fm_views}")
     if folds:
         teacher = None
     elif args.teacher:
@@ -331,7 +373,12 @@ def main() -> None:
         if teacher is not None and (teacher / "summary.json").is_file() else {}
     stores: dict[bool, Path] = {}
 
-    def store(final: bool) -> Path:
+    def store(final: bool, method: str = "", seed: int = 0) -> Path:
+        if method in STORE_AUGMENT:  # a multi-view store per split and seed
+            if args.collect:
+                return out / f"softlabels_{'final' if final else 'tune'}_views{args.fm_views}_s{seed}"
+            return build_view_store(out, teacher, args.threads, final, seed, STORE_AUGMENT[method], args.fm_views,
+                                    args.train_limit)
         if args.collect:  # nothing is trained, so no store is built
             return out / ("softlabels_final" if final else "softlabels_tune")
         if final not in stores:
@@ -348,7 +395,8 @@ def main() -> None:
             needs_teacher = method not in NO_TEACHER
             use_store = needs_teacher and method not in FEATURE and method not in AUGMENT
             cl = {"auto": "auto", "true": True, "false": False}[args.channels_last]
-            opts = {"augment": AUGMENT.get(method), "precision": args.precision, "channels_last": cl}
+            augment = AUGMENT.get(method) or STORE_AUGMENT.get(method)
+            opts = {"augment": augment, "precision": args.precision, "channels_last": cl}
             grid = GRIDS[method]
             tuned: dict[str, float] = {}
             chosen_by_hand = dict(c.split("=", 1) for c in args.choose)
@@ -363,7 +411,8 @@ def main() -> None:
                     if args.variants and variant not in args.variants and not (out / name / "bench.json").is_file():
                         continue
                     rec = recipe_for(name, out, student, terms, 0, tune_epochs, False,
-                                     teacher if needs_teacher else None, store(False) if use_store else None,
+                                     teacher if needs_teacher else None,
+                                     store(False, method, 0) if use_store else None,
                                      args.threads, args.train_limit, **opts)
                     res = run_one(rec, out / name, args.collect)
                     if res is None:
@@ -379,7 +428,8 @@ def main() -> None:
             for seed in args.seeds:
                 name = f"{student}_{method}_{chosen}_s{seed}"
                 rec = recipe_for(name, out, student, {**grid, **EXTRA.get(method, {})}[chosen], seed, args.epochs, True,
-                                 teacher if needs_teacher else None, store(True) if use_store else None, args.threads,
+                                 teacher if needs_teacher else None, store(True, method, seed) if use_store else None,
+                                 args.threads,
                                  args.train_limit, **opts)
                 res = run_one(rec, out / name, args.collect)
                 if res is None:
@@ -397,7 +447,7 @@ def main() -> None:
             (bm, bs), (lm, ls) = ms("best"), ms("last")
             rows.append({"student": student, "method": method, "variant": chosen, "tuning_val_top1": tuned,
                          "chosen": "given" if given else ("validation" if tuned else "grid's first"),
-                         "augment": AUGMENT.get(method),
+                         "augment": augment, "views": args.fm_views if method in STORE_AUGMENT else None,
                          "runs": [{k: r[k] for k in ("seed", "last", "best", "train_last")} for r in results],
                          "best_mean": bm, "best_std": bs, "last_mean": lm, "last_std": ls, "seeds": len(results),
                          "teacher_signal": "store" if use_store else ("online" if needs_teacher else "none"),

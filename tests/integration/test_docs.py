@@ -83,7 +83,7 @@ BENCH_SHRINK: dict[str, dict[str, list[str]]] = {
                       "--teacher-epochs": ["1"], "--aug-views": ["2"]},
     "fashion_methods.py": {"--seeds": ["0"], "--epochs": ["1"], "--teacher-epochs": ["1"], "--train-limit": ["500"],
                            "--students": ["mlp"], "--methods": ["scratch", "kd"], "--no-tune": [],
-                           "--tune-epochs": ["1"]},
+                           "--tune-epochs": ["1"], "--fm-views": ["2"]},
     "input_pipeline.py": {"--images": ["32"], "--rounds": ["1"]},
     "consistent.py": {"--epochs": ["1"], "--seeds": ["0"], "--teacher-epochs": ["1"]},
     "profile_student_step.py": {"--steps": ["1"], "--batch": ["8"]},
