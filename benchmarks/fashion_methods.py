@@ -368,7 +368,8 @@ def main() -> None:
             t["epochs"] = args.teacher_epochs
         if args.train_limit:
             t["data"]["train_limit"] = args.train_limit
-        run_one({**t, "output_dir": str(out), "name": "teacher"}, teacher)
+        # --collect trains nothing, a teacher included: it reads back OUT/teacher if it is there
+        run_one({**t, "output_dir": str(out), "name": "teacher"}, teacher, args.collect)
     tsum = json.loads((teacher / "summary.json").read_text()) \
         if teacher is not None and (teacher / "summary.json").is_file() else {}
     stores: dict[bool, Path] = {}
