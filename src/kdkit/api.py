@@ -156,9 +156,10 @@ def cache(recipe: Recipe | str | Path | dict[str, Any], overrides: list[str] | N
     return build_cache(r, views=views, topk=topk, out=out, **kwargs)
 
 
-def evaluate(checkpoint: str | Path, data: str | None = None, split: str = "val", val_fraction: float | None = None,
-             split_seed: int | None = None, batch_size: int = 512, params: dict[str, Any] | None = None,
-             precision: str = "fp32", channels_last: bool | str = False) -> dict[str, Any]:
+def evaluate(checkpoint: str | Path | list[str | Path], data: str | None = None, split: str = "val",
+             val_fraction: float | None = None, split_seed: int | None = None, batch_size: int = 512,
+             params: dict[str, Any] | None = None, precision: str = "fp32", channels_last: bool | str = False,
+             combine: str = "mean_probs") -> dict[str, Any]:
     """Top-1/top-5 of a saved student on a dataset: ``split="val"`` re-creates the recipe's held-out split,
     ``"all"`` uses every sample. Normalisation comes from the checkpoint's metadata.
 
@@ -171,10 +172,50 @@ def evaluate(checkpoint: str | Path, data: str | None = None, split: str = "val"
     ``data``, ``val_fraction``, ``split_seed`` and ``params`` default to the recipe the checkpoint was trained with
     (recorded in its metadata), so ``kdkit eval RUN`` re-evaluates on the run's own validation split. Text students
     (``hf:``/``textnn:``) are evaluated by :func:`kdkit.text.evaluate.evaluate_text`.
+
+    A list of two or more checkpoints scores their **ensemble** (``kdkit eval RUN_A RUN_B ...``): every model reads
+    the same samples (the data of the first, unless ``data`` is given; each with its own normalisation) and their
+    (N, K) logits are combined as multi-teacher distillation combines teachers (``combine``: ``mean_probs``, the
+    log of the averaged probabilities, or ``mean_logits``; :func:`kdkit.teachers.frozen.combine_logits`). The result
+    is the ensemble's figures plus ``members`` (each model's own) and ``combine``.
     """
     if precision not in PRECISIONS:
         raise ConfigError(f"--precision: '{precision}' is not one of {', '.join(PRECISIONS)}")
+    if isinstance(checkpoint, (list, tuple)):
+        if len(checkpoint) > 1:
+            return _evaluate_ensemble([str(c) for c in checkpoint], data, split, val_fraction, split_seed,
+                                      batch_size, params, precision, channels_last, combine)
+        if not checkpoint:
+            raise ConfigError("kdkit eval: give a checkpoint (a weights file or a run directory)")
+        checkpoint = checkpoint[0]
     saved = read_metadata(resolve_checkpoint(str(checkpoint), "checkpoint"))
+    if str(saved.get("model", {}).get("name", "")).startswith(("hf:", "textnn:")):
+        if (precision, channels_last) != ("fp32", False):
+            raise ConfigError(f"--precision/--channels-last: text models ('{checkpoint}') are evaluated in fp32 only; "
+                              f"drop the option")
+        from kdkit.text.evaluate import evaluate_text
+
+        data, params, split, val_fraction, split_seed = _eval_data(checkpoint, saved, data, params, split,
+                                                                   val_fraction, split_seed)
+        return evaluate_text(checkpoint, data=data, split=split, val_fraction=val_fraction, split_seed=split_seed,
+                             params=params)
+    spec = _eval_data(checkpoint, saved, data, params, split, val_fraction, split_seed)
+    model, loader = _eval_loader(checkpoint, spec, batch_size)
+    if (precision, channels_last) == ("fp32", False):
+        return run_eval(model, loader)
+    net, describe = _policy_net(model, precision, channels_last)
+    out: dict[str, Any] = dict(run_eval(net, loader))
+    out.update(describe())
+    return out
+
+
+_EvalData = tuple[str, "dict[str, Any] | None", str, float, int]
+
+
+def _eval_data(checkpoint: str | Path, saved: dict[str, Any], data: str | None, params: dict[str, Any] | None,
+               split: str, val_fraction: float | None, split_seed: int | None) -> _EvalData:
+    """(data, params, split, val_fraction, split_seed) to evaluate ``checkpoint`` on: the arguments given, the rest
+    from the recipe recorded in its metadata ``saved``."""
     trained_on = saved.get("data") or {}
     if data is None and split == "val" and trained_on.get("val"):
         # the recipe validated on a separate source (e.g. a CIFAR test split): score all of it
@@ -188,18 +229,16 @@ def evaluate(checkpoint: str | Path, data: str | None = None, split: str = "val"
                               f"pass --data NAME")
     val_fraction = trained_on.get("val_fraction", 0.2) if val_fraction is None else val_fraction
     split_seed = trained_on.get("split_seed", 0) if split_seed is None else split_seed
-    if str(saved.get("model", {}).get("name", "")).startswith(("hf:", "textnn:")):
-        if (precision, channels_last) != ("fp32", False):
-            raise ConfigError(f"--precision/--channels-last: text models ('{checkpoint}') are evaluated in fp32 only; "
-                              f"drop the option")
-        from kdkit.text.evaluate import evaluate_text
+    return data, params, split, val_fraction, split_seed
 
-        return evaluate_text(checkpoint, data=data, split=split, val_fraction=val_fraction, split_seed=split_seed,
-                             params=params)
+
+def _eval_loader(checkpoint: str | Path, spec: _EvalData, batch_size: int) -> tuple[torch.nn.Module, BatchLoader]:
+    """The saved model and a loader of ``spec``'s samples, in dataset order, normalised as the model was trained."""
+    data, params, split, val_fraction, split_seed = spec
     model, meta = load_student(checkpoint)
     src = model_data(meta, load_source(data, **(params or {})))  # a model of another array reads that array
     if src.num_classes != meta["num_classes"]:
-        raise ConfigError(f"--data '{data}' has {src.num_classes} classes, the checkpoint predicts "
+        raise ConfigError(f"--data '{data}' has {src.num_classes} classes, the checkpoint '{checkpoint}' predicts "
                           f"{meta['num_classes']}")
     check_input_shape(src, meta, f"--data '{data}'")
     src = evaluation_subset(src, split, val_fraction, split_seed)
@@ -207,16 +246,84 @@ def evaluate(checkpoint: str | Path, data: str | None = None, split: str = "val"
     # A student that read a derived named input (data.inputs, e.g. 14x14 digits) is fed that input again.
     loader = BatchLoader(src, torch.arange(len(src.targets)), batch_size, model_transform(meta, aug), shuffle=False,
                          seed=0)
-    if (precision, channels_last) == ("fp32", False):
-        return run_eval(model, loader)
-    # The model runs like a frozen teacher: inference mode, the policy's precision and memory format, float32 logits.
+    return model, loader
+
+
+def _policy_net(model: torch.nn.Module, precision: str, channels_last: bool | str) -> tuple[torch.nn.Module, Any]:
+    """The model run like a frozen teacher (inference mode, the policy's precision and memory format, float32
+    logits), and a function giving what ran (``mode``) and the policy's measurements (``policy``)."""
     policy = TeacherPolicy(precision, channels_last, log=_stderr_line, role="model")
     net = FrozenTeacher(model, policy=policy)
-    out: dict[str, Any] = dict(run_eval(net, loader))
-    out["mode"] = net.mode.label if net.mode is not None else "fp32"
-    if policy.decisions:
-        out["policy"] = policy.decisions[0]
+
+    def describe() -> dict[str, Any]:
+        out: dict[str, Any] = {"mode": net.mode.label if net.mode is not None else "fp32"}
+        if policy.decisions:
+            out["policy"] = policy.decisions[0]
+        return out
+
+    return net, describe
+
+
+def _evaluate_ensemble(checkpoints: list[str], data: str | None, split: str, val_fraction: float | None,
+                       split_seed: int | None, batch_size: int, params: dict[str, Any] | None, precision: str,
+                       channels_last: bool | str, combine: str) -> dict[str, Any]:
+    """:func:`evaluate` of several checkpoints' combined logits (see there)."""
+    from kdkit.teachers.frozen import combine_logits
+
+    if combine not in ("mean_probs", "mean_logits"):
+        raise ConfigError(f"--combine: '{combine}' is not one of mean_probs, mean_logits")
+    first = read_metadata(resolve_checkpoint(checkpoints[0], "checkpoint"))
+    spec = _eval_data(checkpoints[0], first, data, params, split, val_fraction, split_seed)
+    members: list[dict[str, Any]] = []
+    logits: list[torch.Tensor] = []
+    targets: torch.Tensor | None = None
+    for ckpt in checkpoints:
+        saved = first if ckpt == checkpoints[0] else read_metadata(resolve_checkpoint(ckpt, "checkpoint"))
+        if str(saved.get("model", {}).get("name", "")).startswith(("hf:", "textnn:")):
+            raise ConfigError(f"kdkit eval: '{ckpt}' is a text model; ensembles of image classifiers only -- "
+                              f"evaluate it alone")
+        model, loader = _eval_loader(ckpt, spec, batch_size)
+        net, describe = (model, None) if (precision, channels_last) == ("fp32", False) else \
+            _policy_net(model, precision, channels_last)
+        rows, ys = _collect_logits(net, loader)
+        if targets is not None and not torch.equal(ys, targets):
+            raise ConfigError(f"kdkit eval: '{ckpt}' read other samples than '{checkpoints[0]}'; the models of an "
+                              f"ensemble must read the same dataset")
+        targets = ys
+        if logits and rows.shape != logits[0].shape:
+            raise ConfigError(f"kdkit eval: '{ckpt}' gives {rows.shape[1]} logits, '{checkpoints[0]}' "
+                              f"{logits[0].shape[1]}; the models of an ensemble must predict the same classes")
+        logits.append(rows)
+        member = {"checkpoint": ckpt, **_scores(rows, ys)}
+        if describe is not None:
+            member.update(describe())
+        members.append(member)
+    assert targets is not None
+    out: dict[str, Any] = _scores(combine_logits(logits, combine), targets)
+    out.update(combine=combine, members=members)
     return out
+
+
+@torch.inference_mode()
+def _collect_logits(model: torch.nn.Module, loader: BatchLoader) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, K) float32 logits of ``model`` over ``loader`` and the (N,) or (N, K) targets, in loader order."""
+    from kdkit.types import logits_of
+
+    was = model.training
+    model.eval()
+    rows, ys = [], []
+    try:
+        for batch in loader:
+            rows.append(logits_of(model(batch["input"])).float())
+            ys.append(batch["target"])
+    finally:
+        model.train(was)
+    return torch.cat(rows), torch.cat(ys)
+
+
+def _scores(logits: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+    """:func:`kdkit.engine.evaluate.evaluate`'s figures for precomputed logits."""
+    return dict(run_eval(torch.nn.Identity(), [{"input": logits, "target": targets}]))
 
 
 def _stderr_line(line: str) -> None:

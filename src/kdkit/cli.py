@@ -66,7 +66,8 @@ def distill(recipe: Annotated[str, typer.Argument(help="recipe YAML path or bund
 
 
 @app.command("eval")
-def eval_(checkpoint: Annotated[str, typer.Argument(help="weights file (.safetensors) or run directory")],
+def eval_(checkpoint: Annotated[list[str], typer.Argument(
+              help="weights file (.safetensors) or run directory; several: their ensemble")],
           data: Annotated[str | None, typer.Option(
               help="dataset name or path (default: the one the checkpoint was trained on)")] = None,
           split: Annotated[str, typer.Option(help="'val' (the recipe's held-out split) or 'all'")] = "val",
@@ -78,20 +79,29 @@ def eval_(checkpoint: Annotated[str, typer.Argument(help="weights file (.safeten
                    "the first batch (docs/speed.md)")] = "fp32",
           channels_last: Annotated[str, typer.Option(
               "--channels-last", help="false (default) | true | auto (image models)")] = "false",
+          combine: Annotated[str, typer.Option(
+              help="several checkpoints: mean_probs (log of the averaged probabilities, default) | mean_logits")
+          ] = "mean_probs",
           as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
-    """Accuracy of a saved model on a dataset."""
+    """Accuracy of a saved model on a dataset (of several: each one's and their ensemble's)."""
     cl = {"false": False, "true": True, "auto": "auto"}.get(channels_last.lower())
     if cl is None:
         raise ConfigError(f"--channels-last: '{channels_last}' is not one of false, true, auto")
     out = api.evaluate(checkpoint, data=data, split=split, val_fraction=val_fraction, split_seed=split_seed,
-                       precision=precision, channels_last=cl)
+                       precision=precision, channels_last=cl, combine=combine)
     if as_json:
         console.print_json(json.dumps(out))
-    else:
-        top5 = f", top-5 {out['top5']:.2f}%" if "top5" in out else ""
-        console.print(f"{checkpoint} on {data or 'its training data'} ({split}, n={int(out['n'])}): top-1 "
-                      f"{out['top1']:.2f}%{top5}, "
-                      f"loss {out['loss']:.4f}" + (f" ({out['mode']})" if "mode" in out else ""))
+        return
+
+    def line(name: str, r: dict) -> str:
+        top5 = f", top-5 {r['top5']:.2f}%" if "top5" in r else ""
+        return (f"{name} on {data or 'its training data'} ({split}, n={int(r['n'])}): top-1 {r['top1']:.2f}%{top5}, "
+                f"loss {r['loss']:.4f}" + (f" ({r['mode']})" if "mode" in r else ""))
+
+    for member in out.get("members", []):
+        console.print(line(member["checkpoint"], member), highlight=False)
+    name = f"ensemble of {len(checkpoint)} ({combine})" if "members" in out else checkpoint[0]
+    console.print(line(name, out), highlight=False)
 
 
 def _listing(title: str, registry: Registry, extra: str | None = None) -> None:

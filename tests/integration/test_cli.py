@@ -64,3 +64,43 @@ def test_train_distill_eval_with_overrides(tmp_path):
     again = _run("distill", "mnist_kd", *common, "--set", f"teachers.0.checkpoint={tmp_path / 'mnist_teacher'}",
                  "--set", "teachers.0.name=cnn_student")
     assert again.returncode == 2 and "--resume" in again.stderr
+    _check_ensemble_eval(tmp_path / "mnist_teacher", tmp_path / "mnist_kd", res)
+
+
+def _check_ensemble_eval(teacher: Path, student: Path, student_alone: dict) -> None:
+    """`kdkit eval A B`: each member's figures as evaluated alone, and the ensemble's top-1 and loss recomputed in
+    float64 from the members' own logits (mean of the probabilities); the ensemble of a model with itself is the
+    model; an unknown combine rule is one line."""
+    import torch
+
+    from kdkit.api import _collect_logits, _eval_data, _eval_loader
+    from kdkit.weights import read_metadata, resolve_checkpoint
+
+    both = _run("eval", str(teacher), str(student), "--json")
+    assert both.returncode == 0, both.stderr
+    ens = json.loads(both.stdout)
+    alone = json.loads(_run("eval", str(teacher), "--json").stdout)
+    assert ens["combine"] == "mean_probs" and [m["checkpoint"] for m in ens["members"]] == [str(teacher), str(student)]
+    for member, ref in zip(ens["members"], (alone, student_alone), strict=True):
+        assert member["top1"] == ref["top1"] and member["n"] == ref["n"] == ens["n"]
+        assert member["loss"] == pytest.approx(ref["loss"], rel=1e-6)
+    spec = _eval_data(teacher, read_metadata(resolve_checkpoint(str(teacher), "checkpoint")), None, None, "val",
+                      None, None)
+    logits = []
+    for ckpt in (teacher, student):
+        model, loader = _eval_loader(ckpt, spec, 512)
+        z, y = _collect_logits(model, loader)
+        logits.append(z.double())
+    p = torch.stack([z.softmax(1) for z in logits]).mean(0)  # float64 ensemble distribution
+    assert ens["top1"] == pytest.approx(100.0 * float((p.argmax(1) == y).double().mean()), abs=1e-9)
+    # float32 logits combined in float32 (log of the mean probability) against float64: relative error ~1e-6
+    assert ens["loss"] == pytest.approx(float(-p.log().gather(1, y[:, None]).mean()), rel=1e-5)
+    twice = json.loads(_run("eval", str(student), str(student), "--json").stdout)
+    assert twice["top1"] == student_alone["top1"]
+    assert twice["loss"] == pytest.approx(student_alone["loss"], rel=1e-5)  # log(mean of equal softmaxes), float32
+    logit_mean = json.loads(_run("eval", str(teacher), str(student), "--combine", "mean_logits", "--json").stdout)
+    z = torch.stack(logits).mean(0)
+    assert logit_mean["combine"] == "mean_logits"
+    assert logit_mean["top1"] == pytest.approx(100.0 * float((z.argmax(1) == y).double().mean()), abs=1e-9)
+    bad = _run("eval", str(teacher), str(student), "--combine", "weighted")
+    assert bad.returncode == 2 and "--combine" in bad.stderr and "Traceback" not in bad.stderr

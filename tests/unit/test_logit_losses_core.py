@@ -74,7 +74,7 @@ def test_cross_entropy_matches_numpy_and_ignores_unlabelled():
     none = z.clone().requires_grad_(True)
     loss = cross_entropy(none, torch.full((6,), -1))
     loss.backward()  # no labelled sample: 0, and a zero gradient (not NaN), so an unlabelled batch is harmless
-    assert float(loss) == 0.0 and torch.equal(none.grad, torch.zeros_like(z))
+    assert float(loss.detach()) == 0.0 and torch.equal(none.grad, torch.zeros_like(z))
 
 
 def test_label_smoothing_with_unlabelled_samples_averages_over_the_labelled_ones():
