@@ -116,8 +116,9 @@ GRIDS: dict[str, dict[str, list[dict]]] = {
     "confidence_penalty": {"b0.1": [CE, {"name": "confidence_penalty", "params": {"beta": 0.1}}],
                            "b0.5": [CE, {"name": "confidence_penalty", "params": {"beta": 0.5}}]},
     # feature terms (the CNN student only; they run the teacher)
-    "fitnet": {"w100": [CE, {"name": "fitnet", "weight": 100.0}]},
-    "at": {"w1000": [CE, {"name": "at", "weight": 1000.0}]},
+    # the second variants: a tenth of the published weight (at it the hint / attention term was 20x / 9x CE here)
+    "fitnet": {"w100": [CE, {"name": "fitnet", "weight": 100.0}], "w10": [CE, {"name": "fitnet", "weight": 10.0}]},
+    "at": {"w1000": [CE, {"name": "at", "weight": 1000.0}], "w100": [CE, {"name": "at", "weight": 100.0}]},
     "sp": {"w3000": [CE, {"name": "sp", "weight": 3000.0}]},
     "rkd": {"d25_a50": [CE, {"name": "rkd", "params": {"w_d": 25.0, "w_a": 50.0}}]},
     "pkt": {"w30000": [CE, {"name": "pkt", "weight": 30000.0}]},
@@ -313,7 +314,7 @@ def build_fold_store(out: Path, teachers: list[Path], combine: str, threads: int
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--teacher", default=None, help="a trained teacher run dir (default: train "
-                    "recipes/fashion/fashion_teacher.yaml into OUT/teacher first)")
+                    "recipes/fashion/fashion_teacher.yaml into OUT/teacher first, unless no method reads a teacher)")
     ap.add_argument("--students", nargs="+", default=list(STUDENTS), choices=list(STUDENTS))
     ap.add_argument("--methods", nargs="+", default=list(GRIDS), choices=list(GRIDS))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -357,7 +358,7 @@ def main() -> None:
                          "store of their combined logits)")
     if args.fm_views < 1:
         raise SystemExit(f"--fm-views must be >= 1 (views per training image), got {args.fm_views}")
-    if folds:
+    if folds or set(args.methods) <= NO_TEACHER:  # no method reads a teacher: none is trained
         teacher = None
     elif args.teacher:
         teacher = Path(args.teacher)
