@@ -122,13 +122,15 @@ def seeds(recipes: list[Recipe | str | Path | dict[str, Any]] | Recipe | str | P
 
 def tune(recipe: Recipe | str | Path | dict[str, Any], trials: int = 10, overrides: list[str] | None = None,
          storage: str | None = None, sampler: str = "tpe", pruner: str = "median", sampler_seed: int | None = None,
-         quiet: bool = False, store: bool = True, store_views: int | None = None) -> TuneResult:
+         quiet: bool = False, store: bool = True, store_views: int | None = None,
+         trial_seeds: list[int] | None = None) -> TuneResult:
     """``kdkit tune``: ``trials`` more Optuna trials over the recipe's ``search:`` block (the ``tune`` extra); each
     trial a run directory ``<output_dir>/<name>-tune/trial-<k>``, objective its best-epoch validation top-1. Returns
     a :class:`kdkit.study.tune.TuneResult` (``best_value``, ``best_params``, ``best_run_dir``, ``n_trials``);
-    :func:`kdkit.study.tune.load_study` gives the ``optuna.Study``. ``store=False``: no shared soft-label store."""
+    :func:`kdkit.study.tune.load_study` gives the ``optuna.Study``. ``store=False``: no shared soft-label store.
+    ``trial_seeds=[0, 1]``: each trial trains once per seed, its value the mean (a study keeps its seeds)."""
     return run_tune(recipe, trials, overrides=overrides, storage=storage, sampler=sampler, pruner=pruner,
-                    seed=sampler_seed, quiet=quiet, store=store, store_views=store_views)
+                    seed=sampler_seed, quiet=quiet, store=store, store_views=store_views, trial_seeds=trial_seeds)
 
 
 def load_student(checkpoint: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:

@@ -136,3 +136,30 @@ def test_search_block_is_validated_in_one_line(tmp_path):
     bad = subprocess.run([str(Path(sys.executable).parent / "kdkit"), "tune", "nothing-here.yaml", "--show"],
                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+def test_several_seeds_per_trial_score_their_mean(tmp_path):
+    """``trial_seeds``: every trial trains once per seed (its own run directory and seed) and its value is the mean of
+    those runs' best validation top-1; the study keeps its seeds (a resume with other seeds is refused)."""
+    recipe = _recipe(tmp_path / "runs", "seeded")
+    result = run_tune(recipe, trials=2, seed=0, pruner="none", quiet=True, trial_seeds=[0, 1])
+    study = load_study(recipe)
+    assert result.ran == 2 and study.user_attrs["trial_seeds"] == [0, 1]
+    assert study.user_attrs["objective"].startswith("mean over seeds 0, 1 of each run's best-epoch validation top-1")
+    for t in study.trials:
+        runs = [Path(d) for d in t.user_attrs["run_dirs"]]
+        assert runs == [tmp_path / "runs" / "seeded-tune" / f"trial-{t.number}-seed{s}" for s in (0, 1)]
+        assert t.user_attrs["run_dir"] == str(runs[0])
+        best = [max(m["val_top1"] for m in _metrics(run)) for run in runs]
+        assert [yaml.safe_load((run / "config.yaml").read_text())["seed"] for run in runs] == [0, 1]
+        # the seed reached the training: the two runs of one trial differ epoch by epoch (same values otherwise)
+        assert [m["train_loss"] for m in _metrics(runs[0])] != [m["train_loss"] for m in _metrics(runs[1])]
+        assert t.user_attrs["seed_values"] == {"0": best[0], "1": best[1]}
+        assert t.value == pytest.approx((best[0] + best[1]) / 2, rel=1e-12)  # the mean, not one seed's value
+    with pytest.raises(ConfigError, match="was made with --trial-seeds 0 1; add trials the same way"):
+        run_tune(recipe, trials=1, quiet=True)  # one run per trial would mix two objectives in one study
+    with pytest.raises(ConfigError, match="give each seed once"):
+        run_tune(recipe, trials=1, quiet=True, trial_seeds=[1, 1])
+    bad = subprocess.run([str(Path(sys.executable).parent / "kdkit"), "tune", "x.yaml", "--trial-seeds", "0,a"],
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert bad.returncode != 0 and "--trial-seeds: give integers" in bad.stderr and "Traceback" not in bad.stderr

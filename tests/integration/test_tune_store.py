@@ -12,6 +12,7 @@ import yaml
 
 pytest.importorskip("optuna")
 
+from kdkit.errors import ConfigError  # noqa: E402
 from kdkit.recipe import recipe_from_dict  # noqa: E402
 from kdkit.runs import run  # noqa: E402
 from kdkit.softlabels.store import SoftLabelStore  # noqa: E402
@@ -93,3 +94,23 @@ def test_teacher_side_searches_and_feature_terms_do_not_share_a_store(tmp_path, 
     assert store_blocker(recipe_from_dict(base | {"teachers": [], "terms": [{"name": "ce"}],
                                                   "search": {"optim.lr": {"uniform": [0.001, 0.01]}}})) \
         == "the recipe has no teachers"
+
+
+def test_several_trial_seeds_with_random_crops_share_one_store_per_seed(tmp_path, teacher, teacher_calls):
+    # random crops are drawn from the seed, so a store's views belong to one seed: each trial seed gets its own store,
+    # and each seed's runs read the store of their seed (a store of another seed is refused by its identity check)
+    recipe = _recipe(tmp_path / "runs", teacher, "kdseeds")
+    result = run_tune(recipe, trials=2, seed=0, pruner="none", quiet=True, trial_seeds=[0, 3])
+    stores = {s: tmp_path / "runs" / "kdseeds-tune" / f"softlabels-seed{s}" for s in (0, 3)}
+    assert result.store == str(stores[0]) and not (result.study_dir / "softlabels").exists()
+    for s, store in stores.items():
+        assert SoftLabelStore.open(store).manifest["recipe"]["seed"] == s
+    after_fill = teacher_calls["n"]
+    assert 0 < after_fill <= 2 * 2 * 2  # the cache passes of two stores, none in a trial
+    for k in range(2):
+        for s in (0, 3):
+            saved = yaml.safe_load((result.study_dir / f"trial-{k}-seed{s}" / "config.yaml").read_text())
+            assert saved["seed"] == s and saved["soft_labels"] == str(stores[s])
+    with pytest.raises(ConfigError, match="augmentation seed"):  # why one store per seed: the other seed's is refused
+        bad = yaml.safe_load((result.study_dir / "trial-0-seed3" / "config.yaml").read_text())
+        run(recipe_from_dict({**bad, "name": "wrong-store", "soft_labels": str(stores[0])}), quiet=True)

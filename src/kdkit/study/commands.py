@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from kdkit.errors import ConfigError
 from kdkit.recipe import as_recipe
 from kdkit.registry import COMMANDS
 from kdkit.report import write_report
@@ -41,6 +42,15 @@ def seeds(
                                   f"({len(result.trained)} run(s) trained, {len(result.reused)} finished already)")
 
 
+def _int_list(option: str, text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    parts = [p for p in re.split(r"[,\s]+", text.strip()) if p]
+    if not parts or not all(re.fullmatch(r"-?\d+", p) for p in parts):
+        raise ConfigError(f"{option}: give integers separated by commas, e.g. {option} 0,1; got '{text}'")
+    return [int(p) for p in parts]
+
+
 @COMMANDS.register("tune")
 def tune(
     recipe: Annotated[str, typer.Argument(help="recipe YAML path (with a `search:` block) or bundled recipe name")],
@@ -64,13 +74,17 @@ def tune(
     store_views: Annotated[int | None, typer.Option("--store-views", help="views the shared store holds (default: "
                                                                           "the epochs, with random augmentation)")
                            ] = None,
+    trial_seeds: Annotated[str | None, typer.Option("--trial-seeds", help="train each trial once per seed and "
+                                                                      "maximise the mean, e.g. --trial-seeds 0,1 "
+                                                                      "(default: one run, the recipe's seed)")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
 ) -> None:
     """Search the recipe's `search:` space with Optuna (TPE, median pruning on per-epoch validation top-1); each
     trial is a run directory <output_dir>/<name>-tune/trial-<k>. Run it again (or on several workers) to add trials."""
     if not show:
         result = run_tune(recipe, trials, overrides=set_, storage=storage, sampler=sampler, pruner=pruner,
-                          seed=sampler_seed, quiet=quiet, store=store, store_views=store_views)
+                          seed=sampler_seed, quiet=quiet, store=store, store_views=store_views,
+                          trial_seeds=_int_list("--trial-seeds", trial_seeds))
         Console(soft_wrap=True).print(f"[bold green]tune[/] {result.ran} trial(s) run; study '{result.study_name}' "
                                       f"in {result.storage}")
     study = load_study(recipe, set_, storage)

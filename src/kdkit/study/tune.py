@@ -15,6 +15,13 @@ search changes only student-side fields (terms' weights and temperatures, optimi
 teacher's outputs are the same in every trial. The first worker then fills one store, ``<study>/softlabels``, with
 ``kdkit cache`` (views = epochs when the augmentation is random, so trial epoch e sees exactly the view it would see
 online), and every trial reads it (``soft_labels:``), so a trial costs a student-only run. Other workers wait for it.
+
+Several seeds per trial (``--trial-seeds 0,1``): each trial trains once per seed, ``trial-<number>-seed<s>``, and its
+value is the mean of those runs' best validation top-1. On a small validation split one run per trial cannot tell
+settings apart that differ by less than the seed-to-seed spread (on 6,000 Fashion-MNIST images, ~0.3 points;
+docs/tuning.md), so the search would chase noise. The runs of a trial are reported to the pruner one after the other
+(seed k's epoch e is step ``k * epochs + e``), so every trial is compared with the others on the same seed. With a
+random augmentation each seed draws its own views, so the shared store holds one store per seed.
 """
 
 from __future__ import annotations
@@ -34,6 +41,14 @@ from kdkit.runs import run
 from kdkit.utils import DirLock, atomic_write_json
 
 OBJECTIVE = "best-epoch validation top-1 (%) on the recipe's validation split (data.val_fraction), maximised"
+
+
+def objective_text(trial_seeds: list[int] | None) -> str:
+    """What a study maximises: :data:`OBJECTIVE`, or with several seeds per trial the mean of it over the seeds."""
+    if not trial_seeds:
+        return OBJECTIVE
+    return f"mean over seeds {', '.join(map(str, trial_seeds))} of each run's {OBJECTIVE.replace(', maximised', '')}" \
+        ", maximised"
 
 
 def _optuna():
@@ -104,13 +119,17 @@ def sample(trial: Any, search: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return values
 
 
-def trial_recipe(recipe: Recipe, values: dict[str, Any], number: int, study_dir: Path) -> Recipe:
-    """``recipe`` with ``values`` set, no ``search:``, run in ``study_dir/trial-<number>``."""
+def trial_recipe(recipe: Recipe, values: dict[str, Any], number: int, study_dir: Path,
+                 seed: int | None = None) -> Recipe:
+    """``recipe`` with ``values`` set, no ``search:``, run in ``study_dir/trial-<number>`` (with ``seed``: that seed,
+    in ``study_dir/trial-<number>-seed<seed>``)."""
     data = recipe.model_dump(mode="json")
     data["search"] = {}
     for path, value in values.items():
         data = set_path(data, path, value)
     data.update(name=f"trial-{number}", output_dir=str(study_dir))
+    if seed is not None:
+        data.update(name=f"trial-{number}-seed{seed}", seed=seed)
     return recipe_from_dict(data, source=f"trial {number}")
 
 
@@ -145,9 +164,10 @@ def store_blocker(recipe: Recipe) -> str | None:
 
 
 def shared_store(recipe: Recipe, sdir: Path, views: int | None = None, quiet: bool = False,
-                 console: Console | None = None) -> tuple[Path | None, str]:
-    """Fill (once per study) the soft-label store the trials share; returns its path (None when the trials cannot
-    share one) and a note saying which. Several workers: the first fills it, the others wait for its lock."""
+                 console: Console | None = None, name: str = "softlabels") -> tuple[Path | None, str]:
+    """Fill (once per study) the soft-label store the trials share, ``sdir/name``; returns its path (None when the
+    trials cannot share one) and a note saying which. Several workers: the first fills it, the others wait for its
+    lock."""
     from kdkit.softlabels.cache import build_cache
 
     if recipe.soft_labels:
@@ -155,8 +175,8 @@ def shared_store(recipe: Recipe, sdir: Path, views: int | None = None, quiet: bo
     why = store_blocker(recipe)
     if why:
         return None, f"each trial runs its teachers ({why})"
-    path = sdir / "softlabels"
-    lock = DirLock(sdir / ".softlabels-fill.lock", lambda pid: ConfigError(f"store busy (pid {pid})"))
+    path = sdir / name
+    lock = DirLock(sdir / f".{name}-fill.lock", lambda pid: ConfigError(f"store busy (pid {pid})"))
     while True:  # wait for another worker that is filling it (a killed one drops the lock with its process)
         try:
             lock.acquire()
@@ -182,11 +202,13 @@ def shared_store(recipe: Recipe, sdir: Path, views: int | None = None, quiet: bo
 def run_tune(recipe: Recipe | str | Path | dict[str, Any], trials: int, overrides: list[str] | None = None,
              storage: str | None = None, sampler: str = "tpe", pruner: str = "median", seed: int | None = None,
              quiet: bool = False, console: Console | None = None, store: bool = True,
-             store_views: int | None = None) -> TuneResult:
+             store_views: int | None = None, trial_seeds: list[int] | None = None) -> TuneResult:
     """Run ``trials`` more trials of the recipe's search (adding to the study if it exists); see the module doc.
 
     ``store``: share one soft-label store between the trials when the recipe allows it (``--no-store``: every trial
     runs its teachers). ``store_views``: views the store holds (default: the epochs, when the augmentation is random).
+    ``trial_seeds``: train each trial once per seed and take the mean (default: one run, the recipe's seed); a study
+    keeps the seeds it was made with.
     """
     optuna = _optuna()
     r = as_recipe(recipe, overrides)
@@ -197,6 +219,11 @@ def run_tune(recipe: Recipe | str | Path | dict[str, Any], trials: int, override
         raise ConfigError("kdkit tune: a recipe with `stages:` (a pipeline) cannot be tuned; tune its last stage")
     if trials < 1:
         raise ConfigError(f"--trials must be at least 1, got {trials}")
+    seeds = [int(x) for x in trial_seeds] if trial_seeds else None
+    if seeds is not None and len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--trial-seeds: give each seed once, got {seeds}")
+    if seeds is not None and "seed" in r.search:
+        raise ConfigError("--trial-seeds: the recipe's `search:` samples `seed` too; drop one of the two")
     console = console or Console(stderr=True)
     sdir = study_dir_of(r)
     backend, where = _storage(optuna, sdir, storage)
@@ -212,17 +239,41 @@ def run_tune(recipe: Recipe | str | Path | dict[str, Any], trials: int, override
     study = optuna.create_study(study_name=r.name, storage=backend, direction="maximize", sampler=samplers[sampler](),
                                 pruner=pruners[pruner](), load_if_exists=True)
     if "objective" not in study.user_attrs:
-        study.set_user_attr("objective", OBJECTIVE)
+        study.set_user_attr("objective", objective_text(seeds))
+        study.set_user_attr("trial_seeds", seeds)
         study.set_user_attr("split", f"validation: {r.data.val_fraction:g} of {r.data.name} held out of training "
                                      f"(split_seed {r.data.split_seed})")
         study.set_user_attr("search", r.search)
+    elif study.user_attrs.get("trial_seeds") != seeds:  # one objective per study: never mix one-seed and mean values
+        made = study.user_attrs.get("trial_seeds")
+        raise ConfigError(f"study '{r.name}' was made with "
+                          f"{'--trial-seeds ' + ' '.join(map(str, made)) if made else 'one run per trial'}; add "
+                          f"trials the same way, or start a new study (another recipe name or output_dir)")
     sdir.mkdir(parents=True, exist_ok=True)
-    store_path, note = shared_store(r, sdir, store_views, quiet, console) if store else (None, "--no-store: each trial "
-                                                                                          "runs its teachers")
+    # With a random augmentation a store's views belong to one seed: the trials' runs of each seed share one store.
+    per_seed = seeds is not None and augment_is_random(r)
+    stores: dict[int | None, Path | None] = {}
+    if not store:
+        stores[None], note = None, "--no-store: each trial runs its teachers"
+    elif per_seed:
+        notes = []
+        for s in seeds or []:
+            stores[s], n = shared_store(r.model_copy(update={"seed": s}), sdir, store_views, quiet, console,
+                                        name=f"softlabels-seed{s}")
+            notes.append(n)
+        note = notes[0] if stores[seeds[0]] is None else \
+            f"{notes[0]}; one store per trial seed ({', '.join(str(stores[s]) for s in seeds)})"
+    else:
+        stores[None], note = shared_store(r, sdir, store_views, quiet, console)
     if not quiet:
         console.print(f"[bold]tune[/] {note}")
-    atomic_write_json(sdir / "study.json", {"study_name": r.name, "storage": where, "objective": OBJECTIVE,
+    store_path = stores[seeds[0]] if per_seed and seeds else stores[None]
+    atomic_write_json(sdir / "study.json", {"study_name": r.name, "storage": where,
+                                            "objective": study.user_attrs.get("objective", OBJECTIVE),
+                                            "trial_seeds": seeds,
                                             "store": str(store_path) if store_path else None,
+                                            "stores": {str(k): str(v) for k, v in stores.items() if v} if per_seed
+                                            else None,
                                             "search": r.search, "recipe": r.model_dump(mode="json")})
 
     started = []
@@ -230,33 +281,51 @@ def run_tune(recipe: Recipe | str | Path | dict[str, Any], trials: int, override
     def objective(trial: Any) -> float:
         started.append(trial.number)
         values = sample(trial, r.search)
-        tr = trial_recipe(r, values, trial.number, sdir)
-        if store_path is not None and not tr.soft_labels:
-            tr = tr.model_copy(update={"soft_labels": str(store_path)})
-        trial.set_user_attr("run_dir", str(tr.run_dir))
         trial.set_user_attr("values", json.loads(json.dumps(values)))
-        if not quiet:
-            shown = ", ".join(f"{k}={_short(v)}" for k, v in values.items())
-            console.print(f"[bold]trial {trial.number}[/] {shown} → {tr.run_dir}")
+        per_run: list[float] = []
+        run_dirs: list[str] = []
+        for k, s in enumerate(seeds or [None]):
+            tr = trial_recipe(r, values, trial.number, sdir, seed=s)
+            path = stores[s] if per_seed else stores[None]
+            if path is not None and not tr.soft_labels:
+                tr = tr.model_copy(update={"soft_labels": str(path)})
+            run_dirs.append(str(tr.run_dir))
+            trial.set_user_attr("run_dir", run_dirs[0])  # the first seed's run: what --show and the report open
+            if seeds:
+                trial.set_user_attr("run_dirs", run_dirs)
+            if not quiet:
+                shown = ", ".join(f"{p}={_short(v)}" for p, v in values.items())
+                console.print(f"[bold]trial {trial.number}[/] {shown}{f' (seed {s})' if seeds else ''} → {tr.run_dir}")
 
-        def report(record: dict[str, Any]) -> None:
-            if record.get("val_top1") is None:
-                return
-            trial.report(float(record["val_top1"]), step=int(record["epoch"]))
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at epoch {record['epoch']} (val top-1 {record['val_top1']:.2f}%)")
+            def report(record: dict[str, Any], k: int = k, s: int | None = s) -> None:
+                if record.get("val_top1") is None:
+                    return
+                trial.report(float(record["val_top1"]), step=k * r.epochs + int(record["epoch"]))
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned at epoch {record['epoch']}{f' of seed {s}' if seeds else ''} "
+                                             f"(val top-1 {record['val_top1']:.2f}%)")
 
-        result = run(tr, quiet=quiet, epoch_callbacks=[report], track_project=r.name)
-        value = result.best.get("top1")
-        if value is None or not math.isfinite(value):
-            raise ConfigError(f"trial {trial.number}: no validation top-1 was measured; the objective needs a "
-                              f"validation split (data.val_fraction > 0)")
-        return float(value)
+            result = run(tr, quiet=quiet, epoch_callbacks=[report], track_project=r.name)
+            value = result.best.get("top1")
+            if value is None or not math.isfinite(value):
+                raise ConfigError(f"trial {trial.number}: no validation top-1 was measured; the objective needs a "
+                                  f"validation split (data.val_fraction > 0)")
+            per_run.append(float(value))
+            if seeds:
+                done = seeds[: len(per_run)]  # the seeds run so far
+                trial.set_user_attr("seed_values", {str(x): v for x, v in zip(done, per_run, strict=True)})
+        return sum(per_run) / len(per_run)
 
     study.optimize(objective, n_trials=trials, catch=())
     out = _result(study, sdir, where, ran=len(started))
     out.store = str(store_path) if store_path is not None else None
     return out
+
+
+def augment_is_random(recipe: Recipe) -> bool:
+    """Whether the recipe's training augmentation draws anything at random (so its views depend on the seed)."""
+    a = recipe.data.augment
+    return bool(a.crop_padding or a.flip or any(a.jitter) or a.mixup or a.cutmix or a.resized_crop)
 
 
 def _short(v: Any) -> str:
@@ -301,7 +370,8 @@ def show_markdown(study: Any, top: int = 5) -> str:
     lines = [f"study '{study.study_name}': {len(study.trials)} trials "
              f"({', '.join(f'{n} {k}' for k, n in sorted(states.items()))})",
              f"objective: {study.user_attrs.get('objective', OBJECTIVE)}", "",
-             "| trial | best val top-1 (%) | values | run directory |", "|---|---|---|---|"]
+             f"| trial | {'mean over seeds of the ' if study.user_attrs.get('trial_seeds') else ''}best val top-1 (%) "
+             "| values | run directory |", "|---|---|---|---|"]
     for row in best_trials(study, top):
         vals = ", ".join(f"{k}={_short(v)}" for k, v in row["values"].items())
         lines.append(f"| {row['trial']} | {row['value']:.2f} | {vals} | {row['run_dir']} |")
