@@ -218,6 +218,13 @@ def bench_pair(name: str, batch: int, steps: int, warmup: int, store_dir: Path, 
         "cached_auto_over_kd_fp32": med["cached_auto"] / med["kd_fp32"],
         "meets_auto_online_target_0.35": med["kd_auto"] <= 0.35 * med["kd_fp32"],
         "meets_auto_cached_target_0.2": med["cached_auto"] <= 0.2 * med["kd_fp32"],
+        # The same fp32 KD step was timed in phase 2 too ("kd"); on a quiet AMD CPU the phase-3 median moved by
+        # 15-27 % between runs while phase 2's held within 4 % (docs/benchmarks.md, "On a quiet machine"), so the
+        # ratios against both are reported, and "_both" holds only if the target holds against each of them.
+        "kd_auto_over_kd_fp32_phase2": med["kd_auto"] / med["kd"],
+        "cached_auto_over_kd_fp32_phase2": med["cached_auto"] / med["kd"],
+        "meets_auto_online_target_0.35_both": med["kd_auto"] <= 0.35 * min(med["kd_fp32"], med["kd"]),
+        "meets_auto_cached_target_0.2_both": med["cached_auto"] <= 0.2 * min(med["kd_fp32"], med["kd"]),
     }
     if compile_cols:
         policy_cols["compile"] = compile_phase(teacher, student, kd_terms, ex, classes, store, runner, kd,
