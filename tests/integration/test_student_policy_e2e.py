@@ -49,3 +49,21 @@ def test_forced_channels_last_trains(tmp_path):
     assert res.best["top1"] > 20.0
     # the weights file is ordinary (contiguous tensors): kdkit eval reads it
     assert kdkit.evaluate(res.run_dir)["top1"] == pytest.approx(res.best["top1"])
+
+
+def test_auto_compares_crd_steps_from_the_same_state(tmp_path):
+    """CRD's step updates its memory bank and draws negatives from its own generator: fp32 measured against itself
+    must still be the same step (before the measurement restored both, it gave grad_cos 0.97 on Fashion-MNIST and
+    `auto` rejected every mode, bf16 included)."""
+    from pathlib import Path
+
+    from kdkit.recipe import load_recipe
+
+    root = Path(__file__).resolve().parents[2]
+    r = load_recipe(root / "recipes" / "methods" / "crd.yaml",
+                    [f"output_dir={tmp_path}", "epochs=1", "data.train_limit=256", "teachers.0.checkpoint=null",
+                     "precision=auto", "channels_last=auto"])
+    res = kdkit.distill(r, quiet=True)
+    saved = json.loads((res.run_dir / "student_policy.json").read_text())
+    fp32 = next(m for m in saved["measurements"] if m["mode"] == "fp32")
+    assert fp32["loss_rel"] == 0.0 and fp32["grad_cos"] == pytest.approx(1.0, abs=1e-9)

@@ -50,3 +50,43 @@ def test_measure_student_restores_weights_buffers_rng_and_grads():
         assert torch.equal(v, before[k]), k
     assert torch.equal(torch.get_rng_state(), rng)  # dropout drew from a forked generator
     assert all(p.grad is None for p in net.parameters())
+
+
+class _Bank(nn.Module):
+    """A step like CRD's: it draws from its own generator (one created up front, one lazily on the first step) and
+    updates a buffer in the forward pass, so two steps in a row differ unless each starts from the same state."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Linear(8, 10)
+        self.register_buffer("memory", torch.randn(64, 10))
+        self.gen = torch.Generator().manual_seed(1)
+        self.lazy: torch.Generator | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.lazy is None:
+            self.lazy = torch.Generator().manual_seed(2)
+        z = self.net(x)
+        rows = torch.randint(0, 64, (x.shape[0], 16), generator=self.gen)
+        noise = torch.rand(z.shape, generator=self.lazy)
+        loss = (z.unsqueeze(1) * self.memory[rows]).sum(-1).logsumexp(-1).mean() + (z * noise).mean()
+        with torch.no_grad():
+            self.memory[rows[:, 0]] = 0.5 * self.memory[rows[:, 0]] + 0.5 * z.float()
+        return loss
+
+
+def test_measure_student_compares_the_same_step_for_a_stateful_stochastic_term():
+    bank = _Bank().train()
+    memory, gen_state = bank.memory.clone(), bank.gen.get_state()
+    x = torch.randn(16, 8)
+
+    def step(b):
+        return StepOutput(loss=bank(b["input"]), logits=None, terms={})
+
+    _, _, measured, _ = measure_student(step, bank, {"input": x}, [FP32, BF16], torch.device("cpu"), repeats=2)
+    ref = measured[0].agree  # fp32 against itself: the same weights, memory and draws -> the same step exactly
+    assert ref["loss_rel"] == 0.0 and ref["grad_cos"] == pytest.approx(1.0, abs=1e-12)
+    assert torch.equal(bank.memory, memory)  # the buffer the steps wrote to
+    assert torch.equal(bank.gen.get_state(), gen_state)  # a generator held from the start: its state
+    assert bank.lazy is None  # a generator the measuring steps created: gone, the first real step creates it

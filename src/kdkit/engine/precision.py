@@ -204,18 +204,51 @@ def input_in(batch: dict, mode: Mode | None) -> dict:
     return batch
 
 
+class _GeneratorSlots:
+    """Every ``torch.Generator`` a submodule holds as an attribute (a loss term's own randomness: CRD's negatives,
+    noisy-teacher noise), as it was when this snapshot was taken: :meth:`restore` puts each slot back -- the same
+    generator's saved state, or the slot's earlier value (``None``) when the generator was created lazily since."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.module = module
+        self.before: dict[tuple[int, str], tuple[Any, torch.Tensor | None]] = {}
+        for m in module.modules():
+            for k, v in vars(m).items():
+                if isinstance(v, torch.Generator):
+                    self.before[(id(m), k)] = (v, v.get_state())
+                elif v is None:
+                    self.before[(id(m), k)] = (None, None)
+
+    def restore(self) -> None:
+        for m in self.module.modules():
+            for k, v in list(vars(m).items()):
+                if not isinstance(v, torch.Generator):
+                    continue
+                old, state = self.before.get((id(m), k), (None, None))
+                if old is v and state is not None:
+                    v.set_state(state)
+                elif (id(m), k) in self.before:
+                    setattr(m, k, old)
+                else:
+                    delattr(m, k)
+
+
 def measure_student(step: Callable[[dict], Any], module: torch.nn.Module, batch: dict, modes: Sequence[Mode],
                     device: torch.device, tol: StudentTolerance = StudentTolerance(), repeats: int = 2,
                     context: Callable[[Mode], Any] | None = None) -> tuple[Mode, str, list[Measurement], str]:
     """Time one forward + backward of the student per mode on ``batch`` and compare it with fp32's.
 
     ``step(batch)`` returns the step output (``.loss``); ``context(mode)`` is what it runs under (default: autocast as
-    the mode says). The module's parameters, buffers (BatchNorm statistics, memory banks) and the RNG are restored
-    afterwards and gradients cleared, so the run continues as if nothing had been measured. Returns (chosen mode,
-    reason, measurements, clock name).
+    the mode says). The module's parameters, buffers (BatchNorm statistics, memory banks), the global RNG and the
+    generators its submodules hold are restored afterwards and gradients cleared, so the run continues as if nothing
+    had been measured. Every compared step (fp32's reference included) starts from that same saved state: a step that
+    updates a buffer (CRD's memory bank) or draws from its own generator (CRD's negatives) would otherwise compare
+    fp32 with a later, different step and reject every mode (fp32 against itself measured grad_cos 0.97 for CRD).
+    Returns (chosen mode, reason, measurements, clock name).
     """
     context = context or (lambda m: mode_context(m, device.type))
     saved = copy.deepcopy(module.state_dict())
+    generators = _GeneratorSlots(module)
     params = [p for p in module.parameters() if p.requires_grad]
     was_training = module.training
 
@@ -232,7 +265,10 @@ def measure_student(step: Callable[[dict], Any], module: torch.nn.Module, batch:
     def compare(mode: Mode) -> tuple[float, torch.Tensor]:
         # Agreement is judged in eval mode: dropout masks are drawn in memory order, so channels-last drops other
         # elements than contiguous would (same distribution, other values) -- a difference of randomness, not of
-        # numerics. Eval mode leaves only the numerics.
+        # numerics. Eval mode leaves only the numerics; the saved state and generators make every compared step the
+        # same step.
+        module.load_state_dict(saved)
+        generators.restore()
         module.eval()
         try:
             return run(mode)
@@ -259,6 +295,7 @@ def measure_student(step: Callable[[dict], Any], module: torch.nn.Module, batch:
             mode, why = choose(measured, tol.agrees, tol.min_gain)
     finally:
         module.load_state_dict(saved)
+        generators.restore()
         for p in params:
             p.grad = None
     to_mode(module, batch, mode)
