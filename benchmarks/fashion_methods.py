@@ -130,6 +130,22 @@ GRIDS: dict[str, dict[str, list[dict]]] = {
     "crd": {"w0.8": [CE, {"name": "crd", "weight": 0.8, "params": {"n_neg": 4096}}]},
     "reviewkd": {"w1": [CE, {"name": "reviewkd", "weight": 1.0, "warmup_epochs": 2.0}]},
     "kd_reviewkd": {"T4_w0.9": [*_kd(4.0, 0.9), {"name": "reviewkd", "weight": 1.0, "warmup_epochs": 2.0}]},
+    # FSP: kdkit's recipe (recipes/methods/fsp.yaml): CE + 50 x FSP throughout, each student stage mapped to its
+    # teacher's width by a 1x1 conv (the student's 12 | 24 | 32 channels against the teacher's 32 | 64 | 128).
+    "fsp": {"w50": [CE, {"name": "fsp", "weight": 50.0, "params": {"connector": "conv1x1"}}]},
+    # AB as the paper's initialisation inside one schedule: AB alone for the first 2 of 20 epochs (RepDistiller: 30
+    # initialisation epochs before 240, an eighth), then CE alone (AB's weight 0 after it, no KD: the feature term's
+    # own effect).
+    "ab": {"init2": [{"name": "ab", "weight": 1.0, "stop_epoch": 2.0}, {"name": "ce", "start_epoch": 2.0}]},
+    # KD at the CNN's validation choice (T 1, weight 0.9; "Tuning with two seeds") plus FSP at its given weight: the
+    # best logit term with the best feature term of the 20-epoch seed-0 rows.
+    "kd_fsp": {"T1_w0.9": [*_kd(1.0, 0.9), {"name": "fsp", "weight": 50.0, "params": {"connector": "conv1x1"}}]},
+    # IE-KD at the official setting (lambda_inh = lambda_exp = 1, factor = half the teacher's channels, the deepest
+    # stage pair); its teacher auto-encoder trains jointly (no 30-epoch pre-training inside a 20-epoch budget).
+    "ie": {"w1": [CE, {"name": "ie", "weight": 1.0}]},
+    # Sobolev training matches values and derivatives: KD at the CNN's validation choice for the values, one random
+    # projection of the input-gradient a step for the derivatives (weight 1, the paper's distillation setting).
+    "kd_sobolev": {"T1_w0.9_p1": [*_kd(1.0, 0.9), {"name": "sobolev", "weight": 1.0, "params": {"projections": 1}}]},
 }
 # Rows that augment the student's batch (so they run the teacher online: it sees the student's exact augmented view).
 # scratch_crop is the fairness row for kd_crop (what the crops alone give); consistent is Beyer et al.'s function
@@ -160,7 +176,8 @@ STORE_AUGMENT: dict[str, dict[str, Any]] = {"fm": {"flip": True, "mixup": 1.0}}
 GRIDS["fm"] = {f"T{t:g}": [{"name": "kd", "params": {"temperature": t}}] for t in (1.0, 4.0)}
 AUGMENT["scratch_mix"] = dict(STORE_AUGMENT["fm"])
 GRIDS["scratch_mix"] = {"ce": [CE]}
-FEATURE = {"fitnet", "at", "sp", "rkd", "pkt", "cc", "nst", "vid", "crd", "reviewkd", "kd_reviewkd"}
+FEATURE = {"fitnet", "at", "sp", "rkd", "pkt", "cc", "nst", "vid", "crd", "reviewkd", "kd_reviewkd", "fsp", "ab",
+           "kd_fsp", "ie", "kd_sobolev"}
 NO_TEACHER = {"scratch", "scratch_crop", "scratch_mix", "label_smoothing", "tf_kd", "confidence_penalty"}
 
 RUN = r"""

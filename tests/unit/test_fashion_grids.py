@@ -1,0 +1,56 @@
+"""The Fashion-MNIST benchmark's method grids are valid recipes.
+
+A grid entry is only run by hand (``benchmarks/fashion_methods.py``, 10–90 minutes a row); a misspelt term name or
+parameter would surface only there, after the teacher and the store are built. Here every variant of every grid is
+turned into the recipe the benchmark writes, parsed by kdkit's recipe schema and its terms built.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from kdkit.recipe import recipe_from_dict
+from kdkit.terms.base import build_term
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def _grids() -> tuple[list[tuple[str, str, list[dict]]], object]:
+    sys.path.insert(0, str(BENCH))
+    try:
+        import fashion_methods as fm
+    finally:
+        sys.path.remove(str(BENCH))
+    out = []
+    for source in (fm.GRIDS, fm.EXTRA):
+        for method, variants in source.items():
+            for variant, terms in variants.items():
+                out.append((method, variant, terms))
+    return out, fm
+
+
+GRIDS, FM = _grids()
+
+
+@pytest.mark.parametrize(("method", "variant", "terms"), GRIDS, ids=[f"{m}={v}" for m, v, _ in GRIDS])
+def test_every_grid_variant_is_a_valid_recipe(tmp_path: Path, method: str, variant: str, terms: list[dict]) -> None:
+    student = "cnn10k"  # the terms do not depend on the student here (their shapes are checked when a run starts)
+    teacher = tmp_path / "teacher"
+    reads_teacher = method not in FM.NO_TEACHER
+    recipe = FM.recipe_for(f"{student}_{method}_{variant}_s0", tmp_path, student, terms, seed=0, epochs=1,
+                           final=True, teacher=None, store=None, threads=1)
+    if reads_teacher:  # the teacher spec is read from a run's config.yaml; here a stand-in of the benchmark's teacher
+        recipe["teachers"] = [{"name": "cnn", "checkpoint": str(teacher)}]
+    r = recipe_from_dict(recipe, source=f"{method}={variant}")
+    assert [t.name for t in r.terms] == [t["name"] for t in terms]
+    for spec in r.terms:
+        build_term(spec)  # unknown parameters or bad values raise here
+
+
+def test_every_feature_method_reads_a_teacher() -> None:
+    """FEATURE rows run the teacher online; a method listed there must not also be a no-teacher row."""
+    assert not (FM.FEATURE & FM.NO_TEACHER)
+    assert FM.FEATURE <= set(FM.GRIDS)
