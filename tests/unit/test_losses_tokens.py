@@ -234,7 +234,7 @@ def test_token_cross_entropy_matches_torch_and_chunks(logits):
     for chunk in (1, 4, None):
         x = s.clone().requires_grad_(True)
         got = tl.token_cross_entropy(x, y, chunk_tokens=chunk)
-        assert float(got) == pytest.approx(float(want), rel=1e-12)  # float64 both ways
+        assert float(got.detach()) == pytest.approx(float(want.detach()), rel=1e-12)  # float64 both ways
         got.backward()
         grads.append(x.grad)
     x = s.clone().requires_grad_(True)
