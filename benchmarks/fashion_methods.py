@@ -137,9 +137,12 @@ GRIDS: dict[str, dict[str, list[dict]]] = {
     # initialisation epochs before 240, an eighth), then CE alone (AB's weight 0 after it, no KD: the feature term's
     # own effect).
     "ab": {"init2": [{"name": "ab", "weight": 1.0, "stop_epoch": 2.0}, {"name": "ce", "start_epoch": 2.0}]},
-    # KD at the CNN's validation choice (T 1, weight 0.9; "Tuning with two seeds") plus FSP at its given weight: the
-    # best logit term with the best feature term of the 20-epoch seed-0 rows.
-    "kd_fsp": {"T1_w0.9": [*_kd(1.0, 0.9), {"name": "fsp", "weight": 50.0, "params": {"connector": "conv1x1"}}]},
+    # KD at the CNN's validation choice (T 1, weight 0.9; "Tuning with two seeds") plus FSP: the best logit term with
+    # the best feature term of the 20-epoch seed-0 rows. The grid is FSP's weight around the published 50 (a fifth and
+    # five times it; at 50 the weighted FSP term ended at a quarter of KD's); "T1_w0.9" is FSP 50, the first rows' name.
+    "kd_fsp": {f"T1_w0.9{'' if w == 50 else f'_f{w:g}'}":
+               [*_kd(1.0, 0.9), {"name": "fsp", "weight": float(w), "params": {"connector": "conv1x1"}}]
+               for w in (50, 10, 250)},
     # IE-KD at the official setting (lambda_inh = lambda_exp = 1, factor = half the teacher's channels, the deepest
     # stage pair); its teacher auto-encoder trains jointly (no 30-epoch pre-training inside a 20-epoch budget).
     "ie": {"w1": [CE, {"name": "ie", "weight": 1.0}]},
