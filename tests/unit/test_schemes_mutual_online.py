@@ -43,7 +43,7 @@ def test_mutual_module_logs_each_peer_and_matches_dml_loss():
     z0, z1 = peers[0](batch["input"]), peers[1](batch["input"])
     expected = (F.cross_entropy(z0, batch["target"]) + _kl(z1, z0) + F.cross_entropy(z1, batch["target"]) +
                 _kl(z0, z1))
-    assert float(out.loss) == pytest.approx(float(expected), rel=1e-5)
+    assert float(out.loss.detach()) == pytest.approx(float(expected.detach()), rel=1e-5)
     assert set(out.terms) == {"peer0_ce", "peer0_kd", "peer1_ce", "peer1_kd"}
     assert torch.equal(out.logits, z0)
     out.loss.backward()  # one step trains both peers
@@ -72,7 +72,7 @@ def test_online_teacher_gets_ce_and_a_small_pull_from_the_detached_student():
     t_kd = 4.0 * F.kl_div(F.log_softmax(zt / 2, 1), F.log_softmax(zs / 2, 1), reduction="batchmean", log_target=True)
     s_kd = 4.0 * F.kl_div(F.log_softmax(zs / 2, 1), F.log_softmax(zt / 2, 1), reduction="batchmean", log_target=True)
     expected = F.cross_entropy(zs, y) + s_kd + F.cross_entropy(zt, y) + 0.1 * t_kd
-    assert float(out.loss) == pytest.approx(float(expected), rel=1e-5)
+    assert float(out.loss.detach()) == pytest.approx(float(expected.detach()), rel=1e-5)
     assert {"ce", "kd", "teacher_ce", "teacher_kd"} == set(out.terms)
     # The student's terms do not reach the teacher: its gradient equals that of CE + 0.1 KD(student detached) alone.
     out.loss.backward()
@@ -96,8 +96,8 @@ def test_mutual_with_standardized_kd_mimics_z_scored_peers():
     out = MutualModule(peers, terms)(batch, TrainState())
     z0, z1 = peers[0](batch["input"]), peers[1](batch["input"])
     expect0 = 4.0 * _kl(_z(z1) / 2, _z(z0) / 2)  # T² · KL(p1 ‖ p0) on z-scored logits
-    assert float(out.terms["peer0_kd"]) == pytest.approx(float(expect0), rel=1e-5)
-    assert float(out.terms["peer1_kd"]) == pytest.approx(float(4.0 * _kl(_z(z0) / 2, _z(z1) / 2)), rel=1e-5)
+    assert float(out.terms["peer0_kd"]) == pytest.approx(float(expect0.detach()), rel=1e-5)
+    assert float(out.terms["peer1_kd"]) == pytest.approx(float(4.0 * _kl(_z(z0) / 2, _z(z1) / 2).detach()), rel=1e-5)
     # a peer whose logits are an affine copy of the other's (scale 3, shift 1) has nothing left to learn
     peers[1].weight.data, peers[1].bias.data = 3 * peers[0].weight.data, 3 * peers[0].bias.data + 1
     out = MutualModule(peers, terms)(batch, TrainState())
@@ -113,7 +113,7 @@ def test_online_teacher_kd_standardize_param():
                           teacher_kd_weight=0.1, temperature=2.0, standardize=True)
     out = module(batch, TrainState())
     zt, zs = teacher(batch["input"]), student(batch["input"])
-    assert float(out.terms["teacher_kd"]) == pytest.approx(float(4.0 * _kl(_z(zs) / 2, _z(zt) / 2)), rel=1e-5)
-    assert float(out.terms["kd"]) == pytest.approx(float(4.0 * _kl(_z(zt) / 2, _z(zs) / 2)), rel=1e-5)
+    assert float(out.terms["teacher_kd"]) == pytest.approx(float(4.0 * _kl(_z(zs) / 2, _z(zt) / 2).detach()), rel=1e-5)
+    assert float(out.terms["kd"]) == pytest.approx(float(4.0 * _kl(_z(zt) / 2, _z(zs) / 2).detach()), rel=1e-5)
     plain = OnlineModule(teacher, DistillModule(student, [CrossEntropyTerm()]), 0.1, 2.0)(batch, TrainState())
     assert abs(float(plain.terms["teacher_kd"]) - float(out.terms["teacher_kd"])) > 1e-3  # the option changes it
