@@ -275,10 +275,12 @@ def build_store(out: Path, teacher: Path, threads: int, final: bool, limit: int 
 
     path = out / ("softlabels_final" if final else "softlabels_tune")
     if (path / "manifest.json").is_file():
+        write_store_softness(path, out / f"softlabels_{'final' if final else 'tune'}.json")
         return path
     r = recipe_for("store", out, "mlp", _kd(4.0, 0.9), 0, 1, final, teacher, None, threads, limit)
     r["soft_labels"] = str(path)
     build_cache(recipe_from_dict(r), views=1, topk=10, quiet=True)
+    write_store_softness(path, out / f"softlabels_{'final' if final else 'tune'}.json")
     return path
 
 
@@ -309,28 +311,54 @@ def build_fold_store(out: Path, teachers: list[Path], combine: str, threads: int
     ``combine="mean"`` gives every image the mean probability of all the teachers (an ensemble; at T = 1 KD on it
     equals multi-teacher KD that averages probabilities; at T > 1 the temperature divides the log of the mean, not
     each teacher's logits). Beside the store, ``softlabels_{tune,final}.json`` records how soft its targets are."""
-    import torch
 
     from kdkit.recipe import recipe_from_dict
     from kdkit.softlabels.crossfit import cross_fit
-    from kdkit.softlabels.store import SoftLabelStore
 
     tag = "final" if final else "tune"
     path = out / f"softlabels_{tag}"
     if not (path / "manifest.json").is_file():
         r = recipe_for(f"store_{combine}", out, "mlp", _kd(4.0, 0.9), 0, 1, final, None, path, threads, limit)
         cross_fit(recipe_from_dict(r), teachers, combine=combine, topk=10, quiet=True)
-    info = out / f"softlabels_{tag}.json"
-    if not info.is_file():
-        st = SoftLabelStore.open(path)
-        p = torch.softmax(st.teacher_logits(torch.arange(st.num_samples), 0).double(), dim=1)
-        ent = -(p * torch.log(p.clamp_min(1e-300))).sum(1)
-        src = st.manifest["source"]
-        info.write_text(json.dumps({"combine": combine, "teachers": src.get("teachers"), "num_samples": st.num_samples,
-                                    "label_agreement": src["label_agreement"],
-                                    "entropy_median_nats": float(ent.median()), "entropy_mean_nats": float(ent.mean()),
-                                    "top_prob_mean": float(p.max(1).values.mean())}, indent=1))
+    write_store_softness(path, out / f"softlabels_{tag}.json", combine=combine)
     return path
+
+
+def write_store_softness(path: Path, info: Path, **extra: Any) -> dict[str, Any]:
+    """How soft a store's targets are (at T = 1), written once to ``info`` beside it: the share of images whose teacher
+    argmax is the label, the entropy of the teacher's distribution (median and mean, nats), the mean top probability,
+    and the mean entropy of the distribution over the K - 1 classes other than the argmax, renormalised (log(K - 1)
+    when the teacher spreads its remaining mass evenly: the "dark knowledge" carries no class relations then)."""
+    import math
+
+    import numpy as np
+    import torch
+
+    from kdkit.softlabels.store import SoftLabelStore
+
+    if info.is_file():
+        return json.loads(info.read_text())
+    st = SoftLabelStore.open(path)
+    p = torch.softmax(st.teacher_logits(torch.arange(st.num_samples), 0).double(), dim=1)
+    ent = -(p * torch.log(p.clamp_min(1e-300))).sum(1)
+    rest = p.scatter(1, p.argmax(1, keepdim=True), 0.0)
+    rest = rest / rest.sum(1, keepdim=True).clamp_min(1e-300)
+    ent_rest = -(rest * torch.log(rest.clamp_min(1e-300))).sum(1)
+    src = st.manifest.get("source", {})
+    if "label_agreement" in src:
+        agreement = src["label_agreement"]
+    else:  # a store cached from one teacher records its rows' dataset indices; the labels are the training set's
+        from kdkit.data.sources import fashion_mnist
+
+        rows = torch.from_numpy(np.load(path / "samples.npy"))
+        agreement = 100.0 * float((p.argmax(1) == fashion_mnist().targets[rows]).double().mean())
+    stats = {**extra, "teachers": src.get("teachers"), "num_samples": st.num_samples, "label_agreement": agreement,
+             "entropy_median_nats": float(ent.median()), "entropy_mean_nats": float(ent.mean()),
+             "top_prob_mean": float(p.max(1).values.mean()),
+             "other_class_entropy_mean_nats": float(ent_rest.mean()),
+             "other_class_entropy_uniform_nats": math.log(p.shape[1] - 1)}
+    info.write_text(json.dumps(stats, indent=1))
+    return stats
 
 
 def main() -> None:
