@@ -54,3 +54,14 @@ def test_every_feature_method_reads_a_teacher() -> None:
     """FEATURE rows run the teacher online; a method listed there must not also be a no-teacher row."""
     assert not (FM.FEATURE & FM.NO_TEACHER)
     assert FM.FEATURE <= set(FM.GRIDS)
+
+
+def test_view_stores_of_different_augmentations_never_share_a_directory(tmp_path: Path) -> None:
+    """A multi-view store holds the teacher's logits on one augmentation's views; a method reading another
+    augmentation's store would train on targets for images it never sees. fm's stores keep their first name (runs of
+    earlier sessions read them back); every other store-augmented method gets its own."""
+    paths = {m: FM.view_store_path(tmp_path, False, 8, 0, aug) for m, aug in FM.STORE_AUGMENT.items()}
+    assert paths["fm"] == tmp_path / "softlabels_tune_views8_s0"
+    assert len(set(paths.values())) == len(paths)
+    assert FM.view_store_path(tmp_path, True, 8, 2, FM.STORE_AUGMENT["kd_crop_views"]) != \
+        FM.view_store_path(tmp_path, False, 8, 2, FM.STORE_AUGMENT["kd_crop_views"])
