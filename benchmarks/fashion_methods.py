@@ -186,10 +186,11 @@ AUGMENT["scratch_mix"] = dict(STORE_AUGMENT["fm"])
 GRIDS["scratch_mix"] = {"ce": [CE]}
 # KD on crop + flip views from a store (docs/benchmarks.md, "Crop views at 120 epochs"; declared 2026-12-07 before any
 # of its runs): at 40 epochs crops cost the 10k CNN 0.83 points (it under-fitted the shifted views), but at 120 epochs
-# it over-fits without them (train 96.7 % vs test 91.1 % from scratch). kd_crop's online teacher makes a 120-epoch run
-# cost ~5x a store run here; a store of --fm-views crop + flip views per image gives the same thing -- the teacher's
-# logits on the exact view the student sees -- at store speed (epoch e reads view e mod V). KD's grid, hard labels
-# included; scratch_crop is its fairness row.
+# it over-fits without them (train 96.7 % vs test 91.1 % from scratch). kd_crop's online teacher nearly doubled the
+# CNN's epoch at 40 epochs (~22 s against ~12 s for scratch + crop, under load); a store of --fm-views crop + flip
+# views per image gives the same thing -- the teacher's logits on the exact view the student sees -- at store speed
+# (epoch e reads view e mod V; 8 views of 54,000 images: 275 s once). KD's grid, hard labels included; scratch_crop
+# is its fairness row.
 STORE_AUGMENT["kd_crop_views"] = dict(CROP)
 GRIDS["kd_crop_views"] = dict(GRIDS["kd"])
 FEATURE = {"fitnet", "at", "sp", "rkd", "pkt", "cc", "nst", "vid", "crd", "reviewkd", "kd_reviewkd", "fsp", "ab",
