@@ -168,8 +168,9 @@ GRIDS["kd_soft"] = {f"T{t}_w{w}": _kd(t, w) for t in (1.0, 2.0, 4.0) for w in (0
 GRIDS["kd_hot"] = {f"T{t}_w{w}": _kd(t, w) for t in (4.0, 8.0) for w in (0.5, 0.25)}
 # KD's grid continued for the 10k CNN's 120-epoch budget (docs/benchmarks.md, "KD at T = 4 over 120 epochs"): there
 # validation moved from T 1 (40 epochs) to T 4, weight 0.9 (the hottest corner of the kd grid); this grid goes one
-# temperature further at that weight. Its T 4 variant is the kd grid's (the same recipe: link or --variants past it).
-GRIDS["kd_long"] = {f"T{t}_w0.9": _kd(t, 0.9) for t in (4.0, 8.0)}
+# temperature further at that weight, then (T 8 lost) the two between the measured T 1 and T 4. Its T 4 variant is the
+# kd grid's (the same recipe: link or --variants past it).
+GRIDS["kd_long"] = {f"T{t}_w0.9": _kd(t, 0.9) for t in (4.0, 8.0, 2.0, 3.0)}
 # Function matching from a store (docs/benchmarks.md, "Function matching on the wider MLP"; declared 2026-12-04 before
 # any of its runs): Beyer et al. (CVPR 2022) -- KL to the teacher only (no hard labels), teacher and student on the
 # same mixup-ed view, a long schedule. The views are flip + mixup alpha 1 (crops cost the MLPs accuracy here: no
