@@ -25,8 +25,10 @@ Protocol, so that no number is chosen on the test split:
 
 A method can skip its tuning with ``--choose METHOD=VARIANT`` (e.g. the variant another student's tuning chose: the
 row says ``chosen: given``), or be tuned on a shorter budget (``--tune-epochs``); both are CPU savings the output
-states. Each run is its own process; finished runs are read back (``bench.json``), so an interrupted benchmark
-continues, and ``--collect`` trains nothing and reports what has finished (rows with the seeds that did).
+states. A one-variant grid (scratch) has nothing to choose and is not tuned unless ``--tune-single`` asks for its
+validation runs (what a budget chosen on validation compares). Each run is its own process; finished runs are read
+back (``bench.json``), so an interrupted benchmark continues, and ``--collect`` trains nothing and reports what has
+finished (rows with the seeds that did).
 
 Function matching from a store (``--methods fm``; docs/benchmarks.md, "Function matching on the wider MLP"): Beyer et
 al.'s KL-only distillation on flip + mixup views, the teacher's logits on ``--fm-views`` views of every training image
@@ -402,6 +404,9 @@ def main() -> None:
     ap.add_argument("--variants", nargs="+", default=None,
                     help="tune only these grid variants (to spread a grid over processes; use with --tune-only)")
     ap.add_argument("--tune-only", action="store_true", help="stop after the tuning runs (no final runs)")
+    ap.add_argument("--tune-single", action="store_true",
+                    help="also run the validation split for one-variant grids (scratch: nothing to choose, but its "
+                    "validation score says which budget to pick when budgets are compared on validation)")
     ap.add_argument("--choose", nargs="+", default=[], metavar="[STUDENT.]METHOD=VARIANT",
                     help="skip tuning METHOD (for every student, or only STUDENT's) and use VARIANT (e.g. the variant "
                     "another student's tuning chose; the output marks the row 'chosen: given')")
@@ -482,7 +487,7 @@ def main() -> None:
             if given is not None and given not in grid and given not in EXTRA.get(method, {}):
                 raise SystemExit(f"--choose {method}={given}: no such variant; the grid has "
                                  f"{', '.join([*grid, *EXTRA.get(method, {})])}")
-            if len(grid) > 1 and not args.no_tune and given is None:
+            if (len(grid) > 1 or args.tune_single) and not args.no_tune and given is None:
                 for variant, terms in grid.items():
                     scores = {}
                     for tseed in args.tune_seeds:  # seed 0 keeps the name of the one-seed protocol's runs
@@ -507,7 +512,8 @@ def main() -> None:
             if args.tune_only:
                 continue
             chosen = given or (max(tuned, key=lambda v: tuned[v]) if tuned else next(iter(grid)))
-            if args.collect and len(grid) > 1 and not given and not args.no_tune and len(tuned) < len(grid):
+            if args.collect and (len(grid) > 1 or args.tune_single) and not given and not args.no_tune \
+                    and len(tuned) < len(grid):
                 continue  # an unfinished tuning: no row
             results = []
             for seed in args.seeds:

@@ -65,3 +65,33 @@ def test_view_stores_of_different_augmentations_never_share_a_directory(tmp_path
     assert len(set(paths.values())) == len(paths)
     assert FM.view_store_path(tmp_path, True, 8, 2, FM.STORE_AUGMENT["kd_crop_views"]) != \
         FM.view_store_path(tmp_path, False, 8, 2, FM.STORE_AUGMENT["kd_crop_views"])
+
+
+def _finished(run_dir: Path, last: float) -> None:
+    run_dir.mkdir(parents=True)
+    (run_dir / "bench.json").write_text(
+        f'{{"best": {last}, "best_epoch": 1, "last": {last}, "images_per_s": 1000.0}}')
+
+
+def test_tune_single_scores_a_one_variant_grid_on_validation(tmp_path: Path, monkeypatch, capsys) -> None:
+    """Scratch's grid has one variant, so the protocol never trains it on the validation split; --tune-single does
+    (its validation score is what a budget chosen on validation compares). Read back with --collect: the finished
+    tuning run's score appears in the row only with the switch, and the row says it was chosen on validation."""
+    import json
+
+    _finished(tmp_path / "tune_cnn10k_scratch_ce", 91.5)
+    _finished(tmp_path / "tune_cnn10k_scratch_ce_ts1", 91.7)
+    for s in (0, 1, 2):
+        _finished(tmp_path / f"cnn10k_scratch_ce_s{s}", 91.0 + s / 10)
+    base = ["fashion_methods.py", "--students", "cnn10k", "--methods", "scratch", "--collect", "--tune-seeds", "0",
+            "1", "--out", str(tmp_path)]
+    rows = {}
+    for extra in ([], ["--tune-single"]):
+        monkeypatch.setattr(sys, "argv", base + extra)
+        FM.main()
+        rows[bool(extra)] = json.loads(capsys.readouterr().out)["rows"][0]
+    assert rows[False]["tuning_val_top1"] == {} and rows[False]["chosen"] == "grid's first"
+    assert rows[True]["tuning_val_top1"] == {"ce": pytest.approx(91.6)}
+    assert rows[True]["tuning_val_top1_by_seed"] == {"ce": {"0": 91.5, "1": 91.7}}  # JSON keys
+    assert rows[True]["chosen"] == "validation"
+    assert rows[True]["last_mean"] == pytest.approx(91.1)
