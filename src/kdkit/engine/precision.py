@@ -329,8 +329,11 @@ def decide_student(recipe: Any, acc: Any, step: Callable[[dict], Any], model: to
         elif saved.get("request") == request and console is not None and acc.is_main_process:
             console.print(f"student: {record} was measured on {saved.get('hardware') or 'unrecorded hardware'}; "
                           f"measuring again on {hardware(device)}", markup=False, soft_wrap=True)
+    # a forced bf16/fp16 is Accelerate's autocast, not this layer's: the record names it (what the run trains in),
+    # the mode this layer applies stays fp32 in precision
+    accelerate_autocast = recipe.precision in ("bf16", "fp16")
     if entry is not None:
-        mode = Mode(entry["precision"], entry["channels_last"])
+        mode = Mode("fp32" if accelerate_autocast else entry["precision"], entry["channels_last"])
     else:
         measured: list[Measurement] = []
         clock_name = ""
@@ -343,7 +346,10 @@ def decide_student(recipe: Any, acc: Any, step: Callable[[dict], Any], model: to
                 idx = torch.tensor([modes.index(mode)], device=device)
                 torch.distributed.broadcast(idx, 0)
                 mode = modes[int(idx)]
-        entry = {"request": request, "chosen": mode.label, "precision": mode.precision,
+        trains = Mode(recipe.precision, mode.channels_last) if accelerate_autocast else mode
+        if accelerate_autocast:
+            why += f" ({recipe.precision}: Accelerate's autocast)"
+        entry = {"request": request, "chosen": trains.label, "precision": trains.precision,
                  "channels_last": mode.channels_last, "reason": why, "device": str(device),
                  "hardware": hardware(device),
                  "batch_shape": list(x.shape) if dims else None, "threads": torch.get_num_threads(),
@@ -357,7 +363,7 @@ def decide_student(recipe: Any, acc: Any, step: Callable[[dict], Any], model: to
         if console is not None:
             figures = ", ".join(f"{m['mode']} {m['seconds'] * 1e3:.1f} ms" for m in entry["measurements"]
                                 if m.get("error") is None)
-            console.print(f"student: {mode.label} — {entry['reason']}" + (f" [{figures}]" if figures else ""),
+            console.print(f"student: {entry['chosen']} — {entry['reason']}" + (f" [{figures}]" if figures else ""),
                           markup=False, soft_wrap=True)
     return mode
 
