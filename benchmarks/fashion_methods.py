@@ -173,6 +173,10 @@ GRIDS["kd_hot"] = {f"T{t}_w{w}": _kd(t, w) for t in (4.0, 8.0) for w in (0.5, 0.
 # temperature further at that weight, then (T 8 lost) the two between the measured T 1 and T 4. Its T 4 variant is the
 # kd grid's (the same recipe: link or --variants past it).
 GRIDS["kd_long"] = {f"T{t}_w0.9": _kd(t, 0.9) for t in (4.0, 8.0, 2.0, 3.0)}
+# Label smoothing's grid continued for the 240-epoch budget (docs/benchmarks.md, "240 epochs on the 10k CNN"; declared
+# 2026-12-07 06:55 UTC before any of its runs): one step more smoothing, as kd_long is one step more temperature. Its
+# eps 0.1 variant is the label_smoothing grid's (the same recipe: link or --variants past it).
+GRIDS["label_smoothing_long"] = {f"eps{e}": [{"name": "label_smoothing", "params": {"eps": e}}] for e in (0.1, 0.2)}
 # Function matching from a store (docs/benchmarks.md, "Function matching on the wider MLP"; declared 2026-12-04 before
 # any of its runs): Beyer et al. (CVPR 2022) -- KL to the teacher only (no hard labels), teacher and student on the
 # same mixup-ed view, a long schedule. The views are flip + mixup alpha 1 (crops cost the MLPs accuracy here: no
@@ -198,7 +202,8 @@ STORE_AUGMENT["kd_crop_views"] = dict(CROP)
 GRIDS["kd_crop_views"] = dict(GRIDS["kd"])
 FEATURE = {"fitnet", "at", "sp", "rkd", "pkt", "cc", "nst", "vid", "crd", "reviewkd", "kd_reviewkd", "fsp", "ab",
            "kd_fsp", "ie", "kd_sobolev"}
-NO_TEACHER = {"scratch", "scratch_crop", "scratch_mix", "label_smoothing", "tf_kd", "confidence_penalty"}
+NO_TEACHER = {"scratch", "scratch_crop", "scratch_mix", "label_smoothing", "label_smoothing_long", "tf_kd",
+              "confidence_penalty"}
 
 RUN = r"""
 import json, sys
