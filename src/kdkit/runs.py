@@ -16,6 +16,7 @@ import torch
 from rich.console import Console
 
 from kdkit.builder import build_scheme
+from kdkit.data.leakage import describe, teachers_on_validation
 from kdkit.data.run import build_data
 from kdkit.data.stream import StreamLoader
 from kdkit.engine.checkpoint import CheckpointManager
@@ -147,7 +148,13 @@ def _run_locked(recipe: Recipe, run_dir: Path, accelerator: Any, resume: bool, q
     scheme = build_scheme(recipe, data)
     if accelerator.is_main_process:
         save_recipe(recipe, run_dir / "config.yaml")
-        atomic_write_json(run_dir / "split.json", data.split)
+        seen = teachers_on_validation(data.split, [t.checkpoint for t in recipe.teachers])
+        # recorded with the split, so a reader of the run sees that its validation scores are optimistic
+        atomic_write_json(run_dir / "split.json",
+                          {**data.split, "teachers_trained_on_val": seen} if seen else data.split)
+        if seen and not quiet:
+            for s in seen:
+                (console or Console(stderr=True)).print(f"[yellow]warning:[/] {describe(s)}", soft_wrap=True)
     # The trackers see each epoch's record first, so an epoch after which a callback stops the run is logged too.
     tracker = RunTracker(accelerator, recipe, track_project)
     meta = model_meta(recipe.student, data, recipe)

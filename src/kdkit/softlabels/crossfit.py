@@ -24,7 +24,6 @@ plain images (``data.augment`` off) and names no teachers in its identity: disti
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 
@@ -32,6 +31,7 @@ import numpy as np
 import torch
 from rich.console import Console
 
+from kdkit.data.leakage import run_train_indices
 from kdkit.errors import ConfigError
 from kdkit.recipe import Recipe, load_recipe, recipe_from_dict
 from kdkit.softlabels.cache import build_cache
@@ -50,15 +50,10 @@ def trained_on(run: str | Path) -> np.ndarray:
     Returns:
         (N_train,) int64, ascending order not guaranteed.
     """
-    p = Path(run) / "split.json"
-    if not p.is_file():
+    got = run_train_indices(run)
+    if got is None:
         raise ConfigError(f"--cross-fit '{run}': no split.json; give the run directory of a teacher trained by kdkit")
-    split = json.loads(p.read_text())
-    idx = np.asarray(split["train_idx"], dtype=np.int64) if "train_idx" in split else \
-        np.arange(int(split["n_train"]), dtype=np.int64)
-    if "train_limit_positions" in split:
-        idx = idx[np.asarray(split["train_limit_positions"], dtype=np.int64)]
-    return idx
+    return got[1]
 
 
 def combine_logits(log_probs: torch.Tensor, use: torch.Tensor) -> torch.Tensor:
