@@ -75,3 +75,8 @@ def test_whole_training_part_teacher_counts_every_val_image(tmp_path):
         {"teacher": 2, "run": str(tmp_path), "val_images_seen": 3, "val_images": 4}]
     assert teachers_on_validation({**student, "source": "other"}, [tmp_path]) == []  # another dataset: unmatched
     assert teachers_on_validation({"train": "d", "val": "d_test", "n_train": 3, "n_val": 1}, [tmp_path]) == []
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    for text in ("{}", "not json", '{"train_idx": [1, "x"]}'):  # never a crash: the check is advice
+        (foreign / "split.json").write_text(text)
+        assert teachers_on_validation(student, [foreign]) == []

@@ -8,8 +8,9 @@ validation images lifted its MLP student's validation score by 0.27-0.61 points 
 them, and the test score not at all.
 
 Which images a teacher trained on is read from its kdkit run directory (``split.json``), in the dataset's own indices,
-so the check needs a teacher given as a run directory on the student's ``data.name``; weights files and remote
-teachers carry no split and are not checked.
+so the check needs a teacher given as a run directory on the student's ``data.name``; weights files, remote teachers
+and a directory whose ``split.json`` is not a kdkit split record are not checked (the check is advice: it never stops
+a run).
 """
 
 from __future__ import annotations
@@ -66,7 +67,10 @@ def teachers_on_validation(split: dict[str, Any], teacher_runs: list[str | Path 
     for i, run in enumerate(teacher_runs):
         if run is None or not Path(run).is_dir():
             continue
-        got = run_train_indices(run)
+        try:
+            got = run_train_indices(run)
+        except (ValueError, KeyError, TypeError, IndexError):  # not a kdkit split record: nothing to compare
+            continue
         if got is None or got[0] != split["source"]:
             continue
         n = int(np.isin(val, got[1]).sum())
