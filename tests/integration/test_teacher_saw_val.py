@@ -12,6 +12,7 @@ import pytest
 
 import kdkit
 from kdkit.data.leakage import split_train_indices, teachers_on_validation
+from kdkit.report.page import write_report
 
 
 def _recipe(out: Path, name: str, split_seed: int, teacher: Path | None = None) -> dict:
@@ -53,6 +54,19 @@ def test_a_teacher_on_another_split_is_named_with_the_right_count(teachers, caps
     line = [x for x in (err.err + err.out).splitlines() if "validation images" in x]
     assert len(line) == 1 and f"trained on {want} of this run's 1000 validation images" in line[0]
     assert "data.val_fraction and data.split_seed" in line[0]
+
+
+def test_the_report_names_the_teacher_that_saw_the_validation_images(teachers, tmp_path):
+    out, runs = teachers
+    student = out / "student_other"  # written by the first test; distilled again when run alone
+    if not (student / "summary.json").is_file():
+        student = kdkit.distill(_recipe(out, "student_other", 0, runs[1]), quiet=True).run_dir
+    seen = _split(student)["teachers_trained_on_val"][0]["val_images_seen"]
+    page = write_report([runs[1], student], tmp_path / "report", measure=False)
+    summary = (page.parent / "summary.md").read_text()
+    assert f"trained on {seen} of its 1000 validation images, so its validation top-1 is optimistic" in summary
+    clean = write_report([runs[0]], tmp_path / "report_clean", measure=False)
+    assert "validation top-1 is optimistic" not in (clean.parent / "summary.md").read_text()
 
 
 def test_a_teacher_on_the_same_split_is_not_named(teachers):

@@ -450,6 +450,11 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, case_study
         data_line += f" ({tr:,} train / {va:,} validation)"
     details.append(data_line + "; the headline is the last-epoch validation top-1 (mean over seeds); tables and bars "
                                "give each run's best-epoch validation top-1, an epoch chosen on that split")
+    for r in runs:
+        for t in r.teachers_saw_val:
+            notes.append(f"{r.label}: its teacher {t.get('teacher')} trained on {t.get('val_images_seen')} of its "
+                         f"{t.get('val_images')} validation images, so its validation top-1 is optimistic (train the "
+                         f"teacher with the student's data.val_fraction and data.split_seed; docs/tuning.md)")
     if len(datasets) > 1:
         notes.append(f"the runs use different datasets ({', '.join(datasets)}): their accuracies are not comparable")
     threads = None

@@ -76,6 +76,8 @@ class RunInfo:
     history: list[dict[str, Any]]
     summary: dict[str, Any] = field(default_factory=dict)
     split_sizes: tuple[int, int] | None = None
+    # split.json's teachers_trained_on_val: teachers that trained on some of this run's validation images
+    teachers_saw_val: list[dict[str, Any]] = field(default_factory=list)
     role: str = "scratch"
     label: str = ""
     cost: dict[str, float] = field(default_factory=dict)
@@ -183,15 +185,17 @@ def load_run(run_dir: str | Path) -> RunInfo:
             summary = json.loads((d / "summary.json").read_text())
         except json.JSONDecodeError:
             summary = {}  # written atomically, so this is a foreign file; the history has the same facts
-    split_sizes = None
+    split_sizes, saw_val = None, []
     if (d / "split.json").is_file():
         try:
             s = json.loads((d / "split.json").read_text())
             split_sizes = (len(s.get("train_idx", [])), len(s.get("val_idx", [])))
+            saw_val = [t for t in s.get("teachers_trained_on_val", []) if isinstance(t, dict)]
         except (json.JSONDecodeError, TypeError, AttributeError):
-            split_sizes = None
+            split_sizes, saw_val = None, []
     name = str(config.get("name") or d.name)
-    return RunInfo(run_dir=d, name=name, config=config, history=history, summary=summary, split_sizes=split_sizes)
+    return RunInfo(run_dir=d, name=name, config=config, history=history, summary=summary, split_sizes=split_sizes,
+                   teachers_saw_val=saw_val)
 
 
 def term_keys(history: Sequence[Mapping[str, Any]], config: Mapping[str, Any] | None = None) -> list[str]:
