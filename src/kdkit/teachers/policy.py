@@ -16,6 +16,7 @@ fraction of samples whose argmax (the class decision) is the same; for the featu
 from __future__ import annotations
 
 import json
+import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -139,7 +140,8 @@ class TeacherPolicy:
             frozen teacher, whose weights never change and which runs without autograd).
         device: run the teachers on this device (None: the student's); their outputs come back to the student's.
         tolerance: when a mode agrees with fp32.
-        repeats: timed forwards per candidate (after one warm-up each), interleaved round by round.
+        repeats: timed forwards per candidate at least (after one warm-up each), interleaved round by round; a cheap
+            forward gets more rounds (:func:`kdkit.engine.precision.timed_interleaved`).
         record: JSON file the choice and measurements are written to (the run directory's ``teacher_policy.json``);
             a choice already recorded there for the same teacher, request and hardware (CPU model and SIMD flags, or
             GPU name) is reused, so a resumed run keeps it; on other hardware it is measured again.
@@ -187,16 +189,16 @@ class TeacherPolicy:
         else:
             ref = run(x, FP32)
             # each mode's first call is its warm-up (weight reorder, kernel choice); then interleaved timed rounds
-            outs, secs, clock_name = timed_interleaved(lambda m: run(x, m), cands, self.repeats, x.device)
+            outs, times, clock_name = timed_interleaved(lambda m: run(x, m), cands, self.repeats, x.device)
             for m in cands:
-                if m not in secs:
+                if m not in times:
                     measured.append(Measurement(m, float("inf"), {}, outs[m].error))
                 else:
                     kl, agree, rel = agreement(ref, outs[m])
                     fig = {"kl": kl, "argmax_agreement": agree}
                     if ref.features:
                         fig["feature_rel_err"] = rel
-                    measured.append(Measurement(m, secs[m], fig))
+                    measured.append(Measurement(m, statistics.median(times[m]), fig, rounds=tuple(times[m])))
             mode, why = choose(measured, self.tolerance)
         entry = {"teacher": index, "request": self.request(), "chosen": mode.label, **asdict(mode), "reason": why,
                  "batch_shape": list(x.shape), "device": str(x.device), "hardware": hardware(x.device),
