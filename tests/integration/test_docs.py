@@ -89,6 +89,7 @@ BENCH_SHRINK: dict[str, dict[str, list[str]]] = {
     "profile_student_step.py": {"--steps": ["1"], "--batch": ["8"]},
     "crd_step.py": {"--steps": ["1"], "--warmup": ["0"], "--cases": ["tiny"]},
     "student_policy_stability.py": {"--trials": ["1"], "--models": ["mlp"]},
+    "window_step.py": {"--steps": ["1"], "--warmup": ["0"]},
 }
 # What is measured, and where: set only where the doc leaves the default (an absolute output path the doc gives is
 # moved into the workspace).

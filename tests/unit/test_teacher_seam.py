@@ -155,3 +155,42 @@ def test_online_hands_the_student_terms_a_detached_teacher():
     module = OnlineModule(teacher, DistillModule(student, [spy], setup), teacher_kd_weight=0.1, temperature=2.0)
     module({"input": x, "target": y}, TrainState())
     assert spy.seen == [False]
+
+
+class _CountingSource(TeacherSource):
+    """A frozen linear teacher that counts its forward passes."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.inner = FrozenTeachers([model])
+        self.calls = 0
+
+    def outputs(self, batch):
+        self.calls += 1
+        return self.inner.outputs(batch)
+
+    def to(self, device):
+        return self
+
+
+def test_offline_runs_the_teacher_only_while_a_term_that_reads_it_is_active():
+    from kdkit.schemes.offline import OfflineScheme
+
+    torch.manual_seed(0)
+    student, teacher = nn.Linear(5, 4), nn.Linear(5, 4)
+    # AB-style initialisation: a teacher term for epoch 0 only, then CE alone from epoch 1
+    terms = [build_term(TermSpec(name="kd", stop_epoch=1.0)), build_term(TermSpec(name="ce", start_epoch=1.0))]
+    source = _CountingSource(teacher)
+    scheme = OfflineScheme(DistillModule(student, terms), source)
+    batch = {"input": torch.randn(6, 5), "target": torch.tensor([0, 1, 2, 3, 0, 1])}
+    st = TrainState(steps_per_epoch=3, epochs=2)
+    seen = []
+    for step in range(6):
+        st.step = step
+        out = scheme.step(scheme.trainable(), batch, st)
+        seen.append((source.calls, sorted(out.terms)))
+    # three steps with KD (the teacher runs each time), then three CE-only steps without a teacher forward
+    assert seen == [(1, ["kd"]), (2, ["kd"]), (3, ["kd"]), (3, ["ce"]), (3, ["ce"]), (3, ["ce"])]
+    # CE-only from the start: a teacher that no term reads never runs
+    scheme = OfflineScheme(DistillModule(student, [build_term(TermSpec(name="ce"))]), source)
+    scheme.step(scheme.trainable(), batch, st)
+    assert source.calls == 3

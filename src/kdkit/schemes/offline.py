@@ -97,7 +97,11 @@ class OfflineScheme(Scheme):
         return self
 
     def step(self, model: nn.Module, batch: Batch, state: TrainState) -> StepOutput:
-        signal = self.teachers.outputs(batch) if self.teachers is not None else None
+        # The teacher runs only on steps where a term that reads it is active: after an initialisation term stops
+        # (AB's init, a FitNets stage) or before a late term starts, a CE-only step costs what scratch training costs.
+        used = self.teachers is not None and any(t.needs_teacher and t.schedule.active(state)
+                                                 for t in self.module.terms)
+        signal = self.teachers.outputs(batch) if used else None
         return model(batch, signal, state)
 
     def eval_models(self) -> dict[str, nn.Module]:
